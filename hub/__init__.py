@@ -1,0 +1,1 @@
+"""The hub: config, model, store, ingest, outbox, events, HTTP server and CLI."""

@@ -1,0 +1,81 @@
+"""The `hub` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from hub.config import ConfigError, Settings, load_settings
+from hub.logs import setup_logging
+
+
+def _settings(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as error:
+        print(f"hub: bad config: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hub.app import run_forever
+
+    settings = _settings(args.config)
+    setup_logging(settings.logging.level, settings.logging.format, settings.secrets)
+    try:
+        asyncio.run(run_forever(settings))
+    except OSError as error:
+        print(f"hub: cannot serve: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _check(settings: Settings) -> int:
+    from hub.store import Store
+
+    try:
+        store = await Store.open(
+            uri=settings.store.uri,
+            database=settings.store.database,
+            data_dir=settings.data_dir,
+            server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
+        )
+    except Exception as error:
+        print(f"hub: store: cannot start or reach it: {error}", file=sys.stderr)
+        return 1
+    try:
+        if not await store.ping():
+            where = settings.store.uri or f"the embedded store in {settings.data_dir}"
+            print(f"hub: store: {where} does not answer", file=sys.stderr)
+            return 1
+        await store.ensure_indexes()
+    finally:
+        await store.close()
+    kind = "MongoDB" if settings.store.uri else f"embedded store in {settings.data_dir}"
+    print(f"hub: config {settings.source} is valid; {len(settings.inboxes)} inbox(es)")
+    print(f"hub: store answers ({kind}, database {settings.store.database})")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    setup_logging("WARNING", settings.logging.format, settings.secrets)
+    return asyncio.run(_check(settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hub", description="Omnichannel communication hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the hub (webhooks, API, inbox, dispatcher)")
+    serve.add_argument("--config", help="config file (default: $HUB_CONFIG)")
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check", help="validate the config and reach the store")
+    check.add_argument("--config", help="config file (default: $HUB_CONFIG)")
+    check.set_defaults(func=cmd_check)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

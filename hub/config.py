@@ -1,0 +1,256 @@
+"""The hub's configuration: a TOML file validated into typed settings.
+
+Every error names the file, the key and what is wrong, so a bad config stops
+start-up with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from channels import ChannelSettings, channel_class, known_channels
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the file and key it concerns."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = ""
+    shutdown_timeout: float = Field(default=10.0, gt=0)
+
+
+class StoreSettings(_Section):
+    uri: str = ""
+    database: str = Field(default="hub", pattern=r"^[A-Za-z0-9_-]{1,60}$")
+    data_dir: str = "var"
+    server_selection_timeout_ms: int = Field(default=3000, ge=100)
+
+
+class IdentitySettings(_Section):
+    default_region: str = "US"
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        value = value.upper()
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {value!r} (use an ISO 3166 code such as 'US')")
+        return value
+
+
+class IngestSettings(_Section):
+    max_batch: int = Field(default=256, ge=1, le=5000)
+
+
+class DispatcherSettings(_Section):
+    workers: int = Field(default=4, ge=1, le=64)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base: float = Field(default=1.0, gt=0)
+    backoff_max: float = Field(default=300.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+
+
+class EventsSettings(_Section):
+    poll_interval: float = Field(default=0.25, gt=0)
+    retention_seconds: float = Field(default=120.0, gt=0)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class _RawConfig(_Section):
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    identity: IdentitySettings = IdentitySettings()
+    ingest: IngestSettings = IngestSettings()
+    dispatcher: DispatcherSettings = DispatcherSettings()
+    events: EventsSettings = EventsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    inboxes: list[dict[str, Any]] = []
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    """One configured inbox: its id, its channel name and the channel's own settings."""
+
+    id: str
+    channel: str
+    settings: ChannelSettings
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    store: StoreSettings
+    identity: IdentitySettings
+    ingest: IngestSettings
+    dispatcher: DispatcherSettings
+    events: EventsSettings
+    logging: LoggingSettings
+    inboxes: tuple[InboxConfig, ...]
+    source: str = "<defaults>"
+    data_dir: Path = field(default_factory=lambda: Path("var").resolve())
+    secrets: frozenset[str] = frozenset()
+
+    @property
+    def public_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+    def inbox(self, inbox_id: str) -> InboxConfig | None:
+        return next((i for i in self.inboxes if i.id == inbox_id), None)
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _expand_env(value: Any, path: tuple[Any, ...], source: str, used: set[str]) -> Any:
+    """Replace ${VAR} in every string with the environment's value."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, (*path, k), source, used) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, (*path, i), source, used) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{source}: {_loc(path)}: environment variable {name} is not set")
+            resolved = os.environ[name]
+            if resolved:
+                used.add(resolved)
+            return resolved
+
+        return _ENV_REF.sub(replace, value)
+    return value
+
+
+def _validation_message(source: str, prefix: tuple[Any, ...], error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = _loc((*prefix, *item["loc"]))
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: {where}: unknown key")
+        elif item["type"] == "missing":
+            lines.append(f"{source}: {where}: required key is missing")
+        else:
+            lines.append(f"{source}: {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _secret_values(model: BaseModel) -> set[str]:
+    """Values of fields a channel marked as secret, so logs can redact them."""
+    found: set[str] = set()
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("secret"):
+            value = getattr(model, name)
+            if isinstance(value, str) and value:
+                found.add(value)
+    return found
+
+
+def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: Path) -> Settings:
+    """Validate raw TOML data (already parsed) into Settings."""
+    used_env: set[str] = set()
+    data = _expand_env(data, (), source, used_env)
+    try:
+        raw = _RawConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_validation_message(source, (), error)) from None
+
+    store = raw.store
+    env_uri = os.environ.get("MONGODB_URI")
+    if env_uri:
+        store = store.model_copy(update={"uri": env_uri})
+        used_env.add(env_uri)
+
+    inboxes: list[InboxConfig] = []
+    secrets: set[str] = set()
+    seen: set[str] = set()
+    for index, entry in enumerate(raw.inboxes):
+        where = ("inboxes", index)
+        inbox_id = entry.get("id")
+        if not isinstance(inbox_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", inbox_id):
+            raise ConfigError(
+                f"{source}: {_loc((*where, 'id'))}: required, 1-64 characters of A-Za-z0-9_-"
+            )
+        if inbox_id in seen:
+            raise ConfigError(f"{source}: {_loc((*where, 'id'))}: duplicate inbox id {inbox_id!r}")
+        seen.add(inbox_id)
+        channel = entry.get("channel")
+        cls = channel_class(channel) if isinstance(channel, str) else None
+        if cls is None:
+            raise ConfigError(
+                f"{source}: {_loc((*where, 'channel'))}: unknown channel {channel!r} "
+                f"(available: {', '.join(known_channels()) or 'none'})"
+            )
+        fields = {k: v for k, v in entry.items() if k not in ("id", "channel")}
+        try:
+            channel_settings = cls.Settings.model_validate(fields)
+        except ValidationError as error:
+            raise ConfigError(_validation_message(source, where, error)) from None
+        secrets |= _secret_values(channel_settings)
+        inboxes.append(InboxConfig(id=inbox_id, channel=channel, settings=channel_settings))
+
+    data_dir = Path(store.data_dir)
+    if not data_dir.is_absolute():
+        data_dir = base_dir / data_dir
+    return Settings(
+        server=raw.server,
+        store=store,
+        identity=raw.identity,
+        ingest=raw.ingest,
+        dispatcher=raw.dispatcher,
+        events=raw.events,
+        logging=raw.logging,
+        inboxes=tuple(inboxes),
+        source=source,
+        data_dir=data_dir.resolve(),
+        secrets=frozenset(s for s in secrets | used_env if len(s) >= 4),
+    )
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load the config named by `path`, else by HUB_CONFIG, else the defaults."""
+    chosen = path or os.environ.get("HUB_CONFIG")
+    if not chosen:
+        return parse_settings({}, source="<defaults>", base_dir=Path.cwd())
+    file = Path(chosen)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the config file: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{file}: not valid TOML: {error}") from None
+    return parse_settings(data, source=str(file), base_dir=file.resolve().parent)

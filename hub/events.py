@@ -1,0 +1,159 @@
+"""Events: an in-process bus, and delivery to every other hub process through the store.
+
+Each batch of events is one document in `events`, keyed by the time it was
+written and the instance that wrote it. Every process polls a short window back
+in time and skips what it has seen, so a write that commits a little after a
+later one is still delivered. Old event documents are removed after
+`retention_seconds`; a realtime client that was away longer reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from hub.store import Store
+
+log = logging.getLogger("hub.events")
+
+LOOKBACK_NS = 5_000_000_000  # how far back each poll looks for late commits
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "data": self.data}
+
+
+class Subscription:
+    def __init__(self, bus: EventBus, maxsize: int) -> None:
+        self._bus = bus
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def _offer(self, event: Event) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1  # a stalled reader must not stall the hub
+
+    async def get(self, timeout: float | None = None) -> Event:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    def close(self) -> None:
+        self._bus._subscribers.discard(self)
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.queue.get()
+
+
+class EventBus:
+    """In-process fan-out to subscribers (WebSocket handlers, bots, tests)."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+
+    def subscribe(self, maxsize: int = 10_000) -> Subscription:
+        sub = Subscription(self, maxsize)
+        self._subscribers.add(sub)
+        return sub
+
+    def deliver(self, events: Iterable[Event]) -> None:
+        for event in events:
+            for sub in tuple(self._subscribers):
+                sub._offer(event)
+
+
+@dataclass
+class Events:
+    """Publish events durably (for other processes) and locally (at once)."""
+
+    store: Store
+    bus: EventBus
+    instance_id: str
+    poll_interval: float = 0.25
+    retention_seconds: float = 120.0
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _seen: dict[str, int] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    def _key(self) -> str:
+        return f"{time.time_ns():020d}-{self.instance_id}-{next(self._seq):08d}"
+
+    async def publish(self, events: list[Event]) -> None:
+        """Store `events` as one document, then deliver them in this process."""
+        if not events:
+            return
+        await self.store.events.insert_one(
+            {
+                "_id": self._key(),
+                "origin": self.instance_id,
+                "events": [e.as_dict() for e in events],
+            }
+        )
+        self.bus.deliver(events)
+
+    async def poll_once(self) -> int:
+        """Deliver events other processes stored since the last poll."""
+        now = time.time_ns()
+        since = f"{now - LOOKBACK_NS:020d}"
+        delivered = 0
+        cursor = self.store.events.find({"_id": {"$gt": since}})
+        async for doc in cursor:
+            key = str(doc["_id"])
+            if key in self._seen:
+                continue
+            self._seen[key] = now
+            if doc.get("origin") == self.instance_id:
+                continue
+            batch = [Event(e["type"], e["data"]) for e in doc.get("events", [])]
+            self.bus.deliver(batch)
+            delivered += len(batch)
+        horizon = now - 2 * LOOKBACK_NS
+        for key in [k for k, seen_at in self._seen.items() if seen_at < horizon]:
+            del self._seen[key]
+        return delivered
+
+    async def prune(self) -> None:
+        cutoff = time.time_ns() - int(self.retention_seconds * 1e9)
+        await self.store.events.delete_many({"_id": {"$lt": f"{cutoff:020d}"}})
+
+    async def _run(self) -> None:
+        # Mark what is already there as seen: a new process does not replay history.
+        with contextlib.suppress(PyMongoError):
+            async for doc in self.store.events.find(
+                {"_id": {"$gt": f"{time.time_ns() - LOOKBACK_NS:020d}"}}, {"_id": 1}
+            ):
+                self._seen[str(doc["_id"])] = time.time_ns()
+        last_prune = 0.0
+        while True:
+            try:
+                await self.poll_once()
+                if time.monotonic() - last_prune > 30:
+                    last_prune = time.monotonic()
+                    await self.prune()
+            except PyMongoError as error:
+                log.warning("event poll failed", extra={"error": str(error)})
+            await asyncio.sleep(self.poll_interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="events-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,343 @@
+"""The one function every channel ends in: dedupe, resolve, store, publish.
+
+Concurrent webhooks are written together (group commit): while one batch is
+being written the next one gathers, so under load a handful of store round trips
+carries many messages, and when idle a message is written at once.
+
+Order of writes for a batch, and why:
+1. the conversation for each sender on that inbox and channel is found or opened
+   (its `_id` is derived from inbox, medium and identity, so finding it is an
+   `_id` probe, and two processes opening it at once make one);
+2. the messages, in one `insert_many` whose `_id` is derived from inbox and
+   provider id: a provider's retry is refused by `_id` and reported as duplicate;
+3. the conversations' summaries (last message, unread, last inbound time,
+   reopened), one update per conversation however many messages it got;
+4. one event document for the whole batch.
+Only after all of them does a webhook get its answer; any store error before
+that answers 5xx, so the provider retries and nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from bots import BotHook, NoBot
+from channels.base import StoreUnavailable
+from hub.events import Event, Events
+from hub.identity import resolve_contact
+from hub.metrics import Metrics
+from hub.model import KIND_OF_INBOUND, InboundEvent, utcnow
+from hub.store import Store, derived_id, identity_id
+from hub.views import conversation_view, message_view
+
+log = logging.getLogger("hub.ingest")
+
+DUPLICATE_KEY = 11000
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    message_id: str
+    conversation_id: str
+    contact_id: str
+    duplicate: bool
+
+
+def message_id_for(inbox: str, provider_id: str) -> str:
+    return derived_id("msg", inbox, provider_id)
+
+
+def conversation_id_for(inbox: str, medium: str, identity_key: str) -> str:
+    return derived_id("conv", inbox, medium, identity_key)
+
+
+def message_doc(event: InboundEvent, message_id: str, conversation_id: str) -> dict[str, Any]:
+    """The stored form of an inbound event."""
+    doc: dict[str, Any] = {
+        "_id": message_id,
+        "conversation_id": conversation_id,
+        "inbox": event.inbox,
+        "channel": event.medium,
+        "direction": "in",
+        "kind": KIND_OF_INBOUND[event.type],
+        "text": event.text,
+        "sender": {"type": "contact", "id": None},
+        "status": "received",
+        "error": None,
+        "provider_id": event.provider_id,
+        "created_at": event.received_at,
+        "attachments": [a.model_dump() for a in getattr(event, "attachments", ())],
+    }
+    for name in ("location", "contact", "button", "call", "email"):
+        value = getattr(event, name, None)
+        if value is not None:
+            doc[name] = value.model_dump(mode="json")
+    if event.extra:
+        doc["extra"] = dict(event.extra)
+    return doc
+
+
+class _LRU(OrderedDict[str, str]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_fresh(self, key: str) -> str | None:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: str) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+@dataclass
+class _Pending:
+    event: InboundEvent
+    future: asyncio.Future[IngestResult]
+    enqueued: float
+
+
+class Ingestor:
+    def __init__(
+        self,
+        store: Store,
+        events: Events,
+        metrics: Metrics,
+        *,
+        bot: BotHook | None = None,
+        max_batch: int = 256,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.metrics = metrics
+        self.bot = bot or NoBot()
+        self.max_batch = max_batch
+        # conversation id -> contact id, for conversations known to exist.
+        self._conversations = _LRU(100_000)
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._bot_tasks: set[asyncio.Task[None]] = set()
+
+    # -- public ------------------------------------------------------------------
+
+    async def ingest(self, events: Sequence[InboundEvent]) -> list[IngestResult]:
+        """Store `events` durably and return once they are; raise StoreUnavailable
+        (answer 5xx) if the store could not take them."""
+        if self._closing:
+            raise StoreUnavailable("the hub is shutting down")
+        if self._writer is None:
+            raise RuntimeError("Ingestor.start() was not called")
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        items = [_Pending(e, loop.create_future(), now) for e in events]
+        self._pending.extend(items)
+        self._wake.set()
+        return list(await asyncio.gather(*(i.future for i in items)))
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
+
+    async def stop(self) -> None:
+        """Finish what was handed over, then stop; bot calls are awaited."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+        if self._bot_tasks:
+            await asyncio.gather(*self._bot_tasks, return_exceptions=True)
+
+    # -- the writer --------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                try:
+                    results = await self._write_batch([p.event for p in batch])
+                except (PyMongoError, OSError) as error:
+                    log.error(
+                        "ingest write failed", extra={"error": str(error), "batch": len(batch)}
+                    )
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(
+                                StoreUnavailable(f"store unavailable: {type(error).__name__}")
+                            )
+                    continue
+                except Exception as error:
+                    log.exception("ingest failed")
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(error)
+                    continue
+                done = time.perf_counter()
+                self.metrics.ingest_batch.observe(len(batch))
+                for item, result in zip(batch, results, strict=True):
+                    self.metrics.ingest_seconds.observe(done - item.enqueued)
+                    if not item.future.done():
+                        item.future.set_result(result)
+            if self._closing and not self._pending:
+                return
+
+    async def _ensure_conversation(self, event: InboundEvent, conv_id: str) -> str:
+        """Find or open the sender's conversation on this inbox and channel."""
+        known = self._conversations.get_fresh(conv_id)
+        if known is not None:
+            return known
+        found = await self.store.conversations.find_one({"_id": conv_id}, {"contact_id": 1})
+        if found is None:
+            contact_id = await resolve_contact(self.store, event.sender)
+            now = utcnow()
+            try:
+                await self.store.conversations.insert_one(
+                    {
+                        "_id": conv_id,
+                        "inbox": event.inbox,
+                        "channel": event.medium,
+                        "contact_id": contact_id,
+                        "identity": identity_id(event.sender.kind, event.sender.value),
+                        "status": "open",
+                        "assignee_id": None,
+                        "labels": [],
+                        "unread": 0,
+                        "last_message": None,
+                        "last_activity_at": now,
+                        "last_inbound_at": None,
+                        "snooze_until": None,
+                        "created_at": now,
+                    }
+                )
+            except DuplicateKeyError:
+                found = await self.store.conversations.find_one({"_id": conv_id}, {"contact_id": 1})
+        if found is not None:
+            contact_id = str(found["contact_id"])
+        self._conversations.put(conv_id, contact_id)
+        return contact_id
+
+    def forget_conversations(self) -> None:
+        """Drop the cache of known conversations (after a merge or a deletion)."""
+        self._conversations.clear()
+
+    async def _write_batch(self, events: list[InboundEvent]) -> list[IngestResult]:
+        ids: list[tuple[str, str]] = []
+        contacts: dict[str, str] = {}
+        for event in events:
+            conv_id = conversation_id_for(
+                event.inbox, event.medium, identity_id(event.sender.kind, event.sender.value)
+            )
+            if conv_id not in contacts:
+                contacts[conv_id] = await self._ensure_conversation(event, conv_id)
+            ids.append((message_id_for(event.inbox, event.provider_id), conv_id))
+
+        # One document per provider message; a repeat inside the batch is a duplicate.
+        docs: list[dict[str, Any]] = []
+        first_index: dict[str, int] = {}
+        for index, (event, (msg_id, conv_id)) in enumerate(zip(events, ids, strict=True)):
+            if msg_id not in first_index:
+                first_index[msg_id] = index
+                docs.append(message_doc(event, msg_id, conv_id))
+
+        refused: set[str] = set()
+        try:
+            await self.store.messages.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            for item in error.details.get("writeErrors", []):
+                if item.get("code") != DUPLICATE_KEY:
+                    raise
+                refused.add(str(docs[item["index"]]["_id"]))
+        new_docs = [d for d in docs if d["_id"] not in refused]
+
+        # One summary update per conversation, from its newest new message.
+        per_conv: dict[str, list[dict[str, Any]]] = {}
+        for doc in new_docs:
+            per_conv.setdefault(doc["conversation_id"], []).append(doc)
+        updates = []
+        for conv_id, conv_docs in per_conv.items():
+            last = max(conv_docs, key=lambda d: d["created_at"])
+            updates.append(
+                UpdateOne(
+                    {"_id": conv_id},
+                    {
+                        "$set": {
+                            "status": "open",
+                            "snooze_until": None,
+                            "last_message": {
+                                "id": last["_id"],
+                                "text": last["text"],
+                                "kind": last["kind"],
+                                "direction": "in",
+                                "at": last["created_at"],
+                            },
+                            "last_activity_at": last["created_at"],
+                            "last_inbound_at": last["created_at"],
+                        },
+                        "$inc": {"unread": len(conv_docs)},
+                    },
+                )
+            )
+        if updates:
+            await self.store.conversations.bulk_write(updates, ordered=False)
+
+        published: list[Event] = [Event("message.created", message_view(d)) for d in new_docs]
+        for conv_id, conv_docs in per_conv.items():
+            last = conv_docs[-1]
+            summary = {
+                "_id": conv_id,
+                "inbox": last["inbox"],
+                "channel": last["channel"],
+                "contact_id": contacts[conv_id],
+                "status": "open",
+                "unread": None,
+                "last_message": {
+                    "text": last["text"],
+                    "direction": "in",
+                    "at": last["created_at"],
+                },
+                "last_activity_at": last["created_at"],
+            }
+            view = conversation_view(summary)
+            view["unread_added"] = len(conv_docs)
+            published.append(Event("conversation.updated", view))
+        await self.events.publish(published)
+
+        for doc in new_docs:
+            self.metrics.messages_in.labels(doc["channel"]).inc()
+            task = asyncio.create_task(self._call_bot(doc))
+            self._bot_tasks.add(task)
+            task.add_done_callback(self._bot_tasks.discard)
+
+        results = []
+        for index, (event, (msg_id, conv_id)) in enumerate(zip(events, ids, strict=True)):
+            duplicate = msg_id in refused or first_index[msg_id] != index
+            if duplicate:
+                self.metrics.duplicates_in.labels(event.medium).inc()
+            results.append(IngestResult(msg_id, conv_id, contacts[conv_id], duplicate))
+        return results
+
+    async def _call_bot(self, doc: dict[str, Any]) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await self.bot.on_inbound(doc, {"_id": doc["conversation_id"]})
+            except Exception:
+                log.exception("bot hook failed", extra={"message_id": doc["_id"]})

@@ -1,0 +1,414 @@
+"""The outbox: every outbound message is stored before it is sent.
+
+`enqueue` writes an `outbox` item and then the message (status `queued`). The
+dispatcher claims items with a lease, sends through the inbox's adapter, and
+records what the provider said. The `outbox` collection only holds work still to
+do, so claiming scans a small collection even when `messages` is large.
+
+Crash semantics (a lease that expired while `sending`):
+- replies (agent, bot) are sent again: at-least-once;
+- items marked `at_most_once` (campaign and greeting sends) are never sent again:
+  their message becomes `unknown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import PyMongoError
+
+from channels.base import ChannelAdapter, PermanentSendError, TransientSendError
+from hub.config import DispatcherSettings
+from hub.events import Event, Events
+from hub.metrics import Metrics
+from hub.model import STATUS_RANK, Attachment, OutboundMessage, StatusUpdate, utcnow
+from hub.ratelimit import RateLimiter
+from hub.store import Store, derived_id, new_id
+from hub.views import message_view
+
+log = logging.getLogger("hub.outbox")
+
+
+class OutboxError(ValueError):
+    """The message cannot be queued (unknown conversation, nothing to send...)."""
+
+
+def provider_key(inbox: str, provider_id: str) -> str:
+    return derived_id("out", inbox, provider_id)
+
+
+async def enqueue(
+    store: Store,
+    events: Events,
+    *,
+    conversation_id: str,
+    text: str | None,
+    sender: dict[str, Any],
+    attachments: list[Attachment] | None = None,
+    subject: str | None = None,
+    at_most_once: bool = False,
+    campaign_id: str | None = None,
+    kind: str = "text",
+) -> dict[str, Any]:
+    """Store an outbound message for the conversation's channel; return its document."""
+    if not text and not attachments:
+        raise OutboxError("a message needs text or an attachment")
+    conversation = await store.conversations.find_one({"_id": conversation_id})
+    if conversation is None:
+        raise OutboxError(f"no conversation {conversation_id}")
+    now = utcnow()
+    message_id = new_id()
+    await store.outbox.insert_one(
+        {
+            "_id": message_id,
+            "inbox": conversation["inbox"],
+            "state": "queued",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "at_most_once": at_most_once,
+            "lease_owner": None,
+            "lease_until": None,
+            "created_at": now,
+        }
+    )
+    doc: dict[str, Any] = {
+        "_id": message_id,
+        "conversation_id": conversation_id,
+        "inbox": conversation["inbox"],
+        "channel": conversation["channel"],
+        "direction": "out",
+        "kind": kind,
+        "text": text,
+        "sender": sender,
+        "status": "queued",
+        "error": None,
+        "attachments": [a.model_dump() for a in attachments or []],
+        "provider_id": None,
+        "provider_key": None,
+        "campaign_id": campaign_id,
+        "created_at": now,
+    }
+    if subject:
+        doc["email"] = {"subject": subject}
+    await store.messages.insert_one(doc)
+    await store.conversations.update_one(
+        {"_id": conversation_id},
+        {
+            "$set": {
+                "last_message": {
+                    "id": message_id,
+                    "text": text,
+                    "kind": kind,
+                    "direction": "out",
+                    "at": now,
+                },
+                "last_activity_at": now,
+            }
+        },
+    )
+    await events.publish([Event("message.created", message_view(doc))])
+    return doc
+
+
+async def record_statuses(store: Store, events: Events, updates: list[StatusUpdate]) -> int:
+    """Apply provider status callbacks; return how many messages moved.
+
+    A callback never moves a message backwards (providers send them out of order).
+    One that arrives before the send recorded its provider id is kept and applied
+    when it is recorded.
+    """
+    moved = 0
+    published: list[Event] = []
+    for update in updates:
+        key = provider_key(update.inbox, update.provider_id)
+        rank = STATUS_RANK[update.status]
+        earlier = [s for s, r in STATUS_RANK.items() if r < rank]
+        fields: dict[str, Any] = {"status": update.status, f"{update.status}_at": update.at}
+        if update.status == "failed":
+            fields["error"] = _reason(update.error, update.error_code)
+        doc = await store.messages.find_one_and_update(
+            {"provider_key": key, "status": {"$in": earlier}},
+            {"$set": fields},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            exists = await store.messages.find_one({"provider_key": key}, {"_id": 1})
+            if exists is None:
+                await _keep_early_status(store, key, update, rank)
+            continue
+        moved += 1
+        published.append(Event("message.updated", message_view(doc)))
+    await events.publish(published)
+    return moved
+
+
+async def _keep_early_status(store: Store, key: str, update: StatusUpdate, rank: int) -> None:
+    """Keep the furthest status seen for a send whose provider id is not recorded yet."""
+    kept = await store.early_statuses.find_one({"_id": key}, {"rank": 1})
+    if kept is not None and int(kept.get("rank", -1)) >= rank:
+        return
+    await store.early_statuses.replace_one(
+        {"_id": key},
+        {"rank": rank, "update": update.model_dump(mode="json"), "at": utcnow()},
+        upsert=True,
+    )
+
+
+def _reason(error: str | None, code: str | None) -> str:
+    if error and code:
+        return f"{error} (code {code})"
+    return error or (f"provider error {code}" if code else "failed")
+
+
+@dataclass
+class _Claim:
+    item: dict[str, Any]
+    message: dict[str, Any]
+    conversation: dict[str, Any]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        events: Events,
+        metrics: Metrics,
+        adapters: dict[str, ChannelAdapter],
+        settings: DispatcherSettings,
+        instance_id: str,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.metrics = metrics
+        self.adapters = adapters
+        self.settings = settings
+        self.instance_id = instance_id
+        self.limiters: dict[str, RateLimiter] = {}
+        for inbox, adapter in adapters.items():
+            rate = adapter.rate_limit()
+            self.limiters[inbox] = RateLimiter(rate.per_second, rate.burst)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Look for work now (an item was just queued)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        for number in range(self.settings.workers):
+            self._spawn(self._worker(), f"dispatcher-{number}")
+        self._spawn(self._housekeeping(), "dispatcher-housekeeping")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in tuple(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- claiming ----------------------------------------------------------------
+
+    async def claim(self) -> dict[str, Any] | None:
+        now = utcnow()
+        return await self.store.outbox.find_one_and_update(
+            {"state": "queued", "next_attempt_at": {"$lte": now}},
+            {
+                "$set": {
+                    "state": "sending",
+                    "lease_owner": self.instance_id,
+                    "lease_until": now + timedelta(seconds=self.settings.lease_seconds),
+                },
+                "$inc": {"attempts": 1},
+            },
+            sort=[("next_attempt_at", 1)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def recover_expired(self) -> int:
+        """Take back items whose sender died mid-send (lease expired)."""
+        recovered = 0
+        while True:
+            now = utcnow()
+            item = await self.store.outbox.find_one_and_update(
+                {"state": "sending", "lease_until": {"$lt": now}},
+                {"$set": {"state": "recovering", "lease_owner": self.instance_id}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if item is None:
+                return recovered
+            recovered += 1
+            if item.get("at_most_once"):
+                # It may or may not have reached the provider: never send it twice.
+                await self._finish(item, "unknown", error="the hub stopped while sending")
+            else:
+                await self.store.outbox.update_one(
+                    {"_id": item["_id"]},
+                    {"$set": {"state": "queued", "next_attempt_at": now, "lease_owner": None}},
+                )
+            log.warning(
+                "recovered an interrupted send",
+                extra={"message_id": item["_id"], "at_most_once": bool(item.get("at_most_once"))},
+            )
+
+    # -- sending -----------------------------------------------------------------
+
+    async def run_once(self) -> bool:
+        """Claim and send one item; False when there was nothing to do."""
+        item = await self.claim()
+        if item is None:
+            return False
+        await self._send(item)
+        return True
+
+    async def _send(self, item: dict[str, Any]) -> None:
+        message = await self.store.messages.find_one({"_id": item["_id"]})
+        if message is None:
+            # The enqueue that wrote this item failed before the message: it was
+            # never acknowledged to anyone, so there is nothing to send.
+            await self.store.outbox.delete_one({"_id": item["_id"]})
+            return
+        conversation = await self.store.conversations.find_one({"_id": message["conversation_id"]})
+        adapter = self.adapters.get(item["inbox"])
+        if conversation is None or adapter is None:
+            await self._finish(item, "failed", error=f"inbox {item['inbox']} is not configured")
+            return
+        identity = str(conversation.get("identity", ""))
+        outbound = OutboundMessage(
+            id=str(message["_id"]),
+            inbox=item["inbox"],
+            medium=conversation["channel"],
+            conversation_id=str(conversation["_id"]),
+            to=identity.split(":", 1)[1] if ":" in identity else identity,
+            text=message.get("text"),
+            attachments=tuple(Attachment(**a) for a in message.get("attachments") or []),
+            subject=(message.get("email") or {}).get("subject"),
+            attempt=int(item.get("attempts", 1)),
+        )
+        await self.limiters[item["inbox"]].acquire()
+        await self._set_status(message, "sending")
+        channel = str(conversation["channel"])
+        try:
+            result = await adapter.send(outbound)
+        except TransientSendError as error:
+            self.metrics.send_errors.labels(channel, "transient").inc()
+            await self._transient(item, error)
+            return
+        except PermanentSendError as error:
+            self.metrics.send_errors.labels(channel, "permanent").inc()
+            if error.opt_out:
+                await self.store.contacts.update_one(
+                    {"_id": conversation["contact_id"]}, {"$set": {f"opted_out.{channel}": True}}
+                )
+            await self._finish(item, "failed", error=_reason(error.reason, error.code))
+            return
+        except Exception as error:
+            # An adapter bug: we cannot tell whether the provider took it.
+            log.exception("adapter send raised", extra={"message_id": item["_id"]})
+            self.metrics.send_errors.labels(channel, "unknown").inc()
+            await self._transient(
+                item, TransientSendError(f"adapter error: {type(error).__name__}")
+            )
+            return
+        self.metrics.messages_out.labels(channel).inc()
+        await self._finish(item, result.status, provider_id=result.provider_id)
+
+    async def _transient(self, item: dict[str, Any], error: TransientSendError) -> None:
+        attempts = int(item.get("attempts", 1))
+        reason = _reason(error.reason, error.code)
+        if item.get("at_most_once") and error.maybe_sent:
+            await self._finish(item, "unknown", error=reason)
+            return
+        if attempts >= self.settings.max_attempts:
+            await self._finish(item, "failed", error=f"gave up after {attempts} attempts: {reason}")
+            return
+        backoff = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempts - 1))
+        delay = max(error.retry_after or 0.0, random.uniform(backoff / 2, backoff))
+        await self.store.outbox.update_one(
+            {"_id": item["_id"]},
+            {
+                "$set": {
+                    "state": "queued",
+                    "next_attempt_at": utcnow() + timedelta(seconds=delay),
+                    "lease_owner": None,
+                    "last_error": reason,
+                }
+            },
+        )
+        doc = await self.store.messages.find_one_and_update(
+            {"_id": item["_id"]},
+            {"$set": {"status": "queued", "error": f"retrying: {reason}"}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is not None:
+            await self.events.publish([Event("message.updated", message_view(doc))])
+
+    async def _set_status(self, message: dict[str, Any], status: str) -> None:
+        doc = await self.store.messages.find_one_and_update(
+            {"_id": message["_id"]},
+            {"$set": {"status": status}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is not None:
+            await self.events.publish([Event("message.updated", message_view(doc))])
+
+    async def _finish(
+        self,
+        item: dict[str, Any],
+        status: str,
+        *,
+        error: str | None = None,
+        provider_id: str | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {"status": status, "error": error}
+        key = None
+        if provider_id:
+            key = provider_key(item["inbox"], provider_id)
+            fields |= {"provider_id": provider_id, "provider_key": key, "sent_at": utcnow()}
+        doc = await self.store.messages.find_one_and_update(
+            {"_id": item["_id"]}, {"$set": fields}, return_document=ReturnDocument.AFTER
+        )
+        await self.store.outbox.delete_one({"_id": item["_id"]})
+        if doc is not None:
+            await self.events.publish([Event("message.updated", message_view(doc))])
+        if key is not None:
+            early = await self.store.early_statuses.find_one_and_delete({"_id": key})
+            if early is not None:
+                await record_statuses(
+                    self.store, self.events, [StatusUpdate.model_validate(early["update"])]
+                )
+
+    # -- loops -------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while not self._stopping:
+            try:
+                worked = await self.run_once()
+            except PyMongoError as error:
+                log.warning("dispatcher cannot reach the store", extra={"error": str(error)})
+                worked = False
+                await asyncio.sleep(self.settings.poll_interval)
+            if not worked:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                self._wake.clear()
+
+    async def _housekeeping(self) -> None:
+        while not self._stopping:
+            try:
+                await self.recover_expired()
+                self.metrics.outbox_depth.set(await self.store.outbox.count_documents({}))
+            except PyMongoError as error:
+                log.warning("outbox housekeeping failed", extra={"error": str(error)})
+            await asyncio.sleep(max(1.0, self.settings.poll_interval * 5))

@@ -1,0 +1,172 @@
+"""The store: MongoDB through PyMongo's asyncio API, and nothing else.
+
+Only this package knows collection names and index shapes. Its shape follows two
+rules that hold on a MongoDB replica set and on the embedded engine alike:
+
+- uniqueness that protects data (one identity per kind and value, one message per
+  inbox and provider id) is carried by a deterministic `_id`, never by a secondary
+  unique index: `_id` lookups are a primary-key probe on every engine;
+- hot queries are single-field equalities on an indexed field, or `_id` probes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, monitoring
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+if TYPE_CHECKING:
+    from hub.store.embedded import EmbeddedStore
+
+log = logging.getLogger("hub.store")
+
+Doc = dict[str, Any]
+
+# Every collection the hub uses and the indexes it needs: (keys, options).
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+    "contacts": [([("created_at", DESCENDING)], {})],
+    "identities": [([("contact_id", ASCENDING)], {})],
+    "inboxes": [],
+    "conversations": [
+        ([("contact_id", ASCENDING)], {}),
+        ([("last_activity_at", DESCENDING)], {}),
+    ],
+    "messages": [
+        ([("conversation_id", ASCENDING)], {}),
+        ([("provider_key", ASCENDING)], {}),
+    ],
+    "outbox": [([("state", ASCENDING)], {})],
+    "early_statuses": [],
+    "agents": [([("email", ASCENDING)], {})],
+    "tokens": [([("agent_id", ASCENDING)], {})],
+    "campaigns": [],
+    "campaign_sends": [([("campaign_id", ASCENDING)], {})],
+    "greetings_sent": [],
+    "leases": [],
+    "events": [],
+    "audit": [([("at", DESCENDING)], {})],
+}
+
+
+def new_id() -> str:
+    return str(ObjectId())
+
+
+def derived_id(*parts: str) -> str:
+    """A stable id for a natural key (the dedupe key of a message, a thread...)."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12)
+    return digest.hexdigest()
+
+
+def identity_id(kind: str, value: str) -> str:
+    return f"{kind}:{value}"
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Counts the commands this process sends to the store, by name."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        with self._lock:
+            self.counts[event.command_name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:  # type: ignore[override]
+        with self._lock:
+            self.failures += 1
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(
+                n
+                for name, n in self.counts.items()
+                if name not in ("hello", "ismaster", "isMaster", "endSessions")
+            )
+
+
+@dataclass
+class Store:
+    client: AsyncMongoClient[Doc]
+    db: AsyncDatabase[Doc]
+    commands: CommandCounter
+    embedded: EmbeddedStore | None = None
+    uri: str = ""
+    _collections: dict[str, AsyncCollection[Doc]] = field(default_factory=dict)
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        uri: str,
+        database: str,
+        data_dir: Path,
+        server_selection_timeout_ms: int = 3000,
+    ) -> Store:
+        """Connect to `uri`, or to the embedded store in `data_dir` when it is empty."""
+        embedded = None
+        if not uri:
+            from hub.store.embedded import EmbeddedStore
+
+            embedded = EmbeddedStore(data_dir)
+            uri = await embedded.start()
+        counter = CommandCounter()
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=server_selection_timeout_ms,
+            connectTimeoutMS=server_selection_timeout_ms,
+            timeoutMS=None,
+            event_listeners=[counter],
+            appname="hub",
+        )
+        return cls(client=client, db=client[database], commands=counter, embedded=embedded, uri=uri)
+
+    def __getattr__(self, name: str) -> AsyncCollection[Doc]:
+        if name in INDEXES:
+            coll = self._collections.get(name)
+            if coll is None:
+                coll = self._collections[name] = self.db[name]
+            return coll
+        raise AttributeError(name)
+
+    async def ensure_indexes(self) -> None:
+        """Create every collection and index; safe to run at every start."""
+        existing = set(await self.db.list_collection_names())
+        for name, indexes in INDEXES.items():
+            if name not in existing:
+                try:
+                    await self.db.create_collection(name)
+                except PyMongoError as error:
+                    if "already exists" not in str(error):
+                        raise
+            for keys, options in indexes:
+                await self.db[name].create_index(keys, **options)
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.embedded is not None:
+            await self.embedded.stop()

@@ -1,0 +1,141 @@
+"""Start, find and stop the embedded store (see `embedded_server`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pymongo import AsyncMongoClient
+
+from hub.store.embedded_server import BUSY_EXIT, INFO_NAME, LOCK_NAME
+
+log = logging.getLogger("hub.store.embedded")
+
+START_TIMEOUT = 60.0
+
+
+class EmbeddedStoreError(Exception):
+    pass
+
+
+def _lock_is_held(data_dir: Path) -> bool:
+    path = data_dir / LOCK_NAME
+    if not path.exists():
+        return False
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def _uri(host: str, port: int) -> str:
+    return f"mongodb://{host}:{port}/?directConnection=true"
+
+
+async def _answers(uri: str) -> bool:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        uri, serverSelectionTimeoutMS=2000
+    )
+    try:
+        await client.admin.command("ping")
+        return True
+    except Exception:
+        return False
+    finally:
+        await client.close()
+
+
+class EmbeddedStore:
+    """The embedded store for one data directory.
+
+    `start()` connects to the store another hub command already runs on this data
+    directory, or starts one as a child process that this object then owns.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.uri: str | None = None
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def owned(self) -> bool:
+        return self.process is not None
+
+    async def _attach(self) -> str | None:
+        info = self.data_dir / INFO_NAME
+        if not _lock_is_held(self.data_dir) or not info.exists():
+            return None
+        try:
+            data = json.loads(info.read_text())
+            uri = _uri(str(data["host"]), int(data["port"]))
+        except (OSError, ValueError, KeyError):
+            return None
+        return uri if await _answers(uri) else None
+
+    async def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(3):
+            uri = await self._attach()
+            if uri:
+                log.info("using the embedded store already running", extra={"uri": uri})
+                self.uri = uri
+                return uri
+            uri = await self._spawn()
+            if uri:
+                self.uri = uri
+                return uri
+            await asyncio.sleep(0.5)
+        raise EmbeddedStoreError(f"{self.data_dir}: could not start or reach the embedded store")
+
+    async def _spawn(self) -> str | None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hub.store.embedded_server",
+            "--data-dir",
+            str(self.data_dir),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise EmbeddedStoreError(
+                f"{self.data_dir}: the embedded store did not start in {START_TIMEOUT:.0f} s"
+            ) from None
+        text = line.decode().strip()
+        if text.startswith("READY "):
+            self.process = process
+            port = int(text.split()[1])
+            log.info("embedded store started", extra={"pid": process.pid, "port": port})
+            return _uri("127.0.0.1", port)
+        code = await process.wait()
+        if code == BUSY_EXIT or text == "BUSY":
+            return None  # another hub started one at the same instant: attach to it
+        raise EmbeddedStoreError(f"{self.data_dir}: the embedded store exited with code {code}")
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        if process.stdin is not None:
+            process.stdin.close()

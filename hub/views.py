@@ -1,0 +1,60 @@
+"""The public JSON shape of stored documents (CONTRACT.md), for events and the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+
+def iso(value: Any) -> str | None:
+    if isinstance(value, datetime):
+        text = value.isoformat()
+        return text.replace("+00:00", "Z")
+    return None if value is None else str(value)
+
+
+def message_view(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(doc["_id"]),
+        "conversation_id": doc.get("conversation_id"),
+        "inbox": doc.get("inbox"),
+        "direction": doc.get("direction"),
+        "kind": doc.get("kind"),
+        "text": doc.get("text"),
+        "subject": (doc.get("email") or {}).get("subject"),
+        "sender": doc.get("sender") or {"type": "system", "id": None},
+        "status": doc.get("status"),
+        "error": doc.get("error"),
+        "attachments": doc.get("attachments") or [],
+        "call": doc.get("call"),
+        "location": doc.get("location"),
+        "contact": doc.get("contact"),
+        "button": doc.get("button"),
+        "created_at": iso(doc.get("created_at")),
+    }
+
+
+def conversation_view(doc: dict[str, Any], contact: dict[str, Any] | None = None) -> dict[str, Any]:
+    last = doc.get("last_message")
+    return {
+        "id": str(doc["_id"]),
+        "status": doc.get("status"),
+        "inbox": doc.get("inbox"),
+        "channel": doc.get("channel"),
+        "contact": {
+            "id": doc.get("contact_id"),
+            "name": (contact or {}).get("name"),
+        },
+        "assignee": doc.get("assignee_id"),
+        "labels": doc.get("labels") or [],
+        "last_message": None
+        if not last
+        else {
+            "text": last.get("text"),
+            "direction": last.get("direction"),
+            "at": iso(last.get("at")),
+        },
+        "unread": int(doc.get("unread") or 0),
+        "last_activity_at": iso(doc.get("last_activity_at")),
+        "created_at": iso(doc.get("created_at")),
+    }
