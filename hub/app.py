@@ -134,13 +134,12 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
     app[HUB] = hub
     hub.adapters = build_adapters(hub)
 
-    for inbox_id, adapter in hub.adapters.items():
+    for adapter in hub.adapters.values():
         for route in adapter.routes():
             app.router.add_route(
                 route.method,
                 adapter.webhook_prefix + route.path,
                 route.handler,  # type: ignore[arg-type]
-                name=f"webhook-{inbox_id}-{route.method}-{route.path}",
             )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -1,0 +1,108 @@
+"""Shared fixtures: one embedded store for the session (a real child process
+over a real connection), a fresh database per test, and a running hub app."""
+
+from __future__ import annotations
+
+import secrets
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+import tests.support.testchannel  # noqa: F401  (registers the test channel)
+from hub.app import HUB, Hub, build_app
+from hub.config import Settings, parse_settings
+from hub.store import Store
+from hub.store.embedded import EmbeddedStore
+from tests.support.fakeprovider import FakeProvider
+from tests.support.testchannel import sign
+
+SECRET = "test-secret-123"
+
+
+@pytest.fixture(scope="session")
+async def embedded_uri(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    embedded = EmbeddedStore(tmp_path_factory.mktemp("store"))
+    uri = await embedded.start()
+    yield uri
+    await embedded.stop()
+
+
+@pytest.fixture
+def db_name() -> str:
+    return "t" + secrets.token_hex(6)
+
+
+@pytest.fixture
+async def store(embedded_uri: str, db_name: str, tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(uri=embedded_uri, database=db_name, data_dir=tmp_path)
+    await opened.ensure_indexes()
+    yield opened
+    await opened.client.drop_database(db_name)
+    await opened.close()
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[FakeProvider]:
+    fake = FakeProvider()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+def make_settings(
+    embedded_uri: str, db_name: str, tmp_path: Path, provider: FakeProvider
+) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        inbox = {
+            "id": "t1",
+            "channel": "testchan",
+            "secret": SECRET,
+            "api_base": provider.url,
+            "rate": 200.0,
+        }
+        inbox.update(overrides.pop("inbox", {}))
+        data: dict[str, Any] = {
+            "store": {"uri": embedded_uri, "database": db_name},
+            "dispatcher": {"poll_interval": 0.05, "backoff_base": 0.05, "backoff_max": 0.2},
+            "events": {"poll_interval": 0.05},
+            "inboxes": [inbox],
+        }
+        for key, value in overrides.items():
+            data.setdefault(key, {}).update(value)
+        return parse_settings(data, source="<test>", base_dir=tmp_path)
+
+    return make
+
+
+@pytest.fixture
+async def hub_client(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    app = build_app(make_settings())
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+def hub_of(client: TestClient[web.Request, web.Application]) -> Hub:
+    return client.app[HUB]
+
+
+def signed_form(fields: dict[str, str], secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
+    body = urllib.parse.urlencode(fields).encode()
+    return body, {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Signature": sign(secret, body),
+    }
+
+
+async def post_inbound(
+    client: TestClient[web.Request, web.Application], inbox: str = "t1", **fields: str
+) -> Any:
+    body, headers = signed_form(fields)
+    return await client.post(f"/webhooks/testchan/{inbox}", data=body, headers=headers)
