@@ -16,6 +16,16 @@ every write cost a scan of the whole collection:
 
 Neither changes what a client sees: duplicates are still refused with code 11000
 and per-document write errors, exactly as before.
+
+Before every query that follows a write, the engine scans the collection for
+Decimal128 values in the queried fields (its cache of that answer is dropped on
+each write). The hub stores no Decimal128 values, so here the question is
+answered from the query's own operands only.
+
+The engine's durable change-stream outbox is also switched off (it starts a
+thread and serialises the whole document on every write, more than half the cost
+of an update): the hub does not use change streams, and in-process change streams
+still work from the engine's in-memory publication.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import fcntl
 import json
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,12 +58,24 @@ def _die_with_parent() -> None:
 
 
 def _patch_engine() -> type[Any]:
+    import dataclasses
+
+    import mongoeco.engines.sqlite as sqlite_engine
     from mongoeco.api._async import _database_admin_write_commands as write_commands
     from mongoeco.core.identity import id_contains_numeric_value
     from mongoeco.engines.sqlite import SQLiteEngine
     from mongoeco.errors import BulkWriteError
 
+    sqlite_engine._sqlite_append_change = lambda *args, **kwargs: None
+
     class HubSQLiteEngine(SQLiteEngine):
+        capabilities = dataclasses.replace(SQLiteEngine.capabilities, change_delivery="none")
+
+        def _plan_requires_python_for_decimal_numeric(  # type: ignore[override]
+            self, db_name: str, coll_name: str, plan: Any
+        ) -> bool:
+            return bool(self._plan_contains_decimal_operand(plan))
+
         def _validate_document_against_unique_indexes(  # type: ignore[override]
             self,
             db_name: str,
@@ -140,7 +163,9 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
                 pass
         stop.set()
 
-    watcher = asyncio.create_task(watch_parent())
+    # Only a pipe from a parent hub is watched; run by hand, the server stays up.
+    watched = stat.S_ISFIFO(os.fstat(0).st_mode)
+    watcher = asyncio.create_task(watch_parent() if watched else asyncio.sleep(0))
     await stop.wait()
     watcher.cancel()
     with contextlib.suppress(FileNotFoundError):
