@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import sys
 
-from hub.config import ConfigError, Settings, load_settings
-from hub.logs import setup_logging
+from hub.config import ConfigError, Settings, load_settings, uri_password
+from hub.logs import Redactor, setup_logging
 
 
 def _settings(path: str | None) -> Settings:
@@ -19,20 +19,39 @@ def _settings(path: str | None) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
     from hub.app import run_forever
+    from hub.store.embedded import EmbeddedStoreError
 
     settings = _settings(args.config)
-    setup_logging(settings.logging.level, settings.logging.format, settings.secrets)
+    redactor = setup_logging(settings.logging.level, settings.logging.format, settings.secrets)
     try:
         asyncio.run(run_forever(settings))
     except OSError as error:
-        print(f"hub: cannot serve: {error}", file=sys.stderr)
+        print(f"hub: cannot serve: {redactor.text(str(error))}", file=sys.stderr)
+        return 1
+    except (PyMongoError, EmbeddedStoreError) as error:
+        # The store is unreachable at start-up: say so plainly, not with a traceback.
+        where = _shown_uri(settings.store.uri) or f"the embedded store in {settings.data_dir}"
+        reason = redactor.text(str(error)).split(", Timeout:", 1)[0]
+        print(f"hub: cannot serve: store {where}: {reason}", file=sys.stderr)
         return 1
     return 0
 
 
+def _shown_uri(uri: str) -> str:
+    """`uri` fit to print: its password, if any, masked."""
+    password = uri_password(uri)
+    return uri.replace(f":{password}@", ":***@", 1) if password else uri
+
+
 async def _check(settings: Settings) -> int:
+    from pymongo.errors import PyMongoError
+
     from hub.store import Store
+
+    redact = Redactor(settings.secrets).text
 
     try:
         store = await Store.open(
@@ -42,14 +61,22 @@ async def _check(settings: Settings) -> int:
             server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
         )
     except Exception as error:
-        print(f"hub: store: cannot start or reach it: {error}", file=sys.stderr)
+        print(f"hub: store: cannot start or reach it: {redact(str(error))}", file=sys.stderr)
         return 1
     try:
         if not await store.ping():
-            where = settings.store.uri or f"the embedded store in {settings.data_dir}"
+            where = _shown_uri(settings.store.uri) or f"the embedded store in {settings.data_dir}"
             print(f"hub: store: {where} does not answer", file=sys.stderr)
             return 1
-        await store.ensure_indexes()
+        try:
+            await store.ensure_indexes()
+        except PyMongoError as error:
+            print(
+                f"hub: store: answers but cannot create collections and indexes: "
+                f"{redact(str(error))}",
+                file=sys.stderr,
+            )
+            return 1
     finally:
         await store.close()
     kind = "MongoDB" if settings.store.uri else f"embedded store in {settings.data_dir}"

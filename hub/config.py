@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from channels import ChannelSettings, channel_class, known_channels
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_URI_PASSWORD = re.compile(r"^mongodb(?:\+srv)?://[^:@/]*:([^@/]+)@")
 
 
 class ConfigError(Exception):
@@ -178,6 +180,12 @@ def _secret_values(model: BaseModel) -> set[str]:
     return found
 
 
+def uri_password(uri: str) -> str | None:
+    """The password a MongoDB URI carries, as written in it (percent-encoded)."""
+    match = _URI_PASSWORD.match(uri)
+    return match.group(1) if match else None
+
+
 def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: Path) -> Settings:
     """Validate raw TOML data (already parsed) into Settings."""
     used_env: set[str] = set()
@@ -207,6 +215,11 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
             raise ConfigError(f"{source}: {_loc((*where, 'id'))}: duplicate inbox id {inbox_id!r}")
         seen.add(inbox_id)
         channel = entry.get("channel")
+        if channel is None:
+            raise ConfigError(
+                f"{source}: {_loc((*where, 'channel'))}: required key is missing "
+                f"(available: {', '.join(known_channels()) or 'none'})"
+            )
         cls = channel_class(channel) if isinstance(channel, str) else None
         if cls is None:
             raise ConfigError(
@@ -220,6 +233,10 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
             raise ConfigError(_validation_message(source, where, error)) from None
         secrets |= _secret_values(channel_settings)
         inboxes.append(InboxConfig(id=inbox_id, channel=channel, settings=channel_settings))
+
+    password = uri_password(store.uri)
+    if password:  # a password written in the file is as secret as one from the environment
+        secrets |= {password, urllib.parse.unquote(password)}
 
     data_dir = Path(store.data_dir)
     if not data_dir.is_absolute():
@@ -249,6 +266,10 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         text = file.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{file}: cannot read the config file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{file}: cannot read the config file: not UTF-8 text (byte {error.start})"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

@@ -46,7 +46,15 @@ def normalize_email(raw: str) -> str:
         text = text[text.rindex("<") + 1 : -1]
     text = text.strip().lower()
     local, at, domain = text.partition("@")
-    if not at or not local or "." not in domain or " " in text:
+    labels = domain.split(".")
+    if (
+        not at
+        or not local
+        or "@" in domain
+        or len(labels) < 2
+        or not all(labels)
+        or any(c.isspace() or c in "<>" for c in text)
+    ):
         raise InvalidIdentity(f"not an e-mail address: {raw!r}")
     return text
 

@@ -82,18 +82,26 @@ class EmbeddedStore:
 
     async def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(3):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while True:
             uri = await self._attach()
             if uri:
                 log.info("using the embedded store already running", extra={"uri": uri})
                 self.uri = uri
                 return uri
-            uri = await self._spawn()
-            if uri:
-                self.uri = uri
-                return uri
-            await asyncio.sleep(0.5)
-        raise EmbeddedStoreError(f"{self.data_dir}: could not start or reach the embedded store")
+            # While another command holds the lock its store is starting (or
+            # answering soon): wait for it rather than racing it for the lock.
+            if not _lock_is_held(self.data_dir):
+                uri = await self._spawn()
+                if uri:
+                    self.uri = uri
+                    return uri
+            if loop.time() >= deadline:
+                raise EmbeddedStoreError(
+                    f"{self.data_dir}: could not start or reach the embedded store"
+                )
+            await asyncio.sleep(0.2)
 
     async def _spawn(self) -> str | None:
         process = await asyncio.create_subprocess_exec(
