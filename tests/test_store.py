@@ -153,6 +153,30 @@ async def test_second_start_on_the_same_data_dir_attaches_to_the_running_store(
     assert await _wait_gone(pid)
 
 
+async def test_supervised_attached_store_is_restarted_on_the_same_port_when_its_owner_exits(
+    tmp_path: Path,
+) -> None:
+    owner = EmbeddedStore(tmp_path)
+    attached = EmbeddedStore(tmp_path)
+    client: AsyncMongoClient[dict[str, object]] | None = None
+    try:
+        uri = await owner.start()
+        assert await attached.start() == uri and not attached.owned
+        client = AsyncMongoClient(uri, serverSelectionTimeoutMS=10_000)
+        await client.hub.kept.insert_one({"_id": "before"})
+        attached.supervise(interval=0.2)
+        await owner.stop()  # the command that started the store exits
+        # The same URI answers again, from a store the attached process now owns.
+        assert await client.hub.kept.find_one({"_id": "before"}) == {"_id": "before"}
+        assert attached.owned
+        assert attached.uri == uri
+    finally:
+        if client is not None:
+            await client.close()
+        await attached.stop()
+        await owner.stop()
+
+
 async def test_concurrent_starts_on_one_data_dir_share_one_store(tmp_path: Path) -> None:
     stores = [EmbeddedStore(tmp_path) for _ in range(3)]
     try:

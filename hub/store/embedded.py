@@ -63,7 +63,9 @@ class EmbeddedStore:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.uri: str | None = None
+        self.port: int | None = None
         self.process: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def owned(self) -> bool:
@@ -75,10 +77,14 @@ class EmbeddedStore:
             return None
         try:
             data = json.loads(info.read_text())
-            uri = _uri(str(data["host"]), int(data["port"]))
+            port = int(data["port"])
+            uri = _uri(str(data["host"]), port)
         except (OSError, ValueError, KeyError):
             return None
-        return uri if await _answers(uri) else None
+        if not await _answers(uri):
+            return None
+        self.port = port
+        return uri
 
     async def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -103,13 +109,15 @@ class EmbeddedStore:
                 )
             await asyncio.sleep(0.2)
 
-    async def _spawn(self) -> str | None:
+    async def _spawn(self, port: int = 0) -> str | None:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "hub.store.embedded_server",
             "--data-dir",
             str(self.data_dir),
+            "--port",
+            str(port),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -125,15 +133,44 @@ class EmbeddedStore:
         text = line.decode().strip()
         if text.startswith("READY "):
             self.process = process
-            port = int(text.split()[1])
-            log.info("embedded store started", extra={"pid": process.pid, "port": port})
-            return _uri("127.0.0.1", port)
+            self.port = int(text.split()[1])
+            log.info("embedded store started", extra={"pid": process.pid, "port": self.port})
+            return _uri("127.0.0.1", self.port)
         code = await process.wait()
         if code == BUSY_EXIT or text == "BUSY":
             return None  # another hub started one at the same instant: attach to it
         raise EmbeddedStoreError(f"{self.data_dir}: the embedded store exited with code {code}")
 
+    def supervise(self, interval: float = 1.0) -> None:
+        """Keep a store answering on this port for as long as this process runs.
+
+        A hub that attached to a store another command started would otherwise
+        lose it when that command exits, and a store child that crashed would stay
+        down. Either way, a new store is started on the same port, so the driver's
+        connection pool reconnects by itself.
+        """
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._supervise(interval), name="store-supervisor")
+
+    async def _supervise(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            owned_alive = self.process is not None and self.process.returncode is None
+            if owned_alive or _lock_is_held(self.data_dir):
+                continue
+            self.process = None
+            try:
+                if await self._spawn(self.port or 0):
+                    log.warning("embedded store restarted", extra={"port": self.port})
+            except EmbeddedStoreError as error:
+                log.error("embedded store restart failed", extra={"error": str(error)})
+
     async def stop(self, timeout: float = 15.0) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         process, self.process = self.process, None
         if process is None or process.returncode is not None:
             return
