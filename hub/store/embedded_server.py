@@ -115,7 +115,7 @@ def _patch_engine() -> type[Any]:
         try:
             result = await collection.insert_many(documents, ordered=ordered, session=session)
         except BulkWriteError as error:
-            details = error.details or {}
+            details: dict[str, Any] = getattr(error, "details", None) or {}
             return {
                 "n": int(details.get("nInserted", 0)),
                 "writeErrors": [
