@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,12 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self._listeners: dict[str, list[Callable[[Event], None]]] = {}
+
+    def listen(self, event_type: str, callback: Callable[[Event], None]) -> None:
+        """Call `callback` for every event of `event_type`, from this process or
+        another, as it is delivered (for caches that an event makes stale)."""
+        self._listeners.setdefault(event_type, []).append(callback)
 
     def subscribe(self, maxsize: int = 10_000) -> Subscription:
         sub = Subscription(self, maxsize)
@@ -72,6 +78,11 @@ class EventBus:
 
     def deliver(self, events: Iterable[Event]) -> None:
         for event in events:
+            for callback in self._listeners.get(event.type, ()):
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("event listener failed", extra={"event": event.type})
             for sub in tuple(self._subscribers):
                 sub._offer(event)
 
@@ -88,6 +99,7 @@ class Events:
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _seen: dict[str, int] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+    _stop_signal: asyncio.Event | None = None
 
     def _key(self) -> str:
         return f"{time.time_ns():020d}-{self.instance_id}-{next(self._seq):08d}"
@@ -130,15 +142,19 @@ class Events:
         cutoff = time.time_ns() - int(self.retention_seconds * 1e9)
         await self.store.events.delete_many({"_id": {"$lt": f"{cutoff:020d}"}})
 
-    async def _run(self) -> None:
-        # Mark what is already there as seen: a new process does not replay history.
+    async def _run(self, started_ns: int, stop: asyncio.Event) -> None:
+        # Mark what was there before start() as seen: a new process does not replay
+        # history. Only what was written before start(): an event published while
+        # this first query runs is new and must be delivered.
         with contextlib.suppress(PyMongoError):
-            async for doc in self.store.events.find(
-                {"_id": {"$gt": f"{time.time_ns() - LOOKBACK_NS:020d}"}}, {"_id": 1}
-            ):
+            window = {
+                "$gt": f"{started_ns - LOOKBACK_NS:020d}",
+                "$lt": f"{started_ns:020d}",
+            }
+            async for doc in self.store.events.find({"_id": window}, {"_id": 1}):
                 self._seen[str(doc["_id"])] = time.time_ns()
         last_prune = 0.0
-        while True:
+        while not stop.is_set():
             try:
                 await self.poll_once()
                 if time.monotonic() - last_prune > 30:
@@ -146,14 +162,27 @@ class Events:
                     await self.prune()
             except PyMongoError as error:
                 log.warning("event poll failed", extra={"error": str(error)})
-            await asyncio.sleep(self.poll_interval)
+            except Exception:
+                # A malformed event document must not end delivery for good.
+                log.exception("event poll failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll_interval)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="events-relay")
+        self._stop_signal = asyncio.Event()
+        self._task = asyncio.create_task(
+            self._run(time.time_ns(), self._stop_signal), name="events-relay"
+        )
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, grace: float = 5.0) -> None:
+        """End the relay after the poll it is in (a store command is not cut off)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        assert self._stop_signal is not None
+        self._stop_signal.set()
+        _, late = await asyncio.wait({task}, timeout=grace)
+        if late:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

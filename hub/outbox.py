@@ -36,6 +36,12 @@ from hub.views import message_view
 log = logging.getLogger("hub.outbox")
 
 
+# How long an outbox item may wait for the message `enqueue` writes after it, and
+# how soon a dispatcher that claimed it too early looks again.
+MESSAGE_GRACE = timedelta(seconds=60)
+MESSAGE_RECHECK = timedelta(seconds=0.05)
+
+
 class OutboxError(ValueError):
     """The message cannot be queued (unknown conversation, nothing to send...)."""
 
@@ -142,6 +148,15 @@ async def record_statuses(store: Store, events: Events, updates: list[StatusUpda
             exists = await store.messages.find_one({"provider_key": key}, {"_id": 1})
             if exists is None:
                 await _keep_early_status(store, key, update, rank)
+                # The send may have recorded its id between our look and our keep,
+                # and looked for early statuses before we kept this one: look again,
+                # so that one of the two always applies it.
+                if await store.messages.find_one({"provider_key": key}, {"_id": 1}):
+                    kept = await store.early_statuses.find_one_and_delete({"_id": key})
+                    if kept is not None:
+                        moved += await record_statuses(
+                            store, events, [StatusUpdate.model_validate(kept["update"])]
+                        )
             continue
         moved += 1
         published.append(Event("message.updated", message_view(doc)))
@@ -197,6 +212,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._stop_signal = asyncio.Event()
 
     def wake(self) -> None:
         """Look for work now (an item was just queued)."""
@@ -212,11 +228,25 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Let every loop finish the step it is in, then end it.
+
+        A store command is never cancelled half-way: a cancelled command leaves
+        the embedded store's write transaction open once the client closes, and
+        a send cut between the provider's answer and its recording would be sent
+        again. Only a loop still busy after `grace` seconds (a slow provider) is
+        cancelled.
+        """
         self._stopping = True
-        for task in tuple(self._tasks):
+        self._stop_signal.set()
+        self._wake.set()
+        tasks = tuple(self._tasks)
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace)
+        for task in late:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- claiming ----------------------------------------------------------------
 
@@ -269,12 +299,37 @@ class Dispatcher:
         item = await self.claim()
         if item is None:
             return False
-        await self._send(item)
+        try:
+            await self._send(item)
+        except PyMongoError:
+            raise  # the lease expires and the item is recovered
+        except Exception as error:
+            # A message the hub cannot even build a send for (a bug, or a document
+            # written by hand): fail it with a reason rather than end the worker
+            # and leave the item to kill the next one after its lease.
+            log.exception("cannot send a message", extra={"message_id": item["_id"]})
+            await self._finish(item, "failed", error=f"internal error: {type(error).__name__}")
         return True
 
     async def _send(self, item: dict[str, Any]) -> None:
         message = await self.store.messages.find_one({"_id": item["_id"]})
         if message is None:
+            created = item.get("created_at")
+            if created is not None and utcnow() - created < MESSAGE_GRACE:
+                # `enqueue` writes the item before the message: this one is still
+                # being written. Put the item back untouched and look again soon.
+                await self.store.outbox.update_one(
+                    {"_id": item["_id"]},
+                    {
+                        "$set": {
+                            "state": "queued",
+                            "next_attempt_at": utcnow() + MESSAGE_RECHECK,
+                            "lease_owner": None,
+                        },
+                        "$inc": {"attempts": -1},
+                    },
+                )
+                return
             # The enqueue that wrote this item failed before the message: it was
             # never acknowledged to anyone, so there is nothing to send.
             await self.store.outbox.delete_one({"_id": item["_id"]})
@@ -399,10 +454,11 @@ class Dispatcher:
                 log.warning("dispatcher cannot reach the store", extra={"error": str(error)})
                 worked = False
                 await asyncio.sleep(self.settings.poll_interval)
-            if not worked:
+            if not worked and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
-                self._wake.clear()
+                if not self._stopping:  # the stop signal stays set for every worker
+                    self._wake.clear()
 
     async def _housekeeping(self) -> None:
         while not self._stopping:
@@ -411,4 +467,9 @@ class Dispatcher:
                 self.metrics.outbox_depth.set(await self.store.outbox.count_documents({}))
             except PyMongoError as error:
                 log.warning("outbox housekeeping failed", extra={"error": str(error)})
-            await asyncio.sleep(max(1.0, self.settings.poll_interval * 5))
+            await self._pause(max(1.0, self.settings.poll_interval * 5))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but end at once when the dispatcher is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_signal.wait(), seconds)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
 def iso(value: Any) -> str | None:
+    """ISO 8601 in UTC to the millisecond: what the store keeps (BSON dates are
+    milliseconds), so an event built from a fresh document and the API reading
+    it back give the same text."""
     if isinstance(value, datetime):
-        text = value.isoformat()
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        text = value.isoformat(timespec="milliseconds")
         return text.replace("+00:00", "Z")
     return None if value is None else str(value)
 

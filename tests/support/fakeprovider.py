@@ -17,7 +17,9 @@ from aiohttp import web
 class FakeProvider:
     rate: float | None = None  # messages per second enforced over a 1 s window
     sent: list[dict[str, Any]] = field(default_factory=list)
-    failures: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
+    failures: deque[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=deque)
+    # Every request in order: its body, when it came and the status it was answered.
+    requests: list[dict[str, Any]] = field(default_factory=list)
     rejected_429: int = 0
     delay: float = 0.0
     _window: deque[float] = field(default_factory=deque)
@@ -25,9 +27,19 @@ class FakeProvider:
     runner: web.AppRunner | None = None
     url: str = ""
 
-    def fail_next(self, status: int, code: str = "", message: str = "", times: int = 1) -> None:
+    def fail_next(
+        self,
+        status: int,
+        code: str = "",
+        message: str = "",
+        times: int = 1,
+        retry_after: str | None = None,
+    ) -> None:
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
         for _ in range(times):
-            self.failures.append((status, {"code": code or str(status), "message": message}))
+            self.failures.append(
+                (status, {"code": code or str(status), "message": message}, headers)
+            )
 
     async def messages(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -35,15 +47,19 @@ class FakeProvider:
             import asyncio
 
             await asyncio.sleep(self.delay)
-        if self.failures:
-            status, payload = self.failures.popleft()
-            return web.json_response(payload, status=status)
         now = time.monotonic()
+        record: dict[str, Any] = {**body, "at": now}
+        self.requests.append(record)
+        if self.failures:
+            status, payload, headers = self.failures.popleft()
+            record["status"] = status
+            return web.json_response(payload, status=status, headers=headers)
         if self.rate is not None:
             while self._window and now - self._window[0] >= 1.0:
                 self._window.popleft()
             if len(self._window) >= self.rate:
                 self.rejected_429 += 1
+                record["status"] = 429
                 return web.json_response(
                     {"code": "rate", "message": "too many requests"},
                     status=429,
@@ -51,6 +67,7 @@ class FakeProvider:
                 )
             self._window.append(now)
         message_id = f"SM{next(self._ids):06d}"
+        record["status"] = 200
         self.sent.append({**body, "id": message_id, "at": now})
         return web.json_response({"id": message_id})
 

@@ -10,6 +10,7 @@ in `fakeprovider.py` answers like a real one (200 with an id, 429, 5xx, 4xx).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 
@@ -56,6 +57,11 @@ class TestChannel(ChannelAdapter):
     name = "testchan"
     Settings = TestChannelSettings
     settings: TestChannelSettings
+
+    # A test may set `hold` to keep parsed webhooks waiting before they reach
+    # ingest (requests in flight at a moment of its choosing); `held` counts them.
+    hold: asyncio.Event | None = None
+    held: int = 0
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("", self.inbound), web.post("/status", self.status)]
@@ -105,6 +111,9 @@ class TestChannel(ChannelAdapter):
                 event = InboundText(**common)
         except (InvalidIdentity, ValidationError) as error:
             raise web.HTTPBadRequest(text=f"invalid payload: {error}") from None
+        if self.hold is not None:
+            self.held += 1
+            await self.hold.wait()
         (result,) = await self.ctx.ingest([event])
         return web.json_response(
             {"ok": True, "duplicate": result.duplicate, "id": result.message_id}
@@ -129,7 +138,13 @@ class TestChannel(ChannelAdapter):
         url = f"{self.settings.api_base}/messages"
         try:
             async with self.ctx.http().post(
-                url, json={"to": message.to, "text": message.text, "ref": message.id}
+                url,
+                json={
+                    "to": message.to,
+                    "text": message.text,
+                    "ref": message.id,
+                    "attempt": message.attempt,
+                },
             ) as response:
                 payload = await response.json(content_type=None)
                 status = response.status

@@ -1,0 +1,498 @@
+"""hub.outbox and the dispatcher against a fake provider (issue 2, point 7).
+
+Replies are queued with `enqueue`, sent by the running dispatcher through the test
+channel to `FakeProvider` (a real HTTP server), and moved by status callbacks.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from hub.app import build_app
+from hub.model import StatusUpdate, utcnow
+from hub.outbox import Dispatcher, OutboxError, enqueue, record_statuses
+from hub.ratelimit import KeyedRateLimiter, RateLimiter
+from tests.conftest import hub_of, post_inbound, signed_form
+from tests.support.waiting import eventually
+
+NUMBER = "+15551230001"
+AGENT = {"type": "agent", "id": "agent-1"}
+SETTLED = {"sent", "delivered", "read", "failed", "unknown"}
+
+
+async def open_conversation(client: TestClient, number: str = NUMBER) -> str:
+    resp = await post_inbound(client, MessageSid=f"SMin{number}", From=number, Body="hello")
+    assert resp.status == 200, await resp.text()
+    message = await hub_of(client).store.messages.find_one({"_id": (await resp.json())["id"]})
+    return str(message["conversation_id"])
+
+
+async def reply(client: TestClient, text: str = "hi back", **options: Any) -> dict[str, Any]:
+    hub = hub_of(client)
+    conversation_id = await open_conversation(client)
+    doc = await enqueue(
+        hub.store, hub.events, conversation_id=conversation_id, text=text, sender=AGENT, **options
+    )
+    hub.dispatcher.wake()
+    return doc
+
+
+async def message_when(client: TestClient, message_id: str, statuses: set[str]) -> dict[str, Any]:
+    store = hub_of(client).store
+    return await eventually(
+        lambda: store.messages.find_one({"_id": message_id}),
+        lambda m: m is not None and m["status"] in statuses,
+    )
+
+
+async def outbox_drained(client: TestClient) -> bool:
+    """Wait until the outbox holds no work (it is removed just after the message
+    is finished, so a test that saw the final status may be a step early)."""
+    store = hub_of(client).store
+    return await eventually(lambda: store.outbox.count_documents({}), lambda n: n == 0) == 0
+
+
+async def post_status(client: TestClient, provider_id: str, status: str, **extra: str) -> int:
+    body, headers = signed_form({"MessageSid": provider_id, "MessageStatus": status, **extra})
+    resp = await client.post("/webhooks/testchan/t1/status", data=body, headers=headers)
+    return resp.status
+
+
+# -- the normal path -----------------------------------------------------------------
+
+
+async def test_reply_is_queued_then_sent_with_provider_id_to_the_right_recipient(
+    hub_client, provider
+):
+    doc = await reply(hub_client, "your order shipped")
+    assert doc["status"] == "queued"
+    assert doc["direction"] == "out"
+
+    sent = await message_when(hub_client, doc["_id"], SETTLED)
+
+    assert sent["status"] == "sent"
+    assert sent["error"] is None
+    (request,) = provider.sent
+    assert request["to"] == NUMBER
+    assert request["text"] == "your order shipped"
+    assert request["ref"] == doc["_id"]
+    assert sent["provider_id"] == request["id"]
+    hub = hub_of(hub_client)
+    assert await outbox_drained(hub_client)
+    conversation = await hub.store.conversations.find_one({"_id": doc["conversation_id"]})
+    assert conversation["last_message"]["direction"] == "out"
+    assert 'hub_messages_out_total{channel="sms"} 1.0' in hub.metrics.render().decode()
+
+
+async def test_many_replies_queued_at_once_are_each_sent_once(hub_client, provider):
+    hub = hub_of(hub_client)
+    conversation_id = await open_conversation(hub_client)
+    docs = []
+    for n in range(12):
+        docs.append(
+            await enqueue(
+                hub.store, hub.events, conversation_id=conversation_id, text=f"r{n}", sender=AGENT
+            )
+        )
+        hub.dispatcher.wake()
+    for doc in docs:
+        assert (await message_when(hub_client, doc["_id"], SETTLED))["status"] == "sent"
+    assert sorted(r["ref"] for r in provider.sent) == sorted(d["_id"] for d in docs)
+
+
+async def test_enqueue_refuses_an_unknown_conversation_or_an_empty_message(hub_client):
+    hub = hub_of(hub_client)
+    with pytest.raises(OutboxError):
+        await enqueue(hub.store, hub.events, conversation_id="nope", text="x", sender=AGENT)
+    conversation_id = await open_conversation(hub_client)
+    with pytest.raises(OutboxError):
+        await enqueue(hub.store, hub.events, conversation_id=conversation_id, text="", sender=AGENT)
+    assert await hub.store.outbox.count_documents({}) == 0
+    assert await hub.store.messages.count_documents({"direction": "out"}) == 0
+
+
+# -- status callbacks --------------------------------------------------------------------
+
+
+async def test_status_callbacks_move_a_sent_message_to_delivered_then_read(hub_client):
+    doc = await reply(hub_client)
+    sent = await message_when(hub_client, doc["_id"], SETTLED)
+    assert sent["status"] == "sent"
+    store = hub_of(hub_client).store
+
+    assert await post_status(hub_client, sent["provider_id"], "delivered") == 200
+    assert (await store.messages.find_one({"_id": doc["_id"]}))["status"] == "delivered"
+    assert await post_status(hub_client, sent["provider_id"], "read") == 200
+    assert (await store.messages.find_one({"_id": doc["_id"]}))["status"] == "read"
+
+
+async def test_status_callbacks_never_move_a_message_backwards(hub_client):
+    doc = await reply(hub_client)
+    sent = await message_when(hub_client, doc["_id"], SETTLED)
+    store = hub_of(hub_client).store
+
+    assert await post_status(hub_client, sent["provider_id"], "read") == 200
+    assert await post_status(hub_client, sent["provider_id"], "delivered") == 200
+    assert await post_status(hub_client, sent["provider_id"], "sent") == 200
+
+    assert (await store.messages.find_one({"_id": doc["_id"]}))["status"] == "read"
+
+
+async def test_failed_status_callback_records_the_providers_reason(hub_client):
+    doc = await reply(hub_client)
+    sent = await message_when(hub_client, doc["_id"], SETTLED)
+    status = await post_status(
+        hub_client, sent["provider_id"], "failed", ErrorCode="30003", ErrorMessage="Unreachable"
+    )
+    assert status == 200
+    failed = await hub_of(hub_client).store.messages.find_one({"_id": doc["_id"]})
+    assert failed["status"] == "failed"
+    assert "Unreachable" in failed["error"] and "30003" in failed["error"]
+
+
+async def test_status_arriving_before_the_send_recorded_its_id_is_applied_afterwards(
+    hub_client, provider
+):
+    hub = hub_of(hub_client)
+    # FakeProvider numbers its messages SM000001, SM000002...: the next send gets this id.
+    early = StatusUpdate(inbox="t1", provider_id="SM000001", status="delivered")
+    assert await record_statuses(hub.store, hub.events, [early]) == 0
+    assert await hub.store.early_statuses.count_documents({}) == 1
+
+    doc = await reply(hub_client)
+
+    delivered = await message_when(hub_client, doc["_id"], {"delivered", "read", "failed"})
+    assert delivered["status"] == "delivered"
+    assert delivered["provider_id"] == "SM000001"
+    assert await hub.store.early_statuses.count_documents({}) == 0
+
+
+async def test_early_statuses_keep_the_furthest_one(hub_client, provider):
+    hub = hub_of(hub_client)
+    await record_statuses(
+        hub.store,
+        hub.events,
+        [
+            StatusUpdate(inbox="t1", provider_id="SM000001", status="read"),
+            StatusUpdate(inbox="t1", provider_id="SM000001", status="delivered"),
+        ],
+    )
+    doc = await reply(hub_client)
+    read = await message_when(hub_client, doc["_id"], {"read", "failed"})
+    assert read["status"] == "read"
+
+
+# -- provider errors -----------------------------------------------------------------------
+
+
+async def test_transient_500_is_retried_and_then_sent_on_the_second_attempt(hub_client, provider):
+    provider.fail_next(500, "server_error", "try again")
+    doc = await reply(hub_client)
+
+    sent = await message_when(hub_client, doc["_id"], SETTLED)
+
+    assert sent["status"] == "sent"
+    assert sent["error"] is None
+    assert [r["status"] for r in provider.requests] == [500, 200]
+    assert [r["attempt"] for r in provider.requests] == [1, 2]
+    assert len(provider.sent) == 1
+    metrics = hub_of(hub_client).metrics.render().decode()
+    assert 'hub_send_errors_total{channel="sms",kind="transient"} 1.0' in metrics
+
+
+async def test_429_is_retried_after_the_providers_retry_after_without_failing(hub_client, provider):
+    provider.fail_next(429, "rate", "slow down", retry_after="0.3")
+    doc = await reply(hub_client)
+
+    sent = await message_when(hub_client, doc["_id"], SETTLED)
+
+    assert sent["status"] == "sent"
+    assert sent["error"] is None
+    first, second = provider.requests
+    assert (first["status"], second["status"]) == (429, 200)
+    assert second["attempt"] == 2
+    # Not sooner than the provider asked (a lower bound, not a speed test).
+    assert second["at"] - first["at"] >= 0.29
+
+
+async def test_permanent_400_fails_at_once_with_the_providers_reason(hub_client, provider):
+    provider.fail_next(400, "invalid_number", "The 'To' number is not valid")
+    doc = await reply(hub_client)
+
+    failed = await message_when(hub_client, doc["_id"], SETTLED)
+
+    assert failed["status"] == "failed"
+    assert "The 'To' number is not valid" in failed["error"]
+    assert "invalid_number" in failed["error"]
+    assert await outbox_drained(hub_client)
+    assert len(provider.requests) == 1  # no retry
+    hub = hub_of(hub_client)
+    contact = await hub.store.contacts.find_one()
+    assert contact["opted_out"] == {}
+
+
+async def test_unsubscribed_error_marks_the_contact_opted_out_of_that_channel(hub_client, provider):
+    provider.fail_next(400, "unsubscribed", "recipient unsubscribed")
+    doc = await reply(hub_client)
+
+    failed = await message_when(hub_client, doc["_id"], SETTLED)
+
+    assert failed["status"] == "failed"
+    assert "recipient unsubscribed" in failed["error"]
+    contact = await hub_of(hub_client).store.contacts.find_one()
+    assert contact["opted_out"] == {"sms": True}
+
+
+async def test_gives_up_after_max_attempts_transient_failures(make_settings, provider):
+    settings = make_settings(dispatcher={"max_attempts": 3})
+    provider.fail_next(503, "unavailable", "maintenance", times=5)
+    async with TestClient(TestServer(build_app(settings))) as client:
+        doc = await reply(client)
+        failed = await message_when(client, doc["_id"], SETTLED)
+        assert await outbox_drained(client)
+
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("gave up after 3 attempts")
+    assert "maintenance" in failed["error"]
+    assert [r["attempt"] for r in provider.requests] == [1, 2, 3]
+    assert provider.sent == []
+
+
+# -- crashes and at-most-once ------------------------------------------------------------
+
+
+async def interrupted_send(client: TestClient, **options: Any) -> tuple[dict[str, Any], Any]:
+    """A reply left as a hub that died mid-send leaves it: `sending`, lease expired.
+
+    The running dispatcher is stopped first (the dead hub); the returned successor
+    is a dispatcher of a new hub process on the same store, not yet started.
+    """
+    hub = hub_of(client)
+    await hub.dispatcher.stop()
+    doc = await reply(client, **options)
+    await hub.store.outbox.update_one(
+        {"_id": doc["_id"]},
+        {
+            "$set": {
+                "state": "sending",
+                "lease_owner": "dead-hub",
+                "lease_until": utcnow() - timedelta(seconds=5),
+                "attempts": 1,
+            }
+        },
+    )
+    await hub.store.messages.update_one({"_id": doc["_id"]}, {"$set": {"status": "sending"}})
+    successor = Dispatcher(
+        hub.store, hub.events, hub.metrics, hub.adapters, hub.settings.dispatcher, "successor"
+    )
+    return doc, successor
+
+
+async def test_crashed_reply_is_requeued_and_sent_at_least_once(hub_client, provider):
+    doc, successor = await interrupted_send(hub_client)
+
+    assert await successor.recover_expired() == 1
+    assert await successor.run_once() is True
+
+    sent = await hub_of(hub_client).store.messages.find_one({"_id": doc["_id"]})
+    assert sent["status"] == "sent"
+    assert [r["ref"] for r in provider.sent] == [doc["_id"]]
+    assert provider.sent[0]["attempt"] == 2
+    assert await hub_of(hub_client).store.outbox.count_documents({}) == 0
+
+
+async def test_crashed_at_most_once_send_becomes_unknown_and_is_never_sent(hub_client, provider):
+    doc, successor = await interrupted_send(hub_client, at_most_once=True, campaign_id="c1")
+
+    assert await successor.recover_expired() == 1
+    assert await successor.run_once() is False  # nothing left to send
+
+    unknown = await hub_of(hub_client).store.messages.find_one({"_id": doc["_id"]})
+    assert unknown["status"] == "unknown"
+    assert unknown["error"]
+    assert provider.requests == []
+    assert await hub_of(hub_client).store.outbox.count_documents({}) == 0
+
+
+async def test_live_lease_is_not_taken_back(hub_client, provider):
+    hub = hub_of(hub_client)
+    doc, successor = await interrupted_send(hub_client)
+    await hub.store.outbox.update_one(
+        {"_id": doc["_id"]}, {"$set": {"lease_until": utcnow() + timedelta(minutes=5)}}
+    )
+    assert await successor.recover_expired() == 0
+    assert await successor.run_once() is False
+    assert provider.requests == []
+
+
+async def test_at_most_once_send_that_got_a_5xx_becomes_unknown_and_is_not_retried(
+    hub_client, provider
+):
+    provider.fail_next(502, "bad_gateway", "upstream timeout")
+    doc = await reply(hub_client, at_most_once=True, campaign_id="c1")
+
+    settled = await message_when(hub_client, doc["_id"], SETTLED)
+
+    assert settled["status"] == "unknown"
+    assert "upstream timeout" in settled["error"]
+    assert await outbox_drained(hub_client)
+    assert len(provider.requests) == 1
+
+
+async def test_at_most_once_send_that_got_a_429_is_retried_and_sent(hub_client, provider):
+    provider.fail_next(429, "rate", "slow down", retry_after="0.1")
+    doc = await reply(hub_client, at_most_once=True, campaign_id="c1")
+
+    settled = await message_when(hub_client, doc["_id"], SETTLED)
+
+    assert settled["status"] == "sent"
+    assert [r["status"] for r in provider.requests] == [429, 200]
+
+
+async def test_item_claimed_before_enqueue_wrote_its_message_is_sent_once_it_is(
+    hub_client, provider
+):
+    """`enqueue` writes the outbox item, then the message: a dispatcher polling in
+    between must wait for the message, not drop the reply."""
+    hub = hub_of(hub_client)
+    doc, successor = await interrupted_send(hub_client)
+    message = await hub.store.messages.find_one_and_delete({"_id": doc["_id"]})
+    await hub.store.outbox.update_one(
+        {"_id": doc["_id"]},
+        {"$set": {"state": "queued", "attempts": 0, "next_attempt_at": utcnow()}},
+    )
+
+    assert await successor.run_once() is True  # claimed, but no message yet
+    assert await hub.store.outbox.count_documents({"_id": doc["_id"]}) == 1
+    await hub.store.messages.insert_one(message)
+
+    await eventually(successor.run_once)
+    sent = await hub.store.messages.find_one({"_id": doc["_id"]})
+    assert sent["status"] == "sent"
+    assert [(r["ref"], r["attempt"]) for r in provider.sent] == [(doc["_id"], 1)]
+
+
+async def test_outbox_item_whose_enqueue_failed_long_ago_is_dropped(hub_client, provider):
+    hub = hub_of(hub_client)
+    doc, successor = await interrupted_send(hub_client)
+    await hub.store.messages.delete_one({"_id": doc["_id"]})
+    await hub.store.outbox.update_one(
+        {"_id": doc["_id"]},
+        {"$set": {"state": "queued", "created_at": utcnow() - timedelta(hours=1)}},
+    )
+    assert await successor.run_once() is True
+    assert await hub.store.outbox.count_documents({}) == 0
+    assert provider.requests == []
+
+
+async def test_a_message_that_cannot_be_built_fails_without_stopping_the_dispatcher(
+    hub_client, provider
+):
+    hub = hub_of(hub_client)
+    await hub.dispatcher.stop()
+    conversation_id = await open_conversation(hub_client)
+    poison, good = [
+        await enqueue(hub.store, hub.events, conversation_id=conversation_id, text=t, sender=AGENT)
+        for t in ("poison", "good")
+    ]
+    await hub.store.messages.update_one(
+        {"_id": poison["_id"]}, {"$set": {"attachments": [{"bogus": True}]}}
+    )
+    one_worker = hub.settings.dispatcher.model_copy(update={"workers": 1})
+    successor = Dispatcher(hub.store, hub.events, hub.metrics, hub.adapters, one_worker, "solo")
+    successor.start()
+    try:
+        sent = await message_when(hub_client, good["_id"], SETTLED)
+    finally:
+        await successor.stop()
+    assert sent["status"] == "sent"
+    failed = await hub.store.messages.find_one({"_id": poison["_id"]})
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("internal error")
+    assert [r["text"] for r in provider.sent] == ["good"]
+
+
+# -- pacing ---------------------------------------------------------------------------------
+
+
+async def test_dispatcher_paces_sends_below_the_providers_limit(make_settings, provider):
+    """20 replies at once through an inbox paced at 10/s to a provider that
+    refuses more than 15 in any second: none is refused."""
+    provider.rate = 15
+    settings = make_settings(inbox={"rate": 10.0, "burst": 1})
+    async with TestClient(TestServer(build_app(settings))) as client:
+        hub = hub_of(client)
+        conversation_id = await open_conversation(client)
+        docs = [
+            await enqueue(
+                hub.store, hub.events, conversation_id=conversation_id, text=f"{n}", sender=AGENT
+            )
+            for n in range(20)
+        ]
+        hub.dispatcher.wake()
+        for doc in docs:
+            assert (await message_when(client, doc["_id"], SETTLED))["status"] == "sent"
+    assert provider.rejected_429 == 0
+    assert len(provider.sent) == 20
+
+
+def test_rate_limiter_lets_a_burst_through_then_spaces_at_the_rate():
+    limiter = RateLimiter(per_second=10.0, burst=3)
+    waits = [limiter.reserve(now=100.0) for _ in range(6)]
+    assert waits == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.2, 0.3])
+
+
+def test_rate_limiter_without_burst_spaces_every_message():
+    limiter = RateLimiter(per_second=4.0)
+    assert limiter.reserve(now=0.0) == 0.0
+    assert limiter.reserve(now=0.0) == pytest.approx(0.25)
+    assert limiter.reserve(now=0.1) == pytest.approx(0.4)  # slot at 0.5
+    assert limiter.reserve(now=2.0) == 0.0  # idle long enough: no wait
+
+
+def test_rate_limiter_long_run_rate_never_exceeds_per_second():
+    limiter = RateLimiter(per_second=20.0, burst=5)
+    # 1,000 requests arriving every millisecond (1,000/s asked for).
+    slots = [t + limiter.reserve(now=t) for t in (n / 1000 for n in range(1000))]
+    assert slots == sorted(slots)
+    # Any window of one second holds at most burst + rate messages.
+    for start in slots:
+        in_window = sum(1 for s in slots if start <= s < start + 1.0)
+        assert in_window <= 5 + 20
+    # And the last is where the rate says: 995 spaced messages after the burst.
+    assert slots[-1] == pytest.approx((1000 - 5) / 20.0)
+
+
+def test_rate_limiter_refills_its_burst_after_idling():
+    limiter = RateLimiter(per_second=10.0, burst=3)
+    for _ in range(3):
+        limiter.reserve(now=0.0)
+    assert limiter.reserve(now=0.0) > 0
+    assert [limiter.reserve(now=10.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+def test_rate_limiter_refuses_a_non_positive_rate():
+    with pytest.raises(ValueError):
+        RateLimiter(per_second=0)
+
+
+def test_keyed_rate_limiter_keeps_keys_independent():
+    limiter = KeyedRateLimiter(per_second=1.0, burst=1)
+    assert limiter.limiter("chat-a").reserve(now=0.0) == 0.0
+    assert limiter.limiter("chat-a").reserve(now=0.0) == pytest.approx(1.0)
+    assert limiter.limiter("chat-b").reserve(now=0.0) == 0.0  # not slowed by chat-a
+    assert limiter.limiter("chat-a") is limiter.limiter("chat-a")
+
+
+def test_keyed_rate_limiter_forgets_the_least_recently_used_key():
+    limiter = KeyedRateLimiter(per_second=1.0, burst=1, max_keys=2)
+    a = limiter.limiter("a")
+    limiter.limiter("b")
+    limiter.limiter("a")  # a is now more recent than b
+    limiter.limiter("c")  # evicts b
+    assert limiter.limiter("a") is a
+    assert set(limiter._limiters) == {"a", "c"}
