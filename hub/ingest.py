@@ -87,6 +87,49 @@ def message_doc(event: InboundEvent, message_id: str, conversation_id: str) -> d
     return doc
 
 
+def summary_fields(last: dict[str, Any]) -> dict[str, Any]:
+    """What a conversation's summary says of its newest inbound message."""
+    return {
+        "last_message": {
+            "id": last["_id"],
+            "text": last["text"],
+            "kind": last["kind"],
+            "direction": "in",
+            "at": last["created_at"],
+        },
+        "last_activity_at": last["created_at"],
+        "last_inbound_at": last["created_at"],
+    }
+
+
+def conversation_change(
+    conversation_id: str, contact_id: str, last: dict[str, Any], added: int
+) -> dict[str, Any]:
+    """The `conversation.updated` event for new inbound messages: only the fields
+    this batch set, in the public shape, plus `unread_added`.
+
+    The batch updates conversations without reading them back (one bulk write),
+    so it does not know their assignee, labels or unread total: it leaves them
+    out rather than announce values (none, no labels, zero) that are not so.
+    """
+    view = conversation_view(
+        {
+            "_id": conversation_id,
+            "inbox": last["inbox"],
+            "channel": last["channel"],
+            "contact_id": contact_id,
+            "status": "open",
+            "last_message": {"text": last["text"], "direction": "in", "at": last["created_at"]},
+            "last_activity_at": last["created_at"],
+        }
+    )
+    for unknown in ("assignee", "labels", "unread", "created_at"):
+        del view[unknown]
+    view["contact"] = {"id": contact_id}
+    view["unread_added"] = added
+    return view
+
+
 class _LRU(OrderedDict[str, str]):
     def __init__(self, size: int) -> None:
         super().__init__()
@@ -134,6 +177,9 @@ class Ingestor:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._bot_tasks: set[asyncio.Task[None]] = set()
+        # A merge (here or in another hub process) moves conversations to another
+        # contact: what this process remembers of them is then stale.
+        events.bus.listen("contact.merged", lambda _event: self.forget_conversations())
 
     # -- public ------------------------------------------------------------------
 
@@ -268,13 +314,18 @@ class Ingestor:
                 refused.add(str(docs[item["index"]]["_id"]))
         new_docs = [d for d in docs if d["_id"] not in refused]
 
-        # One summary update per conversation, from its newest new message.
+        # One summary update per conversation, from its newest new message (by the
+        # provider's time: a batch may hold them out of order).
         per_conv: dict[str, list[dict[str, Any]]] = {}
         for doc in new_docs:
             per_conv.setdefault(doc["conversation_id"], []).append(doc)
+        newest = {
+            conv_id: max(conv_docs, key=lambda d: d["created_at"])
+            for conv_id, conv_docs in per_conv.items()
+        }
         updates = []
         for conv_id, conv_docs in per_conv.items():
-            last = max(conv_docs, key=lambda d: d["created_at"])
+            last = newest[conv_id]
             updates.append(
                 UpdateOne(
                     {"_id": conv_id},
@@ -282,17 +333,35 @@ class Ingestor:
                         "$set": {
                             "status": "open",
                             "snooze_until": None,
-                            "last_message": {
-                                "id": last["_id"],
-                                "text": last["text"],
-                                "kind": last["kind"],
-                                "direction": "in",
-                                "at": last["created_at"],
-                            },
-                            "last_activity_at": last["created_at"],
-                            "last_inbound_at": last["created_at"],
+                            **summary_fields(last),
                         },
                         "$inc": {"unread": len(conv_docs)},
+                    },
+                )
+            )
+        # A retry of a message already stored: if the attempt that stored it failed
+        # before updating its conversation (the store went away in between, so the
+        # provider got a 5xx and retried), bring the summary up to it now. Guarded
+        # by time, so on an ordinary retry it matches nothing and changes nothing.
+        # The stored copy is read (duplicates are rare; they cost this one query)
+        # because its time, not the retry's, is what the summary would show.
+        repaired: dict[str, dict[str, Any]] = {}
+        if refused:
+            stored = self.store.messages.find(
+                {"_id": {"$in": sorted(refused)}},
+                {"_id": 1, "conversation_id": 1, "text": 1, "kind": 1, "created_at": 1},
+            )
+            async for doc in stored:
+                conv_id = doc["conversation_id"]
+                if conv_id not in repaired or doc["created_at"] > repaired[conv_id]["created_at"]:
+                    repaired[conv_id] = doc
+        for conv_id, last in repaired.items():
+            updates.append(
+                UpdateOne(
+                    {"_id": conv_id, "last_activity_at": {"$lt": last["created_at"]}},
+                    {
+                        "$set": {**summary_fields(last), "status": "open", "snooze_until": None},
+                        "$inc": {"unread": 1},
                     },
                 )
             )
@@ -301,24 +370,14 @@ class Ingestor:
 
         published: list[Event] = [Event("message.created", message_view(d)) for d in new_docs]
         for conv_id, conv_docs in per_conv.items():
-            last = conv_docs[-1]
-            summary = {
-                "_id": conv_id,
-                "inbox": last["inbox"],
-                "channel": last["channel"],
-                "contact_id": contacts[conv_id],
-                "status": "open",
-                "unread": None,
-                "last_message": {
-                    "text": last["text"],
-                    "direction": "in",
-                    "at": last["created_at"],
-                },
-                "last_activity_at": last["created_at"],
-            }
-            view = conversation_view(summary)
-            view["unread_added"] = len(conv_docs)
-            published.append(Event("conversation.updated", view))
+            published.append(
+                Event(
+                    "conversation.updated",
+                    conversation_change(
+                        conv_id, contacts[conv_id], newest[conv_id], len(conv_docs)
+                    ),
+                )
+            )
         await self.events.publish(published)
 
         for doc in new_docs:

@@ -1,0 +1,560 @@
+"""hub.ingest: the one path every inbound message takes (issue 2, point 6).
+
+Through the test channel's signed webhook where the HTTP edge matters, and through
+`Hub.ingest` with model objects where only the hub's own types matter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+from datetime import timedelta
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from pymongo import AsyncMongoClient
+
+from hub.app import build_app
+from hub.ingest import message_doc, message_id_for
+from hub.model import (
+    KIND_OF_INBOUND,
+    Attachment,
+    ButtonReply,
+    CallInfo,
+    EmailInfo,
+    IdentityRef,
+    InboundButton,
+    InboundCall,
+    InboundEmail,
+    InboundEvent,
+    InboundLocation,
+    InboundMedia,
+    InboundSharedContact,
+    InboundText,
+    InboundVoicemail,
+    Location,
+    SharedContact,
+    utcnow,
+)
+from hub.views import conversation_view, message_view
+from tests.conftest import SECRET, hub_of, post_inbound, signed_form
+from tests.support.testchannel import sign
+from tests.support.waiting import drain, eventually
+
+NUMBER = "+15551230001"
+
+
+def phone(number: str = NUMBER) -> IdentityRef:
+    return IdentityRef(kind="phone", value=number)
+
+
+async def counts(store: Any) -> dict[str, int]:
+    return {
+        name: await getattr(store, name).count_documents({})
+        for name in ("contacts", "identities", "conversations", "messages", "events")
+    }
+
+
+# -- a new sender -------------------------------------------------------------------
+
+
+async def test_first_message_from_new_number_creates_contact_conversation_and_message(
+    hub_client,
+):
+    resp = await post_inbound(
+        hub_client, MessageSid="SMnew1", From="+1 (555) 123-0001", Body="hello", ProfileName="Ada"
+    )
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    assert answer["duplicate"] is False
+    store = hub_of(hub_client).store
+
+    (contact,) = await store.contacts.find().to_list()
+    assert contact["phones"] == [NUMBER]
+    assert contact["name"] == "Ada"
+    identity = await store.identities.find_one({"_id": f"phone:{NUMBER}"})
+    assert identity is not None and identity["contact_id"] == contact["_id"]
+
+    (conversation,) = await store.conversations.find().to_list()
+    (message,) = await store.messages.find().to_list()
+    assert message["_id"] == answer["id"]
+    assert message["conversation_id"] == conversation["_id"]
+    assert message["kind"] == "text"
+    assert message["text"] == "hello"
+    assert message["direction"] == "in"
+    assert message["status"] == "received"
+    assert message["provider_id"] == "SMnew1"
+    assert message["channel"] == "sms"
+    assert message["sender"]["type"] == "contact"
+
+    assert conversation["contact_id"] == contact["_id"]
+    assert conversation["inbox"] == "t1"
+    assert conversation["channel"] == "sms"
+    assert conversation["status"] == "open"
+    assert conversation["unread"] == 1
+    assert conversation["last_message"]["id"] == message["_id"]
+    assert conversation["last_message"]["text"] == "hello"
+    assert conversation["last_message"]["direction"] == "in"
+    assert conversation["last_inbound_at"] == message["created_at"]
+    assert conversation["last_activity_at"] == message["created_at"]
+
+
+async def test_second_message_from_known_number_reuses_contact_and_conversation(hub_client):
+    first = await (await post_inbound(hub_client, MessageSid="SMk1", From=NUMBER, Body="a")).json()
+    second = await (await post_inbound(hub_client, MessageSid="SMk2", From=NUMBER, Body="b")).json()
+    store = hub_of(hub_client).store
+    assert first["id"] != second["id"]
+    assert await store.contacts.count_documents({}) == 1
+    (conversation,) = await store.conversations.find().to_list()
+    assert conversation["unread"] == 2
+    assert conversation["last_message"]["text"] == "b"
+
+
+# -- provider retries -----------------------------------------------------------------
+
+
+async def test_provider_retry_is_acknowledged_stored_once_and_not_republished(hub_client):
+    hub = hub_of(hub_client)
+    first = await post_inbound(hub_client, MessageSid="SMretry", From=NUMBER, Body="once")
+    assert first.status == 200
+    first_answer = await first.json()
+    before = await counts(hub.store)
+    sub = hub.bus.subscribe()
+
+    retry = await post_inbound(hub_client, MessageSid="SMretry", From=NUMBER, Body="once")
+
+    assert retry.status == 200
+    answer = await retry.json()
+    assert answer["duplicate"] is True
+    assert answer["id"] == first_answer["id"]
+    assert await counts(hub.store) == before  # no message, no event document
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert conversation["unread"] == 1
+    # Events are delivered locally before the webhook is answered, so none came.
+    assert drain(sub) == []
+    metrics = hub.metrics.render().decode()
+    assert 'hub_messages_duplicate_total{channel="sms"} 1.0' in metrics
+
+
+async def test_retry_after_a_failure_between_message_and_summary_repairs_the_summary(
+    hub_client,
+):
+    # The store went away after the message was written and before its
+    # conversation was updated: the provider got a 5xx and retries.
+    hub = hub_of(hub_client)
+    assert (await post_inbound(hub_client, MessageSid="SMa", From=NUMBER, Body="a")).status == 200
+    (conversation,) = await hub.store.conversations.find().to_list()
+    lost = InboundText(
+        inbox="t1", medium="sms", provider_id="SMb", sender=phone(), text="lost summary"
+    )
+    await hub.store.messages.insert_one(
+        message_doc(lost, message_id_for("t1", "SMb"), conversation["_id"])
+    )
+
+    retry = await post_inbound(hub_client, MessageSid="SMb", From=NUMBER, Body="lost summary")
+
+    assert (await retry.json())["duplicate"] is True
+    repaired = await hub.store.conversations.find_one({"_id": conversation["_id"]})
+    assert repaired["last_message"]["text"] == "lost summary"
+    assert repaired["last_message"]["id"] == message_id_for("t1", "SMb")
+    assert repaired["unread"] == 2
+    # A second retry finds the summary already there and changes nothing.
+    await post_inbound(hub_client, MessageSid="SMb", From=NUMBER, Body="lost summary")
+    again = await hub.store.conversations.find_one({"_id": conversation["_id"]})
+    assert again == repaired
+
+
+async def test_duplicates_inside_one_batch_are_stored_once(hub_client):
+    hub = hub_of(hub_client)
+    original = InboundText(inbox="t1", medium="sms", provider_id="B1", sender=phone(), text="x")
+    copy = InboundText(inbox="t1", medium="sms", provider_id="B1", sender=phone(), text="x")
+    other = InboundText(inbox="t1", medium="sms", provider_id="B2", sender=phone(), text="y")
+
+    results = await hub.ingest([original, copy, other])
+
+    assert [r.duplicate for r in results] == [False, True, False]
+    assert results[0].message_id == results[1].message_id
+    assert await hub.store.messages.count_documents({}) == 2
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert conversation["unread"] == 2
+
+
+async def test_concurrent_retries_of_one_message_store_it_once(hub_client):
+    hub = hub_of(hub_client)
+    responses = await asyncio.gather(
+        *(post_inbound(hub_client, MessageSid="SMsame", From=NUMBER, Body="x") for _ in range(20))
+    )
+    answers = [await r.json() for r in responses]
+    assert [r.status for r in responses] == [200] * 20
+    assert sorted(a["duplicate"] for a in answers) == [False] + [True] * 19
+    assert len({a["id"] for a in answers}) == 1
+    assert await hub.store.messages.count_documents({}) == 1
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert conversation["unread"] == 1
+
+
+async def test_fifty_concurrent_first_messages_from_one_number_make_one_contact(hub_client):
+    hub = hub_of(hub_client)
+    responses = await asyncio.gather(
+        *(
+            post_inbound(hub_client, MessageSid=f"SMc{n:03d}", From=NUMBER, Body=f"m{n}")
+            for n in range(50)
+        )
+    )
+    assert [r.status for r in responses] == [200] * 50
+    answers = [await r.json() for r in responses]
+    assert not any(a["duplicate"] for a in answers)
+
+    assert await hub.store.contacts.count_documents({}) == 1
+    assert await hub.store.identities.count_documents({}) == 1
+    assert await hub.store.conversations.count_documents({}) == 1
+    assert await hub.store.messages.count_documents({}) == 50
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert conversation["unread"] == 50
+    assert {m["conversation_id"] async for m in hub.store.messages.find()} == {conversation["_id"]}
+
+
+async def test_concurrent_first_messages_from_many_numbers_make_one_contact_each(hub_client):
+    hub = hub_of(hub_client)
+    numbers = [f"+1555987{n:04d}" for n in range(10)]
+    responses = await asyncio.gather(
+        *(
+            post_inbound(hub_client, MessageSid=f"SMm{n}-{k}", From=number, Body="hi")
+            for n, number in enumerate(numbers)
+            for k in range(3)
+        )
+    )
+    assert {r.status for r in responses} == {200}
+    assert await hub.store.contacts.count_documents({}) == 10
+    assert await hub.store.conversations.count_documents({}) == 10
+    async for conversation in hub.store.conversations.find():
+        assert conversation["unread"] == 3
+
+
+# -- conversation state ---------------------------------------------------------------
+
+
+async def test_new_message_reopens_a_resolved_conversation(hub_client):
+    hub = hub_of(hub_client)
+    await post_inbound(hub_client, MessageSid="SMo1", From=NUMBER, Body="problem")
+    (conversation,) = await hub.store.conversations.find().to_list()
+    await hub.store.conversations.update_one(
+        {"_id": conversation["_id"]}, {"$set": {"status": "resolved", "unread": 0}}
+    )
+
+    resp = await post_inbound(hub_client, MessageSid="SMo2", From=NUMBER, Body="again")
+
+    assert resp.status == 200
+    reopened = await hub.store.conversations.find_one({"_id": conversation["_id"]})
+    assert reopened["status"] == "open"
+    assert reopened["unread"] == 1
+    assert reopened["last_message"]["text"] == "again"
+    assert await hub.store.conversations.count_documents({}) == 1
+
+
+async def test_new_message_wakes_a_snoozed_conversation(hub_client):
+    hub = hub_of(hub_client)
+    await post_inbound(hub_client, MessageSid="SMz1", From=NUMBER, Body="later")
+    (conversation,) = await hub.store.conversations.find().to_list()
+    await hub.store.conversations.update_one(
+        {"_id": conversation["_id"]},
+        {"$set": {"status": "snoozed", "snooze_until": utcnow() + timedelta(days=1)}},
+    )
+    await post_inbound(hub_client, MessageSid="SMz2", From=NUMBER, Body="now please")
+    woken = await hub.store.conversations.find_one({"_id": conversation["_id"]})
+    assert woken["status"] == "open"
+    assert woken["snooze_until"] is None
+
+
+async def test_batch_summary_and_event_name_the_same_newest_message(hub_client):
+    """Messages of one batch may carry provider times out of order: the stored
+    summary and the published event must both name the newest one."""
+    hub = hub_of(hub_client)
+    sub = hub.bus.subscribe()
+    now = utcnow()
+    newest = InboundText(
+        inbox="t1", medium="sms", provider_id="O1", sender=phone(), text="newest", received_at=now
+    )
+    older = InboundText(
+        inbox="t1",
+        medium="sms",
+        provider_id="O2",
+        sender=phone(),
+        text="older",
+        received_at=now - timedelta(minutes=1),
+    )
+    await hub.ingest([newest, older])
+
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert conversation["last_message"]["text"] == "newest"
+    (updated,) = [e for e in drain(sub) if e.type == "conversation.updated"]
+    assert updated.data["last_message"]["text"] == "newest"
+    assert updated.data["unread_added"] == 2
+
+
+# -- what is stored for each kind of event ------------------------------------------------
+
+
+async def test_media_message_stores_its_attachments(hub_client):
+    hub = hub_of(hub_client)
+    resp = await post_inbound(
+        hub_client,
+        MessageSid="SMmedia",
+        From=NUMBER,
+        Body="look",
+        MediaUrl0="https://media.example/1.jpg",
+        MediaContentType0="image/jpeg",
+    )
+    assert resp.status == 200
+    message = await hub.store.messages.find_one({"provider_id": "SMmedia"})
+    assert message["kind"] == "media"
+    assert message["text"] == "look"
+    assert message["attachments"] == [
+        {
+            "url": "https://media.example/1.jpg",
+            "content_type": "image/jpeg",
+            "name": None,
+            "size": None,
+        }
+    ]
+
+
+def one_of_each_inbound_type() -> list[Any]:
+    email = IdentityRef(kind="email", value="ada@example.com")
+    common: dict[str, Any] = {"inbox": "t1", "sender": phone()}
+    return [
+        InboundText(**common, medium="sms", provider_id="K-text", text="plain"),
+        InboundMedia(
+            **common,
+            medium="whatsapp",
+            provider_id="K-media",
+            attachments=(Attachment(url="https://m.example/a.pdf", name="a.pdf", size=10),),
+        ),
+        InboundLocation(
+            **common,
+            medium="whatsapp",
+            provider_id="K-location",
+            location=Location(latitude=52.52, longitude=13.405, name="Berlin"),
+        ),
+        InboundSharedContact(
+            **common,
+            medium="whatsapp",
+            provider_id="K-contact",
+            contact=SharedContact(name="Bob", phones=("+15550001111",)),
+        ),
+        InboundButton(
+            **common,
+            medium="whatsapp",
+            provider_id="K-button",
+            text="Yes",
+            button=ButtonReply(payload="confirm", title="Yes"),
+        ),
+        InboundCall(
+            **common,
+            medium="voice",
+            provider_id="K-call",
+            call=CallInfo(status="missed", call_id="CA1"),
+        ),
+        InboundVoicemail(
+            **common,
+            medium="voice",
+            provider_id="K-voicemail",
+            call=CallInfo(status="completed", duration=12, recording_url="https://r.example/1"),
+        ),
+        InboundEmail(
+            inbox="t1",
+            sender=email,
+            medium="email",
+            provider_id="K-email",
+            text="body",
+            email=EmailInfo(subject="Hello", message_id="<m1@example.com>"),
+        ),
+    ]
+
+
+# The field each type keeps beside the text, and a value it must hold.
+TYPE_PAYLOAD = {
+    "media": ("attachments", lambda v: v[0]["name"] == "a.pdf"),
+    "location": ("location", lambda v: v["latitude"] == 52.52 and v["name"] == "Berlin"),
+    "contact": ("contact", lambda v: v["phones"] == ["+15550001111"]),
+    "button": ("button", lambda v: v["payload"] == "confirm"),
+    "call": ("call", lambda v: v["status"] == "missed" and v["call_id"] == "CA1"),
+    "voicemail": ("call", lambda v: v["recording_url"] == "https://r.example/1"),
+    "email": ("email", lambda v: v["subject"] == "Hello"),
+}
+
+
+async def test_every_inbound_type_is_stored_with_its_kind_and_payload(hub_client):
+    hub = hub_of(hub_client)
+    events = one_of_each_inbound_type()
+    union = typing.get_args(typing.get_args(InboundEvent)[0])
+    assert {type(e) for e in events} == set(union), "a type of the union is not tested"
+    assert {e.type for e in events} == set(KIND_OF_INBOUND)
+
+    results = await hub.ingest(events)
+
+    assert not any(r.duplicate for r in results)
+    for event, result in zip(events, results, strict=True):
+        message = await hub.store.messages.find_one({"_id": result.message_id})
+        assert message is not None, event.type
+        assert message["kind"] == KIND_OF_INBOUND[event.type], event.type
+        assert message["channel"] == event.medium
+        assert message["direction"] == "in"
+        if event.type in TYPE_PAYLOAD:
+            name, check = TYPE_PAYLOAD[event.type]
+            assert check(message[name]), (event.type, message[name])
+    # The phone is one contact across SMS, WhatsApp and voice; the e-mail another.
+    assert await hub.store.contacts.count_documents({}) == 2
+    assert await hub.store.conversations.count_documents({}) == 4  # sms, whatsapp, voice, email
+
+
+# -- events and the bot hook --------------------------------------------------------------
+
+
+async def test_new_message_publishes_message_created_and_conversation_updated(hub_client):
+    hub = hub_of(hub_client)
+    sub = hub.bus.subscribe()
+    resp = await post_inbound(hub_client, MessageSid="SMev", From=NUMBER, Body="ping")
+    answer = await resp.json()
+    (conversation,) = await hub.store.conversations.find().to_list()
+
+    # Delivered before the webhook was answered: no waiting needed.
+    events = drain(sub)
+    assert [e.type for e in events] == ["message.created", "conversation.updated"]
+    created, updated = events
+    assert created.data["id"] == answer["id"]
+    assert created.data["text"] == "ping"
+    assert created.data["direction"] == "in"
+    assert created.data["conversation_id"] == conversation["_id"]
+    stored_message = await hub.store.messages.find_one({"_id": answer["id"]})
+    assert created.data == message_view(stored_message)  # the event is what the store holds
+    assert updated.data["id"] == conversation["_id"]
+    assert updated.data["contact"]["id"] == conversation["contact_id"]
+    assert updated.data["last_message"]["text"] == "ping"
+    assert updated.data["unread_added"] == 1
+    stored = await hub.store.events.find().to_list()
+    assert [e["type"] for doc in stored for e in doc["events"]] == [
+        "message.created",
+        "conversation.updated",
+    ]
+
+
+async def test_conversation_updated_event_never_contradicts_the_stored_conversation(hub_client):
+    """An assigned, labelled conversation with unread messages gets a new one: the
+    event must not announce it unassigned, unlabelled or with a wrong unread."""
+    hub = hub_of(hub_client)
+    await post_inbound(hub_client, MessageSid="SMa1", From=NUMBER, Body="first")
+    (conversation,) = await hub.store.conversations.find().to_list()
+    await hub.store.conversations.update_one(
+        {"_id": conversation["_id"]},
+        {"$set": {"assignee_id": "agent-7", "labels": ["vip"], "unread": 4}},
+    )
+    sub = hub.bus.subscribe()
+
+    await post_inbound(hub_client, MessageSid="SMa2", From=NUMBER, Body="second")
+
+    (updated,) = [e for e in drain(sub) if e.type == "conversation.updated"]
+    stored = conversation_view(await hub.store.conversations.find_one({"_id": conversation["_id"]}))
+    assert stored["assignee"] == "agent-7" and stored["unread"] == 5
+    for key, value in updated.data.items():
+        if key == "contact":
+            assert value["id"] == stored["contact"]["id"]
+        elif key != "unread_added":
+            assert value == stored[key], key
+    assert updated.data["unread_added"] == 1
+    assert updated.data["last_message"]["text"] == "second"
+
+
+class RecordingBot:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def on_inbound(self, message: dict[str, Any], conversation: dict[str, Any]) -> None:
+        self.calls.append((message["provider_id"], conversation["_id"]))
+
+
+async def test_bot_hook_is_called_once_per_new_message_and_never_for_a_retry(make_settings):
+    bot = RecordingBot()
+    async with TestClient(TestServer(build_app(make_settings(), bot=bot))) as client:
+        await post_inbound(client, MessageSid="SMb1", From=NUMBER, Body="1")
+        await post_inbound(client, MessageSid="SMb1", From=NUMBER, Body="1")
+        await post_inbound(client, MessageSid="SMb2", From=NUMBER, Body="2")
+        # Bot calls run as tasks in the order they were made: once the last one
+        # is seen, a call for the retry would have been seen too.
+        await eventually(lambda: asyncio.sleep(0, bot.calls), lambda c: len(c) >= 2)
+        (conversation,) = await hub_of(client).store.conversations.find().to_list()
+    assert bot.calls == [("SMb1", conversation["_id"]), ("SMb2", conversation["_id"])]
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+async def test_wrong_signature_is_403_and_writes_nothing(hub_client):
+    body, headers = signed_form({"MessageSid": "SMbad", "From": NUMBER}, secret="not-the-secret")
+    resp = await hub_client.post("/webhooks/testchan/t1", data=body, headers=headers)
+    assert resp.status == 403
+    assert set((await counts(hub_of(hub_client).store)).values()) == {0}
+
+
+async def test_missing_signature_is_403_and_writes_nothing(hub_client):
+    resp = await hub_client.post(
+        "/webhooks/testchan/t1",
+        data=b"MessageSid=SMx&From=%2B15551230001",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert resp.status == 403
+    assert set((await counts(hub_of(hub_client).store)).values()) == {0}
+
+
+async def test_missing_message_sid_is_400_and_writes_nothing(hub_client):
+    resp = await post_inbound(hub_client, From=NUMBER, Body="no id")
+    assert resp.status == 400
+    assert "MessageSid" in await resp.text()
+    assert set((await counts(hub_of(hub_client).store)).values()) == {0}
+
+
+async def test_body_that_is_not_a_form_is_400_and_writes_nothing(hub_client):
+    for body in (b'{"MessageSid": "SMjson"}', b"\xff\xfe\x00garbage"):
+        resp = await hub_client.post(
+            "/webhooks/testchan/t1",
+            data=body,
+            headers={"Content-Type": "application/json", "X-Signature": sign(SECRET, body)},
+        )
+        assert resp.status == 400, body
+    assert set((await counts(hub_of(hub_client).store)).values()) == {0}
+
+
+async def test_unparseable_sender_is_400_and_writes_nothing(hub_client):
+    resp = await post_inbound(hub_client, MessageSid="SMnum", From="not a number", Body="x")
+    assert resp.status == 400
+    assert set((await counts(hub_of(hub_client).store)).values()) == {0}
+
+
+# -- the store goes down -------------------------------------------------------------------
+
+
+async def test_store_down_answers_503_and_never_acknowledges_an_unstored_message(
+    make_settings, private_store
+):
+    settings = make_settings(store={"uri": private_store.uri, "server_selection_timeout_ms": 500})
+    async with TestClient(TestServer(build_app(settings))) as client:
+        ok = await post_inbound(client, MessageSid="SMup", From=NUMBER, Body="kept")
+        assert ok.status == 200
+
+        await private_store.stop()
+
+        # Same sender (its conversation is known to this process) and a new one.
+        for sid, number in (("SMdown1", NUMBER), ("SMdown2", "+15551239999")):
+            resp = await post_inbound(client, MessageSid=sid, From=number, Body="lost?")
+            assert resp.status == 503, await resp.text()
+            error = (await resp.json())["error"]
+            assert error["code"] == "store_unavailable"
+            assert isinstance(error["message"], str) and error["message"]
+
+    uri = await private_store.restart()
+    reader: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
+    try:
+        stored = await reader[settings.store.database].messages.find().to_list()
+    finally:
+        await reader.close()
+    assert [m["provider_id"] for m in stored] == ["SMup"]
