@@ -16,12 +16,14 @@ from aiohttp import web
 from bots import BotHook
 from channels import ChannelAdapter, ChannelContext, StoreUnavailable, channel_class
 from hub.config import Settings
-from hub.events import EventBus, Events
+from hub.events import Event, EventBus, Events
+from hub.identity import merge_contacts
 from hub.ingest import Ingestor, IngestResult
 from hub.metrics import Metrics
 from hub.model import InboundEvent, StatusUpdate
 from hub.outbox import Dispatcher, record_statuses
 from hub.store import Store
+from hub.web import status_response
 
 log = logging.getLogger("hub.app")
 
@@ -53,6 +55,13 @@ class Hub:
             if _is_store_error(error):
                 raise StoreUnavailable(str(error)) from error
             raise
+
+    async def merge_contacts(self, keep_id: str, other_id: str) -> dict[str, Any]:
+        """Fold contact `other_id` into `keep_id` and tell every hub process."""
+        assert self.store is not None and self.events is not None
+        merged = await merge_contacts(self.store, keep_id, other_id)
+        await self.events.publish([Event("contact.merged", {"id": keep_id, "merged_id": other_id})])
+        return merged
 
     def http_session(self) -> aiohttp.ClientSession:
         assert self.http is not None
@@ -105,6 +114,13 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
+async def index(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    store = "embedded" if hub.store is not None and hub.store.embedded else "MongoDB"
+    inboxes = [(inbox.id, inbox.channel) for inbox in hub.settings.inboxes]
+    return status_response(hub.settings.public_url, inboxes, store)
+
+
 def build_adapters(hub: Hub) -> dict[str, ChannelAdapter]:
     ctx = ChannelContext(
         ingest=hub.ingest,  # type: ignore[arg-type]
@@ -144,6 +160,7 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = await Store.open(
@@ -153,6 +170,10 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
             server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
         )
         hub.store = store
+        if store.embedded is not None:
+            # Keep the embedded store answering: restart it if its process dies or
+            # the command that started it (when this hub attached to it) exits.
+            store.embedded.supervise()
         hub.metrics.track_store_commands(lambda: store.commands.total)
         hub.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30, connect=5))
         try:

@@ -3,15 +3,18 @@ over a real connection), a fresh database per test, and a running hub app."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pymongo import AsyncMongoClient
 
 import tests.support.testchannel  # noqa: F401  (registers the test channel)
 from hub.app import HUB, Hub, build_app
@@ -20,6 +23,11 @@ from hub.store import Store
 from hub.store.embedded import EmbeddedStore
 from tests.support.fakeprovider import FakeProvider
 from tests.support.testchannel import sign
+
+# The tests choose their own store and config: the developer's environment must
+# not point them at another (a real MongoDB, a production config).
+for _name in ("HUB_CONFIG", "MONGODB_URI"):
+    os.environ.pop(_name, None)
 
 SECRET = "test-secret-123"
 
@@ -32,9 +40,48 @@ async def embedded_uri(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     await embedded.stop()
 
 
+@dataclass
+class PrivateStore:
+    """An embedded store of a test's own, which the test may stop and restart."""
+
+    data_dir: Path
+    embedded: EmbeddedStore
+    uri: str = ""
+
+    async def stop(self) -> None:
+        await self.embedded.stop()
+
+    async def restart(self) -> str:
+        """Start a new store process on the same data directory; return its URI."""
+        await self.embedded.stop()
+        self.embedded = EmbeddedStore(self.data_dir)
+        self.uri = await self.embedded.start()
+        return self.uri
+
+
 @pytest.fixture
-def db_name() -> str:
-    return "t" + secrets.token_hex(6)
+async def private_store(tmp_path: Path) -> AsyncIterator[PrivateStore]:
+    private = PrivateStore(tmp_path / "private-store", EmbeddedStore(tmp_path / "private-store"))
+    private.uri = await private.embedded.start()
+    yield private
+    await private.embedded.stop()
+
+
+@pytest.fixture
+async def db_name(embedded_uri: str) -> AsyncIterator[str]:
+    """A fresh database name, dropped after the test.
+
+    Dropping matters beyond tidiness: the embedded engine's writes slow down with
+    every collection the whole store holds (about 1 ms per left-over test
+    database), so a suite that kept them would get slower test by test.
+    """
+    name = "t" + secrets.token_hex(6)
+    yield name
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(embedded_uri)
+    try:
+        await client.drop_database(name)
+    finally:
+        await client.close()
 
 
 @pytest.fixture
