@@ -19,7 +19,14 @@ from channels.base import (
     TransientSendError,
 )
 
-BUILTIN_CHANNELS: dict[str, str] = {}
+BUILTIN_CHANNELS: dict[str, str] = {
+    "twilio": "channels.twilio:TwilioChannel",
+    "telegram": "channels.telegram:TelegramChannel",
+    "whatsapp": "channels.whatsapp:WhatsAppChannel",
+    "email": "channels.email:EmailChannel",
+    "pbx": "channels.pbx:PbxChannel",
+    "form": "channels.form:FormChannel",
+}
 
 _registered: dict[str, type[ChannelAdapter]] = {}
 

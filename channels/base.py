@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar
 
 import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from hub.model import InboundEvent, OutboundMessage, SendResult, StatusUpdate
+from hub.events import Event
+from hub.model import IdentityRef, InboundEvent, OutboundMessage, SendResult, StatusUpdate
 
 
 class ChannelSettings(BaseModel):
@@ -69,6 +71,8 @@ class RateLimit:
 
     per_second: float
     burst: int = 1
+    # Also pace each recipient (`OutboundMessage.to`) at this rate (Telegram chats).
+    per_recipient: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,18 @@ class ChannelContext:
     public_url: str
     default_region: str
     logger: logging.Logger
+    # The conversation of `inbox` holding a message with one of these e-mail
+    # Message-IDs (inbound `email.message_id`, or an outbound send's provider id).
+    find_thread: Callable[[str, Sequence[str]], Awaitable[str | None]]
+    # Resolve-or-create the contact of an identity and set its opt-out on `medium`.
+    opt_out: Callable[[IdentityRef, str, bool], Awaitable[str]]
+    # Resolve-or-create the caller and publish `call.incoming` (the screen-pop).
+    call_incoming: Callable[[str, IdentityRef, str], Awaitable[str]]
+    # Queue a text from the system to `ref` on `inbox` and `medium`; the message id.
+    send_text: Callable[[str, str, IdentityRef, str], Awaitable[str]]
+    # Resolve-or-create the contact of `ref`, attach `also`, name it, set attributes.
+    update_contact: Callable[..., Awaitable[str]]
+    publish: Callable[[Sequence[Event]], Awaitable[None]]
 
 
 class ChannelAdapter:
@@ -110,6 +126,10 @@ class ChannelAdapter:
 
     async def close(self) -> None:
         """Release what `start` opened."""
+
+    def reply_refusal(self, last_inbound_at: datetime | None, template: bool) -> str | None:
+        """Why a reply cannot be queued now (None when it can); the API shows it."""
+        return None
 
     async def send(self, message: OutboundMessage) -> SendResult:
         raise PermanentSendError(f"channel {self.name} cannot send messages")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +18,11 @@ from bots import BotHook
 from channels import ChannelAdapter, ChannelContext, StoreUnavailable, channel_class
 from hub.config import Settings
 from hub.events import Event, EventBus, Events
-from hub.identity import merge_contacts
+from hub.identity import add_identity, merge_contacts, resolve_contact
 from hub.ingest import Ingestor, IngestResult
 from hub.metrics import Metrics
-from hub.model import InboundEvent, StatusUpdate
-from hub.outbox import Dispatcher, record_statuses
+from hub.model import Attachment, ButtonReply, IdentityRef, InboundEvent, StatusUpdate
+from hub.outbox import Dispatcher, OutboxError, enqueue, provider_key, record_statuses
 from hub.store import Store
 from hub.web import status_response
 
@@ -63,12 +64,159 @@ class Hub:
         await self.events.publish([Event("contact.merged", {"id": keep_id, "merged_id": other_id})])
         return merged
 
+    async def reply(
+        self,
+        conversation_id: str,
+        *,
+        text: str | None,
+        sender: dict[str, Any],
+        template: dict[str, Any] | None = None,
+        buttons: list[ButtonReply] | None = None,
+        attachments: list[Attachment] | None = None,
+        subject: str | None = None,
+        at_most_once: bool = False,
+        campaign_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue an outbound message in a conversation (an agent's reply, a bot's, a
+        campaign's); raise OutboxError when it cannot be sent there now."""
+        assert self.store is not None and self.events is not None
+        conversation = await self.store.conversations.find_one(
+            {"_id": conversation_id}, {"inbox": 1, "last_inbound_at": 1}
+        )
+        if conversation is None:
+            raise OutboxError(f"no conversation {conversation_id}")
+        adapter = self.adapters.get(str(conversation["inbox"]))
+        if adapter is None:
+            raise OutboxError(f"inbox {conversation['inbox']} is not configured")
+        refusal = adapter.reply_refusal(conversation.get("last_inbound_at"), bool(template))
+        if refusal:
+            raise OutboxError(refusal)
+        doc = await enqueue(
+            self.store,
+            self.events,
+            conversation_id=conversation_id,
+            text=text,
+            sender=sender,
+            template=template,
+            buttons=buttons,
+            attachments=attachments,
+            subject=subject,
+            at_most_once=at_most_once,
+            campaign_id=campaign_id,
+        )
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+        return doc
+
+    # -- what channel adapters are given (ChannelContext) --------------------------
+
+    async def send_text(self, inbox: str, medium: str, ref: IdentityRef, text: str) -> str | None:
+        """Queue a text from the system to `ref` (opening the conversation); None
+        when the contact opted out of `medium`."""
+        assert self.store is not None and self.ingestor is not None
+        if self.settings.inbox(inbox) is None:
+            raise ValueError(f"no inbox {inbox!r} is configured")
+        conv_id, contact_id = await self.ingestor.open_conversation(inbox, medium, ref)
+        contact = await self.store.contacts.find_one({"_id": contact_id}, {"opted_out": 1})
+        if contact and (contact.get("opted_out") or {}).get(medium):
+            log.info("not sent: the contact opted out", extra={"inbox": inbox, "medium": medium})
+            return None
+        doc = await self.reply(conv_id, text=text, sender={"type": "system", "id": None})
+        return str(doc["_id"])
+
+    async def opt_out(self, ref: IdentityRef, medium: str, opted_out: bool = True) -> str:
+        """Record that the owner of `ref` does (or no longer does) refuse `medium`."""
+        assert self.store is not None and self.events is not None
+        contact_id = await resolve_contact(self.store, ref)
+        await self.store.contacts.update_one(
+            {"_id": contact_id}, {"$set": {f"opted_out.{medium}": opted_out}}
+        )
+        await self.events.publish(
+            [Event("contact.updated", {"id": contact_id, "opted_out": {medium: opted_out}})]
+        )
+        return contact_id
+
+    async def call_incoming(self, inbox: str, ref: IdentityRef, call_id: str) -> str:
+        """Publish `call.incoming` with the caller's card the moment a call starts."""
+        assert self.store is not None and self.events is not None and self.ingestor
+        conv_id, contact_id = await self.ingestor.open_conversation(inbox, "voice", ref)
+        contact = await self.store.contacts.find_one({"_id": contact_id}) or {}
+        card = {
+            "id": contact_id,
+            "name": contact.get("name"),
+            "phones": contact.get("phones", []),
+            "emails": contact.get("emails", []),
+            "labels": contact.get("labels", []),
+        }
+        data = {
+            "inbox": inbox,
+            "channel": "voice",
+            "call_id": call_id,
+            "from": ref.value,
+            "conversation_id": conv_id,
+            "contact": card,
+        }
+        await self.events.publish([Event("call.incoming", data)])
+        return contact_id
+
+    async def find_thread(self, inbox: str, message_ids: Sequence[str]) -> str | None:
+        """The conversation of `inbox` holding one of these e-mail Message-IDs."""
+        assert self.store is not None
+        ids = [i.strip().strip("<>") for i in message_ids if i and i.strip().strip("<>")][:50]
+        if not ids:
+            return None
+        sent = await self.store.messages.find_one(
+            {"provider_key": {"$in": [provider_key(inbox, i) for i in ids]}},
+            {"conversation_id": 1},
+        )
+        if sent is None:
+            sent = await self.store.messages.find_one(
+                {"email.message_id": {"$in": ids}, "inbox": inbox}, {"conversation_id": 1}
+            )
+        return None if sent is None else str(sent["conversation_id"])
+
+    async def update_contact(
+        self,
+        ref: IdentityRef,
+        also: Sequence[IdentityRef] = (),
+        name: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> str:
+        """Resolve-or-create the contact of `ref`, attach the identities in `also`
+        that are no one's, give it `name` if it has none, and set `attributes`."""
+        assert self.store is not None
+        contact_id = await resolve_contact(self.store, ref)
+        for other in also:
+            if not await add_identity(self.store, contact_id, other):
+                log.info(
+                    "identity kept by another contact",
+                    extra={"contact_id": contact_id, "identity_kind": other.kind},
+                )
+        if name:
+            await self.store.contacts.update_one(
+                {"_id": contact_id, "name": None}, {"$set": {"name": name}}
+            )
+        fields = {f"attributes.{attribute_key(k)}": str(v) for k, v in (attributes or {}).items()}
+        if fields:
+            await self.store.contacts.update_one({"_id": contact_id}, {"$set": fields})
+        return contact_id
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        assert self.events is not None
+        await self.events.publish(list(events))
+
     def http_session(self) -> aiohttp.ClientSession:
         assert self.http is not None
         return self.http
 
 
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+
+
+def attribute_key(key: str) -> str:
+    """A contact attribute name that is only ever a field name: no path, no operator."""
+    cleaned = re.sub(r"[^\w -]", "_", key.strip())[:64]
+    return cleaned or "_"
 
 
 def _is_store_error(error: BaseException) -> bool:
@@ -129,6 +277,12 @@ def build_adapters(hub: Hub) -> dict[str, ChannelAdapter]:
         public_url=hub.settings.public_url,
         default_region=hub.settings.identity.default_region,
         logger=logging.getLogger("hub.channels"),
+        find_thread=hub.find_thread,
+        opt_out=hub.opt_out,
+        call_incoming=hub.call_incoming,
+        send_text=hub.send_text,  # type: ignore[arg-type]
+        update_contact=hub.update_contact,
+        publish=hub.publish,
     )
     adapters: dict[str, ChannelAdapter] = {}
     for inbox in hub.settings.inboxes:

@@ -36,7 +36,7 @@ from channels.base import StoreUnavailable
 from hub.events import Event, Events
 from hub.identity import resolve_contact
 from hub.metrics import Metrics
-from hub.model import KIND_OF_INBOUND, InboundEvent, utcnow
+from hub.model import KIND_OF_INBOUND, IdentityRef, InboundEvent, utcnow
 from hub.store import Store, derived_id, identity_id
 from hub.views import conversation_view, message_view
 
@@ -99,6 +99,22 @@ def summary_fields(last: dict[str, Any]) -> dict[str, Any]:
         },
         "last_activity_at": last["created_at"],
         "last_inbound_at": last["created_at"],
+    }
+
+
+def email_thread(last: dict[str, Any]) -> dict[str, Any]:
+    """For an e-mail, what a reply needs to thread in the customer's mail client."""
+    email = last.get("email") or {}
+    message_id = email.get("message_id")
+    if not message_id:
+        return {}
+    references = [r for r in email.get("references") or [] if r != message_id][-20:]
+    return {
+        "email_thread": {
+            "message_id": message_id,
+            "references": [*references, message_id],
+            "subject": email.get("subject"),
+        }
     }
 
 
@@ -246,23 +262,31 @@ class Ingestor:
             if self._closing and not self._pending:
                 return
 
-    async def _ensure_conversation(self, event: InboundEvent, conv_id: str) -> str:
+    async def open_conversation(self, inbox: str, medium: str, ref: IdentityRef) -> tuple[str, str]:
+        """Find or open the conversation of `ref` on `inbox` and `medium`; return
+        its id and its contact's id (for messages the hub starts, not the customer)."""
+        conv_id = conversation_id_for(inbox, medium, identity_id(ref.kind, ref.value))
+        return conv_id, await self._ensure_conversation(inbox, medium, ref, conv_id)
+
+    async def _ensure_conversation(
+        self, inbox: str, medium: str, sender: IdentityRef, conv_id: str
+    ) -> str:
         """Find or open the sender's conversation on this inbox and channel."""
         known = self._conversations.get_fresh(conv_id)
         if known is not None:
             return known
         found = await self.store.conversations.find_one({"_id": conv_id}, {"contact_id": 1})
         if found is None:
-            contact_id = await resolve_contact(self.store, event.sender)
+            contact_id = await resolve_contact(self.store, sender)
             now = utcnow()
             try:
                 await self.store.conversations.insert_one(
                     {
                         "_id": conv_id,
-                        "inbox": event.inbox,
-                        "channel": event.medium,
+                        "inbox": inbox,
+                        "channel": medium,
                         "contact_id": contact_id,
-                        "identity": identity_id(event.sender.kind, event.sender.value),
+                        "identity": identity_id(sender.kind, sender.value),
                         "status": "open",
                         "assignee_id": None,
                         "labels": [],
@@ -281,6 +305,24 @@ class Ingestor:
         self._conversations.put(conv_id, contact_id)
         return contact_id
 
+    async def _hinted_conversation(
+        self, event: InboundEvent, contacts: dict[str, str]
+    ) -> str | None:
+        """The conversation the adapter named (e-mail threading), if it is one of
+        this inbox's; None to use the sender's own."""
+        hint = event.conversation_id
+        if hint is None:
+            return None
+        if hint in contacts or self._conversations.get_fresh(hint) is not None:
+            return hint
+        found = await self.store.conversations.find_one(
+            {"_id": hint, "inbox": event.inbox}, {"contact_id": 1}
+        )
+        if found is None:
+            return None
+        self._conversations.put(hint, str(found["contact_id"]))
+        return hint
+
     def forget_conversations(self) -> None:
         """Drop the cache of known conversations (after a merge or a deletion)."""
         self._conversations.clear()
@@ -289,11 +331,15 @@ class Ingestor:
         ids: list[tuple[str, str]] = []
         contacts: dict[str, str] = {}
         for event in events:
-            conv_id = conversation_id_for(
-                event.inbox, event.medium, identity_id(event.sender.kind, event.sender.value)
-            )
+            conv_id = await self._hinted_conversation(event, contacts)
+            if conv_id is None:
+                conv_id = conversation_id_for(
+                    event.inbox, event.medium, identity_id(event.sender.kind, event.sender.value)
+                )
             if conv_id not in contacts:
-                contacts[conv_id] = await self._ensure_conversation(event, conv_id)
+                contacts[conv_id] = await self._ensure_conversation(
+                    event.inbox, event.medium, event.sender, conv_id
+                )
             ids.append((message_id_for(event.inbox, event.provider_id), conv_id))
 
         # One document per provider message; a repeat inside the batch is a duplicate.
@@ -334,6 +380,7 @@ class Ingestor:
                             "status": "open",
                             "snooze_until": None,
                             **summary_fields(last),
+                            **email_thread(last),
                         },
                         "$inc": {"unread": len(conv_docs)},
                     },

@@ -97,6 +97,9 @@ class _Inbound(_Frozen):
     sender: IdentityRef
     received_at: datetime = Field(default_factory=utcnow)
     text: str | None = None
+    # A hint from the adapter (e-mail threading): store the message in this
+    # conversation when it exists on the same inbox, else in the sender's own.
+    conversation_id: str | None = None
     # Provider fields we keep but do not model (profile name, country, ...).
     extra: dict[str, str] = Field(default_factory=dict)
 
@@ -193,6 +196,8 @@ class OutboundMessage(_Frozen):
     template: dict[str, object] | None = None
     buttons: tuple[ButtonReply, ...] = ()
     attempt: int = 1
+    # The customer's last message in the conversation (WhatsApp's 24-hour window).
+    last_inbound_at: datetime | None = None
 
 
 class SendResult(_Frozen):

@@ -28,8 +28,15 @@ from channels.base import ChannelAdapter, PermanentSendError, TransientSendError
 from hub.config import DispatcherSettings
 from hub.events import Event, Events
 from hub.metrics import Metrics
-from hub.model import STATUS_RANK, Attachment, OutboundMessage, StatusUpdate, utcnow
-from hub.ratelimit import RateLimiter
+from hub.model import (
+    STATUS_RANK,
+    Attachment,
+    ButtonReply,
+    OutboundMessage,
+    StatusUpdate,
+    utcnow,
+)
+from hub.ratelimit import KeyedRateLimiter, RateLimiter
 from hub.store import Store, derived_id, new_id
 from hub.views import message_view
 
@@ -62,10 +69,12 @@ async def enqueue(
     at_most_once: bool = False,
     campaign_id: str | None = None,
     kind: str = "text",
+    template: dict[str, Any] | None = None,
+    buttons: list[ButtonReply] | None = None,
 ) -> dict[str, Any]:
     """Store an outbound message for the conversation's channel; return its document."""
-    if not text and not attachments:
-        raise OutboxError("a message needs text or an attachment")
+    if not text and not attachments and not template:
+        raise OutboxError("a message needs text, an attachment or a template")
     conversation = await store.conversations.find_one({"_id": conversation_id})
     if conversation is None:
         raise OutboxError(f"no conversation {conversation_id}")
@@ -101,6 +110,10 @@ async def enqueue(
         "campaign_id": campaign_id,
         "created_at": now,
     }
+    if template:
+        doc["template"] = template
+    if buttons:
+        doc["buttons"] = [b.model_dump() for b in buttons]
     if subject:
         doc["email"] = {"subject": subject}
     await store.messages.insert_one(doc)
@@ -182,6 +195,31 @@ def _reason(error: str | None, code: str | None) -> str:
     return error or (f"provider error {code}" if code else "failed")
 
 
+def outbound_message(
+    item: dict[str, Any], message: dict[str, Any], conversation: dict[str, Any]
+) -> OutboundMessage:
+    """What the adapter is given to send `message` in `conversation`."""
+    identity = str(conversation.get("identity", ""))
+    thread = conversation.get("email_thread") or {}
+    subject = (message.get("email") or {}).get("subject") or thread.get("subject")
+    return OutboundMessage(
+        id=str(message["_id"]),
+        inbox=item["inbox"],
+        medium=conversation["channel"],
+        conversation_id=str(conversation["_id"]),
+        to=identity.split(":", 1)[1] if ":" in identity else identity,
+        text=message.get("text"),
+        attachments=tuple(Attachment(**a) for a in message.get("attachments") or []),
+        subject=subject,
+        in_reply_to=thread.get("message_id"),
+        references=tuple(thread.get("references") or ()),
+        template=message.get("template"),
+        buttons=tuple(ButtonReply(**b) for b in message.get("buttons") or []),
+        attempt=int(item.get("attempts", 1)),
+        last_inbound_at=conversation.get("last_inbound_at"),
+    )
+
+
 @dataclass
 class _Claim:
     item: dict[str, Any]
@@ -206,9 +244,12 @@ class Dispatcher:
         self.settings = settings
         self.instance_id = instance_id
         self.limiters: dict[str, RateLimiter] = {}
+        self.recipient_limiters: dict[str, KeyedRateLimiter] = {}
         for inbox, adapter in adapters.items():
             rate = adapter.rate_limit()
             self.limiters[inbox] = RateLimiter(rate.per_second, rate.burst)
+            if rate.per_recipient:
+                self.recipient_limiters[inbox] = KeyedRateLimiter(rate.per_recipient)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -339,18 +380,10 @@ class Dispatcher:
         if conversation is None or adapter is None:
             await self._finish(item, "failed", error=f"inbox {item['inbox']} is not configured")
             return
-        identity = str(conversation.get("identity", ""))
-        outbound = OutboundMessage(
-            id=str(message["_id"]),
-            inbox=item["inbox"],
-            medium=conversation["channel"],
-            conversation_id=str(conversation["_id"]),
-            to=identity.split(":", 1)[1] if ":" in identity else identity,
-            text=message.get("text"),
-            attachments=tuple(Attachment(**a) for a in message.get("attachments") or []),
-            subject=(message.get("email") or {}).get("subject"),
-            attempt=int(item.get("attempts", 1)),
-        )
+        outbound = outbound_message(item, message, conversation)
+        per_recipient = self.recipient_limiters.get(item["inbox"])
+        if per_recipient is not None:
+            await per_recipient.acquire(outbound.to)
         await self.limiters[item["inbox"]].acquire()
         await self._set_status(message, "sending")
         channel = str(conversation["channel"])

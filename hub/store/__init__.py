@@ -44,6 +44,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "messages": [
         ([("conversation_id", ASCENDING)], {}),
         ([("provider_key", ASCENDING)], {}),
+        ([("email.message_id", ASCENDING)], {}),
     ],
     "outbox": [([("state", ASCENDING)], {})],
     "early_statuses": [],

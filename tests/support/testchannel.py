@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from datetime import datetime
 
 import aiohttp
 from aiohttp import web
@@ -43,6 +44,9 @@ class TestChannelSettings(ChannelSettings):
     medium: str = "sms"
     rate: float = 50.0
     burst: int = 1
+    per_recipient: float | None = None
+    # When set, replies are refused with this reason (a channel with a window).
+    refuse_replies: str = ""
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -67,7 +71,12 @@ class TestChannel(ChannelAdapter):
         return [web.post("", self.inbound), web.post("/status", self.status)]
 
     def rate_limit(self) -> RateLimit:
-        return RateLimit(self.settings.rate, self.settings.burst)
+        return RateLimit(
+            self.settings.rate, self.settings.burst, per_recipient=self.settings.per_recipient
+        )
+
+    def reply_refusal(self, last_inbound_at: datetime | None, template: bool) -> str | None:
+        return self.settings.refuse_replies or None
 
     async def _verified_form(self, request: web.Request) -> dict[str, str]:
         body = await request.read()
