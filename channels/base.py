@@ -92,8 +92,9 @@ class ChannelContext:
     opt_out: Callable[[IdentityRef, str, bool], Awaitable[str]]
     # Resolve-or-create the caller and publish `call.incoming` (the screen-pop).
     call_incoming: Callable[[str, IdentityRef, str], Awaitable[str]]
-    # Queue a text from the system to `ref` on `inbox` and `medium`; the message id.
-    send_text: Callable[[str, str, IdentityRef, str], Awaitable[str]]
+    # Queue a text from the system to `ref` on `inbox` and `medium` (keyword `key`:
+    # once per key); the message id, or None when the contact opted out.
+    send_text: Callable[..., Awaitable[str | None]]
     # Resolve-or-create the contact of `ref`, attach `also`, name it, set attributes.
     update_contact: Callable[..., Awaitable[str]]
     publish: Callable[[Sequence[Event]], Awaitable[None]]

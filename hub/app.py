@@ -23,7 +23,7 @@ from hub.ingest import Ingestor, IngestResult
 from hub.metrics import Metrics
 from hub.model import Attachment, ButtonReply, IdentityRef, InboundEvent, StatusUpdate
 from hub.outbox import Dispatcher, OutboxError, enqueue, provider_key, record_statuses
-from hub.store import Store
+from hub.store import Store, identity_id
 from hub.web import status_response
 
 log = logging.getLogger("hub.app")
@@ -76,6 +76,7 @@ class Hub:
         subject: str | None = None,
         at_most_once: bool = False,
         campaign_id: str | None = None,
+        key: str | None = None,
     ) -> dict[str, Any]:
         """Queue an outbound message in a conversation (an agent's reply, a bot's, a
         campaign's); raise OutboxError when it cannot be sent there now."""
@@ -103,6 +104,7 @@ class Hub:
             subject=subject,
             at_most_once=at_most_once,
             campaign_id=campaign_id,
+            key=key,
         )
         if self.dispatcher is not None:
             self.dispatcher.wake()
@@ -110,9 +112,12 @@ class Hub:
 
     # -- what channel adapters are given (ChannelContext) --------------------------
 
-    async def send_text(self, inbox: str, medium: str, ref: IdentityRef, text: str) -> str | None:
+    async def send_text(
+        self, inbox: str, medium: str, ref: IdentityRef, text: str, *, key: str | None = None
+    ) -> str | None:
         """Queue a text from the system to `ref` (opening the conversation); None
-        when the contact opted out of `medium`."""
+        when the contact opted out of `medium`. With a `key`, once per key: safe to
+        call again on every retry of the webhook that asks for it."""
         assert self.store is not None and self.ingestor is not None
         if self.settings.inbox(inbox) is None:
             raise ValueError(f"no inbox {inbox!r} is configured")
@@ -121,7 +126,7 @@ class Hub:
         if contact and (contact.get("opted_out") or {}).get(medium):
             log.info("not sent: the contact opted out", extra={"inbox": inbox, "medium": medium})
             return None
-        doc = await self.reply(conv_id, text=text, sender={"type": "system", "id": None})
+        doc = await self.reply(conv_id, text=text, sender={"type": "system", "id": None}, key=key)
         return str(doc["_id"])
 
     async def opt_out(self, ref: IdentityRef, medium: str, opted_out: bool = True) -> str:
@@ -185,8 +190,17 @@ class Hub:
         """Resolve-or-create the contact of `ref`, attach the identities in `also`
         that are no one's, give it `name` if it has none, and set `attributes`."""
         assert self.store is not None
-        contact_id = await resolve_contact(self.store, ref)
-        for other in also:
+        contact_id = None
+        for known in (ref, *also):
+            owner = await self.store.identities.find_one(
+                {"_id": identity_id(known.kind, known.value)}, {"contact_id": 1}
+            )
+            if owner is not None:
+                contact_id = str(owner["contact_id"])
+                break
+        if contact_id is None:
+            contact_id = await resolve_contact(self.store, ref)
+        for other in (ref, *also):
             if not await add_identity(self.store, contact_id, other):
                 log.info(
                     "identity kept by another contact",
@@ -280,7 +294,7 @@ def build_adapters(hub: Hub) -> dict[str, ChannelAdapter]:
         find_thread=hub.find_thread,
         opt_out=hub.opt_out,
         call_incoming=hub.call_incoming,
-        send_text=hub.send_text,  # type: ignore[arg-type]
+        send_text=hub.send_text,
         update_contact=hub.update_contact,
         publish=hub.publish,
     )

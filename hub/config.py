@@ -63,6 +63,7 @@ class IngestSettings(_Section):
 
 class DispatcherSettings(_Section):
     workers: int = Field(default=4, ge=1, le=64)
+    batch: int = Field(default=100, ge=1, le=1000)  # most items one claim takes per inbox
     lease_seconds: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)
     backoff_base: float = Field(default=1.0, gt=0)

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import math
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
-from pymongo.errors import PyMongoError
+from pymongo import DeleteOne, ReturnDocument, UpdateOne
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from channels.base import ChannelAdapter, PermanentSendError, TransientSendError
 from hub.config import DispatcherSettings
@@ -47,6 +49,10 @@ log = logging.getLogger("hub.outbox")
 # how soon a dispatcher that claimed it too early looks again.
 MESSAGE_GRACE = timedelta(seconds=60)
 MESSAGE_RECHECK = timedelta(seconds=0.05)
+# One claim takes about this many seconds of an inbox's pace (see `_batch_cap`).
+CLAIM_HORIZON = 1.0
+# Statuses after which a message is never sent again.
+SETTLED = frozenset({"sent", "delivered", "read", "failed", "unknown"})
 
 
 class OutboxError(ValueError):
@@ -55,6 +61,24 @@ class OutboxError(ValueError):
 
 def provider_key(inbox: str, provider_id: str) -> str:
     return derived_id("out", inbox, provider_id)
+
+
+async def _insert_outbox(
+    store: Store, message_id: str, inbox: str, at_most_once: bool, now: datetime
+) -> None:
+    await store.outbox.insert_one(
+        {
+            "_id": message_id,
+            "inbox": inbox,
+            "state": "queued",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "at_most_once": at_most_once,
+            "lease_owner": None,
+            "lease_until": None,
+            "created_at": now,
+        }
+    )
 
 
 async def enqueue(
@@ -71,28 +95,32 @@ async def enqueue(
     kind: str = "text",
     template: dict[str, Any] | None = None,
     buttons: list[ButtonReply] | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
-    """Store an outbound message for the conversation's channel; return its document."""
+    """Store an outbound message for the conversation's channel; return its document.
+
+    With a `key` (e.g. "<call id>:missed-call-sms") the message is queued once per
+    conversation and key, however often the caller retries: a repeat returns the
+    message already queued (or sent).
+    """
     if not text and not attachments and not template:
         raise OutboxError("a message needs text, an attachment or a template")
     conversation = await store.conversations.find_one({"_id": conversation_id})
     if conversation is None:
         raise OutboxError(f"no conversation {conversation_id}")
     now = utcnow()
-    message_id = new_id()
-    await store.outbox.insert_one(
-        {
-            "_id": message_id,
-            "inbox": conversation["inbox"],
-            "state": "queued",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "at_most_once": at_most_once,
-            "lease_owner": None,
-            "lease_until": None,
-            "created_at": now,
-        }
-    )
+    message_id = new_id() if key is None else derived_id("keyed", conversation_id, key)
+    if key is not None:
+        existing = await store.messages.find_one({"_id": message_id})
+        if existing is not None:
+            return existing
+    try:
+        await _insert_outbox(store, message_id, conversation["inbox"], at_most_once, now)
+    except DuplicateKeyError:
+        if key is None:
+            raise
+        # A concurrent call with the same key is writing it.
+        return await store.messages.find_one({"_id": message_id}) or {"_id": message_id}
     doc: dict[str, Any] = {
         "_id": message_id,
         "conversation_id": conversation_id,
@@ -221,10 +249,15 @@ def outbound_message(
 
 
 @dataclass
-class _Claim:
+class _Outcome:
+    """What became of one claimed item: `queued` again (retry), or settled."""
+
     item: dict[str, Any]
-    message: dict[str, Any]
-    conversation: dict[str, Any]
+    status: str
+    error: str | None = None
+    provider_id: str | None = None
+    message: dict[str, Any] | None = None
+    retry_in: float = 0.0
 
 
 class Dispatcher:
@@ -254,6 +287,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._stop_signal = asyncio.Event()
+        self._claims = itertools.count()
 
     def wake(self) -> None:
         """Look for work now (an item was just queued)."""
@@ -291,21 +325,40 @@ class Dispatcher:
 
     # -- claiming ----------------------------------------------------------------
 
-    async def claim(self) -> dict[str, Any] | None:
+    def _batch_cap(self, inbox: str) -> int:
+        """How many of an inbox's items one claim takes: about a second of its pace,
+        so a lease never holds more than the limiter lets out soon."""
+        rate = 1.0 / self.limiters[inbox].interval
+        return max(1, min(self.settings.batch, math.ceil(rate * CLAIM_HORIZON)))
+
+    async def claim_batch(self) -> list[dict[str, Any]]:
+        """Lease the items that are due, up to each inbox's cap; other dispatchers
+        (in this process or another) never get the same item."""
         now = utcnow()
-        return await self.store.outbox.find_one_and_update(
-            {"state": "queued", "next_attempt_at": {"$lte": now}},
+        ids: list[Any] = []
+        for inbox in self.adapters:
+            cursor = self.store.outbox.find(
+                {"state": "queued", "inbox": inbox, "next_attempt_at": {"$lte": now}},
+                {"_id": 1},
+            ).limit(self._batch_cap(inbox))
+            ids.extend([doc["_id"] async for doc in cursor])
+        if not ids:
+            return []
+        token = f"{self.instance_id}-{next(self._claims)}"
+        await self.store.outbox.update_many(
+            {"_id": {"$in": ids}, "state": "queued"},
             {
                 "$set": {
                     "state": "sending",
                     "lease_owner": self.instance_id,
                     "lease_until": now + timedelta(seconds=self.settings.lease_seconds),
+                    "claim": token,
                 },
                 "$inc": {"attempts": 1},
             },
-            sort=[("next_attempt_at", 1)],
-            return_document=ReturnDocument.AFTER,
         )
+        # Only the items this update moved carry its token: those are ours.
+        return await self.store.outbox.find({"_id": {"$in": ids}, "claim": token}).to_list()
 
     async def recover_expired(self) -> int:
         """Take back items whose sender died mid-send (lease expired)."""
@@ -320,9 +373,15 @@ class Dispatcher:
             if item is None:
                 return recovered
             recovered += 1
-            if item.get("at_most_once"):
+            message = await self.store.messages.find_one({"_id": item["_id"]}, {"status": 1})
+            if message is not None and message.get("status") in SETTLED:
+                # The send was recorded; only the clean-up was cut off.
+                await self.store.outbox.delete_one({"_id": item["_id"]})
+            elif item.get("at_most_once"):
                 # It may or may not have reached the provider: never send it twice.
-                await self._finish(item, "unknown", error="the hub stopped while sending")
+                await self._apply(
+                    [_Outcome(item, "unknown", error="the hub stopped while sending")]
+                )
             else:
                 await self.store.outbox.update_one(
                     {"_id": item["_id"]},
@@ -336,146 +395,190 @@ class Dispatcher:
     # -- sending -----------------------------------------------------------------
 
     async def run_once(self) -> bool:
-        """Claim and send one item; False when there was nothing to do."""
-        item = await self.claim()
-        if item is None:
+        """Claim a batch and send it; False when there was nothing to do."""
+        items = await self.claim_batch()
+        if not items:
             return False
-        try:
-            await self._send(item)
-        except PyMongoError:
-            raise  # the lease expires and the item is recovered
-        except Exception as error:
-            # A message the hub cannot even build a send for (a bug, or a document
-            # written by hand): fail it with a reason rather than end the worker
-            # and leave the item to kill the next one after its lease.
-            log.exception("cannot send a message", extra={"message_id": item["_id"]})
-            await self._finish(item, "failed", error=f"internal error: {type(error).__name__}")
+        await self._send_batch(items)
         return True
 
-    async def _send(self, item: dict[str, Any]) -> None:
-        message = await self.store.messages.find_one({"_id": item["_id"]})
-        if message is None:
-            created = item.get("created_at")
-            if created is not None and utcnow() - created < MESSAGE_GRACE:
-                # `enqueue` writes the item before the message: this one is still
-                # being written. Put the item back untouched and look again soon.
-                await self.store.outbox.update_one(
-                    {"_id": item["_id"]},
-                    {
-                        "$set": {
-                            "state": "queued",
-                            "next_attempt_at": utcnow() + MESSAGE_RECHECK,
-                            "lease_owner": None,
-                        },
-                        "$inc": {"attempts": -1},
+    async def _send_batch(self, items: list[dict[str, Any]]) -> None:
+        ids = [item["_id"] for item in items]
+        messages = {
+            doc["_id"]: doc async for doc in self.store.messages.find({"_id": {"$in": ids}})
+        }
+        conversation_ids = list({m["conversation_id"] for m in messages.values()})
+        conversations = {
+            doc["_id"]: doc
+            async for doc in self.store.conversations.find({"_id": {"$in": conversation_ids}})
+        }
+        outcomes: list[_Outcome] = []
+        ready: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], OutboundMessage]] = []
+        for item in items:
+            message = messages.get(item["_id"])
+            if message is None:
+                await self._message_missing(item)
+                continue
+            if message.get("status") in SETTLED:
+                # Already sent (an item re-queued after its send was recorded).
+                await self.store.outbox.delete_one({"_id": item["_id"]})
+                continue
+            conversation = conversations.get(message["conversation_id"])
+            if conversation is None:
+                outcomes.append(_Outcome(item, "failed", error="the conversation is gone"))
+                continue
+            try:
+                outbound = outbound_message(item, message, conversation)
+            except Exception as error:
+                # A message the hub cannot even build a send for (a bug, or a document
+                # written by hand): fail it with a reason rather than retry it forever.
+                log.exception("cannot send a message", extra={"message_id": item["_id"]})
+                reason = f"internal error: {type(error).__name__}"
+                outcomes.append(_Outcome(item, "failed", error=reason, message=message))
+                continue
+            ready.append((item, message, conversation, outbound))
+
+        if ready:
+            await self.store.messages.update_many(
+                {"_id": {"$in": [item["_id"] for item, *_ in ready]}},
+                {"$set": {"status": "sending"}},
+            )
+            await self.events.publish(
+                [
+                    Event("message.updated", message_view({**message, "status": "sending"}))
+                    for _, message, _, _ in ready
+                ]
+            )
+            outcomes += await asyncio.gather(*(self._deliver(*entry) for entry in ready))
+        await self._apply(outcomes)
+
+    async def _message_missing(self, item: dict[str, Any]) -> None:
+        created = item.get("created_at")
+        if created is not None and utcnow() - created < MESSAGE_GRACE:
+            # `enqueue` writes the item before the message: this one is still
+            # being written. Put the item back untouched and look again soon.
+            await self.store.outbox.update_one(
+                {"_id": item["_id"]},
+                {
+                    "$set": {
+                        "state": "queued",
+                        "next_attempt_at": utcnow() + MESSAGE_RECHECK,
+                        "lease_owner": None,
                     },
-                )
-                return
-            # The enqueue that wrote this item failed before the message: it was
-            # never acknowledged to anyone, so there is nothing to send.
-            await self.store.outbox.delete_one({"_id": item["_id"]})
+                    "$inc": {"attempts": -1},
+                },
+            )
             return
-        conversation = await self.store.conversations.find_one({"_id": message["conversation_id"]})
-        adapter = self.adapters.get(item["inbox"])
-        if conversation is None or adapter is None:
-            await self._finish(item, "failed", error=f"inbox {item['inbox']} is not configured")
-            return
-        outbound = outbound_message(item, message, conversation)
+        # The enqueue that wrote this item failed before the message: it was never
+        # acknowledged to anyone, so there is nothing to send.
+        await self.store.outbox.delete_one({"_id": item["_id"]})
+
+    async def _deliver(
+        self,
+        item: dict[str, Any],
+        message: dict[str, Any],
+        conversation: dict[str, Any],
+        outbound: OutboundMessage,
+    ) -> _Outcome:
+        """Pace, send through the adapter, and say what became of it."""
+        adapter = self.adapters[item["inbox"]]
         per_recipient = self.recipient_limiters.get(item["inbox"])
         if per_recipient is not None:
             await per_recipient.acquire(outbound.to)
         await self.limiters[item["inbox"]].acquire()
-        await self._set_status(message, "sending")
         channel = str(conversation["channel"])
         try:
             result = await adapter.send(outbound)
         except TransientSendError as error:
             self.metrics.send_errors.labels(channel, "transient").inc()
-            await self._transient(item, error)
-            return
+            return self._transient(item, message, error)
         except PermanentSendError as error:
             self.metrics.send_errors.labels(channel, "permanent").inc()
             if error.opt_out:
                 await self.store.contacts.update_one(
                     {"_id": conversation["contact_id"]}, {"$set": {f"opted_out.{channel}": True}}
                 )
-            await self._finish(item, "failed", error=_reason(error.reason, error.code))
-            return
+            reason = _reason(error.reason, error.code)
+            return _Outcome(item, "failed", error=reason, message=message)
         except Exception as error:
             # An adapter bug: we cannot tell whether the provider took it.
             log.exception("adapter send raised", extra={"message_id": item["_id"]})
             self.metrics.send_errors.labels(channel, "unknown").inc()
-            await self._transient(
-                item, TransientSendError(f"adapter error: {type(error).__name__}")
-            )
-            return
+            unknown = TransientSendError(f"adapter error: {type(error).__name__}")
+            return self._transient(item, message, unknown)
         self.metrics.messages_out.labels(channel).inc()
-        await self._finish(item, result.status, provider_id=result.provider_id)
+        return _Outcome(item, result.status, provider_id=result.provider_id, message=message)
 
-    async def _transient(self, item: dict[str, Any], error: TransientSendError) -> None:
+    def _transient(
+        self, item: dict[str, Any], message: dict[str, Any], error: TransientSendError
+    ) -> _Outcome:
         attempts = int(item.get("attempts", 1))
         reason = _reason(error.reason, error.code)
         if item.get("at_most_once") and error.maybe_sent:
-            await self._finish(item, "unknown", error=reason)
-            return
+            return _Outcome(item, "unknown", error=reason, message=message)
         if attempts >= self.settings.max_attempts:
-            await self._finish(item, "failed", error=f"gave up after {attempts} attempts: {reason}")
-            return
+            reason = f"gave up after {attempts} attempts: {reason}"
+            return _Outcome(item, "failed", error=reason, message=message)
         backoff = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempts - 1))
         delay = max(error.retry_after or 0.0, random.uniform(backoff / 2, backoff))
-        await self.store.outbox.update_one(
-            {"_id": item["_id"]},
-            {
-                "$set": {
-                    "state": "queued",
-                    "next_attempt_at": utcnow() + timedelta(seconds=delay),
-                    "lease_owner": None,
-                    "last_error": reason,
-                }
-            },
-        )
-        doc = await self.store.messages.find_one_and_update(
-            {"_id": item["_id"]},
-            {"$set": {"status": "queued", "error": f"retrying: {reason}"}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if doc is not None:
-            await self.events.publish([Event("message.updated", message_view(doc))])
+        return _Outcome(item, "queued", error=reason, message=message, retry_in=delay)
 
-    async def _set_status(self, message: dict[str, Any], status: str) -> None:
-        doc = await self.store.messages.find_one_and_update(
-            {"_id": message["_id"]},
-            {"$set": {"status": status}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if doc is not None:
-            await self.events.publish([Event("message.updated", message_view(doc))])
-
-    async def _finish(
-        self,
-        item: dict[str, Any],
-        status: str,
-        *,
-        error: str | None = None,
-        provider_id: str | None = None,
-    ) -> None:
-        fields: dict[str, Any] = {"status": status, "error": error}
-        key = None
-        if provider_id:
-            key = provider_key(item["inbox"], provider_id)
-            fields |= {"provider_id": provider_id, "provider_key": key, "sent_at": utcnow()}
-        doc = await self.store.messages.find_one_and_update(
-            {"_id": item["_id"]}, {"$set": fields}, return_document=ReturnDocument.AFTER
-        )
-        await self.store.outbox.delete_one({"_id": item["_id"]})
-        if doc is not None:
-            await self.events.publish([Event("message.updated", message_view(doc))])
-        if key is not None:
-            early = await self.store.early_statuses.find_one_and_delete({"_id": key})
-            if early is not None:
-                await record_statuses(
-                    self.store, self.events, [StatusUpdate.model_validate(early["update"])]
+    async def _apply(self, outcomes: list[_Outcome]) -> None:
+        """Record a batch's outcomes: one write for the messages, one for the
+        outbox, one event document; then any status that arrived early."""
+        if not outcomes:
+            return
+        now = utcnow()
+        message_writes: list[UpdateOne] = []
+        outbox_writes: list[UpdateOne | DeleteOne] = []
+        views: list[Event] = []
+        keys: list[str] = []
+        for outcome in outcomes:
+            item = outcome.item
+            if outcome.status == "queued":
+                fields: dict[str, Any] = {"status": "queued", "error": f"retrying: {outcome.error}"}
+                outbox_writes.append(
+                    UpdateOne(
+                        {"_id": item["_id"]},
+                        {
+                            "$set": {
+                                "state": "queued",
+                                "next_attempt_at": now + timedelta(seconds=outcome.retry_in),
+                                "lease_owner": None,
+                                "last_error": outcome.error,
+                            }
+                        },
+                    )
                 )
+            else:
+                fields = {"status": outcome.status, "error": outcome.error}
+                if outcome.provider_id:
+                    key = provider_key(item["inbox"], outcome.provider_id)
+                    keys.append(key)
+                    fields |= {
+                        "provider_id": outcome.provider_id,
+                        "provider_key": key,
+                        "sent_at": now,
+                    }
+                outbox_writes.append(DeleteOne({"_id": item["_id"]}))
+            message_writes.append(UpdateOne({"_id": item["_id"]}, {"$set": fields}))
+            message = outcome.message
+            if message is None:
+                message = await self.store.messages.find_one({"_id": item["_id"]})
+            if message is not None:
+                views.append(Event("message.updated", message_view({**message, **fields})))
+        # The message first: a crash before the outbox write leaves a lease that
+        # recovery finds settled and only cleans up.
+        await self.store.messages.bulk_write(message_writes, ordered=False)
+        await self.store.outbox.bulk_write(outbox_writes, ordered=False)
+        await self.events.publish(views)
+        if keys:
+            early = await self.store.early_statuses.find({"_id": {"$in": keys}}).to_list()
+            for kept in early:
+                if await self.store.early_statuses.find_one_and_delete({"_id": kept["_id"]}):
+                    await record_statuses(
+                        self.store, self.events, [StatusUpdate.model_validate(kept["update"])]
+                    )
 
     # -- loops -------------------------------------------------------------------
 

@@ -144,6 +144,7 @@ async def test_send_text_skips_a_contact_who_opted_out(hub_client, provider):
 async def test_update_contact_links_free_identities_names_once_and_sets_attributes(hub_client):
     hub = hub_of(hub_client)
     taken = await hub.update_contact(IdentityRef(kind="email", value="taken@example.com"))
+    mine = await hub.update_contact(phone())
     contact_id = await hub.update_contact(
         phone(),
         also=[
@@ -153,6 +154,7 @@ async def test_update_contact_links_free_identities_names_once_and_sets_attribut
         name="Lead One",
         attributes={"plan": "pro", "$where": "1", "a.b": "c"},
     )
+    assert contact_id == mine != taken  # the first identity known decides
     contact = await hub.store.contacts.find_one({"_id": contact_id})
     assert contact["name"] == "Lead One"
     assert contact["emails"] == ["lead@example.com"]
@@ -200,3 +202,32 @@ async def test_dispatcher_paces_each_recipient_while_others_go_on(make_settings,
     first_b = min(r["at"] for r in provider.sent if r["to"] == "+15551230002")
     last_a = max(r["at"] for r in provider.sent if r["to"] == "+15551230001")
     assert first_b < last_a
+
+
+async def test_send_text_with_a_key_queues_once_however_often_it_is_asked(hub_client, provider):
+    hub = hub_of(hub_client)
+    first = await hub.send_text("t1", "sms", phone(), "We missed you", key="CA1:missed")
+    again = await hub.send_text("t1", "sms", phone(), "We missed you", key="CA1:missed")
+    assert first == again
+    await eventually(sent_by(provider), lambda s: len(s) == 1)
+    # Asked again after it was sent (a late webhook retry): still not sent twice.
+    assert await hub.send_text("t1", "sms", phone(), "We missed you", key="CA1:missed") == first
+    other = await hub.send_text("t1", "sms", phone(), "We missed you", key="CA2:missed")
+    assert other != first
+    await eventually(sent_by(provider), lambda s: len(s) == 2)
+    await hub.dispatcher.run_once()
+    assert [r["ref"] for r in provider.sent] == [first, other]
+    assert await hub.store.outbox.count_documents({}) == 0
+
+
+async def test_update_contact_finds_the_contact_by_any_identity_it_is_given(hub_client):
+    hub = hub_of(hub_client)
+    known = await hub.update_contact(IdentityRef(kind="email", value="ann@example.com"))
+    found = await hub.update_contact(
+        phone(), also=[IdentityRef(kind="email", value="ann@example.com")], name="Ann"
+    )
+    assert found == known
+    contact = await hub.store.contacts.find_one({"_id": known})
+    assert contact["phones"] == [NUMBER]
+    assert contact["emails"] == ["ann@example.com"]
+    assert await hub.store.contacts.count_documents({}) == 1
