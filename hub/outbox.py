@@ -19,12 +19,13 @@ import itertools
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import DeleteOne, ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from channels.base import ChannelAdapter, PermanentSendError, TransientSendError
 from hub.config import DispatcherSettings
@@ -63,22 +64,168 @@ def provider_key(inbox: str, provider_id: str) -> str:
     return derived_id("out", inbox, provider_id)
 
 
+def _outbox_doc(message_id: str, inbox: str, at_most_once: bool, now: datetime) -> dict[str, Any]:
+    return {
+        "_id": message_id,
+        "inbox": inbox,
+        "state": "queued",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "at_most_once": at_most_once,
+        "lease_owner": None,
+        "lease_until": None,
+        "created_at": now,
+    }
+
+
 async def _insert_outbox(
     store: Store, message_id: str, inbox: str, at_most_once: bool, now: datetime
 ) -> None:
-    await store.outbox.insert_one(
-        {
-            "_id": message_id,
-            "inbox": inbox,
-            "state": "queued",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "at_most_once": at_most_once,
-            "lease_owner": None,
-            "lease_until": None,
-            "created_at": now,
-        }
+    await store.outbox.insert_one(_outbox_doc(message_id, inbox, at_most_once, now))
+
+
+def _message_doc(
+    message_id: str,
+    conversation: dict[str, Any],
+    *,
+    text: str | None,
+    sender: dict[str, Any],
+    kind: str = "text",
+    attachments: list[Attachment] | None = None,
+    campaign_id: str | None = None,
+    template: dict[str, Any] | None = None,
+    buttons: list[ButtonReply] | None = None,
+    subject: str | None = None,
+    now: datetime,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_id": message_id,
+        "conversation_id": conversation["_id"],
+        "inbox": conversation["inbox"],
+        "channel": conversation["channel"],
+        "direction": "out",
+        "kind": kind,
+        "text": text,
+        "sender": sender,
+        "status": "queued",
+        "error": None,
+        "attachments": [a.model_dump() for a in attachments or []],
+        "provider_id": None,
+        "provider_key": None,
+        "campaign_id": campaign_id,
+        "created_at": now,
+    }
+    if template:
+        doc["template"] = template
+    if buttons:
+        doc["buttons"] = [b.model_dump() for b in buttons]
+    if subject:
+        doc["email"] = {"subject": subject}
+    return doc
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One message of a bulk enqueue (a campaign's, a greeting run's)."""
+
+    conversation_id: str
+    text: str | None
+    sender: dict[str, Any]
+    at_most_once: bool = False
+    campaign_id: str | None = None
+    template: dict[str, Any] | None = None
+    # A stable id (per campaign and contact) makes queueing it again a no-op.
+    message_id: str | None = None
+
+
+async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) -> list[str]:
+    """Queue many messages in a few bulk writes; return the ids newly queued.
+
+    Drafts whose conversation does not exist, or whose `message_id` is already
+    queued or sent, are left out of the result.
+    """
+    if not drafts:
+        return []
+    conversation_ids = list({d.conversation_id for d in drafts})
+    conversations = {
+        doc["_id"]: doc
+        async for doc in store.conversations.find(
+            {"_id": {"$in": conversation_ids}}, {"inbox": 1, "channel": 1}
+        )
+    }
+    now = utcnow()
+    items: list[dict[str, Any]] = []
+    docs: list[dict[str, Any]] = []
+    for draft in drafts:
+        conversation = conversations.get(draft.conversation_id)
+        if conversation is None or not (draft.text or draft.template):
+            continue
+        message_id = draft.message_id or new_id()
+        items.append(_outbox_doc(message_id, conversation["inbox"], draft.at_most_once, now))
+        docs.append(
+            _message_doc(
+                message_id,
+                conversation,
+                text=draft.text,
+                sender=draft.sender,
+                campaign_id=draft.campaign_id,
+                template=draft.template,
+                now=now,
+            )
+        )
+    if not docs:
+        return []
+    refused = await _insert_new(store.outbox, items)
+    # An item refused as a duplicate is queued already: its message stays as it is.
+    docs = [d for d in docs if d["_id"] not in refused]
+    settled = await _insert_new(store.messages, docs)
+    if settled:
+        # Their messages exist and their items were gone: sent already. Take back
+        # the items just written for them.
+        await store.outbox.delete_many({"_id": {"$in": list(settled)}, "state": "queued"})
+    docs = [d for d in docs if d["_id"] not in settled]
+    if not docs:
+        return []
+    latest: dict[str, dict[str, Any]] = {d["conversation_id"]: d for d in docs}
+    await store.conversations.bulk_write(
+        [
+            UpdateOne(
+                {"_id": conversation_id},
+                {
+                    "$set": {
+                        "last_message": {
+                            "id": doc["_id"],
+                            "text": doc["text"],
+                            "kind": doc["kind"],
+                            "direction": "out",
+                            "at": now,
+                        },
+                        "last_activity_at": now,
+                    }
+                },
+            )
+            for conversation_id, doc in latest.items()
+        ],
+        ordered=False,
     )
+    await events.publish([Event("message.created", message_view(d)) for d in docs])
+    return [str(d["_id"]) for d in docs]
+
+
+async def _insert_new(collection: Any, docs: list[dict[str, Any]]) -> set[Any]:
+    """Insert `docs`, skipping those whose `_id` exists; return the skipped ids."""
+    if not docs:
+        return set()
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as error:
+        refused = set()
+        for failure in error.details.get("writeErrors", []):
+            if failure.get("code") != 11000:
+                raise
+            refused.add(docs[failure["index"]]["_id"])
+        return refused
+    return set()
 
 
 async def enqueue(
@@ -121,29 +268,19 @@ async def enqueue(
             raise
         # A concurrent call with the same key is writing it.
         return await store.messages.find_one({"_id": message_id}) or {"_id": message_id}
-    doc: dict[str, Any] = {
-        "_id": message_id,
-        "conversation_id": conversation_id,
-        "inbox": conversation["inbox"],
-        "channel": conversation["channel"],
-        "direction": "out",
-        "kind": kind,
-        "text": text,
-        "sender": sender,
-        "status": "queued",
-        "error": None,
-        "attachments": [a.model_dump() for a in attachments or []],
-        "provider_id": None,
-        "provider_key": None,
-        "campaign_id": campaign_id,
-        "created_at": now,
-    }
-    if template:
-        doc["template"] = template
-    if buttons:
-        doc["buttons"] = [b.model_dump() for b in buttons]
-    if subject:
-        doc["email"] = {"subject": subject}
+    doc = _message_doc(
+        message_id,
+        conversation,
+        text=text,
+        sender=sender,
+        kind=kind,
+        attachments=attachments,
+        campaign_id=campaign_id,
+        template=template,
+        buttons=buttons,
+        subject=subject,
+        now=now,
+    )
     await store.messages.insert_one(doc)
     await store.conversations.update_one(
         {"_id": conversation_id},

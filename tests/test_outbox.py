@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hub.app import build_app
 from hub.model import StatusUpdate, utcnow
-from hub.outbox import Dispatcher, OutboxError, enqueue, record_statuses
+from hub.outbox import Dispatcher, Draft, OutboxError, enqueue, enqueue_many, record_statuses
 from hub.ratelimit import KeyedRateLimiter, RateLimiter
 from tests.conftest import hub_of, post_inbound, signed_form
 from tests.support.waiting import eventually
@@ -102,6 +102,33 @@ async def test_many_replies_queued_at_once_are_each_sent_once(hub_client, provid
     for doc in docs:
         assert (await message_when(hub_client, doc["_id"], SETTLED))["status"] == "sent"
     assert sorted(r["ref"] for r in provider.sent) == sorted(d["_id"] for d in docs)
+
+
+async def test_enqueue_many_queues_each_draft_once_and_all_are_sent(hub_client, provider):
+    hub = hub_of(hub_client)
+    conversations = [await open_conversation(hub_client, f"+1555123{n:04d}") for n in range(5)]
+    drafts = [
+        Draft(c, f"promo {n}", {"type": "campaign", "id": "c1"}, True, "c1", None, f"c1-{n}")
+        for n, c in enumerate(conversations * 4)
+    ]
+    drafts.append(Draft("no-such-conversation", "lost", AGENT))
+    queued = await enqueue_many(hub.store, hub.events, drafts)
+    assert sorted(queued) == sorted(f"c1-{n}" for n in range(20))
+    # Queueing the same campaign again (a restart mid-way) adds nothing.
+    assert await enqueue_many(hub.store, hub.events, drafts) == []
+    hub.dispatcher.wake()
+    await eventually(
+        lambda: hub.store.messages.count_documents({"campaign_id": "c1", "status": "sent"}),
+        lambda n: n == 20,
+    )
+    assert sorted(r["ref"] for r in provider.sent) == sorted(queued)
+    # And again once they are sent: still nothing is sent twice.
+    assert await enqueue_many(hub.store, hub.events, drafts) == []
+    assert await hub.store.outbox.count_documents({}) == 0
+    await hub.dispatcher.run_once()
+    assert len(provider.sent) == 20
+    summary = await hub.store.conversations.find_one({"_id": conversations[0]})
+    assert summary["last_message"]["direction"] == "out"
 
 
 async def test_enqueue_refuses_an_unknown_conversation_or_an_empty_message(hub_client):
