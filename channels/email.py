@@ -317,7 +317,16 @@ class EmailChannel(ChannelAdapter):
         if not secret:
             return False  # the webhook is off: nothing may come in this way
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
+        if scheme.lower() == "basic":
+            # SendGrid cannot add a header, but it sends the credentials of a
+            # destination URL written https://hub:<secret>@host/...: the password
+            # part is the secret.
+            try:
+                decoded = base64.b64decode(token.strip(), validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                return False
+            token = decoded.partition(":")[2]
+        elif scheme.lower() != "bearer":
             return False
         return hmac.compare_digest(token.strip().encode(), secret.encode())
 
@@ -326,7 +335,7 @@ class EmailChannel(ChannelAdapter):
         403 bad secret, 413 over `max_message_bytes`, 400 malformed; 503 when the
         store is down, so the provider retries."""
         if not self._authorised(request):
-            raise web.HTTPForbidden(text="bad or missing Authorization: Bearer secret")
+            raise web.HTTPForbidden(text="bad or missing Authorization (Bearer or Basic) secret")
         limit = self.settings.max_message_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)

@@ -372,17 +372,19 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
         finally:
             # The server has stopped taking requests and in-flight ones are done:
             # flush what was handed to ingest, then stop the loops, then close.
+            # Adapters close before ingest stops: one that takes messages by other
+            # means than HTTP (the SMTP receiver) stops taking them first.
             if hub.dispatcher is not None:
                 await hub.dispatcher.stop()
-            if hub.ingestor is not None:
-                await hub.ingestor.stop()
-            if hub.events is not None:
-                await hub.events.stop()
             for adapter in hub.adapters.values():
                 try:
                     await adapter.close()
                 except Exception:
                     log.exception("adapter close failed", extra={"inbox": adapter.inbox_id})
+            if hub.ingestor is not None:
+                await hub.ingestor.stop()
+            if hub.events is not None:
+                await hub.events.stop()
             await hub.http.close()
             await store.close()
             log.info("hub stopped", extra={"instance": hub.instance_id})

@@ -182,7 +182,7 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
     if settled:
         # Their messages exist and their items were gone: sent already. Take back
         # the items just written for them.
-        await store.outbox.delete_many({"_id": {"$in": list(settled)}, "state": "queued"})
+        await store.outbox.delete_many({"_id": {"$in": list(settled)}})
     docs = [d for d in docs if d["_id"] not in settled]
     if not docs:
         return []
@@ -632,8 +632,12 @@ class Dispatcher:
         except PermanentSendError as error:
             self.metrics.send_errors.labels(channel, "permanent").inc()
             if error.opt_out:
+                contact_id = conversation["contact_id"]
                 await self.store.contacts.update_one(
-                    {"_id": conversation["contact_id"]}, {"$set": {f"opted_out.{channel}": True}}
+                    {"_id": contact_id}, {"$set": {f"opted_out.{channel}": True}}
+                )
+                await self.events.publish(
+                    [Event("contact.updated", {"id": contact_id, "opted_out": {channel: True}})]
                 )
             reason = _reason(error.reason, error.code)
             return _Outcome(item, "failed", error=reason, message=message)

@@ -521,6 +521,22 @@ async def test_webhook_bad_or_missing_secret_is_403_and_writes_nothing(mail_hub,
     assert await store_counts(mail_hub) == {"contacts": 0, "conversations": 0, "messages": 0}
 
 
+async def test_webhook_accepts_the_secret_as_the_password_of_basic_auth(mail_hub):
+    # SendGrid sends the credentials of a destination URL https://hub:<secret>@host/...
+    headers = sendgrid_headers()
+    headers["Authorization"] = "Basic " + base64.b64encode(f"hub:{SECRET}".encode()).decode()
+    resp = await mail_hub.post(
+        "/webhooks/email/mail", data=fixture("sendgrid_inbound_parse.txt"), headers=headers
+    )
+    assert resp.status == 200
+    assert len(await inbound_messages(mail_hub)) == 1
+    headers["Authorization"] = "Basic " + base64.b64encode(b"hub:wrong-secret").decode()
+    resp = await mail_hub.post(
+        "/webhooks/email/mail", data=fixture("sendgrid_inbound_parse.txt"), headers=headers
+    )
+    assert resp.status == 403
+
+
 async def test_webhook_is_off_without_a_secret(mail_settings):
     async with TestClient(TestServer(build_app(mail_settings(webhook_secret="")))) as client:
         headers = sendgrid_headers(secret="")

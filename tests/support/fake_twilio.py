@@ -1,0 +1,324 @@
+"""A fake Twilio: a real aiohttp server on 127.0.0.1 speaking the Messages API, and
+the helpers to call the hub the way Twilio calls it (signed form webhooks).
+
+REST side (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`):
+- HTTP basic auth with the account SID and auth token, else 401 code 20003;
+- a form body (`To`, `From`, `Body`, repeated `MediaUrl`, `StatusCallback`,
+  `ContentSid`...), checked as Twilio does (21604 no To, 21603 no From, 21619 no
+  Body/MediaUrl/ContentSid);
+- 201 with the message resource (`sid` "SM...", `status` "queued");
+- a rate per sender (`From`) over a sliding window, answered 429 with code 20429
+  (`rejected_429` counts them);
+- injected failures (`fail_next`: 21610, 63016, 500, 429 with Retry-After...) and
+  recipients that always fail (`opted_out`: 21610);
+- every request recorded with its monotonic time and the status it got.
+
+Webhook side: `signature()` computes `X-Twilio-Signature` with the twilio library's
+`RequestValidator.compute_signature`, `signed()` builds a signed body, and
+`post_webhook()` posts it to a hub the way Twilio does, so tests and benchmarks
+can drive the hub over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import MultiDict
+from twilio.request_validator import RequestValidator
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "twilio"
+
+TEST_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+TEST_AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+PUBLIC_URL = "https://hub.example.test"
+
+Params = Mapping[str, str] | Sequence[tuple[str, str]]
+
+# The error answers Twilio gives, by code: HTTP status and message.
+ERRORS: dict[int, tuple[int, str]] = {
+    20003: (401, "Authenticate"),
+    20429: (429, "Too Many Requests"),
+    20500: (500, "Internal Server Error"),
+    21211: (400, "Invalid 'To' Phone Number"),
+    21603: (400, "A 'From' phone number is required."),
+    21604: (400, "A 'To' phone number is required."),
+    21610: (400, "Attempt to send to unsubscribed recipient"),
+    21619: (400, "A text message body or media url must be specified."),
+    63016: (
+        400,
+        "Failed to send freeform message because you are outside the allowed window. "
+        "If you are using WhatsApp, please use a Message Template.",
+    ),
+}
+
+
+def fixture_body(name: str) -> str:
+    """A fixture file's form body as Twilio sent it (without the file's newline)."""
+    return (FIXTURES / name).read_text(encoding="utf-8").strip()
+
+
+def fixture_params(name: str) -> list[tuple[str, str]]:
+    return urllib.parse.parse_qsl(fixture_body(name), keep_blank_values=True)
+
+
+def error_body(code: int, message: str | None = None) -> tuple[int, dict[str, Any]]:
+    status, default = ERRORS.get(code, (400, f"Error {code}"))
+    return status, {
+        "code": code,
+        "message": message or default,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+@dataclass
+class FakeTwilio:
+    account_sid: str = TEST_ACCOUNT_SID
+    auth_token: str = TEST_AUTH_TOKEN
+    rate: float | None = None  # messages per second per sender (From)
+    window: float = 1.0  # the rate is enforced over this sliding window (seconds)
+    # Seconds of arrival jitter forgiven: a send that arrives this much early for
+    # its slot still counts as outside the window (loopback scheduling noise).
+    jitter: float = 0.0
+    delay: float = 0.0  # seconds before each answer
+    opted_out: set[str] = field(default_factory=set)  # To values that get 21610
+    # Every request: monotonic time `at`, `form` (every value), `body` (first value
+    # of each field), `to`, `from`, `text`, `media`, and the `status` it was answered.
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)  # accepted messages
+    rejected_429: int = 0
+    failures: deque[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=deque)
+    url: str = ""
+    _windows: dict[str, deque[float]] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _runner: web.AppRunner | None = None
+
+    # -- control ---------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        code: int,
+        *,
+        status: int | None = None,
+        message: str | None = None,
+        times: int = 1,
+        retry_after: str | None = None,
+    ) -> None:
+        """Answer the next `times` requests with Twilio's error `code`."""
+        default_status, payload = error_body(code, message)
+        payload["status"] = status or default_status
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        for _ in range(times):
+            self.failures.append((payload["status"], dict(payload), headers))
+
+    @property
+    def api_base(self) -> str:
+        return self.url
+
+    # -- the REST API ----------------------------------------------------------------
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return user == self.account_sid and password == self.auth_token
+
+    def _over_rate(self, sender: str, now: float) -> bool:
+        if self.rate is None:
+            return False
+        window = self._windows.setdefault(sender, deque())
+        while window and now - window[0] >= self.window - self.jitter:
+            window.popleft()
+        if len(window) >= self.rate * self.window:
+            return True
+        window.append(now)
+        return False
+
+    async def messages(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        form = MultiDict(await request.post())
+        record: dict[str, Any] = {
+            "at": now,
+            "path": request.path,
+            "form": {key: form.getall(key) for key in form},
+            "to": form.get("To"),
+            "from": form.get("From"),
+            "body": {key: form[key] for key in form},  # the form, first value of each
+            "text": form.get("Body"),
+            "media": form.getall("MediaUrl", []),
+            "status_callback": form.get("StatusCallback"),
+        }
+        self.requests.append(record)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+
+        def answer(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
+            record["status"] = status
+            return web.json_response(payload, status=status, headers=headers or None)
+
+        if request.match_info["sid"] != self.account_sid or not self._authorized(request):
+            return answer(*error_body(20003))
+        if self.failures:
+            status, payload, headers = self.failures.popleft()
+            return answer(status, payload, **headers)
+        if not form.get("To"):
+            return answer(*error_body(21604))
+        if not form.get("From") and not form.get("MessagingServiceSid"):
+            return answer(*error_body(21603))
+        if not (form.get("Body") or form.get("MediaUrl") or form.get("ContentSid")):
+            return answer(*error_body(21619))
+        if self._over_rate(str(form.get("From") or form.get("MessagingServiceSid")), now):
+            self.rejected_429 += 1
+            return answer(*error_body(20429), **{"Retry-After": "1"})
+        if str(form["To"]).removeprefix("whatsapp:") in self.opted_out:
+            return answer(*error_body(21610))
+        sid = f"SM{next(self._ids):032x}"
+        resource = self.resource(sid, form)
+        self.sent.append({**record, "sid": sid})
+        return answer(201, resource)
+
+    def resource(self, sid: str, form: MultiDict[str]) -> dict[str, Any]:
+        """The message resource Twilio answers a create with."""
+        path = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}"
+        media = form.getall("MediaUrl", [])
+        return {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": form.get("Body", ""),
+            "date_created": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime()),
+            "date_sent": None,
+            "date_updated": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime()),
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": form.get("From"),
+            "messaging_service_sid": form.get("MessagingServiceSid"),
+            "num_media": str(len(media)),
+            "num_segments": "1",
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "queued",
+            "subresource_uris": {"media": f"{path}/Media.json"},
+            "to": form.get("To"),
+            "uri": f"{path}.json",
+        }
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.messages)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- calling the hub like Twilio -------------------------------------------------
+
+    def signature(self, url: str, params: Params) -> str:
+        """`X-Twilio-Signature` for a POST of `params` to `url` (the full URL Twilio
+        calls, query string included)."""
+        return RequestValidator(self.auth_token).compute_signature(url, MultiDict(params))
+
+    def signed(self, url: str, params: Params) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of Twilio's webhook POST of `params` to `url`."""
+        body = urllib.parse.urlencode(list(MultiDict(params).items())).encode()
+        return body, {
+            "Content-Type": "application/x-www-form-urlencoded; charset=UTF-8",
+            "User-Agent": "TwilioProxy/1.1",
+            "X-Twilio-Signature": self.signature(url, params),
+        }
+
+    async def post_webhook(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        path: str,
+        params: Params,
+        *,
+        public_url: str = PUBLIC_URL,
+    ) -> tuple[int, str]:
+        """POST `params` to `base_url + path`, signed for `public_url + path` (the
+        URL the hub is configured to be reached at); return status and body."""
+        body, headers = self.signed(public_url + path, params)
+        async with session.post(base_url + path, data=body, headers=headers) as response:
+            return response.status, await response.text()
+
+    async def report_status(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        sid: str,
+        status: str,
+        *,
+        error_code: int | None = None,
+        public_url: str = PUBLIC_URL,
+    ) -> tuple[int, str]:
+        """Post the status callback of an accepted message to the `StatusCallback`
+        its send named, as Twilio does when the message moves on."""
+        message = next(m for m in self.sent if m["sid"] == sid)
+        callback = message["status_callback"]
+        if not callback or not callback.startswith(public_url):
+            raise ValueError(f"message {sid} named no StatusCallback under {public_url}")
+        params = status_params(
+            sid, status, message["to"], message["from"], self.account_sid, error_code
+        )
+        return await self.post_webhook(
+            session, base_url, callback[len(public_url) :], params, public_url=public_url
+        )
+
+
+def status_params(
+    sid: str, status: str, to: str, sender: str, account_sid: str, error_code: int | None = None
+) -> list[tuple[str, str]]:
+    """A message status callback as Twilio posts it (the shape of the fixtures)."""
+    params = [
+        ("SmsSid", sid),
+        ("SmsStatus", status),
+        ("MessageStatus", status),
+        ("To", to),
+        ("MessageSid", sid),
+        ("AccountSid", account_sid),
+        ("From", sender),
+        ("ApiVersion", "2010-04-01"),
+    ]
+    if error_code is not None:
+        params.insert(0, ("ErrorCode", str(error_code)))
+    return params
+
+
+def twilio_inbox(api_base: str, **overrides: Any) -> dict[str, Any]:
+    """A `channel = "twilio"` inbox for tests, pointed at a fake's `api_base`."""
+    inbox: dict[str, Any] = {
+        "id": "tw",
+        "channel": "twilio",
+        "account_sid": TEST_ACCOUNT_SID,
+        "auth_token": TEST_AUTH_TOKEN,
+        "number": "+15005550006",
+        "whatsapp_number": "+14155238886",
+        "api_base": api_base,
+        "rate": 200.0,
+    }
+    inbox.update(overrides)
+    return inbox
