@@ -170,15 +170,18 @@ class Hub:
         ids = [i.strip().strip("<>") for i in message_ids if i and i.strip().strip("<>")][:50]
         if not ids:
             return None
-        sent = await self.store.messages.find_one(
-            {"provider_key": {"$in": [provider_key(inbox, i) for i in ids]}},
-            {"conversation_id": 1},
-        )
-        if sent is None:
-            sent = await self.store.messages.find_one(
-                {"email.message_id": {"$in": ids}, "inbox": inbox}, {"conversation_id": 1}
-            )
-        return None if sent is None else str(sent["conversation_id"])
+        # One indexed equality per id (the embedded engine scans for `$in`).
+        projection = {"conversation_id": 1, "inbox": 1}
+        for found in await asyncio.gather(
+            *(
+                self.store.messages.find_one({"provider_key": provider_key(inbox, i)}, projection)
+                for i in ids
+            ),
+            *(self.store.messages.find_one({"email.message_id": i}, projection) for i in ids),
+        ):
+            if found is not None and found.get("inbox") == inbox:
+                return str(found["conversation_id"])
+        return None
 
     async def update_contact(
         self,
@@ -207,9 +210,9 @@ class Hub:
                     extra={"contact_id": contact_id, "identity_kind": other.kind},
                 )
         if name:
-            await self.store.contacts.update_one(
-                {"_id": contact_id, "name": None}, {"$set": {"name": name}}
-            )
+            contact = await self.store.contacts.find_one({"_id": contact_id}, {"name": 1})
+            if contact is not None and not contact.get("name"):
+                await self.store.contacts.update_one({"_id": contact_id}, {"$set": {"name": name}})
         fields = {f"attributes.{attribute_key(k)}": str(v) for k, v in (attributes or {}).items()}
         if fields:
             await self.store.contacts.update_one({"_id": contact_id}, {"$set": fields})

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from pymongo import UpdateOne
@@ -37,7 +38,7 @@ from hub.events import Event, Events
 from hub.identity import resolve_contact
 from hub.metrics import Metrics
 from hub.model import KIND_OF_INBOUND, IdentityRef, InboundEvent, utcnow
-from hub.store import Store, derived_id, identity_id
+from hub.store import Store, derived_id, find_by_ids, identity_id
 from hub.views import conversation_view, message_view
 
 log = logging.getLogger("hub.ingest")
@@ -85,6 +86,17 @@ def message_doc(event: InboundEvent, message_id: str, conversation_id: str) -> d
     if event.extra:
         doc["extra"] = dict(event.extra)
     return doc
+
+
+def _before(summary_at: Any, message_at: Any) -> bool:
+    """Whether a conversation's last activity is older than a message's time."""
+    if summary_at is None:
+        return True
+    if summary_at.tzinfo is None:
+        summary_at = summary_at.replace(tzinfo=UTC)
+    if message_at.tzinfo is None:
+        message_at = message_at.replace(tzinfo=UTC)
+    return bool(summary_at < message_at)
 
 
 def summary_fields(last: dict[str, Any]) -> dict[str, Any]:
@@ -316,9 +328,9 @@ class Ingestor:
         if hint in contacts or self._conversations.get_fresh(hint) is not None:
             return hint
         found = await self.store.conversations.find_one(
-            {"_id": hint, "inbox": event.inbox}, {"contact_id": 1}
+            {"_id": hint}, {"contact_id": 1, "inbox": 1}
         )
-        if found is None:
+        if found is None or found.get("inbox") != event.inbox:
             return None
         self._conversations.put(hint, str(found["contact_id"]))
         return hint
@@ -394,18 +406,21 @@ class Ingestor:
         # because its time, not the retry's, is what the summary would show.
         repaired: dict[str, dict[str, Any]] = {}
         if refused:
-            stored = self.store.messages.find(
-                {"_id": {"$in": sorted(refused)}},
-                {"_id": 1, "conversation_id": 1, "text": 1, "kind": 1, "created_at": 1},
-            )
-            async for doc in stored:
+            for doc in (await find_by_ids(self.store.messages, sorted(refused))).values():
                 conv_id = doc["conversation_id"]
                 if conv_id not in repaired or doc["created_at"] > repaired[conv_id]["created_at"]:
                     repaired[conv_id] = doc
+            summaries = await find_by_ids(self.store.conversations, list(repaired))
+            repaired = {
+                conv_id: last
+                for conv_id, last in repaired.items()
+                if conv_id in summaries
+                and _before(summaries[conv_id].get("last_activity_at"), last["created_at"])
+            }
         for conv_id, last in repaired.items():
             updates.append(
                 UpdateOne(
-                    {"_id": conv_id, "last_activity_at": {"$lt": last["created_at"]}},
+                    {"_id": conv_id},
                     {
                         "$set": {**summary_fields(last), "status": "open", "snooze_until": None},
                         "$inc": {"unread": 1},

@@ -19,6 +19,7 @@ import itertools
 import logging
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,7 +41,7 @@ from hub.model import (
     utcnow,
 )
 from hub.ratelimit import KeyedRateLimiter, RateLimiter
-from hub.store import Store, derived_id, new_id
+from hub.store import Store, derived_id, find_by_ids, new_id
 from hub.views import message_view
 
 log = logging.getLogger("hub.outbox")
@@ -52,6 +53,11 @@ MESSAGE_GRACE = timedelta(seconds=60)
 MESSAGE_RECHECK = timedelta(seconds=0.05)
 # One claim takes about this many seconds of an inbox's pace (see `_batch_cap`).
 CLAIM_HORIZON = 1.0
+# How long this process holds an inbox's sending, how often it renews the lease,
+# and how much of it must be left for it to start a new batch.
+INBOX_LEASE = 15.0
+INBOX_LEASE_RENEW = 3.0
+INBOX_LEASE_MARGIN = 5.0
 # Statuses after which a message is never sent again.
 SETTLED = frozenset({"sent", "delivered", "read", "failed", "unknown"})
 
@@ -147,12 +153,7 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
     if not drafts:
         return []
     conversation_ids = list({d.conversation_id for d in drafts})
-    conversations = {
-        doc["_id"]: doc
-        async for doc in store.conversations.find(
-            {"_id": {"$in": conversation_ids}}, {"inbox": 1, "channel": 1}
-        )
-    }
+    conversations = await find_by_ids(store.conversations, conversation_ids)
     now = utcnow()
     items: list[dict[str, Any]] = []
     docs: list[dict[str, Any]] = []
@@ -182,7 +183,7 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
     if settled:
         # Their messages exist and their items were gone: sent already. Take back
         # the items just written for them.
-        await store.outbox.delete_many({"_id": {"$in": list(settled)}})
+        await store.outbox.bulk_write([DeleteOne({"_id": i}) for i in settled], ordered=False)
     docs = [d for d in docs if d["_id"] not in settled]
     if not docs:
         return []
@@ -425,6 +426,9 @@ class Dispatcher:
         self._stopping = False
         self._stop_signal = asyncio.Event()
         self._claims = itertools.count()
+        self._claiming = asyncio.Lock()
+        self._inbox_leases: dict[str, float] = {}  # inbox -> monotonic expiry
+        self._leases_renewed = -INBOX_LEASE
 
     def wake(self) -> None:
         """Look for work now (an item was just queued)."""
@@ -453,12 +457,12 @@ class Dispatcher:
         self._stop_signal.set()
         self._wake.set()
         tasks = tuple(self._tasks)
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=grace)
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._release_inboxes()
 
     # -- claiming ----------------------------------------------------------------
 
@@ -471,31 +475,99 @@ class Dispatcher:
     async def claim_batch(self) -> list[dict[str, Any]]:
         """Lease the items that are due, up to each inbox's cap; other dispatchers
         (in this process or another) never get the same item."""
+        # One claim at a time in this process: concurrent ones would all pick the
+        # same first items and all but one come back empty-handed.
+        async with self._claiming:
+            return await self._claim_batch()
+
+    async def _claim_batch(self) -> list[dict[str, Any]]:
+        await self._hold_inboxes()
         now = utcnow()
-        ids: list[Any] = []
-        for inbox in self.adapters:
+        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        items: list[dict[str, Any]] = []
+        for inbox in self._sending_for():
             cursor = self.store.outbox.find(
-                {"state": "queued", "inbox": inbox, "next_attempt_at": {"$lte": now}},
-                {"_id": 1},
+                {"state": "queued", "inbox": inbox, "next_attempt_at": {"$lte": now}}
             ).limit(self._batch_cap(inbox))
-            ids.extend([doc["_id"] async for doc in cursor])
-        if not ids:
+            items.extend(await cursor.to_list())
+        if not items:
             return []
-        token = f"{self.instance_id}-{next(self._claims)}"
-        await self.store.outbox.update_many(
-            {"_id": {"$in": ids}, "state": "queued"},
-            {
-                "$set": {
-                    "state": "sending",
-                    "lease_owner": self.instance_id,
-                    "lease_until": now + timedelta(seconds=self.settings.lease_seconds),
-                    "claim": token,
-                },
-                "$inc": {"attempts": 1},
-            },
+        # This process alone dispatches these inboxes (`_hold_inboxes`) and claims
+        # one batch at a time, so no other claim can be taking the same items: each
+        # is leased by `_id` alone, the one lookup the embedded engine answers
+        # without reading the whole collection.
+        await self.store.outbox.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": item["_id"]},
+                    {
+                        "$set": {
+                            "state": "sending",
+                            "lease_owner": self.instance_id,
+                            "lease_until": lease_until,
+                        },
+                        "$inc": {"attempts": 1},
+                    },
+                )
+                for item in items
+            ],
+            ordered=False,
         )
-        # Only the items this update moved carry its token: those are ours.
-        return await self.store.outbox.find({"_id": {"$in": ids}, "claim": token}).to_list()
+        for item in items:
+            item |= {
+                "state": "sending",
+                "lease_owner": self.instance_id,
+                "lease_until": lease_until,
+                "attempts": int(item.get("attempts", 0)) + 1,
+            }
+        return items
+
+    # -- which inboxes this process dispatches ---------------------------------------
+
+    def _sending_for(self) -> list[str]:
+        """The inboxes whose lease this process holds with time to spare."""
+        horizon = time.monotonic() + INBOX_LEASE_MARGIN
+        return [inbox for inbox, until in self._inbox_leases.items() if until > horizon]
+
+    async def _hold_inboxes(self, force: bool = False) -> None:
+        """Take or renew the lease on each inbox's sending.
+
+        One process at a time sends for an inbox: its pace is the provider's limit,
+        and two processes each pacing at it would together exceed it. Another
+        process takes over when the lease runs out (the holder died or stopped).
+        """
+        started = time.monotonic()
+        if not force and started - self._leases_renewed < INBOX_LEASE_RENEW:
+            return
+        self._leases_renewed = started
+        now = utcnow()
+        for inbox in self.adapters:
+            key = f"outbox:{inbox}"
+            try:
+                await self.store.leases.find_one_and_update(
+                    {"_id": key, "$or": [{"owner": self.instance_id}, {"until": {"$lt": now}}]},
+                    {
+                        "$set": {
+                            "owner": self.instance_id,
+                            "until": now + timedelta(seconds=INBOX_LEASE),
+                        }
+                    },
+                    upsert=True,
+                )
+            except DuplicateKeyError:
+                self._inbox_leases.pop(inbox, None)  # another process holds it
+                continue
+            self._inbox_leases[inbox] = started + INBOX_LEASE
+
+    async def _release_inboxes(self) -> None:
+        """Hand the inboxes back at once on a clean stop (no wait for expiry)."""
+        keys = [f"outbox:{inbox}" for inbox in self._inbox_leases]
+        self._inbox_leases.clear()
+        if keys:
+            with contextlib.suppress(PyMongoError):
+                await self.store.leases.delete_many(
+                    {"_id": {"$in": keys}, "owner": self.instance_id}
+                )
 
     async def recover_expired(self) -> int:
         """Take back items whose sender died mid-send (lease expired)."""
@@ -540,15 +612,10 @@ class Dispatcher:
         return True
 
     async def _send_batch(self, items: list[dict[str, Any]]) -> None:
-        ids = [item["_id"] for item in items]
-        messages = {
-            doc["_id"]: doc async for doc in self.store.messages.find({"_id": {"$in": ids}})
-        }
-        conversation_ids = list({m["conversation_id"] for m in messages.values()})
-        conversations = {
-            doc["_id"]: doc
-            async for doc in self.store.conversations.find({"_id": {"$in": conversation_ids}})
-        }
+        messages = await find_by_ids(self.store.messages, [item["_id"] for item in items])
+        conversations = await find_by_ids(
+            self.store.conversations, list({m["conversation_id"] for m in messages.values()})
+        )
         outcomes: list[_Outcome] = []
         ready: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], OutboundMessage]] = []
         for item in items:
@@ -575,19 +642,47 @@ class Dispatcher:
                 continue
             ready.append((item, message, conversation, outbound))
 
-        if ready:
-            await self.store.messages.update_many(
-                {"_id": {"$in": [item["_id"] for item, *_ in ready]}},
-                {"$set": {"status": "sending"}},
-            )
+        # A recipient already booked further ahead than this claim looks (a busy
+        # Telegram chat) waits in the queue, not in this batch: the batch would
+        # otherwise hold every other recipient's messages back with it.
+        booked: list[tuple[float, tuple[Any, ...]]] = []
+        for entry in ready:
+            wait = self._book_recipient(entry[0]["inbox"], entry[3].to)
+            if wait is None:
+                outcomes.append(
+                    _Outcome(entry[0], "deferred", retry_in=self._recipient_delay(entry))
+                )
+            else:
+                booked.append((wait, entry))
+        if booked:
+            # `sending` is announced, not stored: while a send is in flight the
+            # outbox item's lease is its record, and one write per message fewer
+            # is what lets the embedded store keep up with a fast provider.
             await self.events.publish(
                 [
-                    Event("message.updated", message_view({**message, "status": "sending"}))
-                    for _, message, _, _ in ready
+                    Event("message.updated", message_view({**entry[1], "status": "sending"}))
+                    for _, entry in booked
                 ]
             )
-            outcomes += await asyncio.gather(*(self._deliver(*entry) for entry in ready))
+            outcomes += await asyncio.gather(
+                *(self._deliver(*entry, recipient_wait=wait) for wait, entry in booked)
+            )
         await self._apply(outcomes)
+
+    def _book_recipient(self, inbox: str, recipient: str) -> float | None:
+        """Book the recipient's next slot and return the wait for it; None (and
+        nothing booked) when it is further off than a claim looks ahead."""
+        limiters = self.recipient_limiters.get(inbox)
+        if limiters is None:
+            return 0.0
+        limiter = limiters.limiter(recipient)
+        if limiter.delay() > CLAIM_HORIZON:
+            return None
+        return limiter.reserve()
+
+    def _recipient_delay(self, entry: tuple[Any, ...]) -> float:
+        item, _, _, outbound = entry
+        return self.recipient_limiters[item["inbox"]].limiter(outbound.to).delay()
 
     async def _message_missing(self, item: dict[str, Any]) -> None:
         created = item.get("created_at")
@@ -616,13 +711,19 @@ class Dispatcher:
         message: dict[str, Any],
         conversation: dict[str, Any],
         outbound: OutboundMessage,
+        *,
+        recipient_wait: float = 0.0,
     ) -> _Outcome:
         """Pace, send through the adapter, and say what became of it."""
         adapter = self.adapters[item["inbox"]]
+        if recipient_wait > 0:
+            await asyncio.sleep(recipient_wait)  # the recipient's slot, booked already
+        await self.limiters[item["inbox"]].acquire()
         per_recipient = self.recipient_limiters.get(item["inbox"])
         if per_recipient is not None:
-            await per_recipient.acquire(outbound.to)
-        await self.limiters[item["inbox"]].acquire()
+            # The wait for the inbox's pace varies: keep this recipient's sends an
+            # interval apart as they actually go out.
+            await per_recipient.limiter(outbound.to).space()
         channel = str(conversation["channel"])
         try:
             result = await adapter.send(outbound)
@@ -676,6 +777,22 @@ class Dispatcher:
         keys: list[str] = []
         for outcome in outcomes:
             item = outcome.item
+            if outcome.status == "deferred":
+                # Not attempted: back in the queue until its recipient's turn.
+                outbox_writes.append(
+                    UpdateOne(
+                        {"_id": item["_id"]},
+                        {
+                            "$set": {
+                                "state": "queued",
+                                "next_attempt_at": now + timedelta(seconds=outcome.retry_in),
+                                "lease_owner": None,
+                            },
+                            "$inc": {"attempts": -1},
+                        },
+                    )
+                )
+                continue
             if outcome.status == "queued":
                 fields: dict[str, Any] = {"status": "queued", "error": f"retrying: {outcome.error}"}
                 outbox_writes.append(
@@ -710,11 +827,12 @@ class Dispatcher:
                 views.append(Event("message.updated", message_view({**message, **fields})))
         # The message first: a crash before the outbox write leaves a lease that
         # recovery finds settled and only cleans up.
-        await self.store.messages.bulk_write(message_writes, ordered=False)
+        if message_writes:
+            await self.store.messages.bulk_write(message_writes, ordered=False)
         await self.store.outbox.bulk_write(outbox_writes, ordered=False)
         await self.events.publish(views)
-        if keys:
-            early = await self.store.early_statuses.find({"_id": {"$in": keys}}).to_list()
+        if keys and await self.store.early_statuses.estimated_document_count():
+            early = (await find_by_ids(self.store.early_statuses, keys)).values()
             for kept in early:
                 if await self.store.early_statuses.find_one_and_delete({"_id": kept["_id"]}):
                     await record_statuses(

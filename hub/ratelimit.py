@@ -19,6 +19,12 @@ class RateLimiter:
         self.interval = 1.0 / per_second
         self.tolerance = self.interval * (max(1, burst) - 1)
         self._tat = 0.0  # theoretical arrival time of the next message
+        self._last = -self.interval  # when the last permit was actually used
+
+    def delay(self, now: float | None = None) -> float:
+        """The wait the next `reserve()` would return, booking nothing."""
+        now = time.monotonic() if now is None else now
+        return max(0.0, max(self._tat, now) - self.tolerance - now)
 
     def reserve(self, now: float | None = None) -> float:
         """Book one slot; return the seconds to wait before using it."""
@@ -32,6 +38,23 @@ class RateLimiter:
         delay = self.reserve()
         if delay > 0:
             await asyncio.sleep(delay)
+        await self.space()
+
+    async def space(self) -> None:
+        """Keep permits an interval apart in real time, not only on the schedule.
+
+        Sleepers whose slots fell due while the event loop was busy all wake at
+        once; without this they would go out together, and a provider counting
+        over a sliding window would see more than the rate. (A limiter with a
+        burst allowance lets bursts through by design and is not spaced.)
+        """
+        if self.tolerance > 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._last + self.interval)
+        self._last = start
+        if start > now:
+            await asyncio.sleep(start - now)
 
 
 class KeyedRateLimiter:

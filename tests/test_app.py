@@ -20,7 +20,7 @@ from hub.app import HUB, build_app
 from hub.logs import setup_logging
 from hub.outbox import enqueue
 from tests.conftest import SECRET, hub_of, post_inbound, signed_form
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, next_event, of_type
 
 NUMBER = "+15551230001"
 
@@ -211,11 +211,9 @@ async def test_stopping_the_dispatcher_lets_an_in_flight_send_finish_and_record(
         text="slow provider",
         sender={"type": "agent", "id": "a1"},
     )
+    sub = hub.bus.subscribe()
     hub.dispatcher.wake()
-    await eventually(
-        lambda: hub.store.messages.find_one({"_id": doc["_id"]}),
-        lambda m: m["status"] == "sending",
-    )
+    await next_event(sub, of_type("message.updated", id=doc["_id"], status="sending"))
 
     await hub.dispatcher.stop()
 

@@ -231,3 +231,26 @@ async def test_update_contact_finds_the_contact_by_any_identity_it_is_given(hub_
     assert contact["phones"] == [NUMBER]
     assert contact["emails"] == ["ann@example.com"]
     assert await hub.store.contacts.count_documents({}) == 1
+
+
+async def test_a_busy_recipient_waits_in_the_queue_not_in_the_batch(make_settings, provider):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from hub.app import build_app
+
+    settings = make_settings(inbox={"rate": 100.0, "per_recipient": 2.0})
+    async with TestClient(TestServer(build_app(settings))) as client:
+        hub = hub_of(client)
+        busy, calm = phone("+15551230001"), phone("+15551230002")
+        for n in range(6):
+            await hub.send_text("t1", "sms", busy, f"busy {n}")
+        for n in range(3):
+            await hub.send_text("t1", "sms", calm, f"calm {n}")
+        await eventually(sent_by(provider), lambda s: len(s) == 9, deadline=20)
+    busy_times = sorted(r["at"] for r in provider.sent if r["to"] == busy.value)
+    calm_times = sorted(r["at"] for r in provider.sent if r["to"] == calm.value)
+    assert min(b - a for a, b in itertools.pairwise(busy_times)) >= 0.5 * 0.9
+    # The calm recipient did not wait for the busy one's three seconds.
+    assert calm_times[-1] < busy_times[-1] - 1.0
+    # Deferred messages were not counted as attempts.
+    assert {r["attempt"] for r in provider.requests} == {1}
