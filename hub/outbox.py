@@ -537,7 +537,10 @@ class Dispatcher:
         process takes over when the lease runs out (the holder died or stopped).
         """
         started = time.monotonic()
-        if not force and started - self._leases_renewed < INBOX_LEASE_RENEW:
+        # Held leases are renewed now and then; one held elsewhere is tried again
+        # sooner, so a clean stop of its holder is taken over within a second.
+        every = INBOX_LEASE_RENEW if len(self._inbox_leases) == len(self.adapters) else 1.0
+        if not force and started - self._leases_renewed < every:
             return
         self._leases_renewed = started
         now = utcnow()

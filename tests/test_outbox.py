@@ -523,3 +523,46 @@ def test_keyed_rate_limiter_forgets_the_least_recently_used_key():
     limiter.limiter("c")  # evicts b
     assert limiter.limiter("a") is a
     assert set(limiter._limiters) == {"a", "c"}
+
+
+async def test_one_process_at_a_time_sends_for_an_inbox_and_another_takes_over(
+    hub_client, provider
+):
+    """Two hubs on one store must not both pace an inbox at the provider's limit:
+    the inbox's lease decides which one sends; when it stops the other goes on."""
+    hub = hub_of(hub_client)
+    other = Dispatcher(
+        hub.store, hub.events, hub.metrics, hub.adapters, hub.settings.dispatcher, "other-hub"
+    )
+    doc = await reply(hub_client)
+    await message_when(hub_client, doc["_id"], SETTLED)
+    # The running hub holds the lease: the other one claims nothing.
+    queued = await reply(hub_client, text="while the first hub runs")
+    await hub.dispatcher.stop()
+    lease = await hub.store.leases.find_one({"_id": "outbox:t1"})
+    assert lease is None  # a clean stop hands the inbox back at once
+    assert await other.run_once() in (True, False)
+    await eventually(lambda: other.run_once(), lambda worked: not worked)
+    sent = await hub.store.messages.find_one({"_id": queued["_id"]})
+    assert sent["status"] == "sent"
+    assert (await hub.store.leases.find_one({"_id": "outbox:t1"}))["owner"] == "other-hub"
+
+
+async def test_a_dispatcher_without_the_inbox_lease_claims_nothing(hub_client, provider):
+    hub = hub_of(hub_client)
+    await reply(hub_client)  # the running dispatcher takes the lease and sends
+    await eventually(lambda: hub.store.leases.find_one({"_id": "outbox:t1"}))
+    other = Dispatcher(
+        hub.store, hub.events, hub.metrics, hub.adapters, hub.settings.dispatcher, "other-hub"
+    )
+    assert await other.claim_batch() == []
+    await hub.dispatcher.stop()
+    doc = await enqueue(
+        hub.store,
+        hub.events,
+        conversation_id=await open_conversation(hub_client),
+        text="x",
+        sender=AGENT,
+    )
+    claimed = await eventually(other.claim_batch, deadline=3)
+    assert [item["_id"] for item in claimed] == [doc["_id"]]
