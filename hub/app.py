@@ -332,6 +332,9 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
+    from hub import api
+
+    api.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = await Store.open(
