@@ -50,6 +50,7 @@ from channels.base import (
     StoreUnavailable,
     TransientSendError,
 )
+from channels.signing import read_limited
 from hub.identity import InvalidIdentity, phone_ref
 from hub.model import (
     Attachment,
@@ -495,7 +496,7 @@ class TwilioChannel(ChannelAdapter):
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
             raise web.HTTPForbidden(text=f"missing {SIGNATURE_HEADER}")
-        body = await _read_limited(request, MAX_BODY)
+        body = await read_limited(request, MAX_BODY)
         try:
             pairs = urllib.parse.parse_qsl(
                 body.decode("utf-8"),
@@ -843,17 +844,3 @@ class TwilioChannel(ChannelAdapter):
                 raise TransientSendError(f"Twilio answered {status} without a message sid")
             return SendResult(provider_id=sid)
         raise send_error(status, payload, retry_after)
-
-
-async def _read_limited(request: web.Request, max_bytes: int) -> bytes:
-    """The raw body; 413 when it is larger than `max_bytes` (checked as it streams)."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=size)
-        chunks.append(chunk)
-    return b"".join(chunks)

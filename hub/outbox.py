@@ -386,6 +386,29 @@ def outbound_message(
     )
 
 
+def _requeue(
+    item_id: Any,
+    now: datetime,
+    delay: float,
+    *,
+    last_error: str | None = None,
+    uncount: bool = False,
+) -> UpdateOne:
+    """Put a claimed item back in the queue, due in `delay` seconds; `uncount`
+    when it was not attempted (its claim does not count as an attempt)."""
+    fields: dict[str, Any] = {
+        "state": "queued",
+        "next_attempt_at": now + timedelta(seconds=delay),
+        "lease_owner": None,
+    }
+    if last_error is not None:
+        fields["last_error"] = last_error
+    update: dict[str, Any] = {"$set": fields}
+    if uncount:
+        update["$inc"] = {"attempts": -1}
+    return UpdateOne({"_id": item_id}, update)
+
+
 @dataclass
 class _Outcome:
     """What became of one claimed item: `queued` again (retry), or settled."""
@@ -782,34 +805,12 @@ class Dispatcher:
             item = outcome.item
             if outcome.status == "deferred":
                 # Not attempted: back in the queue until its recipient's turn.
-                outbox_writes.append(
-                    UpdateOne(
-                        {"_id": item["_id"]},
-                        {
-                            "$set": {
-                                "state": "queued",
-                                "next_attempt_at": now + timedelta(seconds=outcome.retry_in),
-                                "lease_owner": None,
-                            },
-                            "$inc": {"attempts": -1},
-                        },
-                    )
-                )
+                outbox_writes.append(_requeue(item["_id"], now, outcome.retry_in, uncount=True))
                 continue
             if outcome.status == "queued":
                 fields: dict[str, Any] = {"status": "queued", "error": f"retrying: {outcome.error}"}
                 outbox_writes.append(
-                    UpdateOne(
-                        {"_id": item["_id"]},
-                        {
-                            "$set": {
-                                "state": "queued",
-                                "next_attempt_at": now + timedelta(seconds=outcome.retry_in),
-                                "lease_owner": None,
-                                "last_error": outcome.error,
-                            }
-                        },
-                    )
+                    _requeue(item["_id"], now, outcome.retry_in, last_error=outcome.error)
                 )
             else:
                 fields = {"status": outcome.status, "error": outcome.error}
