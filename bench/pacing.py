@@ -12,7 +12,9 @@ own record of accepted requests is cut into 10-second windows:
 The hub paces each inbox at `PACE` of the provider's published limit (the
 adapter's `rate` setting): a sliding-window limit refuses a send that arrives a
 hair early, and network jitter makes some arrive early, so pacing exactly at the
-limit would earn occasional 429s.
+limit would earn occasional 429s. (Twilio, which queues rather than refuses, is
+paced at its limit.) The line "limit used" is the share of the provider's limit,
+not of the hub's pace.
 
     ./dev bench pacing            # every scenario, 60 s each
     ./dev bench pacing --seconds 20 --only whatsapp
@@ -58,6 +60,8 @@ class Scenario:
     # A recipient that gets far more than its share (Telegram: one busy chat).
     hot: IdentityRef | None = None
     per_recipient_limit: float | None = None
+    # The share of the limit the hub paces at (see PACE).
+    pace: float = PACE
     accepted: Callable[[Any], list[dict[str, Any]]] = field(default=lambda fake: [])
 
 
@@ -116,7 +120,9 @@ def telegram_inbox(fake: Any, pace: float) -> dict[str, Any]:
 async def start_twilio(limit: float) -> Any:
     from tests.support.fake_twilio import FakeTwilio
 
-    fake = FakeTwilio(rate=limit)
+    # Twilio queues what comes faster than a sender's rate rather than refusing
+    # it; the double is stricter and refuses, forgiving 50 ms of arrival noise.
+    fake = FakeTwilio(rate=limit, jitter=0.05)
     await fake.start()
     return fake
 
@@ -145,6 +151,9 @@ SCENARIOS = {
         start_twilio,
         twilio_inbox,
         phones(5),
+        # At one message a second a 10-second window holds 9 or 10 sends when
+        # paced under 1/s: pace at the limit itself (Twilio queues, see above).
+        pace=1.0,
         accepted=ok_requests,
     ),
     "telegram": Scenario(
@@ -194,7 +203,7 @@ async def watch_loop(lags: list[float], every: float = 0.005) -> None:
 
 async def run(scenario: Scenario, seconds: float) -> dict[str, Any]:
     fake = await scenario.start_fake(scenario.limit)
-    pace = scenario.limit * PACE
+    pace = scenario.limit * scenario.pace
     folder = Path(tempfile.mkdtemp(prefix="hub-pacing-"))
     settings = parse_settings(
         {
@@ -332,7 +341,7 @@ async def main() -> int:
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
     args = parser.parse_args()
     names = args.only or list(SCENARIOS)
-    print(f"pacing: {args.seconds:.0f} s per scenario, hub pace {PACE:.0%} of each limit")
+    print(f"pacing: {args.seconds:.0f} s per scenario")
     passed = True
     for name in names:
         passed = show(await run(SCENARIOS[name], args.seconds)) and passed

@@ -451,6 +451,8 @@ class Dispatcher:
         self._claims = itertools.count()
         self._claiming = asyncio.Lock()
         self._inbox_leases: dict[str, float] = {}  # inbox -> monotonic expiry
+        # (inbox, recipient) -> the last turn promised to a deferred message.
+        self._promised: dict[tuple[str, str], float] = {}
         self._leases_renewed = -INBOX_LEASE
 
     def wake(self) -> None:
@@ -707,8 +709,19 @@ class Dispatcher:
         return limiter.reserve()
 
     def _recipient_delay(self, entry: tuple[Any, ...]) -> float:
+        """When a deferred message should come back: each gets a turn of its own
+        after those already promised to the same recipient, so a recipient with
+        a long backlog has about one message due at a time, not all of them
+        crowding every claim."""
         item, _, _, outbound = entry
-        return self.recipient_limiters[item["inbox"]].limiter(outbound.to).delay()
+        limiter = self.recipient_limiters[item["inbox"]].limiter(outbound.to)
+        now = time.monotonic()
+        key = (item["inbox"], outbound.to)
+        turn = max(now + limiter.delay(now), self._promised.get(key, 0.0)) + limiter.interval
+        self._promised[key] = turn
+        if len(self._promised) > 10_000:
+            self._promised = {k: t for k, t in self._promised.items() if t > now}
+        return turn - now
 
     async def _message_missing(self, item: dict[str, Any]) -> None:
         created = item.get("created_at")
