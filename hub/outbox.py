@@ -58,6 +58,8 @@ CLAIM_HORIZON = 1.0
 INBOX_LEASE = 15.0
 INBOX_LEASE_RENEW = 3.0
 INBOX_LEASE_MARGIN = 5.0
+# How long a status for a send not (yet) recorded here is kept.
+EARLY_STATUS_KEEP = timedelta(days=1)
 # Statuses after which a message is never sent again.
 SETTLED = frozenset({"sent", "delivered", "read", "failed", "unknown"})
 
@@ -872,11 +874,21 @@ class Dispatcher:
                 if not self._stopping:  # the stop signal stays set for every worker
                     self._wake.clear()
 
+    async def prune_early_statuses(self, older_than: timedelta = EARLY_STATUS_KEEP) -> int:
+        """Forget statuses kept for sends never recorded here (another system's
+        sends on the same number, a send whose recording failed)."""
+        result = await self.store.early_statuses.delete_many({"at": {"$lt": utcnow() - older_than}})
+        return int(result.deleted_count)
+
     async def _housekeeping(self) -> None:
+        last_prune = -math.inf
         while not self._stopping:
             try:
                 await self.recover_expired()
                 self.metrics.outbox_depth.set(await self.store.outbox.count_documents({}))
+                if time.monotonic() - last_prune > 600:
+                    last_prune = time.monotonic()
+                    await self.prune_early_statuses()
             except PyMongoError as error:
                 log.warning("outbox housekeeping failed", extra={"error": str(error)})
             await self._pause(max(1.0, self.settings.poll_interval * 5))

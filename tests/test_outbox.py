@@ -566,3 +566,16 @@ async def test_a_dispatcher_without_the_inbox_lease_claims_nothing(hub_client, p
     )
     claimed = await eventually(other.claim_batch, deadline=3)
     assert [item["_id"] for item in claimed] == [doc["_id"]]
+
+
+async def test_statuses_kept_for_unknown_sends_are_forgotten_after_a_day(hub_client):
+    hub = hub_of(hub_client)
+    now = utcnow()
+    await hub.store.early_statuses.insert_many(
+        [
+            {"_id": "old", "rank": 4, "update": {}, "at": now - timedelta(days=2)},
+            {"_id": "new", "rank": 4, "update": {}, "at": now - timedelta(hours=1)},
+        ]
+    )
+    assert await hub.dispatcher.prune_early_statuses() == 1
+    assert [d["_id"] for d in await hub.store.early_statuses.find().to_list()] == ["new"]
