@@ -570,6 +570,7 @@ async def test_a_dispatcher_without_the_inbox_lease_claims_nothing(hub_client, p
 
 async def test_statuses_kept_for_unknown_sends_are_forgotten_after_a_day(hub_client):
     hub = hub_of(hub_client)
+    await hub.dispatcher.stop()  # its housekeeping would prune before we look
     now = utcnow()
     await hub.store.early_statuses.insert_many(
         [
@@ -577,5 +578,6 @@ async def test_statuses_kept_for_unknown_sends_are_forgotten_after_a_day(hub_cli
             {"_id": "new", "rank": 4, "update": {}, "at": now - timedelta(hours=1)},
         ]
     )
+    assert await hub.store.early_statuses.count_documents({}) == 2
     assert await hub.dispatcher.prune_early_statuses() == 1
     assert [d["_id"] for d in await hub.store.early_statuses.find().to_list()] == ["new"]
