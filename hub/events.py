@@ -20,7 +20,7 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from hub.store import Store
+from hub.store import Store, find_by_ids
 
 log = logging.getLogger("hub.events")
 
@@ -118,21 +118,34 @@ class Events:
         self.bus.deliver(events)
 
     async def poll_once(self) -> int:
-        """Deliver events other processes stored since the last poll."""
+        """Deliver events other processes stored since the last poll.
+
+        The window looks back LOOKBACK_NS on every poll, so it is read as keys
+        only; a document is fetched whole once, when its key is new and another
+        process wrote it (the writer is in the key).
+        """
         now = time.time_ns()
         since = f"{now - LOOKBACK_NS:020d}"
-        delivered = 0
-        cursor = self.store.events.find({"_id": {"$gt": since}})
-        async for doc in cursor:
-            key = str(doc["_id"])
-            if key in self._seen:
-                continue
+        cursor = self.store.events.find({"_id": {"$gt": since}}, {"_id": 1})
+        fresh = [str(doc["_id"]) async for doc in cursor if str(doc["_id"]) not in self._seen]
+        own = f"-{self.instance_id}-"
+        for key in fresh:
             self._seen[key] = now
-            if doc.get("origin") == self.instance_id:
-                continue
-            batch = [Event(e["type"], e["data"]) for e in doc.get("events", [])]
-            self.bus.deliver(batch)
-            delivered += len(batch)
+        wanted = sorted(key for key in fresh if own not in key)
+        delivered = 0
+        if wanted:
+            docs = await find_by_ids(self.store.events, list(wanted))
+            for key in wanted:
+                doc = docs.get(key)
+                if doc is None or doc.get("origin") == self.instance_id:
+                    continue
+                try:
+                    batch = [Event(e["type"], e["data"]) for e in doc.get("events", [])]
+                except (KeyError, TypeError):
+                    log.error("malformed event document skipped", extra={"key": key})
+                    continue
+                self.bus.deliver(batch)
+                delivered += len(batch)
         horizon = now - 2 * LOOKBACK_NS
         for key in [k for k, seen_at in self._seen.items() if seen_at < horizon]:
             del self._seen[key]
