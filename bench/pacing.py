@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -193,6 +194,12 @@ def recipient_of(record: dict[str, Any]) -> str:
     return ""
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def watch_loop(lags: list[float], every: float = 0.005) -> None:
     """How late the event loop wakes a sleeper: the jitter every send inherits."""
     while True:
@@ -263,7 +270,10 @@ async def run(scenario: Scenario, seconds: float) -> dict[str, Any]:
         while not scenario.accepted(fake):  # noqa: ASYNC110 (polling the fake's record)
             await asyncio.sleep(0.05)
         first = scenario.accepted(fake)[0]["at"]
+        store_pid = hub.store.embedded.process.pid  # type: ignore[union-attr]
+        store_cpu = cpu_seconds(store_pid)
         await asyncio.sleep(max(0.0, first + seconds - time.monotonic()) + 0.5)
+        store_cpu = cpu_seconds(store_pid) - store_cpu
         accepted = [r for r in scenario.accepted(fake) if r["at"] < first + seconds]
         refused = fake.rejected_429
         watcher.cancel()
@@ -278,6 +288,8 @@ async def run(scenario: Scenario, seconds: float) -> dict[str, Any]:
         windows.append(count / (scenario.limit * WINDOW))
     lags.sort()
     report: dict[str, Any] = {
+        "store_cpu_share": store_cpu / seconds,
+        "store_cpu_per_message_ms": 1000 * store_cpu / max(1, len(accepted)),
         "loop_lag_p99_ms": 1000 * lags[int(len(lags) * 0.99)] if lags else 0.0,
         "loop_lag_max_ms": 1000 * lags[-1] if lags else 0.0,
         "scenario": scenario.name,
@@ -318,6 +330,10 @@ def show(report: dict[str, Any]) -> bool:
         f"max {report['loop_lag_max_ms']:.1f} ms (hub and provider double share the loop)"
     )
     print(f"  429s / rate refusals  {report['refused']}   (target 0)")
+    print(
+        f"  embedded store CPU    {report['store_cpu_share']:.0%} of a core, "
+        f"{report['store_cpu_per_message_ms']:.1f} ms per message sent"
+    )
     shares = "  ".join(f"{w:.1%}" for w in windows)
     print(f"  limit used per 10 s   {shares}")
     print(

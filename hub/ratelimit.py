@@ -8,8 +8,9 @@ senders queue up fairly without a lock, and the long-run rate never exceeds
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 
 class RateLimiter:
@@ -19,7 +20,7 @@ class RateLimiter:
         self.interval = 1.0 / per_second
         self.tolerance = self.interval * (max(1, burst) - 1)
         self._tat = 0.0  # theoretical arrival time of the next message
-        self._last = -self.interval  # when the last permit was actually used
+        self._used: deque[float] = deque()  # when recent permits were actually used
 
     def delay(self, now: float | None = None) -> float:
         """The wait the next `reserve()` would return, booking nothing."""
@@ -41,20 +42,32 @@ class RateLimiter:
         await self.space()
 
     async def space(self) -> None:
-        """Keep permits an interval apart in real time, not only on the schedule.
+        """Hold a permit back until the last second of real sends has room for it.
 
         Sleepers whose slots fell due while the event loop was busy all wake at
-        once; without this they would go out together, and a provider counting
-        over a sliding window would see more than the rate. (A limiter with a
-        burst allowance lets bursts through by design and is not spaced.)
+        once; let out together, a provider counting over a sliding window would
+        see more than the rate. So besides the schedule, no more than the rate's
+        worth of permits is used in any real window (one second, or one interval
+        for rates under one a second), and never two within half an interval; a
+        late permit may still catch up inside that. (A limiter with a burst
+        allowance lets bursts through by design and is not held back.)
         """
         if self.tolerance > 0:
             return
-        now = time.monotonic()
-        start = max(now, self._last + self.interval)
-        self._last = start
-        if start > now:
-            await asyncio.sleep(start - now)
+        window = max(1.0, self.interval)
+        cap = max(1, math.floor(window / self.interval + 1e-9))
+        while True:
+            now = time.monotonic()
+            used = self._used
+            while used and now - used[0] >= window:
+                used.popleft()
+            wait = used[0] + window - now if len(used) >= cap else 0.0
+            if used:
+                wait = max(wait, used[-1] + self.interval / 2 - now)
+            if wait <= 0:
+                used.append(now)
+                return
+            await asyncio.sleep(wait)
 
 
 class KeyedRateLimiter:
