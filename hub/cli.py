@@ -91,6 +91,57 @@ def cmd_check(args: argparse.Namespace) -> int:
     return asyncio.run(_check(settings))
 
 
+async def _add_agent(settings: Settings, args: argparse.Namespace, password: str) -> int:
+    from hub.accounts import AccountError, Accounts
+    from hub.store import Store
+
+    store = await Store.open(
+        uri=settings.store.uri,
+        database=settings.store.database,
+        data_dir=settings.data_dir,
+        server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
+    )
+    try:
+        await store.ensure_indexes()
+        agent = await Accounts(store).create_agent(
+            email=args.email, name=args.name, role=args.role, password=password
+        )
+    except AccountError as error:
+        print(f"hub: agent not added: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    print(f"hub: agent {agent['email']} ({agent['role']}) added with id {agent['_id']}")
+    return 0
+
+
+def cmd_agents_add(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
+    from pymongo.errors import PyMongoError
+
+    from hub.store.embedded import EmbeddedStoreError
+
+    settings = _settings(args.config)
+    redactor = setup_logging("WARNING", settings.logging.format, settings.secrets)
+    if args.password_env:
+        password = os.environ.get(args.password_env, "")
+        if not password:
+            print(f"hub: the environment variable {args.password_env} is empty", file=sys.stderr)
+            return 2
+    else:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Again: "):
+            print("hub: the passwords differ", file=sys.stderr)
+            return 2
+    try:
+        return asyncio.run(_add_agent(settings, args, password))
+    except (PyMongoError, EmbeddedStoreError) as error:
+        print(f"hub: store: {redactor.text(str(error))}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hub", description="Omnichannel communication hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate the config and reach the store")
     check.add_argument("--config", help="config file (default: $HUB_CONFIG)")
     check.set_defaults(func=cmd_check)
+    agents = sub.add_parser("agents", help="manage agents").add_subparsers(
+        dest="agents_command", required=True
+    )
+    add = agents.add_parser("add", help="create an agent")
+    add.add_argument("--config", help="config file (default: $HUB_CONFIG)")
+    add.add_argument("--email", required=True)
+    add.add_argument("--name", required=True)
+    add.add_argument("--role", required=True, choices=["admin", "supervisor", "agent"])
+    add.add_argument("--password-env", help="read the password from this environment variable")
+    add.set_defaults(func=cmd_agents_add)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

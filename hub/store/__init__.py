@@ -51,6 +51,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "early_statuses": [],
     "agents": [([("email", ASCENDING)], {})],
     "tokens": [([("agent_id", ASCENDING)], {})],
+    "teams": [],
     "campaigns": [],
     "campaign_sends": [([("campaign_id", ASCENDING)], {})],
     "greetings_sent": [],

@@ -1,0 +1,286 @@
+"""What every API route shares: the route table, authentication, CSRF, role
+checks, validation of queries and bodies, errors in the contract's shape, cursors.
+
+A route is declared once, with its method, path, role and pydantic types; the
+handler the router calls and the OpenAPI document are both made from that
+declaration, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from hub.accounts import Accounts, LoginLimiter, Session, token_hash
+from hub.app import HUB, Hub
+
+log = logging.getLogger("hub.api")
+
+SESSION_COOKIE = "hub_session"
+CSRF_COOKIE = "hub_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ApiError(Exception):
+    """An answer in the contract's error shape: `{"error": {"code", "message"}}`."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, self.message)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"no such {what}")
+
+
+def forbidden(message: str = "you may not do this") -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
+@dataclass
+class ApiState:
+    """The API's own long-lived parts (one per application)."""
+
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    accounts: Accounts | None = None
+    # Open WebSockets and the tasks that feed them, closed and cancelled on shutdown.
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    tasks: set[Any] = field(default_factory=set)
+    heartbeat: float = 20.0
+    secure_cookies: bool = False
+
+
+API: web.AppKey[ApiState] = web.AppKey("api", ApiState)
+
+
+@dataclass
+class Call:
+    """One authenticated, validated API request, as a handler receives it."""
+
+    request: web.Request
+    hub: Hub
+    state: ApiState
+    accounts: Accounts
+    session: Session | None
+    body: Any = None
+    query: Any = None
+
+    @property
+    def me(self) -> Session:
+        assert self.session is not None
+        return self.session
+
+    def param(self, name: str) -> str:
+        value = self.request.match_info[name]
+        if not value or len(value) > 64 or not all(c.isalnum() or c in "_:-" for c in value):
+            raise not_found(name)
+        return value
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    role: str | None = "agent"  # the least role allowed; None: no login needed
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    websocket: bool = False
+
+
+class RouteTable:
+    """The routes one module declares."""
+
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        role: str | None = "agent",
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        websocket: bool = False,
+    ) -> Callable[[Handler], Handler]:
+        def add(handler: Handler) -> Handler:
+            self.routes.append(
+                Route(
+                    method, path, handler, summary, role, body, query, response, status, websocket
+                )
+            )
+            return handler
+
+        return add
+
+
+def validation_message(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def authenticate(request: web.Request, accounts: Accounts) -> Session:
+    """The request's session (Bearer header, else the session cookie), or 401.
+    A cookie session must show its CSRF token on a state-changing request (403)."""
+    token = bearer_token(request)
+    via = "bearer"
+    if token is None:
+        token = request.cookies.get(SESSION_COOKIE)
+        via = "cookie"
+    if not token:
+        raise ApiError(401, "unauthenticated", "log in first (Authorization: Bearer <token>)")
+    session = await accounts.resolve(token, via)
+    if session is None:
+        raise ApiError(401, "unauthenticated", "the token is invalid or expired")
+    if via == "cookie" and request.method not in SAFE_METHODS:
+        check_csrf(request, session)
+    return session
+
+
+def check_csrf(request: web.Request, session: Session) -> None:
+    """Double submit, bound to the session: the header must repeat the CSRF cookie,
+    and be the CSRF token issued with this session."""
+    header = request.headers.get(CSRF_HEADER, "")
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    if (
+        not header
+        or not hmac.compare_digest(header.encode(), cookie.encode())
+        or session.csrf_hash is None
+        or not hmac.compare_digest(token_hash(header), session.csrf_hash)
+    ):
+        raise ApiError(403, "csrf", f"a cookie session needs the {CSRF_HEADER} header")
+
+
+async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    if not request.can_read_body:
+        raw: Any = {}
+    else:
+        try:
+            raw = json.loads(await request.read())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ApiError(400, "bad_request", "the body is not JSON") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise ApiError(400, "invalid", validation_message(error)) from None
+
+
+def read_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    raw: dict[str, str] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        if len(values) > 1:
+            raise ApiError(400, "invalid", f"{key}: given more than once")
+        raw[key] = values[0]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise ApiError(400, "invalid", validation_message(error)) from None
+
+
+def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[API]
+        try:
+            if state.accounts is None:
+                raise ApiError(503, "starting", "the hub is starting")
+            session = None
+            if route.role is not None:
+                session = await authenticate(request, state.accounts)
+                if not session.may(route.role):
+                    raise forbidden(f"this needs the {route.role} role")
+            call = Call(request, request.app[HUB], state, state.accounts, session)
+            if route.query is not None:
+                call.query = read_query(request, route.query)
+            if route.body is not None:
+                call.body = await read_body(request, route.body)
+            result = await route.handler(call)
+        except ApiError as error:
+            return error.response()
+        if isinstance(result, web.StreamResponse):
+            return result
+        return web.json_response(result, status=route.status)
+
+    handle.__name__ = route.handler.__name__
+    return handle
+
+
+# -- cursors ------------------------------------------------------------------------
+
+
+def encode_cursor(at: datetime | None, ident: str) -> str:
+    """An opaque cursor for the position (time, id) in a list."""
+    stamp = at.astimezone(UTC).isoformat() if isinstance(at, datetime) else None
+    raw = json.dumps([stamp, ident], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime | None, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        stamp, ident = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(ident, str) or not isinstance(stamp, str | None):
+            raise ValueError("bad cursor")
+        at = datetime.fromisoformat(stamp) if stamp is not None else None
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(400, "invalid", "cursor: not a cursor this API gave") from None
+    return at, ident
+
+
+def after_cursor(time_field: str, cursor: str | None) -> dict[str, Any]:
+    """The filter for items after `cursor` in (time, _id) descending order."""
+    if cursor is None:
+        return {}
+    at, ident = decode_cursor(cursor)
+    if at is None:
+        return {"$or": [{time_field: None, "_id": {"$lt": ident}}]}
+    return {
+        "$or": [
+            {time_field: {"$lt": at}},
+            {time_field: at, "_id": {"$lt": ident}},
+            {time_field: None},  # no time sorts last (descending)
+        ]
+    }

@@ -1,0 +1,311 @@
+"""The API's typed bodies, queries and answers: validation at the edge and the
+OpenAPI document are both built from these.
+
+Every input model forbids unknown fields and takes only plain values (strings,
+numbers, booleans, lists of strings), so nothing a client sends can become a
+query operator: an object where a string belongs is a 400.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hub.model import Medium
+
+ConversationStatus = Literal["open", "pending", "snoozed", "resolved"]
+RoleName = Literal["admin", "supervisor", "agent"]
+
+# Ids are the hub's own: hex ObjectIds and derived ids, never anything with `$` or `.`.
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_:-]{1,64}$")]
+Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^$.\x00]+$")]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+LOCALE = r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8})*$"
+AttributeKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\w -]+$")]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+class ErrorBody(Output):
+    code: str
+    message: str
+
+
+class ErrorOut(Output):
+    error: ErrorBody
+
+
+# -- auth, agents, teams ----------------------------------------------------------------
+
+
+class LoginIn(Input):
+    email: Annotated[str, Field(min_length=3, max_length=254)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class AgentOut(Output):
+    id: str
+    email: str
+    name: str
+    role: RoleName
+    inboxes: list[str]
+    teams: list[str]
+    active: bool
+
+
+class LoginOut(Output):
+    token: str
+    csrf_token: str
+    agent: AgentOut
+    expires_at: str
+
+
+class MeOut(Output):
+    agent: AgentOut
+    inboxes: list[str] | None = Field(description="inboxes this agent sees; null: all")
+
+
+class OkOut(Output):
+    ok: bool
+
+
+class AgentCreate(Input):
+    email: Annotated[str, Field(min_length=3, max_length=254)]
+    name: Name
+    role: RoleName = "agent"
+    password: Annotated[str, Field(min_length=8, max_length=1024)]
+    inboxes: list[Id] = Field(default_factory=list, max_length=200)
+    teams: list[Id] = Field(default_factory=list, max_length=200)
+
+
+class AgentPatch(Input):
+    name: Name | None = None
+    role: RoleName | None = None
+    password: Annotated[str, Field(min_length=8, max_length=1024)] | None = None
+    inboxes: list[Id] | None = Field(default=None, max_length=200)
+    teams: list[Id] | None = Field(default=None, max_length=200)
+    active: bool | None = None
+
+
+class AgentList(Output):
+    items: list[AgentOut]
+    next_cursor: str | None = None
+
+
+class TeamIn(Input):
+    name: Name
+    inboxes: list[Id] = Field(default_factory=list, max_length=200)
+
+
+class TeamPatch(Input):
+    name: Name | None = None
+    inboxes: list[Id] | None = Field(default=None, max_length=200)
+
+
+class TeamOut(Output):
+    id: str
+    name: str
+    inboxes: list[str]
+
+
+class TeamList(Output):
+    items: list[TeamOut]
+    next_cursor: str | None = None
+
+
+# -- conversations and messages -----------------------------------------------------------
+
+
+class ConversationQuery(Input):
+    status: ConversationStatus | None = None
+    inbox: Id | None = None
+    assignee: Id | None = Field(default=None, description='an agent id, "me" or "none"')
+    q: Annotated[str, Field(max_length=200)] | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 25
+    cursor: Annotated[str, Field(max_length=300)] | None = None
+
+
+class ContactRef(Output):
+    id: str | None
+    name: str | None
+
+
+class LastMessage(Output):
+    text: str | None
+    direction: str | None
+    at: str | None
+
+
+class ConversationOut(Output):
+    id: str
+    status: ConversationStatus | None
+    inbox: str | None
+    channel: str | None
+    contact: ContactRef
+    assignee: str | None
+    labels: list[str]
+    last_message: LastMessage | None
+    unread: int
+    last_activity_at: str | None
+    created_at: str | None
+    snooze_until: str | None = None
+
+
+class ConversationList(Output):
+    items: list[ConversationOut]
+    next_cursor: str | None
+
+
+class ConversationPatch(Input):
+    status: ConversationStatus | None = None
+    snooze_until: datetime | None = None
+    assignee_id: Id | None = None
+    labels: list[Label] | None = Field(default=None, max_length=50)
+    unread: Annotated[int, Field(ge=0, le=0)] | None = Field(
+        default=None, description="0 marks the conversation read"
+    )
+
+
+class MessageQuery(Input):
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    before: Id | None = None
+
+
+class Sender(Output):
+    type: Literal["contact", "agent", "bot", "system"]
+    id: str | None
+
+
+class CallOut(Output):
+    direction: str | None = None
+    status: str | None = None
+    duration: int | float | None = None
+    recording_url: str | None = None
+
+
+class MessageOut(Output):
+    id: str
+    conversation_id: str | None
+    inbox: str | None
+    direction: Literal["in", "out"] | None
+    kind: Literal["text", "media", "call", "voicemail", "email", "note", "event"] | None
+    text: str | None
+    subject: str | None
+    sender: Sender
+    status: str | None
+    error: str | None
+    attachments: list[dict[str, Any]]
+    call: CallOut | None
+    created_at: str | None
+
+
+class MessageList(Output):
+    items: list[MessageOut]
+    next_cursor: str | None
+
+
+class MessageIn(Input):
+    text: Annotated[str, Field(min_length=1, max_length=10_000)]
+    private: bool = False
+    subject: Annotated[str, Field(max_length=500)] | None = None
+
+
+# -- contacts ----------------------------------------------------------------------
+
+
+class Birthday(Input):
+    month: Annotated[int, Field(ge=1, le=12)]
+    day: Annotated[int, Field(ge=1, le=31)]
+    year: Annotated[int, Field(ge=1900, le=2100)] | None = None
+
+
+class ContactQuery(Input):
+    q: Annotated[str, Field(max_length=200)] | None = None
+    label: Label | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 25
+    cursor: Annotated[str, Field(max_length=300)] | None = None
+
+
+Phone = Annotated[str, Field(min_length=3, max_length=40)]
+Email = Annotated[str, Field(min_length=3, max_length=254)]
+AttributeValue = Annotated[str, Field(max_length=1000)]
+
+
+class _ContactFields(Input):
+    timezone: Annotated[str, Field(max_length=64)] | None = None
+    locale: Annotated[str, Field(max_length=35, pattern=LOCALE)] | None = None
+    birthday: Birthday | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class ContactCreate(_ContactFields):
+    name: Name | None = None
+    phones: list[Phone] = Field(default_factory=list, max_length=20)
+    emails: list[Email] = Field(default_factory=list, max_length=20)
+    telegram: Id | None = None
+    labels: list[Label] = Field(default_factory=list, max_length=50)
+    attributes: dict[AttributeKey, AttributeValue] = Field(default_factory=dict, max_length=100)
+
+
+class ContactPatch(_ContactFields):
+    name: Name | None = None
+    phones: list[Phone] | None = Field(default=None, max_length=20)
+    emails: list[Email] | None = Field(default=None, max_length=20)
+    labels: list[Label] | None = Field(default=None, max_length=50)
+    attributes: dict[AttributeKey, AttributeValue | None] | None = Field(
+        default=None, max_length=100, description="a null value removes the attribute"
+    )
+    opted_out: dict[Medium, bool] | None = None
+
+
+class MergeIn(Input):
+    other_id: Id
+
+
+class IdentityOut(Output):
+    kind: str
+    value: str
+
+
+class ContactOut(Output):
+    id: str
+    name: str | None
+    phones: list[str]
+    emails: list[str]
+    telegram: str | None
+    birthday: dict[str, int | None] | None
+    timezone: str | None
+    locale: str | None
+    labels: list[str]
+    attributes: dict[str, str]
+    opted_out: dict[str, bool]
+    identities: list[IdentityOut]
+    created_at: str | None
+
+
+class ContactList(Output):
+    items: list[ContactOut]
+    next_cursor: str | None
