@@ -331,7 +331,7 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/", index)
+    app.router.add_get("/status", index)
     from hub import api
 
     api.setup(app)

@@ -1,4 +1,4 @@
-"""The page at `/` until the agents' inbox is installed: what this hub is
+"""The page at `/status`: what this hub is
 running and the webhook address to give each provider."""
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ async def test_healthz_answers_200(hub_client):
     assert (await resp.json())["status"] == "ok"
 
 
-async def test_front_page_lists_each_inbox_with_its_webhook_url(hub_client):
-    resp = await hub_client.get("/")
+async def test_status_page_lists_each_inbox_with_its_webhook_url(hub_client):
+    resp = await hub_client.get("/status")
     assert resp.status == 200
     page = await resp.text()
     hub = hub_of(hub_client)
@@ -44,7 +44,7 @@ async def test_front_page_lists_each_inbox_with_its_webhook_url(hub_client):
     assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
 
 
-def test_front_page_escapes_what_it_shows():
+def test_status_page_escapes_what_it_shows():
     from hub.web import status_page
 
     page = status_page("http://h", [("<script>x</script>", "testchan")], "embedded")

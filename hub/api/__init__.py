@@ -13,7 +13,7 @@ import os
 from aiohttp import web
 
 from hub.accounts import AccountError, Accounts
-from hub.api import auth, contacts, conversations, openapi, realtime
+from hub.api import auth, canned, contacts, conversations, openapi, realtime, reports, ui
 from hub.api.base import API, ApiState, Route, make_handler
 from hub.app import HUB
 
@@ -24,6 +24,8 @@ ROUTES: list[Route] = [
     *conversations.table.routes,
     *contacts.table.routes,
     *realtime.table.routes,
+    *reports.table.routes,
+    *canned.table.routes,
     *openapi.table.routes,
 ]
 
@@ -35,6 +37,7 @@ def setup(app: web.Application) -> None:
     app[API] = state
     for route in ROUTES:
         app.router.add_route(route.method, route.path, make_handler(route))
+    ui.setup_ui(app)
 
     async def start(app: web.Application) -> None:
         # Runs after the hub's cleanup_ctx opened the store (it is registered first).
