@@ -142,6 +142,87 @@ def cmd_agents_add(args: argparse.Namespace) -> int:
         return 1
 
 
+class ProgressBar:
+    """A plain-text progress bar on stderr: redrawn in place on a terminal, a line
+    per tenth otherwise (logs and pipes stay readable)."""
+
+    def __init__(self, label: str, width: int = 30) -> None:
+        self.label = label
+        self.width = width
+        self.tty = sys.stderr.isatty()
+        self._shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        if not self.tty:
+            tenth = int(share * 10)
+            if tenth == self._shown:
+                return
+            self._shown = tenth
+        filled = int(share * self.width)
+        bar = "#" * filled + "." * (self.width - filled)
+        end = "" if self.tty and done < total else "\n"
+        prefix = "\r" if self.tty else ""
+        print(f"{prefix}{self.label} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+
+async def _import_contacts(settings: Settings, rows: list[tuple[int, dict[str, str]]]) -> int:
+    from hub.contacts_io import import_rows
+    from hub.store import Store
+
+    store = await Store.open(
+        uri=settings.store.uri,
+        database=settings.store.database,
+        data_dir=settings.data_dir,
+        server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
+    )
+    try:
+        await store.ensure_indexes()
+        report = await import_rows(
+            store,
+            rows,
+            default_region=settings.identity.default_region,
+            progress=ProgressBar("importing"),
+        )
+    finally:
+        await store.close()
+    print(
+        f"hub: {report.rows} row(s): {report.created} created, {report.merged} merged, "
+        f"{report.rejected} rejected"
+    )
+    for rejection in report.reasons:
+        print(f"  line {rejection.row}: {rejection.reason}")
+    if report.rejected > len(report.reasons):
+        print(f"  ... and {report.rejected - len(report.reasons)} more")
+    return 0
+
+
+def cmd_contacts_import(args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
+    from hub.contacts_io import read_rows
+    from hub.store.embedded import EmbeddedStoreError
+
+    try:
+        with open(args.file, encoding="utf-8-sig", newline="") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"hub: cannot read {args.file}: {error}", file=sys.stderr)
+        return 2
+    try:
+        _, rows = read_rows(text)
+    except ValueError as error:
+        print(f"hub: {args.file}: {error}", file=sys.stderr)
+        return 2
+    settings = _settings(args.config)
+    redactor = setup_logging("WARNING", settings.logging.format, settings.secrets)
+    try:
+        return asyncio.run(_import_contacts(settings, rows))
+    except (PyMongoError, EmbeddedStoreError) as error:
+        print(f"hub: store: {redactor.text(str(error))}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hub", description="Omnichannel communication hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--role", required=True, choices=["admin", "supervisor", "agent"])
     add.add_argument("--password-env", help="read the password from this environment variable")
     add.set_defaults(func=cmd_agents_add)
+    contacts = sub.add_parser("contacts", help="manage contacts").add_subparsers(
+        dest="contacts_command", required=True
+    )
+    imp = contacts.add_parser("import", help="import contacts from a CSV file")
+    imp.add_argument("file", metavar="FILE.csv")
+    imp.add_argument("--config", help="config file (default: $HUB_CONFIG)")
+    imp.set_defaults(func=cmd_contacts_import)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

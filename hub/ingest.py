@@ -149,6 +149,7 @@ def conversation_change(
             "status": "open",
             "last_message": {"text": last["text"], "direction": "in", "at": last["created_at"]},
             "last_activity_at": last["created_at"],
+            "last_inbound_at": last["created_at"],
         }
     )
     for unknown in ("assignee", "labels", "unread", "created_at"):
@@ -391,6 +392,7 @@ class Ingestor:
                         "$set": {
                             "status": "open",
                             "snooze_until": None,
+                            "resolved_at": None,
                             **summary_fields(last),
                             **email_thread(last),
                         },

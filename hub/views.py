@@ -61,5 +61,7 @@ def conversation_view(doc: dict[str, Any], contact: dict[str, Any] | None = None
         },
         "unread": int(doc.get("unread") or 0),
         "last_activity_at": iso(doc.get("last_activity_at")),
+        # The customer's last message: WhatsApp's 24-hour window runs from it.
+        "last_inbound_at": iso(doc.get("last_inbound_at")),
         "created_at": iso(doc.get("created_at")),
     }

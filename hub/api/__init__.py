@@ -13,7 +13,17 @@ import os
 from aiohttp import web
 
 from hub.accounts import AccountError, Accounts
-from hub.api import auth, canned, contacts, conversations, openapi, realtime, reports, ui
+from hub.api import (
+    auth,
+    canned,
+    contacts,
+    contacts_io,
+    conversations,
+    openapi,
+    realtime,
+    reports,
+    ui,
+)
 from hub.api.base import API, ApiState, Route, make_handler
 from hub.app import HUB
 
@@ -22,6 +32,7 @@ log = logging.getLogger("hub.api")
 ROUTES: list[Route] = [
     *auth.table.routes,
     *conversations.table.routes,
+    *contacts_io.table.routes,  # before contacts: /api/contacts/export is not an {id}
     *contacts.table.routes,
     *realtime.table.routes,
     *reports.table.routes,

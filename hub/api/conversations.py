@@ -141,6 +141,10 @@ async def patch_conversation(call: Call) -> dict[str, Any]:
         if body.snooze_until is not None:
             raise ApiError(400, "invalid", "snooze_until: only with status snoozed")
         fields.update(status=body.status, snooze_until=None)
+    if "status" in fields and fields["status"] != doc.get("status"):
+        # When it was resolved (the reports' resolution time), and no longer once
+        # it is open again.
+        fields["resolved_at"] = utcnow() if fields["status"] == "resolved" else None
     elif body.snooze_until is not None:
         raise ApiError(400, "invalid", "snooze_until: only with status snoozed")
     if "assignee_id" in given:

@@ -2,6 +2,98 @@
 
 from __future__ import annotations
 
-from hub.api.base import RouteTable
+from datetime import date, timedelta
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from hub.api.base import Call, RouteTable
+from hub.api.schemas import Input, Output
+from hub.model import utcnow
+from hub.reports import MAX_DAYS, summary
 
 table = RouteTable()
+
+
+class SummaryQuery(Input):
+    from_: date | None = Field(
+        default=None, alias="from", description="first UTC day (YYYY-MM-DD); default: 6 days ago"
+    )
+    to: date | None = Field(default=None, description="last UTC day, included; default: today")
+
+    @model_validator(mode="after")
+    def _range(self) -> SummaryQuery:
+        end = self.to or utcnow().date()
+        start = self.from_ or end - timedelta(days=6)
+        if start > end:
+            raise ValueError("from must not be after to")
+        if (end - start).days + 1 > MAX_DAYS:
+            raise ValueError(f"the range may span at most {MAX_DAYS} days")
+        self.from_, self.to = start, end
+        return self
+
+
+class Timing(Output):
+    count: int
+    median: float | None = Field(description="seconds")
+    p90: float | None = Field(description="seconds")
+
+
+class FirstResponse(Timing):
+    unanswered: int = Field(description="conversations opened in the range with no reply yet")
+
+
+class Resolution(Timing):
+    estimated: int = Field(description="resolved conversations timed to their last activity")
+
+
+class Volume(Output):
+    conversations: int = Field(description="conversations opened")
+    messages_in: int
+    messages_out: int = Field(description="outbound messages (private notes excluded)")
+
+
+class Day(Output):
+    date: str
+    channels: dict[str, Volume]
+
+
+class Totals(Volume):
+    by_channel: dict[str, Volume]
+
+
+class AgentReport(Output):
+    id: str
+    name: str | None
+    email: str | None
+    replies: int
+    notes: int
+    conversations_assigned: int
+    conversations_resolved: int
+    first_response: Timing
+    resolution: Timing
+
+
+class SummaryOut(Output):
+    from_: str = Field(alias="from")
+    to: str
+    timezone: str
+    days: list[Day]
+    totals: Totals
+    first_response: FirstResponse
+    resolution: Resolution
+    agents: list[AgentReport]
+
+
+@table.route(
+    "GET",
+    "/api/reports/summary",
+    summary="Volumes per channel per day, first response and resolution times, per agent",
+    role="supervisor",
+    query=SummaryQuery,
+    response=SummaryOut,
+)
+async def report_summary(call: Call) -> dict[str, Any]:
+    query: SummaryQuery = call.query
+    assert call.hub.store is not None and query.from_ is not None and query.to is not None
+    return await summary(call.hub.store, query.from_, query.to)

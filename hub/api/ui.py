@@ -1,9 +1,82 @@
-"""The agents' web inbox at `/`: static pages served by the hub."""
+"""The agents' web inbox at `/`: one HTML page and its static files under `/ui/`.
+
+The page is plain HTML, CSS and a script module, with no build step and nothing
+loaded from the network. Every answer carries a strict Content-Security-Policy:
+scripts only from this origin and never inline, so customer text that slipped
+into the page as markup still could not run.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from aiohttp import web
+
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+
+# The files the page may load, by name: nothing else under /ui/ is served.
+STATIC_FILES: dict[str, str] = {
+    "app.js": "text/javascript",
+    "app.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
+
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+def content_security_policy(host: str | None) -> str:
+    """No inline script or style, no plugins, no framing. Images and recordings may
+    come from the providers' http(s) media URLs (and images from data: URLs); the
+    script talks only to this origin, its WebSocket included."""
+    connect = "'self'"
+    if host and _HOST.match(host):
+        connect += f" ws://{host} wss://{host}"
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data: https: http:",
+            "media-src 'self' https: http:",
+            f"connect-src {connect}",
+            "manifest-src 'self'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+            "object-src 'none'",
+        ]
+    )
+
+
+def security_headers(request: web.Request) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": content_security_policy(request.host),
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
+
+
+async def inbox_page(request: web.Request) -> web.StreamResponse:
+    """The inbox: the page itself asks the API whether someone is logged in."""
+    headers = security_headers(request)
+    headers["Content-Type"] = "text/html; charset=utf-8"
+    return web.FileResponse(UI_DIR / "index.html", headers=headers)
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    content_type = STATIC_FILES.get(name)
+    if content_type is None:
+        raise web.HTTPNotFound(text="no such file")
+    headers = security_headers(request)
+    headers["Content-Type"] = f"{content_type}; charset=utf-8"
+    return web.FileResponse(UI_DIR / name, headers=headers)
 
 
 def setup_ui(app: web.Application) -> None:
-    """Add the inbox's pages and static files (none yet: `/status` shows the hub)."""
+    """Serve the inbox at `/` and its files under `/ui/`."""
+    app.router.add_get("/", inbox_page)
+    app.router.add_get("/ui/{name}", static_file)

@@ -52,6 +52,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "agents": [([("email", ASCENDING)], {})],
     "tokens": [([("agent_id", ASCENDING)], {})],
     "teams": [],
+    "canned": [],
     "campaigns": [],
     "campaign_sends": [([("campaign_id", ASCENDING)], {})],
     "greetings_sent": [],

@@ -381,3 +381,14 @@ async def test_empty_reply_is_400(api):
 
 async def _async(value):
     return value
+
+
+async def test_resolving_records_when_and_reopening_clears_it(api):
+    one, _ = await _two_inboxes(api)
+    admin = await make_agent(api, "admin")
+    store = hub(api).store
+    await api.patch(f"/api/conversations/{one}", json={"status": "resolved"}, headers=admin.auth)
+    resolved = await store.conversations.find_one({"_id": one})
+    assert resolved["resolved_at"] is not None
+    await api.patch(f"/api/conversations/{one}", json={"status": "open"}, headers=admin.auth)
+    assert (await store.conversations.find_one({"_id": one}))["resolved_at"] is None
