@@ -270,6 +270,29 @@ def decode_cursor(cursor: str) -> tuple[datetime | None, str]:
     return at, ident
 
 
+async def page_by_time(
+    collection: Any, clauses: list[dict[str, Any]], time_field: str, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of `collection` matching every clause, newest `time_field` first
+    (ties by `_id`), after `cursor`; and the cursor of the next page, if any."""
+    position = after_cursor(time_field, cursor)
+    clauses = [*clauses, position] if position else clauses
+    filt: dict[str, Any] = {}
+    if len(clauses) == 1:
+        filt = clauses[0]
+    elif clauses:
+        filt = {"$and": clauses}
+    docs = (
+        await collection.find(filt).sort([(time_field, -1), ("_id", -1)]).limit(limit + 1).to_list()
+    )
+    more = len(docs) > limit
+    docs = docs[:limit]
+    next_cursor = None
+    if more and docs:
+        next_cursor = encode_cursor(docs[-1].get(time_field), str(docs[-1]["_id"]))
+    return docs, next_cursor
+
+
 def after_cursor(time_field: str, cursor: str | None) -> dict[str, Any]:
     """The filter for items after `cursor` in (time, _id) descending order."""
     if cursor is None:

@@ -15,10 +15,10 @@ from hub.api.base import (
     ApiError,
     Call,
     RouteTable,
-    after_cursor,
     decode_cursor,
     encode_cursor,
     not_found,
+    page_by_time,
 )
 from hub.api.schemas import (
     ContactCreate,
@@ -175,7 +175,7 @@ async def _ensure_free(call: Call, refs: list[IdentityRef], contact_id: str | No
             )
 
 
-async def _search(call: Call, query: ContactQuery) -> list[dict[str, Any]]:
+async def _search(call: Call, query: ContactQuery) -> tuple[list[dict[str, Any]], str | None]:
     """The page of a search: matches are few (at most 500), so they are read by
     `_id` one by one and ordered here (an `_id` `$in` is a scan on the embedded
     engine)."""
@@ -189,7 +189,11 @@ async def _search(call: Call, query: ContactQuery) -> list[dict[str, Any]]:
         at, ident = decode_cursor(query.cursor)
         mark = (at or EPOCH, ident)
         found = [d for d in found if _position(d) < mark]
-    return found[: query.limit + 1]
+    docs = found[: query.limit]
+    next_cursor = None
+    if len(found) > query.limit and docs:
+        next_cursor = encode_cursor(docs[-1].get("created_at"), str(docs[-1]["_id"]))
+    return docs, next_cursor
 
 
 def _position(doc: dict[str, Any]) -> tuple[datetime, str]:
@@ -208,30 +212,12 @@ async def list_contacts(call: Call) -> dict[str, Any]:
     query: ContactQuery = call.query
     store = _store(call)
     if query.q:
-        docs = await _search(call, query)
+        docs, next_cursor = await _search(call, query)
     else:
-        clauses: list[dict[str, Any]] = []
-        if query.label is not None:
-            clauses.append({"labels": query.label})
-        position = after_cursor("created_at", query.cursor)
-        if position:
-            clauses.append(position)
-        filt: dict[str, Any] = {}
-        if len(clauses) == 1:
-            filt = clauses[0]
-        elif clauses:
-            filt = {"$and": clauses}
-        docs = (
-            await store.contacts.find(filt)
-            .sort([("created_at", -1), ("_id", -1)])
-            .limit(query.limit + 1)
-            .to_list()
+        clauses = [{"labels": query.label}] if query.label is not None else []
+        docs, next_cursor = await page_by_time(
+            store.contacts, clauses, "created_at", query.cursor, query.limit
         )
-    more = len(docs) > query.limit
-    docs = docs[: query.limit]
-    next_cursor = None
-    if more and docs:
-        next_cursor = encode_cursor(docs[-1].get("created_at"), str(docs[-1]["_id"]))
     return {"items": [contact_view(d) for d in docs], "next_cursor": next_cursor}
 
 

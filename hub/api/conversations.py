@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hub.api.base import ApiError, Call, RouteTable, after_cursor, encode_cursor, not_found
+from hub.api.base import ApiError, Call, RouteTable, not_found, page_by_time
 from hub.api.contacts import matching_contact_ids
 from hub.api.schemas import (
     ConversationList,
@@ -79,29 +79,13 @@ async def list_conversations(call: Call) -> dict[str, Any]:
         clauses.append(
             {"$or": [{"contact_id": {"$in": contact_ids}}, text]} if contact_ids else text
         )
-    position = after_cursor("last_activity_at", query.cursor)
-    if position:
-        clauses.append(position)
-    filt: dict[str, Any] = {}
-    if len(clauses) == 1:
-        filt = clauses[0]
-    elif clauses:
-        filt = {"$and": clauses}
-    docs = (
-        await store.conversations.find(filt)
-        .sort([("last_activity_at", -1), ("_id", -1)])
-        .limit(query.limit + 1)
-        .to_list()
+    docs, next_cursor = await page_by_time(
+        store.conversations, clauses, "last_activity_at", query.cursor, query.limit
     )
-    more = len(docs) > query.limit
-    docs = docs[: query.limit]
     contacts = await find_by_ids(
         store.contacts, list(dict.fromkeys(d.get("contact_id") for d in docs))
     )
     items = [full_view(d, contacts.get(d.get("contact_id"))) for d in docs]
-    next_cursor = None
-    if more and docs:
-        next_cursor = encode_cursor(docs[-1].get("last_activity_at"), str(docs[-1]["_id"]))
     return {"items": items, "next_cursor": next_cursor}
 
 
