@@ -45,7 +45,7 @@ from hub.views import iso
 table = RouteTable()
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-PHONE_LIKE = re.compile(r"^[+\d][\d\s().-]{5,}$")
+PHONE_LIKE = re.compile(r"^[+\d(][\d\s().-]{5,}$")
 
 
 def _store(call: Call) -> Store:

@@ -209,6 +209,7 @@ async def test_filters_by_status_assignee_and_search(api):
     assert await _ids(api, admin, "?q=bob") == [two]  # contact name
     assert await _ids(api, admin, "?q=%2B15551230001") == [one]  # phone
     assert await _ids(api, admin, "?q=555-123-0002") == [two]  # phone, written another way
+    assert await _ids(api, admin, "?q=%28555%29%20123-0002") == [two]  # (555) 123-0002
     assert await _ids(api, admin, "?q=ON%20ONE") == [one]  # text
     assert await _ids(api, admin, "?q=.*") == []  # a regex is text, not a pattern
 
