@@ -174,13 +174,13 @@ class EmbeddedStore:
         process, self.process = self.process, None
         if process is None or process.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
+        # Closing its stdin is the stop signal (it ignores SIGTERM, which a
+        # service manager may send to the hub's whole process group).
+        if process.stdin is not None:
+            process.stdin.close()
         try:
             await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-        if process.stdin is not None:
-            process.stdin.close()

@@ -50,11 +50,11 @@ DB_NAME = "hub.sqlite3"
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to send SIGTERM when the parent dies (best effort elsewhere)."""
+    """Ask Linux to send SIGHUP when the parent dies (best effort elsewhere)."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(pr_set_pdeathsig, signal.SIGHUP, 0, 0, 0)
 
 
 def _patch_engine() -> type[Any]:
@@ -149,10 +149,17 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    # Ctrl-C in a terminal reaches the whole process group: the hub decides when
-    # its store stops (SIGTERM, or closing our stdin), so it can flush first.
+    # Ctrl-C in a terminal, and a SIGTERM sent to the whole process group (a
+    # container or service stopping), reach us as well as the hub: the hub decides
+    # when its store stops (by closing our stdin), so it can flush first. Run by
+    # hand, with no hub above it, SIGTERM stops the server.
+    watched = stat.S_ISFIFO(os.fstat(0).st_mode)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if watched:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        loop.add_signal_handler(signal.SIGHUP, stop.set)  # the parent died
+    else:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
 
     async def watch_parent() -> None:
         # The parent holds our stdin; EOF means it has gone, however it died.
@@ -164,7 +171,6 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
         stop.set()
 
     # Only a pipe from a parent hub is watched; run by hand, the server stays up.
-    watched = stat.S_ISFIFO(os.fstat(0).st_mode)
     watcher = asyncio.create_task(watch_parent() if watched else asyncio.sleep(0))
     await stop.wait()
     watcher.cancel()
