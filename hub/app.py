@@ -312,6 +312,14 @@ def build_adapters(hub: Hub) -> dict[str, ChannelAdapter]:
 def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Application:
     """Wire the store, channels, ingest, events and dispatcher into one aiohttp app."""
     app = web.Application(middlewares=[error_middleware], client_max_size=16 * 1024 * 1024)
+    sandbox = None
+    if settings.sandbox.enabled:
+        from hub.sandbox import Sandbox
+        from hub.sandbox.page import setup_routes
+
+        sandbox = Sandbox(settings)  # binds its loopback ports now: the inboxes name them
+        settings = sandbox.settings
+        setup_routes(app, sandbox)
     hub = Hub(
         settings=settings,
         instance_id=secrets.token_hex(4),
@@ -364,6 +372,8 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
                 store, hub.events, hub.metrics, bot=bot, max_batch=settings.ingest.max_batch
             )
             hub.ingestor.start()
+            if sandbox is not None:
+                await sandbox.start(hub)  # before the adapters: they may call it at start
             for adapter in hub.adapters.values():
                 await adapter.start()
             hub.dispatcher = Dispatcher(
@@ -387,6 +397,8 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
                     await adapter.close()
                 except Exception:
                     log.exception("adapter close failed", extra={"inbox": adapter.inbox_id})
+            if sandbox is not None:
+                await sandbox.stop()
             if hub.ingestor is not None:
                 await hub.ingestor.stop()
             if hub.events is not None:

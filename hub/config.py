@@ -81,6 +81,24 @@ class LoggingSettings(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class SandboxSettings(_Section):
+    """Built-in provider simulators and the customer page `/sandbox` (hub.sandbox).
+
+    Off unless a config turns it on. When on, every inbox it covers (`inboxes`;
+    empty: all twilio, telegram, whatsapp, email and pbx inboxes) sends to the
+    simulators on loopback instead of its provider."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # where the simulators listen (keep it loopback)
+    port: int = Field(default=0, ge=0, le=65535)  # their HTTP port; 0: any free one
+    smtp_port: int = Field(default=0, ge=0, le=65535)  # their SMTP sink; 0: any free one
+    hub_url: str = ""  # where they post webhooks; empty: the address the hub answered on
+    inboxes: list[str] = []
+    delivery_delay: float = Field(default=0.3, ge=0, le=60)  # seconds before "delivered"
+    demo_admin_email: str = ""  # with a password: the first admin, created at start-up
+    demo_admin_password: str = ""
+
+
 class _RawConfig(_Section):
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
@@ -89,6 +107,7 @@ class _RawConfig(_Section):
     dispatcher: DispatcherSettings = DispatcherSettings()
     events: EventsSettings = EventsSettings()
     logging: LoggingSettings = LoggingSettings()
+    sandbox: SandboxSettings = SandboxSettings()
     inboxes: list[dict[str, Any]] = []
 
 
@@ -111,6 +130,7 @@ class Settings:
     events: EventsSettings
     logging: LoggingSettings
     inboxes: tuple[InboxConfig, ...]
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     source: str = "<defaults>"
     data_dir: Path = field(default_factory=lambda: Path("var").resolve())
     secrets: frozenset[str] = frozenset()
@@ -235,6 +255,10 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
         secrets |= _secret_values(channel_settings)
         inboxes.append(InboxConfig(id=inbox_id, channel=channel, settings=channel_settings))
 
+    for index, name in enumerate(raw.sandbox.inboxes):
+        if name not in seen:
+            raise ConfigError(f"{source}: sandbox.inboxes[{index}]: no inbox {name!r}")
+
     password = uri_password(store.uri)
     if password:  # a password written in the file is as secret as one from the environment
         secrets |= {password, urllib.parse.unquote(password)}
@@ -251,6 +275,7 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
         events=raw.events,
         logging=raw.logging,
         inboxes=tuple(inboxes),
+        sandbox=raw.sandbox,
         source=source,
         data_dir=data_dir.resolve(),
         secrets=frozenset(s for s in secrets | used_env if len(s) >= 4),
