@@ -73,7 +73,7 @@ class DispatcherSettings(_Section):
 
 class EventsSettings(_Section):
     poll_interval: float = Field(default=0.25, gt=0)
-    retention_seconds: float = Field(default=120.0, gt=0)
+    retention_seconds: float = Field(default=30.0, gt=0)
 
 
 class LoggingSettings(_Section):

@@ -95,7 +95,7 @@ class Events:
     bus: EventBus
     instance_id: str
     poll_interval: float = 0.25
-    retention_seconds: float = 120.0
+    retention_seconds: float = 30.0
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _seen: dict[str, int] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None

@@ -16,7 +16,9 @@ from hub.store.embedded_server import BUSY_EXIT, INFO_NAME, LOCK_NAME
 
 log = logging.getLogger("hub.store.embedded")
 
-START_TIMEOUT = 60.0
+# Opening a large store rebuilds its index entries (about a minute at 200,000
+# messages on this engine): give it time before calling it failed.
+START_TIMEOUT = 180.0
 
 
 class EmbeddedStoreError(Exception):
