@@ -166,6 +166,9 @@ SCENARIOS = {
         chats(60),
         hot=IdentityRef(kind="telegram", value="799999"),
         per_recipient_limit=1.0,
+        # At 98% the double refused a few sends (arrival jitter against its
+        # one-second window at 30/s); 97% measured clean.
+        pace=0.97,
         accepted=lambda fake: [
             r for r in ok_requests(fake) if str(r.get("method", "")).startswith("send")
         ],
