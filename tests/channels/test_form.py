@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from channels.base import ChannelContext, PermanentSendError
+from channels.base import PermanentSendError
 from channels.form import NO_REPLY_REASON, FormChannel, FormSettings
 from channels.signing import sign
 from hub.app import build_app
@@ -26,6 +26,7 @@ from hub.config import ConfigError, Settings, parse_settings
 from hub.model import OutboundMessage
 from hub.outbox import OutboxError
 from tests.conftest import SECRET, hub_of, post_inbound
+from tests.support.context import detached_context
 from tests.support.fakeprovider import FakeProvider
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "form"
@@ -387,7 +388,7 @@ def test_config_without_a_secret_is_refused_naming_the_key(form_settings):
 
 
 async def test_adapter_refuses_to_start_without_its_secret():
-    adapter = FormChannel("site", FormSettings.model_construct(secret=""), _no_context())
+    adapter = FormChannel("site", FormSettings.model_construct(secret=""), detached_context())
     with pytest.raises(ValueError, match="site: secret"):
         await adapter.start()
 
@@ -401,23 +402,3 @@ async def test_a_form_refuses_replies_with_a_clear_reason(site):
     answer = await (await post(site, fixture_json("phone_only"))).json()
     with pytest.raises(OutboxError, match="cannot carry a reply"):
         await hub.reply(answer["conversation_id"], text="hi", sender={"type": "agent", "id": "a"})
-
-
-def _no_context() -> ChannelContext:
-    async def never(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the adapter must not reach the hub here")
-
-    return ChannelContext(
-        ingest=never,
-        record_status=never,
-        http=never,  # type: ignore[arg-type]
-        public_url="http://127.0.0.1",
-        default_region="US",
-        logger=logging.getLogger("test"),
-        find_thread=never,
-        opt_out=never,
-        call_incoming=never,
-        send_text=never,
-        update_contact=never,
-        publish=never,
-    )

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from channels.base import ChannelContext, PermanentSendError
+from channels.base import PermanentSendError
 from channels.pbx import NO_TEXT_REASON, SUPPORTED_EVENTS, PbxChannel, PbxSettings
 from channels.signing import sign
 from hub.app import build_app
@@ -25,6 +25,7 @@ from hub.config import ConfigError, Settings, parse_settings
 from hub.model import IdentityRef, OutboundMessage
 from hub.outbox import OutboxError
 from tests.conftest import SECRET, hub_of
+from tests.support.context import detached_context
 from tests.support.fakeprovider import FakeProvider
 from tests.support.waiting import drain, eventually, next_event, of_type
 
@@ -482,7 +483,7 @@ def test_config_without_a_secret_is_refused_naming_the_key(pbx_settings):
 
 async def test_adapter_refuses_to_start_without_its_secret():
     settings = PbxSettings.model_construct(secret="", missed_call_sms="", sms_inbox="")
-    adapter = PbxChannel("pbx", settings, _no_context())
+    adapter = PbxChannel("pbx", settings, detached_context())
     with pytest.raises(ValueError, match="pbx: secret"):
         await adapter.start()
 
@@ -496,23 +497,3 @@ async def test_a_phone_line_refuses_text_replies_with_a_clear_reason(pbx):
     answer = await (await post(pbx, fixture("call.ended"))).json()
     with pytest.raises(OutboxError, match="cannot carry a text reply"):
         await hub.reply(answer["conversation_id"], text="hi", sender={"type": "agent", "id": "a"})
-
-
-def _no_context() -> ChannelContext:
-    async def never(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the adapter must not reach the hub here")
-
-    return ChannelContext(
-        ingest=never,
-        record_status=never,
-        http=never,  # type: ignore[arg-type]
-        public_url="http://127.0.0.1",
-        default_region="US",
-        logger=logging.getLogger("test"),
-        find_thread=never,
-        opt_out=never,
-        call_incoming=never,
-        send_text=never,
-        update_contact=never,
-        publish=never,
-    )

@@ -19,7 +19,7 @@ from aiogram.types import Update
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from channels.base import ChannelContext, PermanentSendError, TransientSendError
+from channels.base import PermanentSendError, TransientSendError
 from channels.telegram import (
     IGNORED_UPDATES,
     MESSAGE_CONTENT,
@@ -33,6 +33,7 @@ from hub.app import Hub, build_app
 from hub.config import ConfigError, Settings, parse_settings
 from hub.model import Attachment, ButtonReply, OutboundMessage
 from tests.conftest import hub_of
+from tests.support.context import detached_context
 from tests.support.fake_telegram import BLOCKED, FakeTelegram
 from tests.support.waiting import eventually
 
@@ -505,20 +506,7 @@ def test_telegram_secrets_are_redacted_from_logs(tmp_path):
 
 async def test_the_adapter_refuses_to_start_without_a_secret_token():
     settings = TelegramSettings.model_construct(token=TOKEN, secret_token="")
-    ctx = ChannelContext(
-        ingest=None,  # type: ignore[arg-type]
-        record_status=None,  # type: ignore[arg-type]
-        http=None,  # type: ignore[arg-type]
-        public_url="http://127.0.0.1",
-        default_region="US",
-        logger=logging.getLogger("test"),
-        find_thread=None,  # type: ignore[arg-type]
-        opt_out=None,  # type: ignore[arg-type]
-        call_incoming=None,  # type: ignore[arg-type]
-        send_text=None,  # type: ignore[arg-type]
-        update_contact=None,  # type: ignore[arg-type]
-        publish=None,  # type: ignore[arg-type]
-    )
+    ctx = detached_context()
     channel = TelegramChannel("tg", settings, ctx)
 
     with pytest.raises(ValueError, match="tg: secret_token is required"):
