@@ -22,7 +22,14 @@ from hub.identity import add_identity, merge_contacts, resolve_contact
 from hub.ingest import Ingestor, IngestResult
 from hub.metrics import Metrics
 from hub.model import Attachment, ButtonReply, IdentityRef, InboundEvent, StatusUpdate
-from hub.outbox import Dispatcher, OutboxError, enqueue, provider_key, record_statuses
+from hub.outbox import (
+    Dispatcher,
+    OutboxError,
+    enqueue,
+    provider_key,
+    record_statuses,
+    set_opt_out,
+)
 from hub.store import Store, identity_id
 from hub.web import status_response
 
@@ -133,12 +140,7 @@ class Hub:
         """Record that the owner of `ref` does (or no longer does) refuse `medium`."""
         assert self.store is not None and self.events is not None
         contact_id = await resolve_contact(self.store, ref)
-        await self.store.contacts.update_one(
-            {"_id": contact_id}, {"$set": {f"opted_out.{medium}": opted_out}}
-        )
-        await self.events.publish(
-            [Event("contact.updated", {"id": contact_id, "opted_out": {medium: opted_out}})]
-        )
+        await set_opt_out(self.store, self.events, contact_id, medium, opted_out)
         return contact_id
 
     async def call_incoming(self, inbox: str, ref: IdentityRef, call_id: str) -> str:

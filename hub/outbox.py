@@ -58,8 +58,6 @@ CLAIM_HORIZON = 1.0
 INBOX_LEASE = 15.0
 INBOX_LEASE_RENEW = 3.0
 INBOX_LEASE_MARGIN = 5.0
-# How long the dispatcher trusts what it read of a conversation.
-CONVERSATION_CACHE_SECONDS = 5.0
 # How long a status for a send not (yet) recorded here is kept.
 EARLY_STATUS_KEEP = timedelta(days=1)
 # Statuses after which a message is never sent again.
@@ -306,6 +304,18 @@ async def enqueue(
     return doc
 
 
+async def set_opt_out(
+    store: Store, events: Events, contact_id: str, medium: str, opted_out: bool = True
+) -> None:
+    """Record that a contact refuses (or no longer refuses) `medium`, and say so."""
+    await store.contacts.update_one(
+        {"_id": contact_id}, {"$set": {f"opted_out.{medium}": opted_out}}
+    )
+    await events.publish(
+        [Event("contact.updated", {"id": contact_id, "opted_out": {medium: opted_out}})]
+    )
+
+
 async def record_statuses(store: Store, events: Events, updates: list[StatusUpdate]) -> int:
     """Apply provider status callbacks; return how many messages moved.
 
@@ -455,7 +465,6 @@ class Dispatcher:
         self._claims = itertools.count()
         self._claiming = asyncio.Lock()
         self._inbox_leases: dict[str, float] = {}  # inbox -> monotonic expiry
-        self._conversation_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         # (inbox, recipient) -> the last turn promised to a deferred message.
         self._promised: dict[tuple[str, str], float] = {}
         self._leases_renewed = -INBOX_LEASE
@@ -646,8 +655,8 @@ class Dispatcher:
 
     async def _send_batch(self, items: list[dict[str, Any]]) -> None:
         messages = await find_by_ids(self.store.messages, [item["_id"] for item in items])
-        conversations = await self._conversations(
-            list({m["conversation_id"] for m in messages.values()})
+        conversations = await find_by_ids(
+            self.store.conversations, list({m["conversation_id"] for m in messages.values()})
         )
         outcomes: list[_Outcome] = []
         ready: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], OutboundMessage]] = []
@@ -728,32 +737,6 @@ class Dispatcher:
             self._promised = {k: t for k, t in self._promised.items() if t > now}
         return turn - now
 
-    async def _conversations(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The conversations a batch sends in, read at most every few seconds each.
-
-        A campaign sends one message to each of thousands of conversations, but a
-        bot or an agent sends several to one: what a send needs of its
-        conversation (the recipient, the channel, the e-mail thread, the customer's
-        last message) may be a few seconds old.
-        """
-        now = time.monotonic()
-        found: dict[str, dict[str, Any]] = {}
-        missing = []
-        for conv_id in ids:
-            cached = self._conversation_cache.get(conv_id)
-            if cached is not None and cached[0] > now:
-                found[conv_id] = cached[1]
-            else:
-                missing.append(conv_id)
-        if missing:
-            fresh = await find_by_ids(self.store.conversations, missing)
-            if len(self._conversation_cache) > 10_000:
-                self._conversation_cache.clear()
-            for conv_id, doc in fresh.items():
-                self._conversation_cache[conv_id] = (now + CONVERSATION_CACHE_SECONDS, doc)
-            found |= fresh
-        return found
-
     async def _message_missing(self, item: dict[str, Any]) -> None:
         created = item.get("created_at")
         if created is not None and utcnow() - created < MESSAGE_GRACE:
@@ -803,13 +786,7 @@ class Dispatcher:
         except PermanentSendError as error:
             self.metrics.send_errors.labels(channel, "permanent").inc()
             if error.opt_out:
-                contact_id = conversation["contact_id"]
-                await self.store.contacts.update_one(
-                    {"_id": contact_id}, {"$set": {f"opted_out.{channel}": True}}
-                )
-                await self.events.publish(
-                    [Event("contact.updated", {"id": contact_id, "opted_out": {channel: True}})]
-                )
+                await set_opt_out(self.store, self.events, conversation["contact_id"], channel)
             reason = _reason(error.reason, error.code)
             return _Outcome(item, "failed", error=reason, message=message)
         except Exception as error:

@@ -30,9 +30,8 @@ class RateLimiter:
     def reserve(self, now: float | None = None) -> float:
         """Book one slot; return the seconds to wait before using it."""
         now = time.monotonic() if now is None else now
-        tat = max(self._tat, now)
-        delay = max(0.0, tat - self.tolerance - now)
-        self._tat = tat + self.interval
+        delay = self.delay(now)
+        self._tat = max(self._tat, now) + self.interval
         return delay
 
     async def acquire(self) -> None:
