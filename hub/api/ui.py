@@ -9,6 +9,7 @@ into the page as markup still could not run.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -59,21 +60,34 @@ def security_headers(request: web.Request) -> dict[str, str]:
     }
 
 
-async def inbox_page(request: web.Request) -> web.StreamResponse:
-    """The inbox: the page itself asks the API whether someone is logged in."""
-    headers = security_headers(request)
-    headers["Content-Type"] = "text/html; charset=utf-8"
-    return web.FileResponse(UI_DIR / "index.html", headers=headers)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def static_file(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
-    content_type = STATIC_FILES.get(name)
-    if content_type is None:
-        raise web.HTTPNotFound(text="no such file")
-    headers = security_headers(request)
-    headers["Content-Type"] = f"{content_type}; charset=utf-8"
-    return web.FileResponse(UI_DIR / name, headers=headers)
+def static_pages(directory: Path, files: dict[str, str]) -> tuple[Handler, Handler]:
+    """Handlers for a page (`index.html` in `directory`) and for the named files
+    beside it (name -> content type; any other name is a 404), each sent with
+    the security headers."""
+
+    def send(name: str, content_type: str, request: web.Request) -> web.FileResponse:
+        headers = security_headers(request)
+        headers["Content-Type"] = f"{content_type}; charset=utf-8"
+        return web.FileResponse(directory / name, headers=headers)
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        return send("index.html", "text/html", request)
+
+    async def static_file(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        content_type = files.get(name)
+        if content_type is None:
+            raise web.HTTPNotFound(text="no such file")
+        return send(name, content_type, request)
+
+    return page, static_file
+
+
+# The inbox: the page itself asks the API whether someone is logged in.
+inbox_page, static_file = static_pages(UI_DIR, STATIC_FILES)
 
 
 def setup_ui(app: web.Application) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api.ui import security_headers
+from hub.api.ui import static_pages
 from hub.sandbox.core import Sandbox, SandboxError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -38,20 +38,7 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-async def page(request: web.Request) -> web.StreamResponse:
-    headers = security_headers(request)
-    headers["Content-Type"] = "text/html; charset=utf-8"
-    return web.FileResponse(STATIC_DIR / "index.html", headers=headers)
-
-
-async def static_file(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
-    content_type = STATIC_FILES.get(name)
-    if content_type is None:
-        raise web.HTTPNotFound(text="no such file")
-    headers = security_headers(request)
-    headers["Content-Type"] = f"{content_type}; charset=utf-8"
-    return web.FileResponse(STATIC_DIR / name, headers=headers)
+page, static_file = static_pages(STATIC_DIR, STATIC_FILES)
 
 
 def _sandbox(request: web.Request) -> Sandbox:

@@ -314,7 +314,7 @@ class Simulators:
         if inbox is None:
             return _tg_error(401, "Unauthorized")
         method = request.match_info["method"]
-        params = await _telegram_params(request)
+        params = await telegram_params(request)
         if method in SEND_METHODS:
             return self._telegram_send(inbox, method, params)
         if method == "getMe":
@@ -619,7 +619,7 @@ def _bot_user() -> dict[str, Any]:
     }
 
 
-async def _telegram_params(request: web.Request) -> dict[str, Any]:
+async def telegram_params(request: web.Request) -> dict[str, Any]:
     """A Bot API call's parameters from the query, a JSON body or a form."""
     params: dict[str, Any] = dict(request.query)
     if request.content_type == "application/json":

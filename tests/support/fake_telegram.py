@@ -19,9 +19,7 @@ A test can make the next calls fail (`fail_next`) or a chat block the bot (`bloc
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import math
 import time
 from collections import defaultdict, deque
@@ -29,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from hub.sandbox.simulators import telegram_params
 
 # Methods that post a message into a chat, and the field of Message their file goes in.
 SEND_METHODS: dict[str, str | None] = {
@@ -136,7 +136,7 @@ class FakeTelegram:
 
             await asyncio.sleep(self.delay)
         method = request.match_info["method"]
-        params = await _params(request)
+        params = await telegram_params(request)
         record: dict[str, Any] = {
             "method": method,
             "chat_id": _int_or_none(params.get("chat_id")),
@@ -307,25 +307,6 @@ class FakeTelegram:
         if self.token is not None and request.match_info["token"] != self.token:
             return web.Response(status=401, text="Unauthorized")
         return web.Response(body=f"file {request.match_info['path']}".encode())
-
-
-async def _params(request: web.Request) -> dict[str, Any]:
-    """The call's parameters from wherever the Bot API accepts them."""
-    params: dict[str, Any] = dict(request.query)
-    if request.content_type == "application/json":
-        body = await request.json()
-        if isinstance(body, dict):
-            params.update(body)
-    elif request.can_read_body:
-        form = await request.post()
-        for key, value in form.items():
-            params[key] = value if isinstance(value, str) else getattr(value, "filename", "file")
-    # Structured parameters arrive JSON-encoded in forms.
-    for key in ("reply_markup", "allowed_updates"):
-        if isinstance(params.get(key), str):
-            with contextlib.suppress(ValueError):
-                params[key] = json.loads(params[key])
-    return params
 
 
 def _int_or_none(value: Any) -> int | None:
