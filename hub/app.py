@@ -347,12 +347,7 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
     api.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = await Store.open(
-            uri=settings.store.uri,
-            database=settings.store.database,
-            data_dir=settings.data_dir,
-            server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
-        )
+        store = await Store.for_settings(settings)
         hub.store = store
         if store.embedded is not None:
             # Keep the embedded store answering: restart it if its process dies or

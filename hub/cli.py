@@ -54,12 +54,7 @@ async def _check(settings: Settings) -> int:
     redact = Redactor(settings.secrets).text
 
     try:
-        store = await Store.open(
-            uri=settings.store.uri,
-            database=settings.store.database,
-            data_dir=settings.data_dir,
-            server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
-        )
+        store = await Store.for_settings(settings)
     except Exception as error:
         print(f"hub: store: cannot start or reach it: {redact(str(error))}", file=sys.stderr)
         return 1
@@ -95,12 +90,7 @@ async def _add_agent(settings: Settings, args: argparse.Namespace, password: str
     from hub.accounts import AccountError, Accounts
     from hub.store import Store
 
-    store = await Store.open(
-        uri=settings.store.uri,
-        database=settings.store.database,
-        data_dir=settings.data_dir,
-        server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
-    )
+    store = await Store.for_settings(settings)
     try:
         await store.ensure_indexes()
         agent = await Accounts(store).create_agent(
@@ -170,12 +160,7 @@ async def _import_contacts(settings: Settings, rows: list[tuple[int, dict[str, s
     from hub.contacts_io import import_rows
     from hub.store import Store
 
-    store = await Store.open(
-        uri=settings.store.uri,
-        database=settings.store.database,
-        data_dir=settings.data_dir,
-        server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
-    )
+    store = await Store.for_settings(settings)
     try:
         await store.ensure_indexes()
         report = await import_rows(

@@ -27,6 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 if TYPE_CHECKING:
+    from hub.config import Settings
     from hub.store.embedded import EmbeddedStore
 
 log = logging.getLogger("hub.store")
@@ -124,6 +125,16 @@ class Store:
     embedded: EmbeddedStore | None = None
     uri: str = ""
     _collections: dict[str, AsyncCollection[Doc]] = field(default_factory=dict)
+
+    @classmethod
+    async def for_settings(cls, settings: Settings) -> Store:
+        """Connect to the store a hub's settings name."""
+        return await cls.open(
+            uri=settings.store.uri,
+            database=settings.store.database,
+            data_dir=settings.data_dir,
+            server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
+        )
 
     @classmethod
     async def open(
