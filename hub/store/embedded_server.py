@@ -5,27 +5,8 @@ Run as `python -m hub.store.embedded_server --data-dir DIR`. It prints
 other hub commands can find it, and exits when its parent dies (stdin closes, or
 the kernel's parent-death signal), so a `kill -9` of the hub never leaves it behind.
 
-Two engine behaviours are adjusted here, in the server we ship, because they make
-every write cost a scan of the whole collection:
-
-- a single insert re-checks `_id` uniqueness by loading every document, even when
-  the `_id` is a string or ObjectId whose primary-key lookup already decided it
-  (the scan exists for numeric ids, where 1 and 1.0 are equal);
-- the wire `insert` command inserts its documents one by one, one transaction
-  each, instead of using the engine's batch path.
-
-Neither changes what a client sees: duplicates are still refused with code 11000
-and per-document write errors, exactly as before.
-
-Before every query that follows a write, the engine scans the collection for
-Decimal128 values in the queried fields (its cache of that answer is dropped on
-each write). The hub stores no Decimal128 values, so here the question is
-answered from the query's own operands only.
-
-The engine's durable change-stream outbox is also switched off (it starts a
-thread and serialises the whole document on every write, more than half the cost
-of an update): the hub does not use change streams, and in-process change streams
-still work from the engine's in-memory publication.
+The engine itself, adjusted for the hub's reads and writes, is
+`hub.store.embedded_engine`; it is imported only here, in the child.
 """
 
 from __future__ import annotations
@@ -41,7 +22,6 @@ import signal
 import stat
 import sys
 from pathlib import Path
-from typing import Any
 
 BUSY_EXIT = 3
 LOCK_NAME = "store.lock"
@@ -57,88 +37,13 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGHUP, 0, 0, 0)
 
 
-def _patch_engine() -> type[Any]:
-    import dataclasses
-
-    import mongoeco.engines.sqlite as sqlite_engine
-    from mongoeco.api._async import _database_admin_write_commands as write_commands
-    from mongoeco.core.identity import id_contains_numeric_value
-    from mongoeco.engines.sqlite import SQLiteEngine
-    from mongoeco.errors import BulkWriteError
-
-    sqlite_engine._sqlite_append_change = lambda *args, **kwargs: None
-
-    class HubSQLiteEngine(SQLiteEngine):
-        capabilities = dataclasses.replace(SQLiteEngine.capabilities, change_delivery="none")
-
-        def _plan_requires_python_for_decimal_numeric(  # type: ignore[override]
-            self, db_name: str, coll_name: str, plan: Any
-        ) -> bool:
-            return bool(self._plan_contains_decimal_operand(plan))
-
-        def _validate_document_against_unique_indexes(  # type: ignore[override]
-            self,
-            db_name: str,
-            coll_name: str,
-            document: Any,
-            *,
-            exclude_storage_key: str | None = None,
-            skip_id_check: bool = False,
-            scan_payload_id: bool = False,
-        ) -> None:
-            if scan_payload_id and not id_contains_numeric_value(document.get("_id")):
-                scan_payload_id = False
-            super()._validate_document_against_unique_indexes(
-                db_name,
-                coll_name,
-                document,
-                exclude_storage_key=exclude_storage_key,
-                skip_id_check=skip_id_check,
-                scan_payload_id=scan_payload_id,
-            )
-
-    service = write_commands.DatabaseAdminWriteCommandService
-    one_by_one = service.command_insert
-
-    async def command_insert(self: Any, spec: dict[str, object], *, session: Any = None) -> Any:
-        documents = spec.get("documents")
-        if (
-            not isinstance(documents, list)
-            or len(documents) < 2
-            or spec.get("bypassDocumentValidation")
-            or not isinstance(spec.get("insert"), str)
-            or not all(isinstance(d, dict) for d in documents)
-        ):
-            return await one_by_one(self, spec, session=session)
-        collection = self._admin._database.get_collection(spec["insert"])
-        ordered = spec.get("ordered", True) is not False
-        try:
-            result = await collection.insert_many(documents, ordered=ordered, session=session)
-        except BulkWriteError as error:
-            details: dict[str, Any] = getattr(error, "details", None) or {}
-            return {
-                "n": int(details.get("nInserted", 0)),
-                "writeErrors": [
-                    {
-                        "index": int(item.get("index", 0)),
-                        "code": int(item.get("code") or 11000),
-                        "errmsg": str(item.get("errmsg", "write error")),
-                    }
-                    for item in details.get("writeErrors", [])
-                ],
-                "ok": 1.0,
-            }
-        return {"n": len(result.inserted_ids), "ok": 1.0}
-
-    service.command_insert = command_insert  # type: ignore[method-assign]
-    return HubSQLiteEngine
-
-
 async def _serve(data_dir: Path, host: str, port: int) -> int:
     from mongoeco.wire import AsyncMongoEcoProxyServer
 
-    engine_class = _patch_engine()
-    engine = engine_class(str(data_dir / DB_NAME))
+    from hub.store.embedded_engine import HubSQLiteEngine, patch_insert_command
+
+    patch_insert_command()
+    engine = HubSQLiteEngine(str(data_dir / DB_NAME))
     server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
     address = await server.start()
     info = data_dir / INFO_NAME

@@ -1,0 +1,217 @@
+"""The embedded engine's index paths answer exactly what a collection scan answers.
+
+Each query runs over the wire against the embedded store and is compared with the
+answer computed here in Python from all the documents. The field names differ per
+test: what the engine learns about a field (it held an array, a document lacked
+it) holds for that name store-wide, and would otherwise turn the fast paths off
+for the other tests.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+
+Doc = dict[str, Any]
+BASE = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+
+
+@pytest.fixture
+async def coll(embedded_uri: str, db_name: str) -> AsyncIterator[Any]:
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(embedded_uri, tz_aware=False)
+    yield client[db_name]["items"]
+    await client.close()
+
+
+def fields() -> tuple[str, str]:
+    """A group field and a time field of this test's own."""
+    tag = secrets.token_hex(3)
+    return f"g{tag}", f"at{tag}"
+
+
+def newest_first(docs: list[Doc], at: str) -> list[Doc]:
+    return sorted(docs, key=lambda d: (d[at], d["_id"]), reverse=True)
+
+
+async def seeded(coll: Any, group: str, at: str, n: int = 600) -> list[Doc]:
+    rng = random.Random(7)
+    docs = [
+        {
+            "_id": f"m{i:05d}",
+            group: f"c{rng.randrange(12)}",
+            at: BASE + timedelta(seconds=rng.randrange(150)),  # many ties
+            "status": rng.choice(["open", "resolved", "snoozed"]),
+            "n": i,
+        }
+        for i in range(n)
+    ]
+    await coll.insert_many(docs)
+    await coll.create_index([(group, ASCENDING)])
+    await coll.create_index([(at, DESCENDING)])
+    return docs
+
+
+async def test_equality_with_a_sort_and_a_limit_matches_a_scan(coll: Any) -> None:
+    group, at = fields()
+    docs = await seeded(coll, group, at)
+    for value in ("c0", "c3", "c11", "nobody"):
+        expected = newest_first([d for d in docs if d[group] == value], at)
+        for limit in (1, 5, 51):
+            got = (
+                await coll.find({group: value}).sort([(at, -1), ("_id", -1)]).limit(limit).to_list()
+            )
+            assert got == expected[:limit]
+        unsorted = await coll.find({group: value}).to_list()
+        assert sorted(unsorted, key=lambda d: d["_id"]) == [d for d in docs if d[group] == value]
+        assert len(await coll.find({group: value}).limit(2).to_list()) == min(2, len(unsorted))
+
+
+async def test_equality_with_more_conditions_and_a_cursor_matches_a_scan(coll: Any) -> None:
+    group, at = fields()
+    docs = await seeded(coll, group, at)
+    thread = newest_first([d for d in docs if d[group] == "c4"], at)
+    anchor = thread[7]
+    filt = {
+        group: "c4",
+        "$or": [
+            {at: {"$lt": anchor[at]}},
+            {at: anchor[at], "_id": {"$lt": anchor["_id"]}},
+        ],
+    }
+    got = await coll.find(filt).sort([(at, -1), ("_id", -1)]).limit(10).to_list()
+    assert got == thread[8:18]
+    got = await coll.find({group: "c4", "status": "open"}).sort([(at, -1), ("_id", -1)]).to_list()
+    assert got == [d for d in thread if d["status"] == "open"]
+    got = (
+        await coll.find({group: "c4"}, {"n": 1, "_id": 0})
+        .sort([(at, 1), ("_id", 1)])
+        .skip(3)
+        .limit(4)
+        .to_list()
+    )
+    assert got == [{"n": d["n"]} for d in list(reversed(thread))[3:7]]
+
+
+async def test_a_sorted_page_walks_the_index_and_keeps_ties_in_order(coll: Any) -> None:
+    group, at = fields()
+    docs = await seeded(coll, group, at)
+    for filt, keep in (
+        ({}, lambda d: True),
+        ({"status": "open"}, lambda d: d["status"] == "open"),
+        ({"status": {"$in": ["open", "snoozed"]}}, lambda d: d["status"] != "resolved"),
+        ({"n": {"$gte": 590}}, lambda d: d["n"] >= 590),
+        ({"status": "nothing"}, lambda d: False),
+    ):
+        expected = newest_first([d for d in docs if keep(d)], at)
+        for skip, limit in ((0, 1), (0, 26), (10, 26), (300, 5), (0, 1000)):
+            got = (
+                await coll.find(filt)
+                .sort([(at, -1), ("_id", -1)])
+                .skip(skip)
+                .limit(limit)
+                .to_list()
+            )
+            assert got == expected[skip : skip + limit], (filt, skip, limit)
+        oldest = sorted(expected, key=lambda d: (d[at], d["_id"]))
+        got = await coll.find(filt).sort([(at, 1), ("_id", 1)]).limit(7).to_list()
+        assert got == oldest[:7]
+
+
+async def test_a_document_holding_an_array_is_still_found(coll: Any) -> None:
+    group, at = fields()
+    docs = await seeded(coll, group, at, n=50)
+    await coll.insert_one({"_id": "array", group: ["c1", "c2"], at: BASE, "status": "open"})
+    got = await coll.find({group: "c1"}).sort([(at, -1), ("_id", -1)]).to_list()
+    ids = [d["_id"] for d in got]
+    assert "array" in ids
+    assert len(ids) == 1 + sum(1 for d in docs if d[group] == "c1")
+
+
+async def test_a_document_turned_into_an_array_by_an_update_is_still_found(coll: Any) -> None:
+    group, at = fields()
+    await seeded(coll, group, at, n=50)
+    assert await coll.find({group: "c5"}).sort([(at, -1)]).to_list()  # the fast path, warm
+    await coll.update_one({"_id": "m00001"}, {"$set": {group: ["c5", "zz"]}})
+    got = await coll.find({group: "zz"}).sort([(at, -1)]).to_list()
+    assert [d["_id"] for d in got] == ["m00001"]
+
+
+async def test_a_document_without_the_sort_field_is_placed_as_a_scan_places_it(coll: Any) -> None:
+    group, at = fields()
+    docs = await seeded(coll, group, at, n=80)
+    assert len(await coll.find({}).sort([(at, -1)]).limit(3).to_list()) == 3  # warm
+    await coll.insert_one({"_id": "timeless", group: "c1", "status": "open"})
+    newest = await coll.find({}).sort([(at, -1), ("_id", -1)]).limit(200).to_list()
+    assert [d["_id"] for d in newest] == [d["_id"] for d in newest_first(docs, at)] + ["timeless"]
+    oldest = await coll.find({}).sort([(at, 1), ("_id", 1)]).limit(2).to_list()
+    assert oldest[0]["_id"] == "timeless"
+
+
+async def test_values_of_mixed_types_sort_in_bson_order(coll: Any) -> None:
+    _group, at = fields()
+    await coll.create_index([(at, ASCENDING)])
+    values: list[Any] = [3, "b", None, True, BASE, 2.5, "a", False, BASE + timedelta(1), -1]
+    await coll.insert_many([{"_id": f"v{i}", at: v} for i, v in enumerate(values)])
+    got = await coll.find({}).sort([(at, 1), ("_id", 1)]).limit(20).to_list()
+    order = [None, -1, 2.5, 3, "a", "b", False, True, BASE, BASE + timedelta(1)]
+    assert [d[at] for d in got] == order
+    got = await coll.find({}).sort([(at, -1), ("_id", 1)]).limit(4).to_list()
+    assert [d[at] for d in got] == list(reversed(order))[:4]
+
+
+async def test_ids_in_a_list_with_a_sort_and_more_conditions_match_a_scan(coll: Any) -> None:
+    group, at = fields()
+    docs = await seeded(coll, group, at, n=200)
+    wanted = [f"m{i:05d}" for i in range(0, 200, 7)] + ["absent"]
+    got = await coll.find({"_id": {"$in": wanted}}).sort([(at, -1), ("_id", -1)]).to_list()
+    assert got == newest_first([d for d in docs if d["_id"] in wanted], at)
+    got = await coll.find({"_id": {"$in": wanted}, "status": "open"}).to_list()
+    assert sorted(d["_id"] for d in got) == sorted(
+        d["_id"] for d in docs if d["_id"] in wanted and d["status"] == "open"
+    )
+    assert await coll.find({"_id": "m00003"}).to_list() == [docs[3]]
+    assert len(await coll.find({"_id": {"$in": wanted}}).skip(2).limit(3).to_list()) == 3
+
+
+async def test_a_page_after_a_cursor_matches_a_scan(coll: Any) -> None:
+    group, at = fields()
+    docs = await seeded(coll, group, at)
+    await coll.insert_many(
+        [{"_id": f"null{i}", group: "c1", at: None, "status": "open"} for i in range(3)]
+    )
+    everything = newest_first(docs, at) + [
+        {"_id": f"null{i}", group: "c1", at: None, "status": "open"} for i in (2, 1, 0)
+    ]
+    for position in (0, 25, 299, 598, 599):
+        anchor = everything[position]
+        cursor = {
+            "$or": [
+                {at: {"$lt": anchor[at]}},
+                {at: anchor[at], "_id": {"$lt": anchor["_id"]}},
+                {at: None},
+            ]
+        }
+        got = await coll.find(cursor).sort([(at, -1), ("_id", -1)]).limit(26).to_list()
+        assert got == everything[position + 1 : position + 27], position
+        got = (
+            await coll.find({"$and": [{"status": "open"}, cursor]})
+            .sort([(at, -1), ("_id", -1)])
+            .limit(10)
+            .to_list()
+        )
+        assert got == [d for d in everything[position + 1 :] if d["status"] == "open"][:10]
+    got = (
+        await coll.find({at: {"$gte": BASE + timedelta(seconds=140)}})
+        .sort([(at, 1), ("_id", 1)])
+        .limit(500)
+        .to_list()
+    )
+    assert got == sorted(
+        (d for d in docs if d[at] >= BASE + timedelta(seconds=140)), key=lambda d: (d[at], d["_id"])
+    )
