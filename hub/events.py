@@ -108,9 +108,11 @@ class Events:
         """Store `events` as one document, then deliver them in this process."""
         if not events:
             return
+        key = self._key()
         await self.store.events.insert_one(
             {
-                "_id": self._key(),
+                "_id": key,
+                "key": key,  # the same, in an indexed field: ranges of it are read
                 "origin": self.instance_id,
                 "events": [e.as_dict() for e in events],
             }
@@ -126,7 +128,7 @@ class Events:
         """
         now = time.time_ns()
         since = f"{now - LOOKBACK_NS:020d}"
-        cursor = self.store.events.find({"_id": {"$gt": since}}, {"_id": 1})
+        cursor = self.store.events.find({"key": {"$gt": since}}, {"_id": 1})
         fresh = [str(doc["_id"]) async for doc in cursor if str(doc["_id"]) not in self._seen]
         own = f"-{self.instance_id}-"
         for key in fresh:
@@ -153,7 +155,9 @@ class Events:
 
     async def prune(self) -> None:
         cutoff = time.time_ns() - int(self.retention_seconds * 1e9)
-        await self.store.events.delete_many({"_id": {"$lt": f"{cutoff:020d}"}})
+        await self.store.events.delete_many(
+            {"$or": [{"key": {"$lt": f"{cutoff:020d}"}}, {"key": {"$exists": False}}]}
+        )
 
     async def _run(self, started_ns: int, stop: asyncio.Event) -> None:
         # Mark what was there before start() as seen: a new process does not replay
@@ -164,7 +168,7 @@ class Events:
                 "$gt": f"{started_ns - LOOKBACK_NS:020d}",
                 "$lt": f"{started_ns:020d}",
             }
-            async for doc in self.store.events.find({"_id": window}, {"_id": 1}):
+            async for doc in self.store.events.find({"key": window}, {"_id": 1}):
                 self._seen[str(doc["_id"])] = time.time_ns()
         last_prune = 0.0
         while not stop.is_set():

@@ -215,3 +215,17 @@ async def test_a_page_after_a_cursor_matches_a_scan(coll: Any) -> None:
     assert got == sorted(
         (d for d in docs if d[at] >= BASE + timedelta(seconds=140)), key=lambda d: (d[at], d["_id"])
     )
+
+
+async def test_ranges_on_an_indexed_field_match_a_scan(coll: Any) -> None:
+    group, at = fields()
+    docs = await seeded(coll, group, at)
+    low, high = BASE + timedelta(seconds=40), BASE + timedelta(seconds=90)
+    got = await coll.find({at: {"$gt": low, "$lte": high}}).to_list()
+    assert sorted(d["_id"] for d in got) == [d["_id"] for d in docs if low < d[at] <= high]
+    got = await coll.find({at: {"$gte": high}, "status": "open"}).sort([("n", 1)]).to_list()
+    assert got == [d for d in docs if d[at] >= high and d["status"] == "open"]
+    assert await coll.find({at: {"$lt": "a string"}}).to_list() == []
+    await coll.insert_one({"_id": "array", at: [BASE + timedelta(seconds=100)]})
+    got = await coll.find({at: {"$gt": high}}).to_list()
+    assert "array" in [d["_id"] for d in got]

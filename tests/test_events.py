@@ -103,8 +103,9 @@ async def test_a_malformed_event_document_does_not_stop_the_relay(store):
     try:
         await a.publish([Event("ready", {})])
         await next_event(sub_b, of_type("ready"))  # the relay is past its start-up
+        key = f"{time.time_ns():020d}-x-00000000"
         await store.events.insert_one(
-            {"_id": f"{time.time_ns():020d}-x-00000000", "origin": "x", "events": [{"no": "type"}]}
+            {"_id": key, "key": key, "origin": "x", "events": [{"no": "type"}]}
         )
         await a.publish([Event("good", {})])
         await next_event(sub_b, of_type("good"))
@@ -115,7 +116,9 @@ async def test_a_malformed_event_document_does_not_stop_the_relay(store):
 async def test_prune_removes_events_older_than_retention_and_keeps_recent_ones(store):
     events = instance(store, "a", retention_seconds=60)
     old_key = f"{time.time_ns() - 120 * 1_000_000_000:020d}-old-00000000"
-    await store.events.insert_one({"_id": old_key, "origin": "old", "events": []})
+    await store.events.insert_one({"_id": old_key, "key": old_key, "origin": "old", "events": []})
+    # One stored before events carried their key in a field of its own.
+    await store.events.insert_one({"_id": old_key + "x", "origin": "older", "events": []})
     await events.publish([Event("recent", {})])
 
     await events.prune()

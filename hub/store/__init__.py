@@ -57,7 +57,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "campaign_sends": [([("campaign_id", ASCENDING)], {})],
     "greetings_sent": [],
     "leases": [],
-    "events": [],
+    "events": [([("key", ASCENDING)], {})],
     "audit": [([("at", DESCENDING)], {})],
 }
 

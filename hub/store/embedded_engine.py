@@ -327,6 +327,25 @@ class HubSQLiteEngine(SQLiteEngine):
                         "AND entry.type_score = ? AND entry.element_key = ?"
                     )
                     return self._hub_seek(semantics, len(clauses) > 1, sql, params)
+        for clause in clauses:
+            field = getattr(clause, "field", "")
+            if type(clause) not in RANGE_OPERATORS or "." in field or field == "_id":
+                continue
+            index = self._hub_single_field_index(db_name, coll_name, field)
+            if index is None or self._hub_fact(db_name, coll_name, field, "array", index):
+                continue
+            ranges = [c for c in clauses if type(c) in RANGE_OPERATORS]
+            usable = [b for b in (self._entry_condition(c, field) for c in ranges) if b]
+            if not usable:
+                continue
+            from_where, params = self._index_from(db_name, coll_name, index)
+            sql = f"SELECT documents.document FROM {from_where}"  # noqa: S608
+            for condition, values in usable:
+                sql += f" AND {condition}"
+                params += values
+            # The bounds admit every match; the whole filter decides (index keys
+            # are not the values: NaN, for one, has a key among the numbers).
+            return self._hub_seek(semantics, True, sql, params)
         return None
 
     def _hub_seek(
