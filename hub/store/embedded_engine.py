@@ -78,6 +78,11 @@ ORDERED_KEY_TYPES = frozenset({"null", "number", "string", "bool", "datetime", "
 RESIDUALS_KEPT = 4096
 MATCH_FUNCTION = "hub_match"
 MAX_IDS = 1000
+PRAGMAS = (
+    "PRAGMA cache_size = -65536",  # 64 MiB of pages per connection (default 2 MiB)
+    "PRAGMA mmap_size = 268435456",
+    "PRAGMA wal_autocheckpoint = 10000",  # pages; hot index pages copied back less often
+)
 RANGE_OPERATORS = {
     LessThanCondition: "<",
     LessThanOrEqualCondition: "<=",
@@ -165,6 +170,8 @@ class HubSQLiteEngine(SQLiteEngine):
 
     def _create_sqlite_connection(self) -> Any:
         connection = super()._create_sqlite_connection()
+        for pragma in PRAGMAS:
+            connection.execute(pragma)
         connection.create_function(MATCH_FUNCTION, 2, self._hub_match, deterministic=False)
         return connection
 
