@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -229,3 +230,27 @@ async def test_ranges_on_an_indexed_field_match_a_scan(coll: Any) -> None:
     await coll.insert_one({"_id": "array", at: [BASE + timedelta(seconds=100)]})
     got = await coll.find({at: {"$gt": high}}).to_list()
     assert "array" in [d["_id"] for d in got]
+
+
+async def test_index_entries_are_kept_across_a_restart_and_not_rebuilt(private_store: Any) -> None:
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(private_store.uri)
+    items = client.hub.items
+    await items.create_index([("g", ASCENDING)])
+    await items.insert_many([{"_id": f"a{i}", "g": f"c{i % 3}", "n": i} for i in range(30)])
+    await client.close()
+
+    uri = await private_store.restart()
+    database = private_store.data_dir / "hub.sqlite3"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        (stamp,) = conn.execute(
+            "SELECT value FROM hub_engine_meta WHERE key = 'scalar_entries'"
+        ).fetchone()
+        (entries,) = conn.execute("SELECT COUNT(*) FROM scalar_index_entries").fetchone()
+    assert stamp.startswith("mongoeco ")
+    assert entries >= 30
+    client = AsyncMongoClient(uri)
+    items = client.hub.items
+    await items.insert_one({"_id": "after", "g": "c1", "n": 99})
+    got = await items.find({"g": "c1"}).sort([("n", -1)]).to_list()
+    assert [d["n"] for d in got] == [99, *range(28, 0, -3)]
+    await client.close()

@@ -45,6 +45,7 @@ Reads:
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import itertools
 import threading
 from collections import OrderedDict
@@ -78,6 +79,7 @@ ORDERED_KEY_TYPES = frozenset({"null", "number", "string", "bool", "datetime", "
 RESIDUALS_KEPT = 4096
 MATCH_FUNCTION = "hub_match"
 MAX_IDS = 1000
+MONGOECO_VERSION = importlib.metadata.version("mongoeco")
 PRAGMAS = (
     "PRAGMA cache_size = -65536",  # 64 MiB of pages per connection (default 2 MiB)
     "PRAGMA mmap_size = 268435456",
@@ -165,6 +167,31 @@ class HubSQLiteEngine(SQLiteEngine):
         elif signature[0] not in ORDERED_KEY_TYPES:
             self._hub_seen_unordered.add(field)
         return signature
+
+    def _backfill_scalar_indexes_sync(self, conn: Any) -> None:  # type: ignore[override]
+        # At every open the engine deletes and rebuilds the index entries of
+        # every collection (a minute at 200,000 messages), in case they were
+        # written by another version of it. Entries are written in the same
+        # transaction as their documents, so the ones this version wrote are
+        # whole: the rebuild is done only when the version changes.
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS hub_engine_meta (key TEXT PRIMARY KEY, value TEXT)"
+        )
+        stamp = f"mongoeco {MONGOECO_VERSION}"
+        row = conn.execute(
+            "SELECT value FROM hub_engine_meta WHERE key = 'scalar_entries'"
+        ).fetchone()
+        unnamed = conn.execute(
+            "SELECT 1 FROM indexes WHERE scalar_physical_name IS NULL "
+            "AND json_array_length(fields) = 1 LIMIT 1"
+        ).fetchone()
+        if row is not None and row[0] == stamp and unnamed is None:
+            return
+        super()._backfill_scalar_indexes_sync(conn)
+        conn.execute(
+            "INSERT OR REPLACE INTO hub_engine_meta (key, value) VALUES ('scalar_entries', ?)",
+            (stamp,),
+        )
 
     # -- the row check used by both index paths ------------------------------------
 
