@@ -343,6 +343,18 @@ class Ingestor:
     async def _write_batch(self, events: list[InboundEvent]) -> list[IngestResult]:
         ids: list[tuple[str, str]] = []
         contacts: dict[str, str] = {}
+        # The senders' conversations this process has not seen yet, in one read.
+        unseen = [
+            conv_id
+            for conv_id in dict.fromkeys(
+                conversation_id_for(e.inbox, e.medium, identity_id(e.sender.kind, e.sender.value))
+                for e in events
+            )
+            if self._conversations.get_fresh(conv_id) is None
+        ]
+        if len(unseen) > 1:
+            for conv_id, doc in (await find_by_ids(self.store.conversations, unseen)).items():
+                self._conversations.put(conv_id, str(doc["contact_id"]))
         for event in events:
             conv_id = await self._hinted_conversation(event, contacts)
             if conv_id is None:

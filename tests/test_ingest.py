@@ -292,6 +292,26 @@ async def test_batch_summary_and_event_name_the_same_newest_message(hub_client):
     assert updated.data["unread_added"] == 2
 
 
+async def test_a_batch_from_known_senders_reads_their_conversations_in_one_command(hub_client):
+    hub = hub_of(hub_client)
+    senders = [phone(f"+1555123{n:04d}") for n in range(20)]
+    first = [
+        InboundText(inbox="t1", medium="sms", provider_id=f"A{n}", sender=s, text="hi")
+        for n, s in enumerate(senders)
+    ]
+    await hub.ingest(first)
+    hub.ingestor.forget_conversations()  # as a freshly started process knows none
+    before = hub.store.commands.on[("find", "conversations")]
+    again = [
+        InboundText(inbox="t1", medium="sms", provider_id=f"B{n}", sender=s, text="again")
+        for n, s in enumerate(senders)
+    ]
+    await hub.ingest(again)
+    assert hub.store.commands.on[("find", "conversations")] - before == 1
+    assert await hub.store.conversations.count_documents({}) == 20
+    assert await hub.store.messages.count_documents({}) == 40
+
+
 # -- what is stored for each kind of event ------------------------------------------------
 
 

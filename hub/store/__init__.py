@@ -92,16 +92,21 @@ def identity_id(kind: str, value: str) -> str:
 
 
 class CommandCounter(monitoring.CommandListener):
-    """Counts the commands this process sends to the store, by name."""
+    """Counts the commands this process sends to the store, by name, and by name
+    and collection."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.on: Counter[tuple[str, str]] = Counter()
         self.failures = 0
         self._lock = threading.Lock()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
+        target = event.command.get(event.command_name)
         with self._lock:
             self.counts[event.command_name] += 1
+            if isinstance(target, str):
+                self.on[(event.command_name, target)] += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
