@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 
 Doc = dict[str, Any]
@@ -254,3 +255,26 @@ async def test_index_entries_are_kept_across_a_restart_and_not_rebuilt(private_s
     got = await items.find({"g": "c1"}).sort([("n", -1)]).to_list()
     assert [d["n"] for d in got] == [99, *range(28, 0, -3)]
     await client.close()
+
+
+async def test_asking_for_ids_only_gives_the_ids_of_every_kind(coll: Any) -> None:
+    group, at = fields()
+    await coll.create_index([(group, ASCENDING)])
+    await coll.create_index([(at, ASCENDING)])
+    oid = ObjectId()
+    docs = [
+        {"_id": oid, group: "x", at: "k1", "big": "y" * 1000},
+        {"_id": "plain", group: "x", at: "k2"},
+        {"_id": 'quote"and\\slash', group: "x", at: "k3"},
+        {"_id": 7, group: "x", at: "k4"},
+        {"_id": {"nested": 1}, group: "x", at: "k5"},
+    ]
+    await coll.insert_many(docs)
+    expected = sorted((d["_id"] for d in docs), key=repr)
+    for filt in ({group: "x"}, {at: {"$gte": "k1"}}, {at: {"$gt": "k0", "$lt": "k9"}}):
+        got = await coll.find(filt, {"_id": 1}).to_list()
+        assert sorted((d["_id"] for d in got), key=repr) == expected, filt
+        assert all(set(d) == {"_id"} for d in got)
+    got = await coll.find({"_id": {"$in": [oid, "plain"]}}, {"_id": 1}).to_list()
+    assert sorted((d["_id"] for d in got), key=repr) == sorted([oid, "plain"], key=repr)
+    assert await coll.find({at: {"$gt": "k4"}}, {"_id": 1}).to_list() == [{"_id": {"nested": 1}}]

@@ -93,6 +93,10 @@ RANGE_OPERATORS = {
 }
 
 
+def _only_ids(projection: Any) -> bool:
+    return isinstance(projection, dict) and projection in ({"_id": 1}, {"_id": True})
+
+
 def _id_values(clause: Any) -> tuple[Any, ...] | None:
     """The `_id`s an `_id` equality or `$in` names, when each is a string or an
     ObjectId (whose storage key is the only one that can match)."""
@@ -335,8 +339,7 @@ class HubSQLiteEngine(SQLiteEngine):
             if ids is not None:
                 marks = ", ".join("?" for _ in ids)
                 sql = (
-                    "SELECT documents.document FROM documents "  # noqa: S608
-                    "WHERE documents.db_name = ? AND documents.coll_name = ? "
+                    "FROM documents WHERE documents.db_name = ? AND documents.coll_name = ? "
                     f"AND documents.storage_key IN ({marks})"
                 )
                 params = [db_name, coll_name, *(self._storage_key(i) for i in ids)]
@@ -354,12 +357,7 @@ class HubSQLiteEngine(SQLiteEngine):
                 ):
                     from_where, params = self._index_from(db_name, coll_name, index)
                     params += [self._multikey_type_score("string"), clause.value]
-                    # Only quoted identifiers and placeholders are formatted into
-                    # the SQL of this module; every value is bound.
-                    sql = (
-                        f"SELECT documents.document FROM {from_where} "  # noqa: S608
-                        "AND entry.type_score = ? AND entry.element_key = ?"
-                    )
+                    sql = f"FROM {from_where} AND entry.type_score = ? AND entry.element_key = ?"
                     return self._hub_seek(semantics, len(clauses) > 1, sql, params)
         for clause in clauses:
             field = getattr(clause, "field", "")
@@ -373,20 +371,30 @@ class HubSQLiteEngine(SQLiteEngine):
             if not usable:
                 continue
             from_where, params = self._index_from(db_name, coll_name, index)
-            sql = f"SELECT documents.document FROM {from_where}"  # noqa: S608
+            sql = f"FROM {from_where}"
             for condition, values in usable:
                 sql += f" AND {condition}"
                 params += values
-            # The bounds admit every match; the whole filter decides (index keys
-            # are not the values: NaN, for one, has a key among the numbers).
-            return self._hub_seek(semantics, True, sql, params)
+            # The bounds select exactly what they say, except among numbers (NaN
+            # has a key among them): there, and for the rest of the filter, the
+            # filter itself decides per row.
+            numbers = self._multikey_type_score("number")
+            exact = len(usable) == len(clauses) and all(v[0] != numbers for _, v in usable)
+            return self._hub_seek(semantics, not exact, sql, params)
         return None
 
     def _hub_seek(
         self, semantics: Any, residual: bool, sql: str, params: list[Any]
     ) -> SQLiteReadExecutionPlan:
-        """The plan for the few rows `sql` selects: the rest of the filter checked
-        per row, the sort (if any) done on them by the engine."""
+        """The plan for the few rows `sql` (FROM and WHERE) selects: the rest of
+        the filter checked per row, the sort (if any) done on them by the engine.
+        When only `_id`s are asked for, only they are read out of each row."""
+        # Only quoted identifiers and placeholders are formatted into the SQL of
+        # this module; every value is bound.
+        columns = "documents.document"
+        if not semantics.sort and _only_ids(semantics.projection):
+            columns = "json_object('_id', documents.document -> '$._id')"
+        sql = f"SELECT {columns} {sql}"
         if residual:
             sql += f" AND {MATCH_FUNCTION}(?, documents.document)"
             params.append(self._hub_residual_token(semantics))
