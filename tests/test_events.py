@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -27,7 +29,22 @@ async def test_publish_delivers_locally_at_once_and_stores_one_document_per_batc
     assert drain(sub) == batch
     (doc,) = await store.events.find().to_list()
     assert doc["origin"] == "a"
-    assert doc["events"] == [e.as_dict() for e in batch]
+    assert json.loads(doc["events"]) == [e.as_dict() for e in batch]
+
+
+async def test_events_that_are_not_json_are_stored_as_documents_and_still_relayed(store):
+    a, b = instance(store, "a"), instance(store, "b")
+    sub_b = b.bus.subscribe()
+    b.start()
+    try:
+        at = datetime(2026, 12, 6, 1, 2, 3, tzinfo=UTC)
+        await a.publish([Event("internal", {"at": at})])
+        (doc,) = await store.events.find().to_list()
+        assert isinstance(doc["events"], list)
+        got = await next_event(sub_b, of_type("internal"))
+        assert got.data["at"].replace(tzinfo=UTC) == at
+    finally:
+        await b.stop()
 
 
 async def test_publishing_nothing_stores_nothing(store):
