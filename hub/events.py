@@ -25,6 +25,7 @@ from hub.store import Store, find_by_ids
 
 log = logging.getLogger("hub.events")
 
+PRUNE_EVERY = 2.0  # seconds
 LOOKBACK_NS = 5_000_000_000  # how far back each poll looks for late commits
 
 
@@ -165,10 +166,13 @@ class Events:
             del self._seen[key]
         return delivered
 
-    async def prune(self) -> None:
-        cutoff = time.time_ns() - int(self.retention_seconds * 1e9)
+    async def prune(self, *, unkeyed: bool = False) -> None:
+        """Delete events older than the retention; with `unkeyed`, also those
+        stored before events carried their key in a field (done once at start:
+        finding them reads the whole collection)."""
+        cutoff = {"key": {"$lt": f"{time.time_ns() - int(self.retention_seconds * 1e9):020d}"}}
         await self.store.events.delete_many(
-            {"$or": [{"key": {"$lt": f"{cutoff:020d}"}}, {"key": {"$exists": False}}]}
+            {"$or": [cutoff, {"key": {"$exists": False}}]} if unkeyed else cutoff
         )
 
     async def _run(self, started_ns: int, stop: asyncio.Event) -> None:
@@ -182,13 +186,16 @@ class Events:
             }
             async for doc in self.store.events.find({"key": window}, {"_id": 1}):
                 self._seen[str(doc["_id"])] = time.time_ns()
-        last_prune = 0.0
+        last_prune: float | None = None
         while not stop.is_set():
             try:
                 await self.poll_once()
-                if time.monotonic() - last_prune > 30:
+                # Often, so that each prune deletes a few seconds' worth: the
+                # embedded store deletes a document at a time, and thirty seconds'
+                # worth at once held up every other write for a second or two.
+                if last_prune is None or time.monotonic() - last_prune > PRUNE_EVERY:
+                    await self.prune(unkeyed=last_prune is None)
                     last_prune = time.monotonic()
-                    await self.prune()
             except PyMongoError as error:
                 log.warning("event poll failed", extra={"error": str(error)})
             except Exception:

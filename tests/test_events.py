@@ -139,7 +139,10 @@ async def test_prune_removes_events_older_than_retention_and_keeps_recent_ones(s
     await events.publish([Event("recent", {})])
 
     await events.prune()
+    remaining = await store.events.find().to_list()
+    assert sorted(d["origin"] for d in remaining) == ["a", "older"]
 
+    await events.prune(unkeyed=True)
     remaining = await store.events.find().to_list()
     assert [d["origin"] for d in remaining] == ["a"]
 
