@@ -83,7 +83,6 @@ MONGOECO_VERSION = importlib.metadata.version("mongoeco")
 PRAGMAS = (
     "PRAGMA cache_size = -65536",  # 64 MiB of pages per connection (default 2 MiB)
     "PRAGMA mmap_size = 268435456",
-    "PRAGMA wal_autocheckpoint = 10000",  # pages; hot index pages copied back less often
 )
 RANGE_OPERATORS = {
     LessThanCondition: "<",
