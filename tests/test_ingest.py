@@ -7,6 +7,7 @@ Through the test channel's signed webhook where the HTTP edge matters, and throu
 from __future__ import annotations
 
 import asyncio
+import json
 import typing
 from datetime import timedelta
 from typing import Any
@@ -453,7 +454,7 @@ async def test_new_message_publishes_message_created_and_conversation_updated(hu
     assert updated.data["last_message"]["text"] == "ping"
     assert updated.data["unread_added"] == 1
     stored = await hub.store.events.find().to_list()
-    assert [e["type"] for doc in stored for e in doc["events"]] == [
+    assert [e["type"] for doc in stored for e in json.loads(doc["events"])] == [
         "message.created",
         "conversation.updated",
     ]
