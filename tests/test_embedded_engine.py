@@ -278,3 +278,25 @@ async def test_asking_for_ids_only_gives_the_ids_of_every_kind(coll: Any) -> Non
     got = await coll.find({"_id": {"$in": [oid, "plain"]}}, {"_id": 1}).to_list()
     assert sorted((d["_id"] for d in got), key=repr) == sorted([oid, "plain"], key=repr)
     assert await coll.find({at: {"$gt": "k4"}}, {"_id": 1}).to_list() == [{"_id": {"nested": 1}}]
+
+
+def test_the_codec_checks_once_and_encodes_and_refuses_as_before() -> None:
+    from mongoeco.core.codec import DocumentCodec
+
+    from hub.store.embedded_engine import patch_codec_validation
+
+    samples: list[Any] = [
+        {"a": {"b": [1, 2.5, BASE, {"c": None}]}, "d": "x", "e": ObjectId()},
+        [{"deep": [[{"x": True}]]}],
+        "plain",
+    ]
+    before = [DocumentCodec.encode(s) for s in samples]
+    patch_codec_validation()
+    assert [DocumentCodec.encode(s) for s in samples] == before
+    for bad, reason in (
+        ({"a": {"b": {1: "int key"}}}, "keys must be strings"),
+        ({"a": [{"s": {1, 2}}]}, "set values"),
+        ({"n": 2**70}, "int64 range"),
+    ):
+        with pytest.raises((TypeError, OverflowError, ValueError), match=reason):
+            DocumentCodec.encode(bad)

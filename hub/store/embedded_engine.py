@@ -530,6 +530,40 @@ class HubSQLiteEngine(SQLiteEngine):
         )
 
 
+def patch_codec_validation() -> None:
+    """Check each document's values once per encoding, not once per level.
+
+    The engine's codec re-checks the whole subtree at every document it descends
+    into (and each scalar again), so a value three levels down was checked four
+    times. The check is the same, done once, from the top, before encoding: the
+    same values are refused with the same errors."""
+    from mongoeco.core import codec
+
+    if getattr(codec, "_hub_validation_patched", False):
+        return
+    check = codec.validate_bson_value
+    encode = codec.DocumentCodec.encode
+    state = threading.local()
+
+    def check_outside_encoding(value: object) -> None:
+        if not getattr(state, "encoding", False):
+            check(value)
+
+    def encode_checked_once(data: Any) -> Any:
+        if getattr(state, "encoding", False):
+            return encode(data)
+        check(data)
+        state.encoding = True
+        try:
+            return encode(data)
+        finally:
+            state.encoding = False
+
+    codec.validate_bson_value = check_outside_encoding
+    codec.DocumentCodec.encode = staticmethod(encode_checked_once)  # type: ignore[method-assign]
+    codec._hub_validation_patched = True  # type: ignore[attr-defined]
+
+
 def patch_insert_command() -> None:
     """The wire `insert` of two or more documents goes through the batch path."""
     service = write_commands.DatabaseAdminWriteCommandService

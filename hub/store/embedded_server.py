@@ -40,8 +40,13 @@ def _die_with_parent() -> None:
 async def _serve(data_dir: Path, host: str, port: int) -> int:
     from mongoeco.wire import AsyncMongoEcoProxyServer
 
-    from hub.store.embedded_engine import HubSQLiteEngine, patch_insert_command
+    from hub.store.embedded_engine import (
+        HubSQLiteEngine,
+        patch_codec_validation,
+        patch_insert_command,
+    )
 
+    patch_codec_validation()
     patch_insert_command()
     engine = HubSQLiteEngine(str(data_dir / DB_NAME))
     server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
