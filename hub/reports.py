@@ -1,11 +1,10 @@
 """The supervisors' summary: volumes per channel per day, first response and
 resolution times (median and p90), overall and per agent.
 
-How it reads the store, and why. The embedded engine answers a range on a date
-with a scan of the collection whatever the indexes (its range fast path does not
-take dates), so a date index would only add work to every message insert, the
-hub's hottest write, for nothing on the embedded store. The report therefore
-makes two range reads, each one pass with a small projection:
+How it reads the store, and why. There is no index on the messages' dates: it
+would add work to every message insert, the hub's hottest write, for a report a
+supervisor opens now and then. The report therefore makes two range reads, each
+one pass with a small projection:
 
 - conversations opened in the range (their channel, assignee, status, times);
 - messages created in the range (a little before it too: a conversation's first

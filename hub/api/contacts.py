@@ -177,8 +177,7 @@ async def _ensure_free(call: Call, refs: list[IdentityRef], contact_id: str | No
 
 async def _search(call: Call, query: ContactQuery) -> tuple[list[dict[str, Any]], str | None]:
     """The page of a search: matches are few (at most 500), so they are read by
-    `_id` one by one and ordered here (an `_id` `$in` is a scan on the embedded
-    engine)."""
+    their `_id`s and ordered here."""
     assert query.q is not None
     ids = await matching_contact_ids(call, query.q, limit=500)
     found = list((await find_by_ids(_store(call).contacts, ids)).values())
