@@ -2,9 +2,15 @@
 
 Imported only by the store's child process (`hub.store.embedded_server`). Every
 adjustment keeps what a client sees exactly as before; each one removes a scan of
-a whole collection from a path the hub takes all the time.
+a whole collection, or repeated work, from a path the hub takes all the time.
+
+Opening: the engine deletes and rebuilds every index entry at each open (a
+minute at 200,000 messages); here only when the engine's version changes.
 
 Writes:
+
+- the codec checks a document's values once per encoding, not once per nesting
+  level (`patch_codec_validation`);
 
 - a single insert re-checks `_id` uniqueness by loading every document, even when
   the `_id` is a string or ObjectId whose primary-key lookup already decided it
@@ -24,12 +30,13 @@ Reads:
   is answered from the query's own operands;
 - the engine answers every multi-document `find` by reading the whole collection
   (its index paths exist, but only `find_one` reaches them). Two index paths are
-  added here (`_index_plan`), both exact:
+  added here (`_compile_read_execution_plan`), both exact:
 
-  * seek: a filter with an equality on a string, on a field with a single-field
-    index, reads the matching index entries only; the rest of the filter is
-    checked per row by the engine's own matcher, and a sort is done on the few
-    rows found;
+  * seek: a filter with `_id`s (equality or `$in`), or an equality on a string
+    or a range on a field with a single-field index, reads the matching rows
+    only; the rest of the filter is checked per row by the engine's own
+    matcher, and a sort is done on the few rows found; when only `_id`s are
+    asked for, only they are read out of each row;
   * walk: a sort whose first key has a single-field index, with a limit, walks
     that index in order, checks the filter per row and stops after skip + limit
     matches, then adds the rows that tie with the last one on the sort key, so
