@@ -343,24 +343,17 @@ class Ingestor:
     async def _write_batch(self, events: list[InboundEvent]) -> list[IngestResult]:
         ids: list[tuple[str, str]] = []
         contacts: dict[str, str] = {}
-        # The senders' conversations this process has not seen yet, in one read.
-        unseen = [
-            conv_id
-            for conv_id in dict.fromkeys(
-                conversation_id_for(e.inbox, e.medium, identity_id(e.sender.kind, e.sender.value))
-                for e in events
-            )
-            if self._conversations.get_fresh(conv_id) is None
+        own = [
+            conversation_id_for(e.inbox, e.medium, identity_id(e.sender.kind, e.sender.value))
+            for e in events
         ]
+        # The senders' conversations this process has not seen yet, in one read.
+        unseen = [c for c in dict.fromkeys(own) if self._conversations.get_fresh(c) is None]
         if len(unseen) > 1:
             for conv_id, doc in (await find_by_ids(self.store.conversations, unseen)).items():
                 self._conversations.put(conv_id, str(doc["contact_id"]))
-        for event in events:
-            conv_id = await self._hinted_conversation(event, contacts)
-            if conv_id is None:
-                conv_id = conversation_id_for(
-                    event.inbox, event.medium, identity_id(event.sender.kind, event.sender.value)
-                )
+        for event, sender_conv_id in zip(events, own, strict=True):
+            conv_id = await self._hinted_conversation(event, contacts) or sender_conv_id
             if conv_id not in contacts:
                 contacts[conv_id] = await self._ensure_conversation(
                     event.inbox, event.medium, event.sender, conv_id
