@@ -281,18 +281,9 @@ class HubSQLiteEngine(SQLiteEngine):
     def _field_is_top_level_array_in_collection(  # type: ignore[override]
         self, db_name: str, coll_name: str, field: str
     ) -> bool:
-        if "." not in field and self._hub_single_field_index(db_name, coll_name, field):
+        if "." not in field and self._find_scalar_sort_index(db_name, coll_name, field):
             return self._hub_fact(db_name, coll_name, field, "array", None)
         return bool(super()._field_is_top_level_array_in_collection(db_name, coll_name, field))
-
-    def _hub_single_field_index(self, db_name: str, coll_name: str, field: str) -> Any:
-        for index in self._load_indexes(db_name, coll_name):
-            if index["fields"] != [field] or not index.get("scalar_physical_name"):
-                continue
-            if index.get("sparse") or index.get("partial_filter_expression"):
-                continue
-            return index
-        return None
 
     # -- the index paths ------------------------------------------------------------
 
@@ -321,9 +312,10 @@ class HubSQLiteEngine(SQLiteEngine):
             db_name, coll_name, semantics, select_clause=select_clause, hint=hint
         )
 
-    def _index_from(self, db_name: str, coll_name: str, index: Any) -> tuple[str, list[Any]]:
+    def _index_from(
+        self, db_name: str, coll_name: str, collection_id: int, index: Any
+    ) -> tuple[str, list[Any]]:
         """FROM and WHERE for one single-field index joined to its documents."""
-        collection_id = self._lookup_collection_id(self._require_connection(), db_name, coll_name)
         physical = self._quote_identifier(str(index["scalar_physical_name"]))
         sql = (
             f"scalar_index_entries AS entry INDEXED BY {physical} "
@@ -338,7 +330,8 @@ class HubSQLiteEngine(SQLiteEngine):
     ) -> SQLiteReadExecutionPlan | None:
         query_plan = semantics.query_plan
         clauses = query_plan.clauses if isinstance(query_plan, AndCondition) else (query_plan,)
-        if self._lookup_collection_id(self._require_connection(), db_name, coll_name) is None:
+        collection_id = self._lookup_collection_id(self._require_connection(), db_name, coll_name)
+        if collection_id is None:
             return None
         for clause in clauses:
             ids = _id_values(clause)
@@ -357,11 +350,11 @@ class HubSQLiteEngine(SQLiteEngine):
                 and "." not in clause.field
                 and clause.field != "_id"
             ):
-                index = self._hub_single_field_index(db_name, coll_name, clause.field)
+                index = self._find_scalar_sort_index(db_name, coll_name, clause.field)
                 if index is not None and not self._hub_fact(
                     db_name, coll_name, clause.field, "array", index
                 ):
-                    from_where, params = self._index_from(db_name, coll_name, index)
+                    from_where, params = self._index_from(db_name, coll_name, collection_id, index)
                     params += [self._multikey_type_score("string"), clause.value]
                     sql = f"FROM {from_where} AND entry.type_score = ? AND entry.element_key = ?"
                     return self._hub_seek(semantics, len(clauses) > 1, sql, params)
@@ -369,14 +362,14 @@ class HubSQLiteEngine(SQLiteEngine):
             field = getattr(clause, "field", "")
             if type(clause) not in RANGE_OPERATORS or "." in field or field == "_id":
                 continue
-            index = self._hub_single_field_index(db_name, coll_name, field)
+            index = self._find_scalar_sort_index(db_name, coll_name, field)
             if index is None or self._hub_fact(db_name, coll_name, field, "array", index):
                 continue
             ranges = [c for c in clauses if type(c) in RANGE_OPERATORS]
             usable = [b for b in (self._entry_condition(c, field) for c in ranges) if b]
             if not usable:
                 continue
-            from_where, params = self._index_from(db_name, coll_name, index)
+            from_where, params = self._index_from(db_name, coll_name, collection_id, index)
             sql = f"FROM {from_where}"
             for condition, values in usable:
                 sql += f" AND {condition}"
@@ -419,10 +412,11 @@ class HubSQLiteEngine(SQLiteEngine):
         field, direction = sort[0]
         if direction not in (1, -1) or "." in field:
             return None
-        index = self._hub_single_field_index(db_name, coll_name, field)
+        index = self._find_scalar_sort_index(db_name, coll_name, field)
         if index is None:
             return None
-        if self._lookup_collection_id(self._require_connection(), db_name, coll_name) is None:
+        collection_id = self._lookup_collection_id(self._require_connection(), db_name, coll_name)
+        if collection_id is None:
             return None
         if self._hub_fact(db_name, coll_name, field, "gap", index) or self._hub_fact(
             db_name, coll_name, field, "unordered", index
@@ -432,7 +426,7 @@ class HubSQLiteEngine(SQLiteEngine):
         # The boundary is the last row taken: the lowest key walking down, the
         # highest walking up.
         back = "ASC" if direction == -1 else "DESC"
-        from_where, base = self._index_from(db_name, coll_name, index)
+        from_where, base = self._index_from(db_name, coll_name, collection_id, index)
         bound_sql, bound_params = self._walk_bounds(semantics.query_plan, field)
         match_sql, match_params = "", []
         if not isinstance(semantics.query_plan, MatchAll):
