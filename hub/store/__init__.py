@@ -62,7 +62,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
 }
 
 
-IDS_PER_COMMAND = 1000  # the embedded engine's primary-key path takes up to 1,000
+IDS_PER_COMMAND = 1000  # also the most the embedded engine looks up by primary key
 
 
 async def find_by_ids(collection: Any, ids: list[Any]) -> dict[Any, dict[str, Any]]:

@@ -79,13 +79,14 @@ from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.engines.sqlite_planner import SQLiteReadExecutionPlan
 from mongoeco.errors import BulkWriteError
 
+from hub.store import IDS_PER_COMMAND
+
 sqlite_engine._sqlite_append_change = lambda *args, **kwargs: None
 
 # Index element types whose keys sort, within their type, as BSON orders the values.
 ORDERED_KEY_TYPES = frozenset({"null", "number", "string", "bool", "datetime", "objectid"})
 RESIDUALS_KEPT = 4096
 MATCH_FUNCTION = "hub_match"
-MAX_IDS = 1000
 MONGOECO_VERSION = importlib.metadata.version("mongoeco")
 PRAGMAS = (
     "PRAGMA cache_size = -65536",  # 64 MiB of pages per connection (default 2 MiB)
@@ -114,7 +115,9 @@ def _id_values(clause: Any) -> tuple[Any, ...] | None:
         values = tuple(clause.values)
     else:
         return None
-    if not values or len(values) > MAX_IDS or not all(type(v) in (str, ObjectId) for v in values):
+    if not values or len(values) > IDS_PER_COMMAND:
+        return None
+    if not all(type(v) in (str, ObjectId) for v in values):
         return None
     return values
 
