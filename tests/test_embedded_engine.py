@@ -9,9 +9,11 @@ for the other tests.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import secrets
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -300,3 +302,172 @@ def test_the_codec_checks_once_and_encodes_and_refuses_as_before() -> None:
     ):
         with pytest.raises((TypeError, OverflowError, ValueError), match=reason):
             DocumentCodec.encode(bad)
+
+
+def _update_ops(group: str, at: str) -> list[Any]:
+    from pymongo import UpdateOne
+
+    return [
+        UpdateOne({"_id": "m00001"}, {"$set": {"status": "open", at: BASE}, "$inc": {"n": 5}}),
+        UpdateOne({"_id": "nobody"}, {"$set": {"status": "open"}}),  # matches nothing
+        UpdateOne({"_id": "m00002"}, {"$inc": {"status": 1}}),  # $inc on a string: refused
+        UpdateOne({"_id": "m00003"}, {"$set": {group: "moved"}}),  # an indexed field
+        UpdateOne({"_id": "m00004"}, {"$bogus": {"x": 1}}),  # not an operator: refused
+        UpdateOne({"_id": "m00005"}, {"$set": {"n": 5}}),  # already so: matched, not modified
+        UpdateOne({"_id": "m00006", "status": "no such status"}, {"$set": {"n": 0}}),
+        UpdateOne({"_id": "m00007"}, {"$set": {group: "moved"}, "$unset": {"status": ""}}),
+    ]
+
+
+async def _outcome(coll: Any, ops: list[Any], *, ordered: bool) -> tuple[Any, list[Doc]]:
+    from pymongo.errors import BulkWriteError as DriverBulkWriteError
+
+    try:
+        result = await coll.bulk_write(ops, ordered=ordered)
+        summary: Any = (result.matched_count, result.modified_count, [])
+    except DriverBulkWriteError as error:
+        details = error.details
+        summary = (
+            details["nMatched"],
+            details["nModified"],
+            [(e["index"], e["code"], e["errmsg"]) for e in details["writeErrors"]],
+        )
+    return summary, await coll.find().sort("_id", 1).to_list()
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_updates_in_one_command_do_what_they_do_one_command_each(
+    embedded_uri: str, db_name: str, ordered: bool
+) -> None:
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(embedded_uri, tz_aware=False)
+    together, apart = client[db_name]["together"], client[db_name]["apart"]
+    group, at = fields()
+    for coll in (together, apart):
+        await seeded(coll, group, at, n=20)
+    ops = _update_ops(group, at)
+
+    got = await _outcome(together, ops, ordered=ordered)
+    # The reference: each update in a command of its own (the engine's own path).
+    matched = modified = 0
+    errors = []
+    for index, op in enumerate(ops):
+        (m, n, errs), _ = await _outcome(apart, [op], ordered=ordered)
+        matched, modified = matched + m, modified + n
+        errors += [(index, code, message) for _, code, message in errs]
+        if ordered and errs:
+            break
+    expected = ((matched, modified, errors), await apart.find().sort("_id", 1).to_list())
+
+    assert got == expected
+    assert [e[0] for e in got[0][2]] == ([2] if ordered else [2, 4])
+    # The index follows the updates made inside the shared transaction.
+    moved = await together.find({group: "moved"}).sort("_id", 1).to_list()
+    assert [d["_id"] for d in moved] == (["m00003", "m00007"] if not ordered else [])
+    await client.close()
+
+
+async def test_updates_in_one_command_survive_a_restart(private_store: Any) -> None:
+    from pymongo import UpdateOne
+
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(private_store.uri)
+    items = client.hub.items
+    await items.insert_many([{"_id": f"c{i}", "unread": 0} for i in range(50)])
+    result = await items.bulk_write(
+        [UpdateOne({"_id": f"c{i}"}, {"$inc": {"unread": i + 1}}) for i in range(50)]
+    )
+    assert result.modified_count == 50
+    await client.close()
+
+    client = AsyncMongoClient(await private_store.restart())
+    docs = await client.hub.items.find().to_list()
+    assert sorted(d["unread"] for d in docs) == list(range(1, 51))
+    await client.close()
+
+
+OLD_LAYOUT_WRITER = """
+import asyncio, sys
+from mongoeco import AsyncMongoClient
+from mongoeco.engines.sqlite import SQLiteEngine
+
+async def main():
+    async with AsyncMongoClient(SQLiteEngine(sys.argv[1])) as client:
+        items = client.get_database("hub").get_collection("items")
+        await items.create_index([("g", 1)])
+        await items.create_index([("at", -1)])
+        await items.insert_many([{"_id": f"i{i}", "g": i % 4, "at": i} for i in range(40)])
+
+asyncio.run(main())
+"""
+
+
+def _physical_indexes(data_dir: Any) -> dict[str, list[str]]:
+    database = data_dir / "hub.sqlite3"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name IN ('documents', 'scalar_index_entries', 'multikey_entries')"
+        ).fetchall()
+    found: dict[str, list[str]] = {}
+    for table, name in rows:
+        found.setdefault(table, []).append(name)
+    return {table: sorted(names) for table, names in found.items()}
+
+
+async def test_every_logical_index_shares_one_physical_index_per_entry_table(
+    private_store: Any,
+) -> None:
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(private_store.uri)
+    db = client.hub
+    for name in ("first", "second", "third"):
+        await db[name].create_index([("g", ASCENDING)])
+        await db[name].create_index([("at", DESCENDING)])
+        await db[name].insert_many([{"_id": f"{name}{i}", "g": i % 3, "at": i} for i in range(9)])
+
+    layout = _physical_indexes(private_store.data_dir)
+    # No expression index over `documents` (only its primary key), and one index
+    # for all entries besides the engine's own index by document.
+    assert [n for n in layout.get("documents", []) if not n.startswith("sqlite_autoindex")] == []
+    assert layout["scalar_index_entries"] == ["idx_scalar_index_entries_storage", "scidx_hub"]
+
+    # Dropping an index, and a whole collection, leaves the others answering.
+    await db.first.drop_index("g_1")
+    await db.second.drop()
+    assert "scidx_hub" in _physical_indexes(private_store.data_dir)["scalar_index_entries"]
+    got = await db.third.find({"g": 1}).sort("at", -1).to_list()
+    assert [d["_id"] for d in got] == ["third7", "third4", "third1"]
+    assert [d["_id"] for d in await db.first.find({"at": {"$gte": 7}}).to_list()] == [
+        "first7",
+        "first8",
+    ]
+    # A hint still works (it is advice: the rows are read without it).
+    hinted = await db.third.find({"g": 2}).hint("g_1").to_list()
+    assert sorted(d["_id"] for d in hinted) == ["third2", "third5", "third8"]
+    await client.close()
+
+
+async def test_a_store_with_one_physical_index_per_logical_index_is_moved_to_shared_ones(
+    private_store: Any,
+) -> None:
+    await private_store.stop()
+    for path in private_store.data_dir.glob("hub.sqlite3*"):
+        path.unlink()
+    # The engine's own layout, as an earlier version of the hub left it, written
+    # in a process of its own (this one may hold the hub's adjustments to it).
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OLD_LAYOUT_WRITER, str(private_store.data_dir / "hub.sqlite3")
+    )
+    assert await asyncio.wait_for(writer.wait(), 120) == 0
+    before = _physical_indexes(private_store.data_dir)
+    assert len(before["scalar_index_entries"]) == 3  # the engine's own, and one per index
+    assert len(before["documents"]) >= 2
+
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(await private_store.restart())
+    after = _physical_indexes(private_store.data_dir)
+    assert after["scalar_index_entries"] == ["idx_scalar_index_entries_storage", "scidx_hub"]
+    assert [n for n in after.get("documents", []) if not n.startswith("sqlite_autoindex")] == []
+    got = await client.hub.items.find({"g": 3}).sort("at", -1).limit(3).to_list()
+    assert [d["_id"] for d in got] == ["i39", "i35", "i31"]
+    await client.hub.items.insert_one({"_id": "new", "g": 3, "at": 99})
+    got = await client.hub.items.find({"at": {"$gt": 38}}).sort("at", -1).to_list()
+    assert [d["_id"] for d in got] == ["new", "i39"]
+    await client.close()

@@ -9,6 +9,13 @@ minute at 200,000 messages); here only when the engine's version changes.
 
 Writes:
 
+- every logical index had three physical SQLite indexes: an expression index
+  on `documents` that every write to any collection maintained (all of them,
+  for every collection's indexes), and one copy each of the same entry index.
+  Here there is one shared index per entry table and no expression index
+  (`HubConnection`); a store in the old layout is moved at open, once;
+- the wire `update` of several single-document updates runs them in one
+  transaction, one trip to the engine's thread (`patch_update_command`);
 - the codec checks a document's values once per encoding, not once per nesting
   level (`patch_codec_validation`);
 
@@ -51,9 +58,11 @@ Reads:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import itertools
+import sqlite3
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -61,6 +70,16 @@ from typing import Any
 import mongoeco.engines.sqlite as sqlite_engine
 from bson import ObjectId
 from mongoeco.api._async import _database_admin_write_commands as write_commands
+from mongoeco.api._async._collection_modify import (
+    _bind_execution_context as bind_execution_context,
+)
+from mongoeco.api._async._write_command_validation import write_command_acknowledged
+from mongoeco.api._async._write_errors import write_command_errors
+from mongoeco.api._async._write_failures import record_write_failure
+from mongoeco.api._async.cursor import _operation_issue_message as operation_issue_message
+from mongoeco.api._command_bson import validate_write_fields
+from mongoeco.api.operations import compile_update_operation
+from mongoeco.core.codec import DocumentCodec
 from mongoeco.core.identity import id_contains_numeric_value
 from mongoeco.core.paths import get_document_value
 from mongoeco.core.query_plan import (
@@ -74,10 +93,13 @@ from mongoeco.core.query_plan import (
     MatchAll,
     OrCondition,
 )
+from mongoeco.engines._sqlite_connection import SQLiteConnection
+from mongoeco.engines._sqlite_write_scope import sqlite_write_scope
 from mongoeco.engines.semantic_core import iter_filtered_documents
 from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.engines.sqlite_planner import SQLiteReadExecutionPlan
-from mongoeco.errors import BulkWriteError
+from mongoeco.errors import BulkWriteError, OperationFailure, WriteError
+from mongoeco.types import WriteCommandResult
 
 from hub.store import IDS_PER_COMMAND
 
@@ -92,6 +114,22 @@ PRAGMAS = (
     "PRAGMA cache_size = -65536",  # 64 MiB of pages per connection (default 2 MiB)
     "PRAGMA mmap_size = 268435456",
 )
+# What a single update may raise and still leave the others to run (as the
+# engine's own `update` command has it).
+UPDATE_ITEM_ERRORS = (WriteError, OperationFailure, TypeError, ValueError)
+# One physical index per entry table, shared by every logical index; the
+# layout's name is recorded in `hub_engine_meta` once a store is moved to it.
+SHARED_SCALAR_INDEX = "scidx_hub"
+SHARED_MULTIKEY_INDEX = "mkidx_hub"
+ENTRY_INDEX_COLUMNS = "(collection_id, index_name, type_score, element_key, storage_key)"
+SHARED_INDEX_SQL = {
+    name: f'CREATE INDEX IF NOT EXISTS "{name}" ON {table} {ENTRY_INDEX_COLUMNS}'
+    for name, table in (
+        (SHARED_SCALAR_INDEX, "scalar_index_entries"),
+        (SHARED_MULTIKEY_INDEX, "multikey_entries"),
+    )
+}
+PHYSICAL_LAYOUT = "shared-entry-indexes-1"
 RANGE_OPERATORS = {
     LessThanCondition: "<",
     LessThanOrEqualCondition: "<=",
@@ -120,6 +158,47 @@ def _id_values(clause: Any) -> tuple[Any, ...] | None:
     if not all(type(v) in (str, ObjectId) for v in values):
         return None
     return values
+
+
+class HubConnection(SQLiteConnection):
+    """The engine's connection, keeping one physical index per entry table.
+
+    The engine gives every logical index three physical SQLite indexes: an
+    expression index on `documents` (over every document of every collection:
+    each write to any collection evaluates and maintains all of them), and a
+    copy of the same `(collection_id, index_name, ...)` index on each entry
+    table. Entries carry their collection and index name first, so one index
+    per entry table answers for all; here the engine names the shared one for
+    every logical index (`HubSQLiteEngine._physical_*_index_name`), creating it
+    is idempotent, dropping one logical index leaves it (its entries are still
+    deleted by the engine), and the expression indexes on `documents` are not
+    made: the engine reads through the entry indexes.
+    """
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if sql.startswith(("CREATE INDEX ", "DROP INDEX ")):
+            rewritten = _physical_index_statement(sql)
+            if rewritten is None:
+                return super().execute("SELECT 1 WHERE 0")
+            sql = rewritten
+        return super().execute(sql, parameters)
+
+
+def _physical_index_statement(sql: str) -> str | None:
+    """The statement to run for an engine's CREATE/DROP INDEX (None: nothing)."""
+    for name in SHARED_INDEX_SQL:
+        quoted = f'"{name}"'
+        if sql.startswith(f"CREATE INDEX {quoted} ") or sql.startswith(
+            f"CREATE INDEX IF NOT EXISTS {quoted} "
+        ):
+            return SHARED_INDEX_SQL[name]
+        if sql.startswith(f"DROP INDEX IF EXISTS {quoted}") or sql.startswith(
+            f"DROP INDEX {quoted}"
+        ):
+            return None
+    if sql.startswith("CREATE INDEX ") and " ON documents (" in sql:
+        return None
+    return sql
 
 
 class HubSQLiteEngine(SQLiteEngine):
@@ -181,6 +260,127 @@ class HubSQLiteEngine(SQLiteEngine):
             self._hub_seen_unordered.add(field)
         return signature
 
+    async def hub_update_batch(
+        self, db_name: str, coll_name: str, operations: list[Any], *, ordered: bool
+    ) -> list[Any]:
+        """Run compiled single-document updates in one transaction, one after the
+        other, each as the engine's own update does; return each one's outcome,
+        or the error it raised (its own changes undone). Ordered: stop at the
+        first error. The engine's lock is held throughout, so no other client's
+        write runs inside this transaction, and none is acknowledged before its
+        own commit."""
+        return list(
+            await self._run_blocking(
+                self._hub_update_batch_sync, db_name, coll_name, operations, ordered
+            )
+        )
+
+    def _hub_update_batch_sync(
+        self, db_name: str, coll_name: str, operations: list[Any], ordered: bool
+    ) -> list[Any]:
+        results: list[Any] = []
+        context = operations[0].context.session if operations else None
+        with self._lock:
+            conn = self._require_connection(context)
+            with (
+                self._bind_connection(conn),
+                sqlite_write_scope(
+                    conn,
+                    begin_write=lambda current: self._begin_write(current, context),
+                    commit_write=lambda current: self._commit_write(current, context),
+                    rollback_write=lambda current: self._rollback_write(current, context),
+                ),
+            ):
+                for operation in operations:
+                    # Inside the open transaction each update is a savepoint.
+                    try:
+                        outcome = self._update_with_operation_sync(
+                            db_name,
+                            coll_name,
+                            operation,
+                            False,  # upsert
+                            None,  # upsert seed
+                            None,  # selector filter
+                            operation.context.session,
+                            None,  # dialect
+                            False,  # bypass document validation
+                            None,  # replacement document
+                            None,  # on commit
+                            operation.context,
+                        )
+                    except UPDATE_ITEM_ERRORS as error:
+                        results.append(error)
+                        if ordered:
+                            break
+                    else:
+                        results.append(outcome)
+        return results
+
+    # -- physical indexes -----------------------------------------------------------
+
+    def _physical_scalar_index_name(self, db_name: str, coll_name: str, index_name: str) -> str:
+        return SHARED_SCALAR_INDEX
+
+    def _physical_multikey_index_name(self, db_name: str, coll_name: str, index_name: str) -> str:
+        return SHARED_MULTIKEY_INDEX
+
+    def _resolve_hint_index(self, *args: Any, **kwargs: Any) -> Any:
+        # A hinted query names the index's expression index on `documents`, which
+        # this engine does not keep: it reads without one (a hint is advice).
+        index = super()._resolve_hint_index(*args, **kwargs)
+        if dataclasses.is_dataclass(index) and getattr(index, "physical_name", None):
+            index = dataclasses.replace(index, physical_name=None)
+        return index
+
+    def _hub_share_physical_indexes(self, conn: Any) -> None:
+        """Move a store written with one physical index per logical index to the
+        shared layout: drop the expression indexes on `documents` and the
+        per-index copies of the entry indexes, and point the catalog at the
+        shared ones. Done once per store."""
+        row = conn.execute(
+            "SELECT value FROM hub_engine_meta WHERE key = 'physical_indexes'"
+        ).fetchone()
+        if row is not None and row[0] == PHYSICAL_LAYOUT:
+            return
+        catalog = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT physical_name FROM indexes WHERE physical_name IS NOT NULL"
+            )
+        }
+        stale = [
+            str(name)
+            for name, table in conn.execute(
+                "SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'"
+            )
+            if (table == "documents" and name in catalog)
+            or (
+                table in ("scalar_index_entries", "multikey_entries")
+                and str(name).startswith(("scidx_", "mkidx_"))
+                and name not in (SHARED_SCALAR_INDEX, SHARED_MULTIKEY_INDEX)
+            )
+        ]
+        for name in stale:
+            conn.execute(f"DROP INDEX IF EXISTS {self._quote_identifier(name)}")
+        conn.execute(
+            "UPDATE indexes SET scalar_physical_name = ? WHERE scalar_physical_name IS NOT NULL",
+            (SHARED_SCALAR_INDEX,),
+        )
+        conn.execute(
+            "UPDATE indexes SET multikey_physical_name = ? "
+            "WHERE multikey_physical_name IS NOT NULL",
+            (SHARED_MULTIKEY_INDEX,),
+        )
+        conn.execute(SHARED_INDEX_SQL[SHARED_SCALAR_INDEX])
+        conn.execute(SHARED_INDEX_SQL[SHARED_MULTIKEY_INDEX])
+        conn.execute(
+            "INSERT OR REPLACE INTO hub_engine_meta (key, value) VALUES ('physical_indexes', ?)",
+            (PHYSICAL_LAYOUT,),
+        )
+        if conn.in_transaction:
+            conn.commit()
+        self._invalidate_index_cache()
+
     def _backfill_scalar_indexes_sync(self, conn: Any) -> None:  # type: ignore[override]
         # At every open the engine deletes and rebuilds the index entries of
         # every collection (a minute at 200,000 messages), in case they were
@@ -190,6 +390,7 @@ class HubSQLiteEngine(SQLiteEngine):
         conn.execute(
             "CREATE TABLE IF NOT EXISTS hub_engine_meta (key TEXT PRIMARY KEY, value TEXT)"
         )
+        self._hub_share_physical_indexes(conn)
         stamp = f"mongoeco {MONGOECO_VERSION}"
         row = conn.execute(
             "SELECT value FROM hub_engine_meta WHERE key = 'scalar_entries'"
@@ -209,9 +410,19 @@ class HubSQLiteEngine(SQLiteEngine):
     # -- the row check used by both index paths ------------------------------------
 
     def _create_sqlite_connection(self) -> Any:
-        connection = super()._create_sqlite_connection()
-        for pragma in PRAGMAS:
-            connection.execute(pragma)
+        # The engine's own, with the connection class that keeps the shared
+        # physical indexes (see `HubConnection`).
+        connection = sqlite3.connect(self._path, check_same_thread=False, factory=HubConnection)
+        try:
+            if self._path != ":memory:":
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+            for pragma in PRAGMAS:
+                connection.execute(pragma)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+            raise
         connection.create_function(MATCH_FUNCTION, 2, self._hub_match, deterministic=False)
         return connection
 
@@ -604,3 +815,142 @@ def patch_insert_command() -> None:
         return {"n": len(result.inserted_ids), "ok": 1.0}
 
     service.command_insert = command_insert  # type: ignore[method-assign]
+
+
+# A wire `update` entry the batch path takes: a filter and an operator update,
+# nothing else (no upsert, multi, array filters, hint, collation or sort).
+BATCH_UPDATE_KEYS = frozenset({"q", "u", "multi", "upsert"})
+BATCH_COMMAND_KEYS = frozenset(
+    {"update", "updates", "ordered", "writeConcern", "lsid", "txnNumber", "$db", "comment"}
+)
+
+
+def _batchable_update(entry: object) -> bool:
+    if not isinstance(entry, dict) or not set(entry) <= BATCH_UPDATE_KEYS:
+        return False
+    if entry.get("multi") or entry.get("upsert"):
+        return False
+    change = entry.get("u")
+    return (
+        isinstance(entry.get("q"), dict)
+        and isinstance(change, dict)
+        and bool(change)
+        and all(isinstance(k, str) and k.startswith("$") for k in change)
+    )
+
+
+@write_command_errors
+async def update_one(collection: Any, error: BaseException) -> None:
+    """Raise an update's error as the engine's `update_one` reports it."""
+    raise error
+
+
+def patch_update_command() -> None:
+    """The wire `update` of two or more single-document operator updates runs in
+    one transaction (`HubSQLiteEngine.hub_update_batch`) instead of one each.
+
+    Each update is compiled and applied exactly as the engine's `update_one`
+    does, its errors reported the same way; what changes is that they share one
+    commit and one trip to the engine's worker thread. In-process change streams
+    (which the hub does not use) do not see these updates.
+    """
+    service = write_commands.DatabaseAdminWriteCommandService
+    one_by_one = service.command_update
+
+    async def command_update(
+        self: Any, spec: dict[str, object], *, session: Any = None, execution_context: Any = None
+    ) -> Any:
+        updates = spec.get("updates")
+        collection_name = spec.get("update")
+        if (
+            not isinstance(updates, list)
+            or len(updates) < 2
+            or not isinstance(collection_name, str)
+            or not set(spec) <= BATCH_COMMAND_KEYS
+            or (session is not None and getattr(session, "in_transaction", False))
+            or not all(_batchable_update(entry) for entry in updates)
+        ):
+            return await one_by_one(
+                self, spec, session=session, execution_context=execution_context
+            )
+        validate_write_fields(spec, "update")
+        ordered = self._admin._normalize_ordered_from_command(spec.get("ordered"))
+        acknowledged = write_command_acknowledged(spec, dialect=self._admin._mongodb_dialect.key)
+        collection = self._admin._database.get_collection(collection_name)
+        variables = (
+            execution_context or self._admin._database._new_execution_context()
+        ).with_bindings({})
+        engine = collection._engine
+        if not isinstance(engine, HubSQLiteEngine):
+            return await one_by_one(
+                self, spec, session=session, execution_context=execution_context
+            )
+
+        failures: dict[int, BaseException] = {}
+        compiled: list[tuple[int, Any]] = []
+        for index, entry in enumerate(updates):
+            try:
+                operation = compile_update_operation(
+                    collection._normalize_filter(self._admin._normalize_filter(entry["q"])),
+                    collation=None,
+                    sort=None,
+                    array_filters=None,
+                    hint=None,
+                    comment=spec.get("comment"),
+                    let=collection._normalize_let(variables),
+                    dialect=collection._mongodb_dialect,
+                    update_spec=DocumentCodec.to_internal(entry["u"]),
+                    planning_mode=collection._planning_mode,
+                )
+                operation = bind_execution_context(
+                    operation, collection, session=session, change_operation_type="update"
+                )
+                if operation.planning_issues:
+                    raise OperationFailure(operation_issue_message(operation))
+            except UPDATE_ITEM_ERRORS as error:
+                failures[index] = error
+                if ordered:
+                    break
+                continue
+            compiled.append((index, operation))
+
+        outcomes = await engine.hub_update_batch(
+            collection._db_name,
+            collection._collection_name,
+            [operation for _, operation in compiled],
+            ordered=ordered,
+        )
+        matched = modified = 0
+        for (index, _), outcome in zip(compiled, outcomes, strict=False):
+            if isinstance(outcome, BaseException):
+                failures[index] = outcome
+            else:
+                matched += outcome.result.matched_count
+                modified += outcome.result.modified_count
+        if ordered and failures:
+            # Only what ran before the first failure counts; it is the one reported.
+            first = min(failures)
+            failures = {first: failures[first]}
+
+        write_errors: list[Any] = []
+        command_failure = None
+        for index in sorted(failures):
+            try:
+                await update_one(collection, failures[index])
+            except UPDATE_ITEM_ERRORS as error:
+                command_failure = record_write_failure(
+                    write_errors, error, index=index, first_failure=command_failure
+                )
+        if command_failure is not None:
+            raise command_failure
+        return write_commands._write_command_result(
+            WriteCommandResult(
+                count=matched,
+                modified_count=modified,
+                upserted=None,
+                write_errors=write_errors or None,
+            ),
+            acknowledged=acknowledged,
+        )
+
+    service.command_update = command_update  # type: ignore[method-assign]

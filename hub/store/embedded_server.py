@@ -44,10 +44,12 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
         HubSQLiteEngine,
         patch_codec_validation,
         patch_insert_command,
+        patch_update_command,
     )
 
     patch_codec_validation()
     patch_insert_command()
+    patch_update_command()
     engine = HubSQLiteEngine(str(data_dir / DB_NAME))
     server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
     address = await server.start()
