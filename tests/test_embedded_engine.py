@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.errors import WriteError
 
 Doc = dict[str, Any]
 BASE = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
@@ -471,3 +472,36 @@ async def test_a_store_with_one_physical_index_per_logical_index_is_moved_to_sha
     got = await client.hub.items.find({"at": {"$gt": 38}}).sort("at", -1).to_list()
     assert [d["_id"] for d in got] == ["new", "i39"]
     await client.close()
+
+
+async def test_updates_of_nested_documents_and_arrays_change_only_what_they_name(
+    coll: Any,
+) -> None:
+    original = {
+        "_id": "nested",
+        "profile": {"tags": ["a"], "counts": {"in": 1}, "when": BASE},
+        "list": [{"k": 1}, {"k": 2}],
+    }
+    await coll.insert_one(original)
+    result = await coll.update_one(
+        {"_id": "nested"},
+        {
+            "$push": {"profile.tags": "b"},
+            "$inc": {"profile.counts.in": 2},
+            "$set": {"list.1.k": 5, "profile.when": BASE + timedelta(days=1)},
+        },
+    )
+    assert (result.matched_count, result.modified_count) == (1, 1)
+    assert await coll.find_one({"_id": "nested"}) == {
+        "_id": "nested",
+        "profile": {"tags": ["a", "b"], "counts": {"in": 3}, "when": BASE + timedelta(days=1)},
+        "list": [{"k": 1}, {"k": 5}],
+    }
+    # Setting what is already there matches and changes nothing.
+    same = await coll.update_one({"_id": "nested"}, {"$set": {"profile.counts.in": 3}})
+    assert (same.matched_count, same.modified_count) == (1, 0)
+    # An update refused part-way leaves the stored document as it was.
+    before = await coll.find_one({"_id": "nested"})
+    with pytest.raises(WriteError, match="requires the target field to be numeric"):
+        await coll.update_one({"_id": "nested"}, {"$set": {"x": 1}, "$inc": {"profile.tags": 1}})
+    assert await coll.find_one({"_id": "nested"}) == before

@@ -16,6 +16,8 @@ Writes:
   (`HubConnection`); a store in the old layout is moved at open, once;
 - the wire `update` of several single-document updates runs them in one
   transaction, one trip to the engine's thread (`patch_update_command`);
+- an update copies the document three times with `copy.deepcopy`; here only
+  its dicts and lists are copied (`patch_update_copies`);
 - the codec checks a document's values once per encoding, not once per nesting
   level (`patch_codec_validation`);
 
@@ -59,6 +61,7 @@ Reads:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import importlib.metadata
 import itertools
@@ -93,6 +96,7 @@ from mongoeco.core.query_plan import (
     MatchAll,
     OrCondition,
 )
+from mongoeco.engines import _sqlite_modify_ops as modify_ops
 from mongoeco.engines._sqlite_connection import SQLiteConnection
 from mongoeco.engines._sqlite_write_scope import sqlite_write_scope
 from mongoeco.engines.semantic_core import iter_filtered_documents
@@ -743,6 +747,30 @@ class HubSQLiteEngine(SQLiteEngine):
             params=tuple(params),
             apply_python_sort=python_sort,
         )
+
+
+def copy_containers(value: Any, memo: Any = None) -> Any:
+    """A copy of a document's dicts and lists, sharing every other value.
+
+    What the engine's update copies a document for: the update changes the
+    copy's containers (set, unset, push...) and puts new values in; it never
+    changes a stored value in place, and every scalar type a document holds is
+    immutable. `copy.deepcopy` copies each value too, a third of an update's
+    cost. Containers of other types are deep-copied as before.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {key: copy_containers(item) for key, item in value.items()}
+    if kind is list:
+        return [copy_containers(item) for item in value]
+    if isinstance(value, (dict, list, set, bytearray)):
+        return copy.deepcopy(value)
+    return value
+
+
+def patch_update_copies() -> None:
+    """The engine's update path copies documents with `copy_containers`."""
+    modify_ops.deepcopy = copy_containers
 
 
 def patch_codec_validation() -> None:

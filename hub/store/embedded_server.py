@@ -45,11 +45,13 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
         patch_codec_validation,
         patch_insert_command,
         patch_update_command,
+        patch_update_copies,
     )
 
     patch_codec_validation()
     patch_insert_command()
     patch_update_command()
+    patch_update_copies()
     engine = HubSQLiteEngine(str(data_dir / DB_NAME))
     server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
     address = await server.start()
