@@ -366,7 +366,12 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
             )
             hub.events.start()
             hub.ingestor = Ingestor(
-                store, hub.events, hub.metrics, bot=bot, max_batch=settings.ingest.max_batch
+                store,
+                hub.events,
+                hub.metrics,
+                bot=bot,
+                max_batch=settings.ingest.max_batch,
+                linger=settings.ingest.linger_ms / 1000,
             )
             hub.ingestor.start()
             if sandbox is not None:

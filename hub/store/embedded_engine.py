@@ -16,8 +16,8 @@ Writes:
   (`HubConnection`); a store in the old layout is moved at open, once;
 - the wire `update` of several single-document updates runs them in one
   transaction, one trip to the engine's thread (`patch_update_command`);
-- an update copies the document three times with `copy.deepcopy`; here only
-  its dicts and lists are copied (`patch_update_copies`);
+- an update deep-copies the document seven times and an insert twice; here
+  only their dicts and lists are copied (`patch_update_copies`);
 - the codec checks a document's values once per encoding, not once per nesting
   level (`patch_codec_validation`);
 
@@ -72,6 +72,7 @@ from typing import Any
 
 import mongoeco.engines.sqlite as sqlite_engine
 from bson import ObjectId
+from mongoeco.api._async import _collection_insert as collection_insert
 from mongoeco.api._async import _database_admin_write_commands as write_commands
 from mongoeco.api._async._collection_modify import (
     _bind_execution_context as bind_execution_context,
@@ -82,6 +83,7 @@ from mongoeco.api._async._write_failures import record_write_failure
 from mongoeco.api._async.cursor import _operation_issue_message as operation_issue_message
 from mongoeco.api._command_bson import validate_write_fields
 from mongoeco.api.operations import compile_update_operation
+from mongoeco.core import operators
 from mongoeco.core.codec import DocumentCodec
 from mongoeco.core.identity import id_contains_numeric_value
 from mongoeco.core.paths import get_document_value
@@ -97,6 +99,7 @@ from mongoeco.core.query_plan import (
     OrCondition,
 )
 from mongoeco.engines import _sqlite_modify_ops as modify_ops
+from mongoeco.engines import results
 from mongoeco.engines._sqlite_connection import SQLiteConnection
 from mongoeco.engines._sqlite_write_scope import sqlite_write_scope
 from mongoeco.engines.semantic_core import iter_filtered_documents
@@ -499,6 +502,8 @@ class HubSQLiteEngine(SQLiteEngine):
     def _field_is_top_level_array_in_collection(  # type: ignore[override]
         self, db_name: str, coll_name: str, field: str
     ) -> bool:
+        if field == "_id":
+            return False  # an `_id` is never an array (the engine refuses one)
         if "." not in field and self._find_scalar_sort_index(db_name, coll_name, field):
             return self._hub_fact(db_name, coll_name, field, "array", None)
         return bool(super()._field_is_top_level_array_in_collection(db_name, coll_name, field))
@@ -769,8 +774,11 @@ def copy_containers(value: Any, memo: Any = None) -> Any:
 
 
 def patch_update_copies() -> None:
-    """The engine's update path copies documents with `copy_containers`."""
-    modify_ops.deepcopy = copy_containers
+    """The engine's write paths copy documents with `copy_containers`: an update
+    (three copies in the engine, two in the update plan, two in its outcome) and
+    an insert (two per document)."""
+    for module in (modify_ops, operators, results, collection_insert):
+        module.deepcopy = copy_containers  # type: ignore[attr-defined]
 
 
 def patch_codec_validation() -> None:
