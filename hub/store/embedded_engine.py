@@ -16,6 +16,8 @@ Writes:
   (`HubConnection`); a store in the old layout is moved at open, once;
 - the wire `update` of several single-document updates runs them in one
   transaction, one trip to the engine's thread (`patch_update_command`);
+- an update whose operators the engine cannot write as SQL walks the stored
+  document before finding so (`patch_update_translation`);
 - an update deep-copies the document seven times and an insert twice; here
   only their dicts and lists are copied (`patch_update_copies`);
 - the codec checks a document's values once per encoding, not once per nesting
@@ -121,6 +123,7 @@ PRAGMAS = (
     "PRAGMA cache_size = -65536",  # 64 MiB of pages per connection (default 2 MiB)
     "PRAGMA mmap_size = 268435456",
 )
+SQL_UPDATE_OPERATORS = frozenset({"$set", "$unset"})  # what the engine writes as SQL
 # What a single update may raise and still leave the others to run (as the
 # engine's own `update` command has it).
 UPDATE_ITEM_ERRORS = (WriteError, OperationFailure, TypeError, ValueError)
@@ -771,6 +774,21 @@ def copy_containers(value: Any, memo: Any = None) -> Any:
     if isinstance(value, (dict, list, set, bytearray)):
         return copy.deepcopy(value)
     return value
+
+
+def patch_update_translation() -> None:
+    """An update with an operator the engine cannot write as SQL (`$inc`, `$push`
+    ...) is refused by its SQL translation only after it has walked the whole
+    stored document; here it is refused first, and the engine's Python path
+    applies it as before."""
+    translate = sqlite_engine.translate_compiled_update_plan
+
+    def translate_sql_operators_only(plan: Any, *, current_document: Any = None) -> Any:
+        if any(op.operator not in SQL_UPDATE_OPERATORS for op in plan.compiled_operators):
+            raise NotImplementedError("Unsupported update operator for SQL translation")
+        return translate(plan, current_document=current_document)
+
+    sqlite_engine.translate_compiled_update_plan = translate_sql_operators_only
 
 
 def patch_update_copies() -> None:
