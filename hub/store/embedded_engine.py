@@ -270,6 +270,13 @@ class HubSQLiteEngine(SQLiteEngine):
             self._hub_seen_unordered.add(field)
         return signature
 
+    async def _run_blocking(self, func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        # The engine hands every operation to a worker thread and back. In the
+        # store's own process nothing else runs on the event loop but the wire
+        # server, and the engine's lock lets one operation run at a time anyway:
+        # here it runs on the loop's thread, without the two thread hops.
+        return func(*args, **kwargs)
+
     async def hub_update_batch(
         self, db_name: str, coll_name: str, operations: list[Any], *, ordered: bool
     ) -> list[Any]:
