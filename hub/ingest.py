@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -64,6 +64,7 @@ def conversation_id_for(inbox: str, medium: str, identity_key: str) -> str:
 
 def message_doc(event: InboundEvent, message_id: str, conversation_id: str) -> dict[str, Any]:
     """The stored form of an inbound event."""
+    fields = type(event).model_fields
     doc: dict[str, Any] = {
         "_id": message_id,
         "conversation_id": conversation_id,
@@ -77,10 +78,12 @@ def message_doc(event: InboundEvent, message_id: str, conversation_id: str) -> d
         "error": None,
         "provider_id": event.provider_id,
         "created_at": event.received_at,
-        "attachments": [a.model_dump() for a in getattr(event, "attachments", ())],
+        "attachments": [a.model_dump() for a in event.attachments]
+        if "attachments" in fields
+        else [],
     }
     for name in ("location", "contact", "button", "call", "email"):
-        value = getattr(event, name, None)
+        value = getattr(event, name) if name in fields else None
         if value is not None:
             doc[name] = value.model_dump(mode="json")
     if event.extra:
@@ -228,6 +231,8 @@ class Ingestor:
         items = [_Pending(e, loop.create_future(), now) for e in events]
         self._pending.extend(items)
         self._wake.set()
+        if len(items) == 1:  # a webhook carries one message, nearly always
+            return [await items[0].future]
         return list(await asyncio.gather(*(i.future for i in items)))
 
     def start(self) -> None:
@@ -455,8 +460,9 @@ class Ingestor:
             )
         await self.events.publish(published)
 
+        for channel, count in Counter(doc["channel"] for doc in new_docs).items():
+            self.metrics.messages_in.labels(channel).inc(count)
         for doc in new_docs:
-            self.metrics.messages_in.labels(doc["channel"]).inc()
             task = asyncio.create_task(self._call_bot(doc))
             self._bot_tasks.add(task)
             task.add_done_callback(self._bot_tasks.discard)
