@@ -505,3 +505,62 @@ async def test_updates_of_nested_documents_and_arrays_change_only_what_they_name
     with pytest.raises(WriteError, match="requires the target field to be numeric"):
         await coll.update_one({"_id": "nested"}, {"$set": {"x": 1}, "$inc": {"profile.tags": 1}})
     assert await coll.find_one({"_id": "nested"}) == before
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+async def test_random_updates_in_one_command_leave_documents_and_indexes_as_one_each(
+    embedded_uri: str, db_name: str, seed: int
+) -> None:
+    from pymongo import UpdateOne
+
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(embedded_uri, tz_aware=False)
+    together, apart = client[db_name]["together"], client[db_name]["apart"]
+    group, at = fields()
+    rng = random.Random(seed)
+    docs = [
+        {"_id": f"d{i:03d}", group: f"c{i % 5}", at: BASE + timedelta(seconds=i), "n": i}
+        for i in range(60)
+    ]
+    for coll in (together, apart):
+        await coll.insert_many(docs)
+        await coll.create_index([(group, ASCENDING)])
+        await coll.create_index([(at, DESCENDING)])
+
+    def random_update() -> Any:
+        target = f"d{rng.randrange(64):03d}"  # a few match nothing
+        choice = rng.randrange(8)
+        change: dict[str, Any] = {
+            0: {"$set": {group: f"c{rng.randrange(7)}"}},
+            1: {"$set": {at: BASE + timedelta(seconds=rng.randrange(100))}, "$inc": {"n": 1}},
+            2: {"$unset": {at: ""}},
+            3: {"$push": {"log": rng.randrange(9)}},
+            4: {"$set": {group: ["an", "array"]}},  # the engine's own path
+            5: {"$set": {"sub": {"x": rng.randrange(3)}}, "$inc": {"n": -1}},
+            6: {"$set": {at: {"nested": True}}},  # the engine's own path
+            7: {"$inc": {group: 1}},  # refused when the value is a string
+        }[choice]
+        return UpdateOne({"_id": target}, change)
+
+    for _ in range(6):
+        ops = [random_update() for _ in range(25)]
+        got = await _outcome(together, ops, ordered=False)
+        matched = modified = 0
+        errors = []
+        for index, op in enumerate(ops):
+            (m, n, errs), _ = await _outcome(apart, [op], ordered=False)
+            matched, modified = matched + m, modified + n
+            errors += [(index, code, message) for _, code, message in errs]
+        assert got == ((matched, modified, errors), await apart.find().sort("_id", 1).to_list())
+
+    for filt in (
+        {group: "c3"},
+        {group: {"$in": ["c1", "c6"]}},
+        {at: {"$gte": BASE + timedelta(seconds=50)}},
+        {group: "array"},
+    ):
+        for sort in ([("_id", 1)], [(at, -1), ("_id", 1)]):
+            expected = await apart.find(filt).sort(sort).to_list()
+            assert await together.find(filt).sort(sort).to_list() == expected, (filt, sort)
+    newest = await apart.find().sort([(at, -1), ("_id", 1)]).limit(10).to_list()
+    assert await together.find().sort([(at, -1), ("_id", 1)]).limit(10).to_list() == newest
+    await client.close()

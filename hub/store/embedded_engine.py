@@ -15,7 +15,13 @@ Writes:
   Here there is one shared index per entry table and no expression index
   (`HubConnection`); a store in the old layout is moved at open, once;
 - the wire `update` of several single-document updates runs them in one
-  transaction, one trip to the engine's thread (`patch_update_command`);
+  transaction (`patch_update_command`); an operator update of one document by
+  its `_id`, in a collection with plain single-field indexes only, reads the
+  row, applies the engine's compiled update, writes the row back and changes
+  only the index entries whose key changed (`_hub_lean_update`), instead of
+  the engine's general path (TTL purge, catalog reloads, unique and search
+  index upkeep, every entry deleted and inserted again); an indexed field
+  holding an array or a sub-document, before or after, takes the general path;
 - an update whose operators the engine cannot write as SQL walks the stored
   document before finding so (`patch_update_translation`);
 - an update deep-copies the document seven times and an insert twice; here
@@ -88,6 +94,7 @@ from mongoeco.api.operations import compile_update_operation
 from mongoeco.core import operators
 from mongoeco.core.codec import DocumentCodec
 from mongoeco.core.identity import id_contains_numeric_value
+from mongoeco.core.operators import CompiledUpdatePlan
 from mongoeco.core.paths import get_document_value
 from mongoeco.core.query_plan import (
     AndCondition,
@@ -108,7 +115,7 @@ from mongoeco.engines.semantic_core import iter_filtered_documents
 from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.engines.sqlite_planner import SQLiteReadExecutionPlan
 from mongoeco.errors import BulkWriteError, OperationFailure, WriteError
-from mongoeco.types import WriteCommandResult
+from mongoeco.types import UpdateResult, WriteCommandResult
 
 from hub.store import IDS_PER_COMMAND
 
@@ -168,6 +175,18 @@ def _id_values(clause: Any) -> tuple[Any, ...] | None:
     if not all(type(v) in (str, ObjectId) for v in values):
         return None
     return values
+
+
+@dataclasses.dataclass(frozen=True)
+class LeanOutcome:
+    """What a lean update reports (the counts; no before and after images)."""
+
+    result: Any
+
+
+def _scalar_fields(document: dict[str, Any], fields: list[str]) -> bool:
+    """Whether none of these top-level fields holds an array or a sub-document."""
+    return not any(isinstance(document.get(f), (list, dict)) for f in fields)
 
 
 class HubConnection(SQLiteConnection):
@@ -308,7 +327,21 @@ class HubSQLiteEngine(SQLiteEngine):
                     rollback_write=lambda current: self._rollback_write(current, context),
                 ),
             ):
+                lean = self._hub_lean_indexes(conn, db_name, coll_name)
                 for operation in operations:
+                    if lean is not None:
+                        try:
+                            outcome = self._hub_lean_update(
+                                conn, db_name, coll_name, operation, lean
+                            )
+                        except UPDATE_ITEM_ERRORS as error:
+                            results.append(error)
+                            if ordered:
+                                break
+                            continue
+                        if outcome is not None:
+                            results.append(outcome)
+                            continue
                     # Inside the open transaction each update is a savepoint.
                     try:
                         outcome = self._update_with_operation_sync(
@@ -397,6 +430,96 @@ class HubSQLiteEngine(SQLiteEngine):
         if conn.in_transaction:
             conn.commit()
         self._invalidate_index_cache()
+
+    def _hub_lean_indexes(self, conn: Any, db_name: str, coll_name: str) -> list[Any] | None:
+        """The collection's indexes when its updates may take the lean path (only
+        plain single-field indexes on top-level fields; no validator, TTL or
+        search index), else None."""
+        indexes = list(self._load_indexes(db_name, coll_name))
+        for index in indexes:
+            fields = index["fields"]
+            if (
+                len(fields) != 1
+                or "." in fields[0]
+                or index.get("unique")
+                or index.get("sparse")
+                or index.get("partial_filter_expression") is not None
+                or index.get("expire_after_seconds") is not None
+                or index.get("collation") is not None
+                or not self._supports_scalar_index(index)
+            ):
+                return None
+        if self._load_search_index_rows(db_name, coll_name):
+            return None
+        if self._collection_options_or_empty_sync(conn, db_name, coll_name).get("validator"):
+            return None
+        return indexes
+
+    def _hub_lean_update(
+        self, conn: Any, db_name: str, coll_name: str, operation: Any, indexes: list[Any]
+    ) -> Any:
+        """An operator update of one document by its string or ObjectId `_id`,
+        done directly: read the row, apply the engine's compiled update, write
+        the row back and change only the index entries whose key changed. None
+        when the update is not of that kind, or an indexed field holds an array
+        or a sub-document (the engine's own path then does it)."""
+        selector = operation.filter_spec
+        if (
+            not isinstance(selector, dict)
+            or len(selector) != 1
+            or type(selector.get("_id")) not in (str, ObjectId)
+            or operation.array_filters is not None
+            or operation.collation is not None
+            or getattr(operation, "sort", None)
+            or getattr(operation, "hint", None) is not None
+        ):
+            return None
+        semantics = sqlite_engine.compile_update_semantics(operation)
+        plan = semantics.compiled_update_plan
+        if type(plan) is not CompiledUpdatePlan or plan.touches_document_id:
+            return None
+        storage_key = self._storage_key(selector["_id"])
+        row = conn.execute(
+            "SELECT document FROM documents WHERE db_name = ? AND coll_name = ? "
+            "AND storage_key = ?",
+            (db_name, coll_name, storage_key),
+        ).fetchone()
+        if row is None:
+            return LeanOutcome(UpdateResult(matched_count=0, modified_count=0))
+        original = self._deserialize_document(row[0])
+        fields = [index["fields"][0] for index in indexes]
+        if not _scalar_fields(original, fields):
+            return None
+        document = copy_containers(original)
+        if not plan.apply(document, variables=semantics.variables):
+            return LeanOutcome(UpdateResult(matched_count=1, modified_count=0))
+        if not _scalar_fields(document, fields) or document.get("_id") != original["_id"]:
+            return None  # nothing is written yet: the engine's own path does it all
+        conn.execute(
+            "UPDATE documents SET document = ? WHERE db_name = ? AND coll_name = ? "
+            "AND storage_key = ?",
+            (self._serialize_document(document), db_name, coll_name, storage_key),
+        )
+        before = set(self._build_scalar_rows_for_document(storage_key, original, indexes))
+        after = set(self._build_scalar_rows_for_document(storage_key, document, indexes))
+        if before != after:
+            collection_id = self._lookup_collection_id(conn, db_name, coll_name, create=True)
+            conn.executemany(
+                "DELETE FROM scalar_index_entries WHERE collection_id = ? AND storage_key = ? "
+                "AND index_name = ? AND element_type = ? AND type_score = ? "
+                "AND element_key = ?",
+                [(collection_id, storage_key, *entry) for entry in before - after],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO scalar_index_entries (collection_id, index_name, "
+                "storage_key, element_type, type_score, element_key) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (collection_id, name, storage_key, kind, score, key)
+                    for name, kind, score, key in after - before
+                ],
+            )
+        self._invalidate_collection_features_cache(db_name, coll_name)
+        return LeanOutcome(UpdateResult(matched_count=1, modified_count=1))
 
     def _backfill_scalar_indexes_sync(self, conn: Any) -> None:  # type: ignore[override]
         # At every open the engine deletes and rebuilds the index entries of
