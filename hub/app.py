@@ -366,12 +366,7 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
             )
             hub.events.start()
             hub.ingestor = Ingestor(
-                store,
-                hub.events,
-                hub.metrics,
-                bot=bot,
-                max_batch=settings.ingest.max_batch,
-                linger=settings.ingest.linger_ms / 1000,
+                store, hub.events, hub.metrics, bot=bot, max_batch=settings.ingest.max_batch
             )
             hub.ingestor.start()
             if sandbox is not None:

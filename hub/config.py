@@ -59,7 +59,6 @@ class IdentitySettings(_Section):
 
 class IngestSettings(_Section):
     max_batch: int = Field(default=256, ge=1, le=5000)
-    linger_ms: float = Field(default=0.0, ge=0, le=100)
 
 
 class DispatcherSettings(_Section):

@@ -196,16 +196,12 @@ class Ingestor:
         *,
         bot: BotHook | None = None,
         max_batch: int = 256,
-        linger: float = 0.0,
     ) -> None:
         self.store = store
         self.events = events
         self.metrics = metrics
         self.bot = bot or NoBot()
         self.max_batch = max_batch
-        # How long a message that finds the writer idle waits for others to join
-        # its batch: each batch costs store commands whatever its size.
-        self.linger = linger
         # conversation id -> contact id, for conversations known to exist.
         self._conversations = _LRU(100_000)
         self._pending: list[_Pending] = []
@@ -253,8 +249,6 @@ class Ingestor:
     async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
-            if self.linger and not self._closing and len(self._pending) < self.max_batch:
-                await asyncio.sleep(self.linger)
             self._wake.clear()
             while self._pending:
                 batch = self._pending[: self.max_batch]

@@ -336,9 +336,16 @@ async def _outcome(coll: Any, ops: list[Any], *, ordered: bool) -> tuple[Any, li
     return summary, await coll.find().sort("_id", 1).to_list()
 
 
+def _twins(embedded_uri: str, db_name: str) -> tuple[Any, Any, Any]:
+    """A client and two collections: one for a command of many updates, one for
+    the same updates a command each."""
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(embedded_uri, tz_aware=False)
+    return client, client[db_name]["together"], client[db_name]["apart"]
+
+
 async def _one_command_each(coll: Any, ops: list[Any], *, ordered: bool) -> Any:
-    """The reference: each update in a command of its own (the engine's own
-    path), summed up as one command would report them."""
+    """The reference: each update in a command of its own, summed up as one
+    command would report them."""
     matched = modified = 0
     errors = []
     for index, op in enumerate(ops):
@@ -354,8 +361,7 @@ async def _one_command_each(coll: Any, ops: list[Any], *, ordered: bool) -> Any:
 async def test_updates_in_one_command_do_what_they_do_one_command_each(
     embedded_uri: str, db_name: str, ordered: bool
 ) -> None:
-    client: AsyncMongoClient[Doc] = AsyncMongoClient(embedded_uri, tz_aware=False)
-    together, apart = client[db_name]["together"], client[db_name]["apart"]
+    client, together, apart = _twins(embedded_uri, db_name)
     group, at = fields()
     for coll in (together, apart):
         await seeded(coll, group, at, n=20)
@@ -516,8 +522,7 @@ async def test_random_updates_in_one_command_leave_documents_and_indexes_as_one_
 ) -> None:
     from pymongo import UpdateOne
 
-    client: AsyncMongoClient[Doc] = AsyncMongoClient(embedded_uri, tz_aware=False)
-    together, apart = client[db_name]["together"], client[db_name]["apart"]
+    client, together, apart = _twins(embedded_uri, db_name)
     group, at = fields()
     rng = random.Random(seed)
     docs = [

@@ -684,7 +684,7 @@ class HubSQLiteEngine(SQLiteEngine):
         )
 
 
-def copy_containers(value: Any, memo: Any = None) -> Any:
+def copy_containers(value: Any, memo: Any = None) -> Any:  # deepcopy's signature
     """A copy of a document's dicts and lists, sharing every other value.
 
     What the engine's update copies a document for: the update changes the
