@@ -647,7 +647,9 @@ async function sendReply(event) {
     box.value = '';
     state.refusals.delete(conv.id);
     hideCanned();
-    if (state.current === conv.id) upsertMessage(message);
+    // The realtime feed may have brought this message first, and its later
+    // status too (a send that failed at once): the answer is older news then.
+    if (state.current === conv.id && !state.messages.has(message.id)) upsertMessage(message);
     if (!isPrivate) {
       conv.last_message = { text: message.text, direction: 'out', at: message.created_at };
       renderList();

@@ -120,6 +120,42 @@ async def test_reply_shows_sent_then_delivered_then_read_ticks(ui: UiHub, pages:
     assert not pages.console_errors, pages.console_errors
 
 
+async def test_a_late_reply_answer_does_not_undo_a_status_the_feed_brought_first(
+    ui: UiHub, pages: Pages
+) -> None:
+    """The realtime feed can bring a reply and its failure before the POST that made
+    it answers (the provider refused at once); that older answer changes nothing."""
+    conversation_id = await ui.conversation_of(await ui.inbound("Still there?", ANN))
+    page = await pages.open()
+    await log_in(page, ui)
+    await conv(page, conversation_id).click()
+
+    held: list[Any] = []
+
+    async def hold(route: Any) -> None:
+        held.append(route)
+
+    await page.route(re.compile(r"/api/conversations/[^/]+/messages$"), hold)
+    ui.provider.fail_next(400, "21610", "The recipient blocked this number")
+    await page.fill("#reply-text", "Hello again")
+    await page.press("#reply-text", "Enter")
+
+    async def requested() -> list[Any]:
+        return held
+
+    await eventually(requested)
+    # The browser's request waits while the hub serves it for real and the feed
+    # brings the message, then its failure.
+    response = await held[0].fetch()
+    failed = page.locator("#messages li.out").filter(has_text="Hello again").locator(".ticks")
+    await expect(failed).to_have_attribute("data-status", "failed")
+    await held[0].fulfill(response=response)
+    await expect(page.locator("#reply-text")).to_have_value("")  # the answer was read
+    await expect(failed).to_have_attribute("data-status", "failed")
+    await expect(failed).to_contain_text("The recipient blocked this number")
+    assert not pages.console_errors, pages.console_errors
+
+
 async def test_private_note_is_stored_apart_and_never_sent(ui: UiHub, pages: Pages) -> None:
     conversation_id = await ui.conversation_of(await ui.inbound("Refund please", ANN))
     page = await pages.open()
