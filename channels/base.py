@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hub.events import Event
 from hub.model import IdentityRef, InboundEvent, OutboundMessage, SendResult, StatusUpdate
+from hub.ratelimit import KeyedRateLimiter, RateLimiter
 
 
 class ChannelSettings(BaseModel):
@@ -121,6 +122,16 @@ class ChannelAdapter:
 
     def rate_limit(self) -> RateLimit:
         return RateLimit(per_second=10.0, burst=1)
+
+    def share_pacing(self, overall: RateLimiter, per_recipient: KeyedRateLimiter | None) -> None:
+        """The dispatcher's limiters for this inbox (built from `rate_limit()`).
+
+        The dispatcher takes one slot from them for each send before calling
+        `send`. An adapter that sends one message in several parts takes the later
+        parts' slots from these same limiters, so the dispatcher's pace counts
+        them too; a second schedule of its own would drift from the dispatcher's
+        and hold sends back at random.
+        """
 
     async def start(self) -> None:
         """Open what the adapter needs (clients, registrations)."""

@@ -23,6 +23,7 @@ messages/s overall and `per_chat_rate` per chat; a 429 that still comes is honou
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import mimetypes
@@ -88,7 +89,7 @@ from hub.model import (
     SendResult,
     SharedContact,
 )
-from hub.ratelimit import KeyedRateLimiter, RateLimiter
+from hub.ratelimit import KeyedRateLimiter, RateLimiter, space_together
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 FILE_SCHEME = "tg://file/"
@@ -154,10 +155,13 @@ class TelegramChannel(ChannelAdapter):
         self.bot: Bot | None = None
         # chat id -> monotonic time before which Telegram told us not to send there.
         self._held_until: dict[int, float] = {}
-        # The dispatcher paces whole messages; a message sent in parts (a long text
-        # and a file, several files) takes a slot for each part from these too.
+        # A message sent in parts (a long text and a file, several files) takes a
+        # slot for each later part from these. Under a dispatcher they are its own
+        # limiters (`share_pacing`) and the first part has its slot already;
+        # without one the adapter paces every part itself.
         self._bot_pace = RateLimiter(self.settings.rate)
         self._chat_pace = KeyedRateLimiter(self.settings.per_chat_rate)
+        self._first_part_paced = False
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -168,6 +172,12 @@ class TelegramChannel(ChannelAdapter):
         return RateLimit(
             per_second=self.settings.rate, burst=1, per_recipient=self.settings.per_chat_rate
         )
+
+    def share_pacing(self, overall: RateLimiter, per_recipient: KeyedRateLimiter | None) -> None:
+        self._bot_pace = overall
+        if per_recipient is not None:
+            self._chat_pace = per_recipient
+        self._first_part_paced = True
 
     async def start(self) -> None:
         for key in ("token", "secret_token"):
@@ -488,16 +498,16 @@ class TelegramChannel(ChannelAdapter):
         """
         if not attachments:
             assert text is not None
-            await self._pace(chat_id)
+            await self._pace(chat_id, len(parts))
             parts.append(await bot.send_message(chat_id=chat_id, text=text, reply_markup=markup))
             return
         caption = text if text is not None and len(text) <= MAX_CAPTION else None
         if text is not None and caption is None:
-            await self._pace(chat_id)
+            await self._pace(chat_id, len(parts))
             parts.append(await bot.send_message(chat_id=chat_id, text=text))
         for index, attachment in enumerate(attachments):
             last = index == len(attachments) - 1
-            await self._pace(chat_id)
+            await self._pace(chat_id, len(parts))
             sent = await send_file(
                 bot,
                 chat_id,
@@ -507,14 +517,21 @@ class TelegramChannel(ChannelAdapter):
             )
             parts.append(sent)
 
-    async def _pace(self, chat_id: int) -> None:
-        """Wait for a slot in the chat and in the bot's overall budget.
+    async def _pace(self, chat_id: int, part: int) -> None:
+        """Wait for a part's slot in the chat and in the bot's overall budget.
 
-        For a one-part message the dispatcher already waited for these slots and
-        this returns at once.
+        The first part's slots were taken by the dispatcher when it paces this
+        adapter. Both slots are booked, then their use recorded at the one instant
+        both have room, right before the request.
         """
-        await self._chat_pace.acquire(str(chat_id))
-        await self._bot_pace.acquire()
+        if part == 0 and self._first_part_paced:
+            return
+        chat = self._chat_pace.limiter(str(chat_id))
+        for limiter in (chat, self._bot_pace):
+            wait = limiter.reserve()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        await space_together(self._bot_pace, chat)
 
     async def file_download_url(self, file_id: str) -> str:
         """Where to download a received file (a `tg://file/<file_id>` reference).

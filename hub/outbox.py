@@ -40,7 +40,7 @@ from hub.model import (
     StatusUpdate,
     utcnow,
 )
-from hub.ratelimit import KeyedRateLimiter, RateLimiter
+from hub.ratelimit import KeyedRateLimiter, RateLimiter, space_together
 from hub.store import Store, derived_id, find_by_ids, new_id
 from hub.views import message_view
 
@@ -458,6 +458,7 @@ class Dispatcher:
             self.limiters[inbox] = RateLimiter(rate.per_second, rate.burst)
             if rate.per_recipient:
                 self.recipient_limiters[inbox] = KeyedRateLimiter(rate.per_recipient)
+            adapter.share_pacing(self.limiters[inbox], self.recipient_limiters.get(inbox))
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -771,12 +772,18 @@ class Dispatcher:
         adapter = self.adapters[item["inbox"]]
         if recipient_wait > 0:
             await asyncio.sleep(recipient_wait)  # the recipient's slot, booked already
-        await self.limiters[item["inbox"]].acquire()
+        overall = self.limiters[item["inbox"]]
+        delay = overall.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
         per_recipient = self.recipient_limiters.get(item["inbox"])
-        if per_recipient is not None:
+        if per_recipient is None:
+            await overall.space()
+        else:
             # The wait for the inbox's pace varies: keep this recipient's sends an
-            # interval apart as they actually go out.
-            await per_recipient.limiter(outbound.to).space()
+            # interval apart as they actually go out, and record the send in both
+            # limiters at the moment it goes.
+            await space_together(overall, per_recipient.limiter(outbound.to))
         channel = str(conversation["channel"])
         try:
             result = await adapter.send(outbound)

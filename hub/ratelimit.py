@@ -51,22 +51,44 @@ class RateLimiter:
         late permit may still catch up inside that. (A limiter with a burst
         allowance lets bursts through by design and is not held back.)
         """
+        await space_together(self)
+
+    def _room(self, now: float) -> float:
+        """Seconds until a permit may be used under `space`'s rule (0: now)."""
         if self.tolerance > 0:
-            return
+            return 0.0
         window = max(1.0, self.interval)
         cap = max(1, math.floor(window / self.interval + 1e-9))
-        while True:
-            now = time.monotonic()
-            used = self._used
-            while used and now - used[0] >= window:
-                used.popleft()
-            wait = used[0] + window - now if len(used) >= cap else 0.0
-            if used:
-                wait = max(wait, used[-1] + self.interval / 2 - now)
-            if wait <= 0:
-                used.append(now)
-                return
-            await asyncio.sleep(wait)
+        used = self._used
+        while used and now - used[0] >= window:
+            used.popleft()
+        wait = used[0] + window - now if len(used) >= cap else 0.0
+        if used:
+            wait = max(wait, used[-1] + self.interval / 2 - now)
+        return wait
+
+    def _use(self, now: float) -> None:
+        if self.tolerance <= 0:
+            self._used.append(now)
+
+
+async def space_together(*limiters: RateLimiter) -> None:
+    """`space` for several limiters at one instant: wait until each has room,
+    then record the use in all of them at once.
+
+    A send paced overall and per recipient must not record its overall use and
+    then still wait for the recipient: it would go out later than recorded, in
+    what the overall limiter thinks is free time, and bunch with the sends after
+    it into more than the rate.
+    """
+    while True:
+        now = time.monotonic()
+        wait = max(limiter._room(now) for limiter in limiters)
+        if wait <= 0:
+            for limiter in limiters:
+                limiter._use(now)
+            return
+        await asyncio.sleep(wait)
 
 
 class KeyedRateLimiter:

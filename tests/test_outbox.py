@@ -6,6 +6,7 @@ channel to `FakeProvider` (a real HTTP server), and moved by status callbacks.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hub.app import build_app
 from hub.model import StatusUpdate, utcnow
 from hub.outbox import Dispatcher, Draft, OutboxError, enqueue, enqueue_many, record_statuses
-from hub.ratelimit import KeyedRateLimiter, RateLimiter
+from hub.ratelimit import KeyedRateLimiter, RateLimiter, space_together
 from tests.conftest import hub_of, post_inbound, signed_form
 from tests.support.waiting import eventually
 
@@ -523,6 +524,26 @@ def test_keyed_rate_limiter_forgets_the_least_recently_used_key():
     limiter.limiter("c")  # evicts b
     assert limiter.limiter("a") is a
     assert set(limiter._limiters) == {"a", "c"}
+
+
+async def test_a_send_waiting_for_its_recipient_records_its_overall_use_when_it_goes():
+    """A send paced overall and per chat records both uses at the moment it goes:
+    recorded overall while it still waited for its chat, it would go out in what
+    the overall limiter took for free time and bunch with the sends after it."""
+    overall = RateLimiter(per_second=20.0)
+    chat = RateLimiter(per_second=2.0)
+    await space_together(overall, chat)
+    first = time.monotonic()
+
+    await space_together(overall, chat)  # the same chat: half its interval later
+    went = time.monotonic()
+
+    assert went - first >= chat.interval / 2 - 0.01
+    assert overall._used[-1] >= went - 0.01
+    assert chat._used[-1] == overall._used[-1]
+    # Another chat's send keeps the overall spacing from it.
+    await space_together(overall, RateLimiter(per_second=4.0))
+    assert overall._used[-1] - overall._used[-2] >= overall.interval / 2 - 0.001
 
 
 async def test_one_process_at_a_time_sends_for_an_inbox_and_another_takes_over(

@@ -656,22 +656,38 @@ async def test_a_received_file_is_sent_on_by_its_file_id(tg_client, telegram):
 
 
 async def test_a_text_too_long_for_a_caption_goes_first_paced_like_any_message(tg_client, telegram):
-    message = OutboundMessage(
-        id="m1",
-        inbox="tg",
-        medium="telegram",
-        to="1111111",
+    conversation_id = await open_conversation(tg_client)
+    doc = await hub(tg_client).reply(
+        conversation_id,
         text="a" * 1500,
-        attachments=(Attachment(url="https://files.example.com/a.png", content_type="image/png"),),
+        sender=AGENT,
+        attachments=[Attachment(url="https://files.example.com/a.png", content_type="image/png")],
     )
+    sent = await message_when(tg_client, doc["_id"], SETTLED)
 
-    result = await adapter(tg_client).send(message)
-
-    text, photo = telegram.requests
-    assert (text["method"], photo["method"]) == ("sendMessage", "sendPhoto")
+    assert sent["status"] == "sent", sent["error"]
+    text, photo = telegram.calls("sendMessage") + telegram.calls("sendPhoto")
     assert (text["status"], photo["status"]) == (200, 200)  # one per second in a chat
     assert photo["at"] - text["at"] >= 0.95
-    assert result.provider_id == "1111111:1"
+    assert sent["provider_id"] == f"{text['chat_id']}:1"
+
+
+async def test_a_one_part_message_takes_its_slots_from_the_dispatcher_alone(tg_client, telegram):
+    """The adapter paces with the dispatcher's limiters and does not take the
+    first part's slots again: a second schedule would drift behind the
+    dispatcher's and hold sends back at random (bunching them into refusals)."""
+    dispatcher = hub(tg_client).dispatcher
+    assert dispatcher is not None
+    tg = adapter(tg_client)
+    assert tg._bot_pace is dispatcher.limiters["tg"]
+    assert tg._chat_pace is dispatcher.recipient_limiters["tg"]
+    before = (tg._bot_pace._tat, len(tg._bot_pace._used))
+
+    await tg.send(OutboundMessage(id="m1", inbox="tg", medium="telegram", to="1111111", text="hi"))
+
+    assert (tg._bot_pace._tat, len(tg._bot_pace._used)) == before
+    assert "1111111" not in tg._chat_pace._limiters
+    assert [r["status"] for r in telegram.calls("sendMessage")] == [200]
 
 
 async def test_a_part_failing_after_another_was_sent_is_reported_maybe_sent(tg_client, telegram):
