@@ -14,6 +14,14 @@ Writes:
   for every collection's indexes), and one copy each of the same entry index.
   Here there is one shared index per entry table and no expression index
   (`HubConnection`); a store in the old layout is moved at open, once;
+- the wire `update` of several single-document updates runs them in one
+  transaction (`patch_update_command`); an operator update of one document by
+  its `_id`, in a collection with plain single-field indexes only, reads the
+  row, applies the engine's compiled update, writes the row back and changes
+  only the index entries whose key changed (`_hub_lean_update`), instead of
+  the engine's general path (TTL purge, catalog reloads, unique and search
+  index upkeep, every entry deleted and inserted again); an indexed field
+  holding an array or a sub-document, before or after, takes the general path;
 - an update whose operators the engine cannot write as SQL walks the stored
   document before finding so (`patch_update_translation`);
 - an update deep-copies the document seven times and an insert twice; here
@@ -74,8 +82,19 @@ import mongoeco.engines.sqlite as sqlite_engine
 from bson import ObjectId
 from mongoeco.api._async import _collection_insert as collection_insert
 from mongoeco.api._async import _database_admin_write_commands as write_commands
+from mongoeco.api._async._collection_modify import (
+    _bind_execution_context as bind_execution_context,
+)
+from mongoeco.api._async._write_command_validation import write_command_acknowledged
+from mongoeco.api._async._write_errors import write_command_errors
+from mongoeco.api._async._write_failures import record_write_failure
+from mongoeco.api._async.cursor import _operation_issue_message as operation_issue_message
+from mongoeco.api._command_bson import validate_write_fields
+from mongoeco.api.operations import compile_update_operation
 from mongoeco.core import operators
+from mongoeco.core.codec import DocumentCodec
 from mongoeco.core.identity import id_contains_numeric_value
+from mongoeco.core.operators import CompiledUpdatePlan
 from mongoeco.core.paths import get_document_value
 from mongoeco.core.query_plan import (
     AndCondition,
@@ -91,10 +110,12 @@ from mongoeco.core.query_plan import (
 from mongoeco.engines import _sqlite_modify_ops as modify_ops
 from mongoeco.engines import results
 from mongoeco.engines._sqlite_connection import SQLiteConnection
+from mongoeco.engines._sqlite_write_scope import sqlite_write_scope
 from mongoeco.engines.semantic_core import iter_filtered_documents
 from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.engines.sqlite_planner import SQLiteReadExecutionPlan
-from mongoeco.errors import BulkWriteError
+from mongoeco.errors import BulkWriteError, OperationFailure, WriteError
+from mongoeco.types import UpdateResult, WriteCommandResult
 
 from hub.store import IDS_PER_COMMAND
 
@@ -110,6 +131,9 @@ PRAGMAS = (
     "PRAGMA mmap_size = 268435456",
 )
 SQL_UPDATE_OPERATORS = frozenset({"$set", "$unset"})  # what the engine writes as SQL
+# What a single update may raise and still leave the others to run (as the
+# engine's own `update` command has it).
+UPDATE_ITEM_ERRORS = (WriteError, OperationFailure, TypeError, ValueError)
 # One physical index per entry table, shared by every logical index; the
 # layout's name is recorded in `hub_engine_meta` once a store is moved to it.
 SHARED_SCALAR_INDEX = "scidx_hub"
@@ -151,6 +175,18 @@ def _id_values(clause: Any) -> tuple[Any, ...] | None:
     if not all(type(v) in (str, ObjectId) for v in values):
         return None
     return values
+
+
+@dataclasses.dataclass(frozen=True)
+class LeanOutcome:
+    """What a lean update reports (the counts; no before and after images)."""
+
+    result: Any
+
+
+def _scalar_fields(document: dict[str, Any], fields: list[str]) -> bool:
+    """Whether none of these top-level fields holds an array or a sub-document."""
+    return not any(isinstance(document.get(f), (list, dict)) for f in fields)
 
 
 class HubConnection(SQLiteConnection):
@@ -253,6 +289,83 @@ class HubSQLiteEngine(SQLiteEngine):
             self._hub_seen_unordered.add(field)
         return signature
 
+    async def _run_blocking(self, func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        # The engine hands every operation to a worker thread and back. In the
+        # store's own process nothing else runs on the event loop but the wire
+        # server, and the engine's lock lets one operation run at a time anyway:
+        # here it runs on the loop's thread, without the two thread hops.
+        return func(*args, **kwargs)
+
+    async def hub_update_batch(
+        self, db_name: str, coll_name: str, operations: list[Any], *, ordered: bool
+    ) -> list[Any]:
+        """Run compiled single-document updates in one transaction, one after the
+        other, each as the engine's own update does; return each one's outcome,
+        or the error it raised (its own changes undone). Ordered: stop at the
+        first error. The engine's lock is held throughout, so no other client's
+        write runs inside this transaction, and none is acknowledged before its
+        own commit."""
+        return list(
+            await self._run_blocking(
+                self._hub_update_batch_sync, db_name, coll_name, operations, ordered
+            )
+        )
+
+    def _hub_update_batch_sync(
+        self, db_name: str, coll_name: str, operations: list[Any], ordered: bool
+    ) -> list[Any]:
+        results: list[Any] = []
+        context = operations[0].context.session if operations else None
+        with self._lock:
+            conn = self._require_connection(context)
+            with (
+                self._bind_connection(conn),
+                sqlite_write_scope(
+                    conn,
+                    begin_write=lambda current: self._begin_write(current, context),
+                    commit_write=lambda current: self._commit_write(current, context),
+                    rollback_write=lambda current: self._rollback_write(current, context),
+                ),
+            ):
+                lean = self._hub_lean_indexes(conn, db_name, coll_name)
+                for operation in operations:
+                    if lean is not None:
+                        try:
+                            outcome = self._hub_lean_update(
+                                conn, db_name, coll_name, operation, lean
+                            )
+                        except UPDATE_ITEM_ERRORS as error:
+                            results.append(error)
+                            if ordered:
+                                break
+                            continue
+                        if outcome is not None:
+                            results.append(outcome)
+                            continue
+                    # Inside the open transaction each update is a savepoint.
+                    try:
+                        outcome = self._update_with_operation_sync(
+                            db_name,
+                            coll_name,
+                            operation,
+                            False,  # upsert
+                            None,  # upsert seed
+                            None,  # selector filter
+                            operation.context.session,
+                            None,  # dialect
+                            False,  # bypass document validation
+                            None,  # replacement document
+                            None,  # on commit
+                            operation.context,
+                        )
+                    except UPDATE_ITEM_ERRORS as error:
+                        results.append(error)
+                        if ordered:
+                            break
+                    else:
+                        results.append(outcome)
+        return results
+
     # -- physical indexes -----------------------------------------------------------
 
     def _physical_scalar_index_name(self, db_name: str, coll_name: str, index_name: str) -> str:
@@ -317,6 +430,96 @@ class HubSQLiteEngine(SQLiteEngine):
         if conn.in_transaction:
             conn.commit()
         self._invalidate_index_cache()
+
+    def _hub_lean_indexes(self, conn: Any, db_name: str, coll_name: str) -> list[Any] | None:
+        """The collection's indexes when its updates may take the lean path (only
+        plain single-field indexes on top-level fields; no validator, TTL or
+        search index), else None."""
+        indexes = list(self._load_indexes(db_name, coll_name))
+        for index in indexes:
+            fields = index["fields"]
+            if (
+                len(fields) != 1
+                or "." in fields[0]
+                or index.get("unique")
+                or index.get("sparse")
+                or index.get("partial_filter_expression") is not None
+                or index.get("expire_after_seconds") is not None
+                or index.get("collation") is not None
+                or not self._supports_scalar_index(index)
+            ):
+                return None
+        if self._load_search_index_rows(db_name, coll_name):
+            return None
+        if self._collection_options_or_empty_sync(conn, db_name, coll_name).get("validator"):
+            return None
+        return indexes
+
+    def _hub_lean_update(
+        self, conn: Any, db_name: str, coll_name: str, operation: Any, indexes: list[Any]
+    ) -> Any:
+        """An operator update of one document by its string or ObjectId `_id`,
+        done directly: read the row, apply the engine's compiled update, write
+        the row back and change only the index entries whose key changed. None
+        when the update is not of that kind, or an indexed field holds an array
+        or a sub-document (the engine's own path then does it)."""
+        selector = operation.filter_spec
+        if (
+            not isinstance(selector, dict)
+            or len(selector) != 1
+            or type(selector.get("_id")) not in (str, ObjectId)
+            or operation.array_filters is not None
+            or operation.collation is not None
+            or getattr(operation, "sort", None)
+            or getattr(operation, "hint", None) is not None
+        ):
+            return None
+        semantics = sqlite_engine.compile_update_semantics(operation)
+        plan = semantics.compiled_update_plan
+        if type(plan) is not CompiledUpdatePlan or plan.touches_document_id:
+            return None
+        storage_key = self._storage_key(selector["_id"])
+        row = conn.execute(
+            "SELECT document FROM documents WHERE db_name = ? AND coll_name = ? "
+            "AND storage_key = ?",
+            (db_name, coll_name, storage_key),
+        ).fetchone()
+        if row is None:
+            return LeanOutcome(UpdateResult(matched_count=0, modified_count=0))
+        original = self._deserialize_document(row[0])
+        fields = [index["fields"][0] for index in indexes]
+        if not _scalar_fields(original, fields):
+            return None
+        document = copy_containers(original)
+        if not plan.apply(document, variables=semantics.variables):
+            return LeanOutcome(UpdateResult(matched_count=1, modified_count=0))
+        if not _scalar_fields(document, fields) or document.get("_id") != original["_id"]:
+            return None  # nothing is written yet: the engine's own path does it all
+        conn.execute(
+            "UPDATE documents SET document = ? WHERE db_name = ? AND coll_name = ? "
+            "AND storage_key = ?",
+            (self._serialize_document(document), db_name, coll_name, storage_key),
+        )
+        before = set(self._build_scalar_rows_for_document(storage_key, original, indexes))
+        after = set(self._build_scalar_rows_for_document(storage_key, document, indexes))
+        if before != after:
+            collection_id = self._lookup_collection_id(conn, db_name, coll_name, create=True)
+            conn.executemany(
+                "DELETE FROM scalar_index_entries WHERE collection_id = ? AND storage_key = ? "
+                "AND index_name = ? AND element_type = ? AND type_score = ? "
+                "AND element_key = ?",
+                [(collection_id, storage_key, *entry) for entry in before - after],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO scalar_index_entries (collection_id, index_name, "
+                "storage_key, element_type, type_score, element_key) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (collection_id, name, storage_key, kind, score, key)
+                    for name, kind, score, key in after - before
+                ],
+            )
+        self._invalidate_collection_features_cache(db_name, coll_name)
+        return LeanOutcome(UpdateResult(matched_count=1, modified_count=1))
 
     def _backfill_scalar_indexes_sync(self, conn: Any) -> None:  # type: ignore[override]
         # At every open the engine deletes and rebuilds the index entries of
@@ -796,3 +999,142 @@ def patch_insert_command() -> None:
         return {"n": len(result.inserted_ids), "ok": 1.0}
 
     service.command_insert = command_insert  # type: ignore[method-assign]
+
+
+# A wire `update` entry the batch path takes: a filter and an operator update,
+# nothing else (no upsert, multi, array filters, hint, collation or sort).
+BATCH_UPDATE_KEYS = frozenset({"q", "u", "multi", "upsert"})
+BATCH_COMMAND_KEYS = frozenset(
+    {"update", "updates", "ordered", "writeConcern", "lsid", "txnNumber", "$db", "comment"}
+)
+
+
+def _batchable_update(entry: object) -> bool:
+    if not isinstance(entry, dict) or not set(entry) <= BATCH_UPDATE_KEYS:
+        return False
+    if entry.get("multi") or entry.get("upsert"):
+        return False
+    change = entry.get("u")
+    return (
+        isinstance(entry.get("q"), dict)
+        and isinstance(change, dict)
+        and bool(change)
+        and all(isinstance(k, str) and k.startswith("$") for k in change)
+    )
+
+
+@write_command_errors
+async def update_one(collection: Any, error: BaseException) -> None:
+    """Raise an update's error as the engine's `update_one` reports it."""
+    raise error
+
+
+def patch_update_command() -> None:
+    """The wire `update` of two or more single-document operator updates runs in
+    one transaction (`HubSQLiteEngine.hub_update_batch`) instead of one each.
+
+    Each update is compiled and applied exactly as the engine's `update_one`
+    does, its errors reported the same way; what changes is that they share one
+    commit and one trip to the engine's worker thread. In-process change streams
+    (which the hub does not use) do not see these updates.
+    """
+    service = write_commands.DatabaseAdminWriteCommandService
+    one_by_one = service.command_update
+
+    async def command_update(
+        self: Any, spec: dict[str, object], *, session: Any = None, execution_context: Any = None
+    ) -> Any:
+        updates = spec.get("updates")
+        collection_name = spec.get("update")
+        if (
+            not isinstance(updates, list)
+            or len(updates) < 2
+            or not isinstance(collection_name, str)
+            or not set(spec) <= BATCH_COMMAND_KEYS
+            or (session is not None and getattr(session, "in_transaction", False))
+            or not all(_batchable_update(entry) for entry in updates)
+        ):
+            return await one_by_one(
+                self, spec, session=session, execution_context=execution_context
+            )
+        validate_write_fields(spec, "update")
+        ordered = self._admin._normalize_ordered_from_command(spec.get("ordered"))
+        acknowledged = write_command_acknowledged(spec, dialect=self._admin._mongodb_dialect.key)
+        collection = self._admin._database.get_collection(collection_name)
+        variables = (
+            execution_context or self._admin._database._new_execution_context()
+        ).with_bindings({})
+        engine = collection._engine
+        if not isinstance(engine, HubSQLiteEngine):
+            return await one_by_one(
+                self, spec, session=session, execution_context=execution_context
+            )
+
+        failures: dict[int, BaseException] = {}
+        compiled: list[tuple[int, Any]] = []
+        for index, entry in enumerate(updates):
+            try:
+                operation = compile_update_operation(
+                    collection._normalize_filter(self._admin._normalize_filter(entry["q"])),
+                    collation=None,
+                    sort=None,
+                    array_filters=None,
+                    hint=None,
+                    comment=spec.get("comment"),
+                    let=collection._normalize_let(variables),
+                    dialect=collection._mongodb_dialect,
+                    update_spec=DocumentCodec.to_internal(entry["u"]),
+                    planning_mode=collection._planning_mode,
+                )
+                operation = bind_execution_context(
+                    operation, collection, session=session, change_operation_type="update"
+                )
+                if operation.planning_issues:
+                    raise OperationFailure(operation_issue_message(operation))
+            except UPDATE_ITEM_ERRORS as error:
+                failures[index] = error
+                if ordered:
+                    break
+                continue
+            compiled.append((index, operation))
+
+        outcomes = await engine.hub_update_batch(
+            collection._db_name,
+            collection._collection_name,
+            [operation for _, operation in compiled],
+            ordered=ordered,
+        )
+        matched = modified = 0
+        for (index, _), outcome in zip(compiled, outcomes, strict=False):
+            if isinstance(outcome, BaseException):
+                failures[index] = outcome
+            else:
+                matched += outcome.result.matched_count
+                modified += outcome.result.modified_count
+        if ordered and failures:
+            # Only what ran before the first failure counts; it is the one reported.
+            first = min(failures)
+            failures = {first: failures[first]}
+
+        write_errors: list[Any] = []
+        command_failure = None
+        for index in sorted(failures):
+            try:
+                await update_one(collection, failures[index])
+            except UPDATE_ITEM_ERRORS as error:
+                command_failure = record_write_failure(
+                    write_errors, error, index=index, first_failure=command_failure
+                )
+        if command_failure is not None:
+            raise command_failure
+        return write_commands._write_command_result(
+            WriteCommandResult(
+                count=matched,
+                modified_count=modified,
+                upserted=None,
+                write_errors=write_errors or None,
+            ),
+            acknowledged=acknowledged,
+        )
+
+    service.command_update = command_update  # type: ignore[method-assign]

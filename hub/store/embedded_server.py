@@ -44,12 +44,14 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
         HubSQLiteEngine,
         patch_codec_validation,
         patch_insert_command,
+        patch_update_command,
         patch_update_copies,
         patch_update_translation,
     )
 
     patch_codec_validation()
     patch_insert_command()
+    patch_update_command()
     patch_update_copies()
     patch_update_translation()
     engine = HubSQLiteEngine(str(data_dir / DB_NAME))
