@@ -685,12 +685,13 @@ class Dispatcher:
                 continue
             ready.append((item, message, conversation, outbound))
 
-        # A recipient already booked further ahead than this claim looks (a busy
-        # Telegram chat) waits in the queue, not in this batch: the batch would
-        # otherwise hold every other recipient's messages back with it.
+        # Each send's slot in the inbox's pace is booked now, in claim order, and
+        # with it its recipient's (a Telegram chat's) at the same time. A recipient
+        # not free by then (a busy chat) waits in the queue, not in this batch: it
+        # would hold the batch back, and take its slot late, out of turn.
         booked: list[tuple[float, tuple[Any, ...]]] = []
         for entry in ready:
-            wait = self._book_recipient(entry[0]["inbox"], entry[3].to)
+            wait = self._book(entry[0]["inbox"], entry[3].to)
             if wait is None:
                 outcomes.append(
                     _Outcome(entry[0], "deferred", retry_in=self._recipient_delay(entry))
@@ -708,20 +709,25 @@ class Dispatcher:
                 ]
             )
             outcomes += await asyncio.gather(
-                *(self._deliver(*entry, recipient_wait=wait) for wait, entry in booked)
+                *(self._deliver(*entry, wait=wait) for wait, entry in booked)
             )
         await self._apply(outcomes)
 
-    def _book_recipient(self, inbox: str, recipient: str) -> float | None:
-        """Book the recipient's next slot and return the wait for it; None (and
-        nothing booked) when it is further off than a claim looks ahead."""
+    def _book(self, inbox: str, recipient: str) -> float | None:
+        """Book a send's slot in the inbox's pace, and its recipient's at the same
+        moment; return the wait for it. None, with nothing booked, when the
+        recipient is not free by then."""
+        overall = self.limiters[inbox]
+        now = time.monotonic()
+        wait = overall.delay(now)
         limiters = self.recipient_limiters.get(inbox)
-        if limiters is None:
-            return 0.0
-        limiter = limiters.limiter(recipient)
-        if limiter.delay() > CLAIM_HORIZON:
-            return None
-        return limiter.reserve()
+        if limiters is not None:
+            limiter = limiters.limiter(recipient)
+            if limiter.delay(now + wait) > 0:
+                return None
+            limiter.reserve(now + wait)
+        overall.reserve(now)
+        return wait
 
     def _recipient_delay(self, entry: tuple[Any, ...]) -> float:
         """When a deferred message should come back: each gets a turn of its own
@@ -766,23 +772,21 @@ class Dispatcher:
         conversation: dict[str, Any],
         outbound: OutboundMessage,
         *,
-        recipient_wait: float = 0.0,
+        wait: float = 0.0,
     ) -> _Outcome:
-        """Pace, send through the adapter, and say what became of it."""
+        """Wait for the send's booked slot, send through the adapter, and say what
+        became of it."""
         adapter = self.adapters[item["inbox"]]
-        if recipient_wait > 0:
-            await asyncio.sleep(recipient_wait)  # the recipient's slot, booked already
+        if wait > 0:
+            await asyncio.sleep(wait)
         overall = self.limiters[item["inbox"]]
-        delay = overall.reserve()
-        if delay > 0:
-            await asyncio.sleep(delay)
         per_recipient = self.recipient_limiters.get(item["inbox"])
         if per_recipient is None:
             await overall.space()
         else:
-            # The wait for the inbox's pace varies: keep this recipient's sends an
-            # interval apart as they actually go out, and record the send in both
-            # limiters at the moment it goes.
+            # The wake-up from the slot's sleep varies: keep this recipient's sends
+            # an interval apart as they actually go out, and record the send in
+            # both limiters at the moment it goes.
             await space_together(overall, per_recipient.limiter(outbound.to))
         channel = str(conversation["channel"])
         try:

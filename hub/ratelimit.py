@@ -18,9 +18,16 @@ class RateLimiter:
         if per_second <= 0:
             raise ValueError("per_second must be positive")
         self.interval = 1.0 / per_second
+        if burst <= 1 and per_second > 1:
+            # `space` lets no more than a whole number of sends go in any second:
+            # schedule no faster, or the schedule runs ahead of the real sends, a
+            # backlog piles up behind that cap and comes out in whatever order
+            # its sleepers wake (batches of sends interleaved and ending together).
+            self.interval = 1.0 / math.floor(per_second)
         self.tolerance = self.interval * (max(1, burst) - 1)
         self._tat = 0.0  # theoretical arrival time of the next message
         self._used: deque[float] = deque()  # when recent permits were actually used
+        self._turns = asyncio.Lock()  # `space` lets its waiters go first come, first served
 
     def delay(self, now: float | None = None) -> float:
         """The wait the next `reserve()` would return, booking nothing."""
@@ -72,7 +79,7 @@ class RateLimiter:
             self._used.append(now)
 
 
-async def space_together(*limiters: RateLimiter) -> None:
+async def space_together(first: RateLimiter, *others: RateLimiter) -> None:
     """`space` for several limiters at one instant: wait until each has room,
     then record the use in all of them at once.
 
@@ -80,15 +87,30 @@ async def space_together(*limiters: RateLimiter) -> None:
     then still wait for the recipient: it would go out later than recorded, in
     what the overall limiter thinks is free time, and bunch with the sends after
     it into more than the rate.
+
+    `first` is the one many senders share (the inbox's pace): they take its room
+    in the order they came for it. Sleepers racing for each opening instead would
+    let a late one lose to the sends on time again and again, for seconds, and
+    the whole batch it belongs to with it. A sender waits for the others (its
+    recipient) before it queues, so a busy recipient holds no one else back.
     """
     while True:
-        now = time.monotonic()
-        wait = max(limiter._room(now) for limiter in limiters)
-        if wait <= 0:
-            for limiter in limiters:
-                limiter._use(now)
-            return
-        await asyncio.sleep(wait)
+        wait = max((limiter._room(time.monotonic()) for limiter in others), default=0.0)
+        if wait > 0:
+            await asyncio.sleep(wait)
+            continue
+        async with first._turns:
+            while True:
+                now = time.monotonic()
+                if any(limiter._room(now) > 0 for limiter in others):
+                    break  # a send queued ahead took the recipient: wait for it again
+                wait = first._room(now)
+                if wait <= 0:
+                    first._use(now)
+                    for limiter in others:
+                        limiter._use(now)
+                    return
+                await asyncio.sleep(wait)
 
 
 class KeyedRateLimiter:

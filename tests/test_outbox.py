@@ -6,6 +6,8 @@ channel to `FakeProvider` (a real HTTP server), and moved by status callbacks.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from datetime import timedelta
 from typing import Any
@@ -501,6 +503,40 @@ def test_rate_limiter_refills_its_burst_after_idling():
         limiter.reserve(now=0.0)
     assert limiter.reserve(now=0.0) > 0
     assert [limiter.reserve(now=10.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+def test_rate_limiter_schedules_no_faster_than_the_sends_it_lets_out_each_second():
+    """`space` lets no more than a whole number of sends go in any second, so the
+    schedule keeps to that: at 10.5/s a scheduled send is never owed more than the
+    10 a second lets out, and no backlog builds up behind the cap."""
+    limiter = RateLimiter(per_second=10.5)
+    delays = [limiter.reserve(now=0.0) for _ in range(101)]
+    assert delays[-1] == pytest.approx(10.0)
+    assert RateLimiter(per_second=0.9).interval == pytest.approx(1 / 0.9)  # under 1/s: as given
+    assert RateLimiter(per_second=10.5, burst=3).interval == pytest.approx(1 / 10.5)
+
+
+async def test_rate_limiter_lets_waiting_sends_go_in_the_order_they_came():
+    """Sends held back by `space` go first come, first served, each half an interval
+    after the last at least: one that came late is not overtaken again and again
+    by the sends on time."""
+    limiter = RateLimiter(per_second=20.0)
+    await limiter.space()
+    order: list[int] = []
+
+    async def send(number: int) -> None:
+        await limiter.space()
+        order.append(number)
+
+    tasks = []
+    for number in range(6):
+        tasks.append(asyncio.create_task(send(number)))
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*tasks)
+
+    assert order == list(range(6))
+    used = list(limiter._used)
+    assert all(b - a >= limiter.interval / 2 - 0.001 for a, b in itertools.pairwise(used))
 
 
 def test_rate_limiter_refuses_a_non_positive_rate():
