@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import signal
@@ -62,6 +63,7 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
     tmp.write_text(json.dumps({"pid": os.getpid(), "host": address.host, "port": address.port}))
     tmp.replace(info)
     print(f"READY {address.port}", flush=True)
+    gc.freeze()  # the engine's start-up state stays: no full collection walks it again
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
