@@ -23,7 +23,6 @@ messages/s overall and `per_chat_rate` per chat; a 429 that still comes is honou
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import mimetypes
@@ -89,7 +88,7 @@ from hub.model import (
     SendResult,
     SharedContact,
 )
-from hub.ratelimit import KeyedRateLimiter, RateLimiter, space_together
+from hub.ratelimit import KeyedRateLimiter, RateLimiter, acquire_together
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 FILE_SCHEME = "tg://file/"
@@ -526,12 +525,7 @@ class TelegramChannel(ChannelAdapter):
         """
         if part == 0 and self._first_part_paced:
             return
-        chat = self._chat_pace.limiter(str(chat_id))
-        for limiter in (chat, self._bot_pace):
-            wait = limiter.reserve()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        await space_together(self._bot_pace, chat)
+        await acquire_together(self._bot_pace, self._chat_pace.limiter(str(chat_id)))
 
     async def file_download_url(self, file_id: str) -> str:
         """Where to download a received file (a `tg://file/<file_id>` reference).

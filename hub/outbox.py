@@ -779,15 +779,12 @@ class Dispatcher:
         adapter = self.adapters[item["inbox"]]
         if wait > 0:
             await asyncio.sleep(wait)
-        overall = self.limiters[item["inbox"]]
+        # The wake-up from the slot's sleep varies: keep the sends (and each
+        # recipient's) spaced as they actually go out, recording the send in the
+        # inbox's limiter and the recipient's at the moment it goes.
         per_recipient = self.recipient_limiters.get(item["inbox"])
-        if per_recipient is None:
-            await overall.space()
-        else:
-            # The wake-up from the slot's sleep varies: keep this recipient's sends
-            # an interval apart as they actually go out, and record the send in
-            # both limiters at the moment it goes.
-            await space_together(overall, per_recipient.limiter(outbound.to))
+        recipient = () if per_recipient is None else (per_recipient.limiter(outbound.to),)
+        await space_together(self.limiters[item["inbox"]], *recipient)
         channel = str(conversation["channel"])
         try:
             result = await adapter.send(outbound)

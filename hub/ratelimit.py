@@ -41,12 +41,6 @@ class RateLimiter:
         self._tat = max(self._tat, now) + self.interval
         return delay
 
-    async def acquire(self) -> None:
-        delay = self.reserve()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await self.space()
-
     async def space(self) -> None:
         """Hold a permit back until the last second of real sends has room for it.
 
@@ -77,6 +71,18 @@ class RateLimiter:
     def _use(self, now: float) -> None:
         if self.tolerance <= 0:
             self._used.append(now)
+
+
+async def acquire_together(first: RateLimiter, *others: RateLimiter) -> None:
+    """Book a slot in every limiter at the latest of their next slots, wait for
+    it, then go when all have room (`space_together`)."""
+    now = time.monotonic()
+    wait = max(limiter.delay(now) for limiter in (first, *others))
+    for limiter in (first, *others):
+        limiter.reserve(now + wait)
+    if wait > 0:
+        await asyncio.sleep(wait)
+    await space_together(first, *others)
 
 
 async def space_together(first: RateLimiter, *others: RateLimiter) -> None:
@@ -131,6 +137,3 @@ class KeyedRateLimiter:
         else:
             self._limiters.move_to_end(key)
         return limiter
-
-    async def acquire(self, key: str) -> None:
-        await self.limiter(key).acquire()
