@@ -566,3 +566,119 @@ async def test_random_updates_in_one_command_leave_documents_and_indexes_as_one_
     newest = await apart.find().sort([(at, -1), ("_id", 1)]).limit(10).to_list()
     assert await together.find().sort([(at, -1), ("_id", 1)]).limit(10).to_list() == newest
     await client.close()
+
+
+def _fresh_codec() -> Any:
+    """The engine's codec module as shipped, loaded anew: none of the hub's
+    patches reach it."""
+    import importlib.util
+
+    from mongoeco.core import codec
+
+    spec = importlib.util.spec_from_file_location("fresh_mongoeco_codec", codec.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> Any:
+    from mongoeco.core.bson_scalars import BsonDouble, BsonInt32, BsonInt64
+    from mongoeco.types import ObjectId as EngineObjectId
+
+    kinds = ["str", "int", "big", "float", "bool", "none", "date", "aware", "oid", "eoid", "wrap"]
+    if depth < 3:
+        kinds += ["dict", "list", "dict"]
+    kind = rng.choice(kinds)
+    if kind == "str":
+        return rng.choice(["", "plain", "ünïcode ✓", "$mongoeco", "a.b"])
+    if kind == "int":
+        return rng.choice([0, -1, 7, 2**31, -(2**63), 2**63 - 1])
+    if kind == "big":
+        return rng.choice([2**63, -(2**63) - 1, 2**80])
+    if kind == "float":
+        return rng.choice([0.0, -2.5, 1e300, float("inf")])
+    if kind == "bool":
+        return rng.choice([True, False])
+    if kind == "none":
+        return None
+    if kind == "date":
+        return BASE + timedelta(microseconds=rng.randrange(10**9))
+    if kind == "aware":
+        return datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    if kind == "oid":
+        return ObjectId()
+    if kind == "eoid":
+        return EngineObjectId()
+    if kind == "wrap":
+        return rng.choice([BsonInt32(5), BsonInt64(2**40), BsonDouble(1.5)])
+    if kind == "list":
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    document = {f"k{i}": _random_value(rng, depth + 1) for i in range(rng.randrange(4))}
+    if rng.random() < 0.05:
+        document = {"$mongoeco": {"type": "datetime", "value": "2026-01-01T00:00:00"}}
+    if rng.random() < 0.05:
+        document[3] = "an int key"  # type: ignore[index]
+    return document
+
+
+def _encoded_or_error(encode: Any, value: Any) -> tuple[str, Any]:
+    try:
+        return "ok", encode(value)
+    except Exception as error:  # compared as (type, message)
+        return "error", (type(error).__name__, str(error))
+
+
+def test_plain_encoding_gives_what_the_engines_codec_gives_or_refuses_as_it_does() -> None:
+    from mongoeco.core.codec import DocumentCodec
+
+    from hub.store.embedded_engine import patch_codec_validation, plain_encode
+
+    reference = _fresh_codec().DocumentCodec.encode
+    patch_codec_validation()
+    rng = random.Random(11)
+    plain = 0
+    for _ in range(3000):
+        value = {"_id": f"d{rng.randrange(10**6)}", "v": _random_value(rng)}
+        expected = _encoded_or_error(reference, value)
+        assert _encoded_or_error(DocumentCodec.encode, value) == expected, value
+        try:
+            got = plain_encode(value)
+        except Exception as error:
+            assert type(error).__name__ == "_NotPlain"
+        else:
+            plain += 1
+            assert ("ok", got) == expected, value
+    assert plain > 1000  # the fast path did take most documents
+
+
+def test_wire_decoding_keeps_plain_values_and_converts_the_rest_as_before() -> None:
+    from bson import BSON, Decimal128, Int64, Regex, Timestamp
+    from bson.binary import Binary
+    from mongoeco.wire import bson_bridge, protocol
+
+    from hub.store.embedded_engine import patch_wire_decoding
+
+    patch_wire_decoding()
+    document = {
+        "s": "x",
+        "i": 3,
+        "l": Int64(5),
+        "f": 1.5,
+        "b": True,
+        "n": None,
+        "d": BASE,
+        "o": ObjectId(),
+        "dec": Decimal128("1.10"),
+        "bin": Binary(b"\x00\x01", 0),
+        "re": Regex("^a", "i"),
+        "ts": Timestamp(5, 1),
+        "nested": [{"l": Int64(1), "o": ObjectId()}, [1, "y"]],
+    }
+    decoded = BSON.encode(document)
+    raw = BSON(decoded).decode()
+    expected = bson_bridge.decode_wire_value(raw)
+    got = protocol.decode_wire_value(raw)
+    assert got == expected
+    assert type(got["l"]) is type(expected["l"]) and type(got["o"]) is type(expected["o"])
+    assert type(got["nested"][0]["l"]) is type(expected["nested"][0]["l"])

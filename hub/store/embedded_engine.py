@@ -27,7 +27,10 @@ Writes:
 - an update deep-copies the document seven times and an insert twice; here
   only their dicts and lists are copied (`patch_update_copies`);
 - the codec checks a document's values once per encoding, not once per nesting
-  level (`patch_codec_validation`);
+  level, and a document of the plain types the hub writes is checked and encoded
+  in one walk (`patch_codec_validation`, `plain_encode`); the wire layer keeps
+  plain decoded values as they are without trying a dozen BSON types on each
+  (`patch_wire_decoding`). Together a fifth of the store's CPU per message;
 
 - a single insert re-checks `_id` uniqueness by loading every document, even when
   the `_id` is a string or ObjectId whose primary-key lookup already decided it
@@ -71,6 +74,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import datetime
 import importlib.metadata
 import itertools
 import sqlite3
@@ -80,6 +84,7 @@ from typing import Any
 
 import mongoeco.engines.sqlite as sqlite_engine
 from bson import ObjectId
+from mongoeco._types._bson_objectid import OBJECT_ID_TYPES, normalize_object_id
 from mongoeco.api._async import _collection_insert as collection_insert
 from mongoeco.api._async import _database_admin_write_commands as write_commands
 from mongoeco.api._async._collection_modify import (
@@ -91,7 +96,16 @@ from mongoeco.api._async._write_failures import record_write_failure
 from mongoeco.api._async.cursor import _operation_issue_message as operation_issue_message
 from mongoeco.api._command_bson import validate_write_fields
 from mongoeco.api.operations import compile_update_operation
+from mongoeco.core import codec as codec_module
 from mongoeco.core import operators
+from mongoeco.core.bson_scalars import (
+    INT64_MAX,
+    INT64_MIN,
+    BsonDouble,
+    BsonInt32,
+    BsonInt64,
+    normalize_utc_bson_datetime,
+)
 from mongoeco.core.codec import DocumentCodec
 from mongoeco.core.identity import id_contains_numeric_value
 from mongoeco.core.operators import CompiledUpdatePlan
@@ -929,13 +943,65 @@ def patch_update_copies() -> None:
         module.deepcopy = copy_containers  # type: ignore[attr-defined]
 
 
+class _NotPlain(Exception):
+    """A value `plain_encode` leaves to the engine's own codec."""
+
+
+_NOT_PLAIN = _NotPlain()
+_PLAIN_SCALARS = frozenset({str, float, bool, type(None)})
+_DOCUMENT_TYPES = frozenset({dict, codec_module._InternalBsonDocument})
+_ARRAY_TYPES = frozenset({list, codec_module._InternalBsonArray})
+_NUMERIC_TAGS = {BsonInt32: "int32", BsonInt64: "int64", BsonDouble: "double"}
+_MARKER = DocumentCodec._MARKER
+
+
+def plain_encode(value: Any) -> Any:
+    """The engine codec's encoding of a document made of the types a hub document
+    holds (strings, numbers, booleans, None, datetimes, ObjectIds, the engine's
+    number wrappers, dicts and lists), checked as the codec checks them, in one
+    walk; `_NotPlain` for anything else (other types, an integer out of int64's
+    range, a key that is not a string, a dict that looks like a tagged value), so
+    the engine's own codec decides those: the same result or the same error."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return value
+    if kind is int:
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+        raise _NOT_PLAIN
+    if kind in _DOCUMENT_TYPES:
+        encoded = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NOT_PLAIN
+            encoded[key] = plain_encode(item)
+        if _MARKER in encoded:
+            raise _NOT_PLAIN
+        return encoded
+    if kind in _ARRAY_TYPES:
+        return [plain_encode(item) for item in value]
+    if kind is datetime.datetime:
+        return {
+            _MARKER: {"type": "datetime", "value": normalize_utc_bson_datetime(value).isoformat()}
+        }
+    if kind in OBJECT_ID_TYPES:
+        return {_MARKER: {"type": "objectid", "value": str(normalize_object_id(value))}}
+    tag = _NUMERIC_TAGS.get(kind)
+    if tag is not None:
+        return {_MARKER: {"type": tag, "value": value.value}}
+    raise _NOT_PLAIN
+
+
 def patch_codec_validation() -> None:
-    """Check each document's values once per encoding, not once per level.
+    """Check each document's values once per encoding, not once per level, and
+    encode the plain documents the hub writes in one walk.
 
     The engine's codec re-checks the whole subtree at every document it descends
     into (and each scalar again), so a value three levels down was checked four
-    times. The check is the same, done once, from the top, before encoding: the
-    same values are refused with the same errors."""
+    times; and it tries some thirty types on each scalar before it keeps a string
+    as it is. A document `plain_encode` can encode is encoded by it; any other is
+    checked once, from the top, then encoded by the engine's codec: the same
+    values are refused with the same errors."""
     from mongoeco.core import codec
 
     if getattr(codec, "_hub_validation_patched", False):
@@ -951,6 +1017,10 @@ def patch_codec_validation() -> None:
     def encode_checked_once(data: Any) -> Any:
         if getattr(state, "encoding", False):
             return encode(data)
+        try:
+            return plain_encode(data)
+        except _NotPlain:
+            pass
         check(data)
         state.encoding = True
         try:
@@ -961,6 +1031,38 @@ def patch_codec_validation() -> None:
     codec.validate_bson_value = check_outside_encoding
     codec.DocumentCodec.encode = staticmethod(encode_checked_once)  # type: ignore[method-assign]
     codec._hub_validation_patched = True  # type: ignore[attr-defined]
+
+
+_WIRE_PLAIN = frozenset({str, int, float, bool, type(None), datetime.datetime})
+
+
+def patch_wire_decoding() -> None:
+    """Decode the wire's documents without trying a dozen BSON types on each
+    string, number and date.
+
+    The wire layer turns each decoded BSON value into the engine's own types;
+    a plain dict, list, string, integer, float, boolean, None or datetime it
+    keeps as it is (an `Int64` is an int of another type, and goes to the engine
+    as before). Those are answered first here; every other value is handed to
+    the engine's own function."""
+    from mongoeco.wire import protocol
+
+    if getattr(protocol, "_hub_decoding_patched", False):
+        return
+    engine_decode = protocol.decode_wire_value
+
+    def decode_wire_value(value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            return {key: decode_wire_value(item) for key, item in value.items()}
+        if kind is list:
+            return [decode_wire_value(item) for item in value]
+        if kind in _WIRE_PLAIN:
+            return value
+        return engine_decode(value)
+
+    protocol.decode_wire_value = decode_wire_value
+    protocol._hub_decoding_patched = True  # type: ignore[attr-defined]
 
 
 def patch_insert_command() -> None:

@@ -48,6 +48,7 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
         patch_update_command,
         patch_update_copies,
         patch_update_translation,
+        patch_wire_decoding,
     )
 
     patch_codec_validation()
@@ -55,6 +56,7 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
     patch_update_command()
     patch_update_copies()
     patch_update_translation()
+    patch_wire_decoding()
     engine = HubSQLiteEngine(str(data_dir / DB_NAME))
     server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
     address = await server.start()
