@@ -682,3 +682,40 @@ def test_wire_decoding_keeps_plain_values_and_converts_the_rest_as_before() -> N
     assert got == expected
     assert type(got["l"]) is type(expected["l"]) and type(got["o"]) is type(expected["o"])
     assert type(got["nested"][0]["l"]) is type(expected["nested"][0]["l"])
+
+
+def test_the_checkpointer_copies_the_log_back_while_writes_go_on_and_empties_it_on_stop(
+    tmp_path: Any,
+) -> None:
+    import time
+
+    from hub.store.embedded_engine import AUTOCHECKPOINT_PAGES, WalCheckpointer
+
+    path = str(tmp_path / "store.sqlite3")
+    writer = sqlite3.connect(path)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+    writer.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    writer.commit()
+    checkpointer = WalCheckpointer(path, interval=0.05)
+    checkpointer.start()
+    try:
+        for _ in range(40):  # a few thousand pages: more than SQLite's own 1,000
+            writer.executemany("INSERT INTO t (v) VALUES (?)", [("x" * 2000,) for _ in range(100)])
+            writer.commit()
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert checkpointer.checkpoints >= 3
+        # The writer never checkpoints below AUTOCHECKPOINT_PAGES (8 MB of rows
+        # are some 2,000 pages): only the checkpointer can have copied the rows
+        # from the log into the database file.
+        deadline = time.monotonic() + 10
+        while (tmp_path / "store.sqlite3").stat().st_size < 8_000_000:
+            assert time.monotonic() < deadline, "the log was not copied back"
+            time.sleep(0.02)
+    finally:
+        checkpointer.stop()
+    assert (tmp_path / "store.sqlite3-wal").stat().st_size == 0
+    assert writer.execute("SELECT count(*) FROM t").fetchone() == (4000,)
+    writer.close()

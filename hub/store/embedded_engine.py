@@ -38,6 +38,9 @@ Writes:
 - the wire `insert` command inserts its documents one by one, one transaction
   each, instead of using the engine's batch path (patched in
   `patch_insert_command`);
+- the write-ahead log is checkpointed from a thread of its own
+  (`WalCheckpointer`), not inside whichever commit finds it long, where the
+  store's one loop waited on the copying and the sync;
 - the durable change-stream outbox is switched off (it starts a thread and
   serialises the whole document on every write, more than half the cost of an
   update): the hub does not use change streams, and in-process change streams
@@ -77,6 +80,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import itertools
+import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -133,6 +137,8 @@ from mongoeco.types import UpdateResult, WriteCommandResult
 
 from hub.store import IDS_PER_COMMAND
 
+log = logging.getLogger(__name__)
+
 sqlite_engine._sqlite_append_change = lambda *args, **kwargs: None
 
 # Index element types whose keys sort, within their type, as BSON orders the values.
@@ -144,6 +150,10 @@ PRAGMAS = (
     "PRAGMA cache_size = -65536",  # 64 MiB of pages per connection (default 2 MiB)
     "PRAGMA mmap_size = 268435456",
 )
+# A commit that finds the write-ahead log this long (in pages) checkpoints it
+# itself. `WalCheckpointer` keeps the log far shorter from its own thread; this
+# is the backstop should it fall behind (SQLite's default is 1,000 pages).
+AUTOCHECKPOINT_PAGES = 16_384
 SQL_UPDATE_OPERATORS = frozenset({"$set", "$unset"})  # what the engine writes as SQL
 # What a single update may raise and still leave the others to run (as the
 # engine's own `update` command has it).
@@ -571,6 +581,7 @@ class HubSQLiteEngine(SQLiteEngine):
             if self._path != ":memory:":
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
+                connection.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
             for pragma in PRAGMAS:
                 connection.execute(pragma)
         except BaseException:
@@ -899,6 +910,53 @@ class HubSQLiteEngine(SQLiteEngine):
             params=tuple(params),
             apply_python_sort=python_sort,
         )
+
+
+class WalCheckpointer:
+    """Checkpoints the store's write-ahead log from a thread of its own.
+
+    SQLite checkpoints the log inside the commit that finds it 1,000 pages long:
+    that commit, and every command queued behind it on the store's one event
+    loop, waits while pages are read, written back and synced. Here a thread
+    with its own connection runs a passive checkpoint every `interval` seconds
+    (it takes no lock a writer needs, and SQLite lets go of the GIL while it
+    works), so commits only append to the log. Stopping runs a last, full
+    checkpoint."""
+
+    def __init__(self, path: str, interval: float = 0.5) -> None:
+        self._path = path
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.checkpoints = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        connection = sqlite3.connect(self._path, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA busy_timeout = 5000")
+            while not self._stopping.wait(self._interval):
+                self._checkpoint(connection, "PASSIVE")
+            self._checkpoint(connection, "TRUNCATE")
+        finally:
+            connection.close()
+
+    def _checkpoint(self, connection: sqlite3.Connection, mode: str) -> None:
+        try:
+            connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        except sqlite3.Error as error:  # busy, or the store is closing: next time
+            log.warning("store checkpoint skipped", extra={"error": str(error)})
+        else:
+            self.checkpoints += 1
 
 
 def copy_containers(value: Any, memo: Any = None) -> Any:  # deepcopy's signature

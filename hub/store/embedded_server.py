@@ -43,6 +43,7 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
 
     from hub.store.embedded_engine import (
         HubSQLiteEngine,
+        WalCheckpointer,
         patch_codec_validation,
         patch_insert_command,
         patch_update_command,
@@ -60,6 +61,8 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
     engine = HubSQLiteEngine(str(data_dir / DB_NAME))
     server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
     address = await server.start()
+    checkpointer = WalCheckpointer(str(data_dir / DB_NAME))
+    checkpointer.start()
     info = data_dir / INFO_NAME
     tmp = info.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "host": address.host, "port": address.port}))
@@ -97,6 +100,7 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
     with contextlib.suppress(FileNotFoundError):
         info.unlink()
     await server.close()
+    await asyncio.to_thread(checkpointer.stop)
     return 0
 
 
