@@ -187,6 +187,18 @@ class _Pending:
     enqueued: float
 
 
+@dataclass(slots=True)
+class _Stored:
+    """A batch between the two stages: its messages are stored."""
+
+    events: list[InboundEvent]
+    ids: list[tuple[str, str]]  # (message id, conversation id) per event
+    contacts: dict[str, str]  # conversation id -> contact id
+    docs: list[dict[str, Any]]  # one per provider message
+    first_index: dict[str, int]  # message id -> the first event that carried it
+    refused: set[str]  # message ids that were stored already
+
+
 class Ingestor:
     def __init__(
         self,
@@ -247,6 +259,16 @@ class Ingestor:
     # -- the writer --------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Group commit in two stages, one batch in each at a time.
+
+        Stage one stores a batch's messages; stage two updates their
+        conversations, publishes the events and answers the waiting webhooks.
+        The next batch's messages are stored while the last one's conversations
+        are updated, so the store is not left idle while this process turns a
+        reply into its next command. Stage two runs one batch at a time, in
+        order, so summaries and events follow the order messages were stored.
+        """
+        finishing: asyncio.Task[None] | None = None
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -254,31 +276,40 @@ class Ingestor:
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
                 try:
-                    results = await self._write_batch([p.event for p in batch])
-                except (PyMongoError, OSError) as error:
-                    log.error(
-                        "ingest write failed", extra={"error": str(error), "batch": len(batch)}
-                    )
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(
-                                StoreUnavailable(f"store unavailable: {type(error).__name__}")
-                            )
-                    continue
+                    stored = await self._store_messages([p.event for p in batch])
                 except Exception as error:
-                    log.exception("ingest failed")
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(error)
+                    self._fail(batch, error)
                     continue
-                done = time.perf_counter()
-                self.metrics.ingest_batch.observe(len(batch))
-                for item, result in zip(batch, results, strict=True):
-                    self.metrics.ingest_seconds.observe(done - item.enqueued)
-                    if not item.future.done():
-                        item.future.set_result(result)
+                if finishing is not None:
+                    await finishing
+                finishing = asyncio.create_task(self._finish(batch, stored))
             if self._closing and not self._pending:
+                if finishing is not None:
+                    await finishing
                 return
+
+    async def _finish(self, batch: list[_Pending], stored: _Stored) -> None:
+        try:
+            results = await self._finish_batch(stored)
+        except Exception as error:
+            self._fail(batch, error)
+            return
+        done = time.perf_counter()
+        self.metrics.ingest_batch.observe(len(batch))
+        for item, result in zip(batch, results, strict=True):
+            self.metrics.ingest_seconds.observe(done - item.enqueued)
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _fail(self, batch: list[_Pending], error: Exception) -> None:
+        if isinstance(error, (PyMongoError, OSError)):
+            log.error("ingest write failed", extra={"error": str(error), "batch": len(batch)})
+            error = StoreUnavailable(f"store unavailable: {type(error).__name__}")
+        else:
+            log.exception("ingest failed", exc_info=error)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     async def open_conversation(self, inbox: str, medium: str, ref: IdentityRef) -> tuple[str, str]:
         """Find or open the conversation of `ref` on `inbox` and `medium`; return
@@ -345,7 +376,9 @@ class Ingestor:
         """Drop the cache of known conversations (after a merge or a deletion)."""
         self._conversations.clear()
 
-    async def _write_batch(self, events: list[InboundEvent]) -> list[IngestResult]:
+    async def _store_messages(self, events: list[InboundEvent]) -> _Stored:
+        """Stage one: find or open the senders' conversations and store the
+        messages; the ones already stored are left out (refused)."""
         ids: list[tuple[str, str]] = []
         contacts: dict[str, str] = {}
         own = [
@@ -381,7 +414,19 @@ class Ingestor:
                 if item.get("code") != DUPLICATE_KEY:
                     raise
                 refused.add(str(docs[item["index"]]["_id"]))
-        new_docs = [d for d in docs if d["_id"] not in refused]
+        return _Stored(events, ids, contacts, docs, first_index, refused)
+
+    async def _finish_batch(self, stored: _Stored) -> list[IngestResult]:
+        """Stage two: bring each conversation's summary up to its newest new
+        message, publish the events, hand the messages to the bot; the results."""
+        events, ids, contacts, first_index, refused = (
+            stored.events,
+            stored.ids,
+            stored.contacts,
+            stored.first_index,
+            stored.refused,
+        )
+        new_docs = [d for d in stored.docs if d["_id"] not in refused]
 
         # One summary update per conversation, from its newest new message (by the
         # provider's time: a batch may hold them out of order).

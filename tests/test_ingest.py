@@ -194,6 +194,81 @@ async def test_concurrent_retries_of_one_message_store_it_once(hub_client):
     assert conversation["unread"] == 1
 
 
+def hold_second_stage(hub: Any) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the ingest writer's second stage (conversations, events, answers) of
+    the next batch until released; (entered, release)."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    publish = hub.events.publish
+
+    async def held_publish(events: list[Any]) -> None:
+        if not release.is_set():
+            entered.set()
+            await release.wait()
+        await publish(events)
+
+    hub.events.publish = held_publish
+    return entered, release
+
+
+async def test_the_next_batch_is_stored_while_the_last_is_finished_and_answered_after_it(
+    hub_client,
+):
+    hub = hub_of(hub_client)
+    sub = hub.bus.subscribe()
+    entered, release = hold_second_stage(hub)
+    first = asyncio.create_task(
+        hub.ingest(
+            [InboundText(inbox="t1", medium="sms", provider_id="P1", sender=phone(), text="a")]
+        )
+    )
+    await asyncio.wait_for(entered.wait(), 10)
+    second = asyncio.create_task(
+        hub.ingest(
+            [InboundText(inbox="t1", medium="sms", provider_id="P2", sender=phone(), text="b")]
+        )
+    )
+    # The second batch's message is stored while the first batch is held...
+    await eventually(lambda: hub.store.messages.count_documents({}), lambda n: n == 2)
+    await asyncio.sleep(0.05)
+    # ...but neither is answered before the first batch's conversation is updated.
+    assert not first.done() and not second.done()
+    release.set()
+    (one,), (two,) = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert (one.duplicate, two.duplicate) == (False, False)
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert conversation["unread"] == 2
+    assert conversation["last_message"]["text"] == "b"
+    created = [e.data["text"] for e in drain(sub) if e.type == "message.created"]
+    assert created == ["a", "b"]
+
+
+async def test_a_retry_stored_while_its_original_is_finished_is_counted_once(hub_client):
+    hub = hub_of(hub_client)
+    entered, release = hold_second_stage(hub)
+    original = asyncio.create_task(
+        hub.ingest(
+            [InboundText(inbox="t1", medium="sms", provider_id="R1", sender=phone(), text="a")]
+        )
+    )
+    await asyncio.wait_for(entered.wait(), 10)
+    inserts = hub.store.commands.on[("insert", "messages")]
+    retry = asyncio.create_task(
+        hub.ingest(
+            [InboundText(inbox="t1", medium="sms", provider_id="R1", sender=phone(), text="a")]
+        )
+    )
+    await eventually(
+        lambda: asyncio.sleep(0, hub.store.commands.on[("insert", "messages")]),
+        lambda n: n == inserts + 1,
+    )
+    release.set()
+    (first,), (again,) = await asyncio.wait_for(asyncio.gather(original, retry), 10)
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert await hub.store.messages.count_documents({}) == 1
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert conversation["unread"] == 1
+
+
 async def test_fifty_concurrent_first_messages_from_one_number_make_one_contact(hub_client):
     hub = hub_of(hub_client)
     responses = await asyncio.gather(
