@@ -719,3 +719,67 @@ def test_the_checkpointer_copies_the_log_back_while_writes_go_on_and_empties_it_
     assert (tmp_path / "store.sqlite3-wal").stat().st_size == 0
     assert writer.execute("SELECT count(*) FROM t").fetchone() == (4000,)
     writer.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_set_and_inc_of_top_level_fields_do_in_one_command_what_they_do_one_each(
+    embedded_uri: str, db_name: str, seed: int
+) -> None:
+    """The updates the store applies without compiling them (`SimpleUpdate`),
+    and the edges where it hands them back to the compiled path, against the
+    engine's own update, one command each."""
+    from pymongo import UpdateOne
+
+    client, together, apart = _twins(embedded_uri, db_name)
+    group, at = fields()
+    rng = random.Random(seed)
+    docs = [
+        {
+            "_id": f"s{i:03d}",
+            group: f"c{i % 5}",
+            at: BASE + timedelta(seconds=i),
+            "n": i,
+            "sub": {"a": 1, "b": 2},
+            "flag": False,
+            "note": None,
+        }
+        for i in range(40)
+    ]
+    for coll in (together, apart):
+        await coll.insert_many(docs)
+        await coll.create_index([(group, ASCENDING)])
+        await coll.create_index([(at, DESCENDING)])
+
+    def random_update() -> Any:
+        target = f"s{rng.randrange(44):03d}"  # a few match nothing
+        change: dict[str, Any] = rng.choice(
+            [
+                {"$set": {group: f"c{rng.randrange(7)}", "note": "x"}, "$inc": {"n": 1}},
+                {"$set": {at: BASE + timedelta(milliseconds=rng.randrange(10**6))}},
+                {"$set": {"note": None, "flag": False}},  # often as it is: not modified
+                {"$inc": {"n": 0}},
+                {"$set": {"n": 1.0}},  # an integer becomes a double
+                {"$inc": {"n": 2**40}},  # past int32's range
+                {"$inc": {"n": -3}},
+                {"$set": {"sub": {"b": 2, "a": 1}}},  # the same fields, in another order
+                {"$set": {"sub": {"a": 1, "b": 2}}},
+                {"$set": {"fresh": rng.randrange(3)}},  # a field the document lacks
+                {"$inc": {"missing": 2}},
+                {"$inc": {"flag": 1}},  # a boolean: refused
+                {"$inc": {"note": 1}},  # a null: refused
+                {"$set": {"sub.a": 5}},  # a path: compiled
+                {"$set": {group: ["an", "array"]}},  # an indexed array: compiled
+                {"$set": {"n": 1}, "$inc": {"n": 1}},  # a conflict: refused
+            ]
+        )
+        return UpdateOne({"_id": target}, change)
+
+    for ordered in (False, True, False):
+        ops = [random_update() for _ in range(40)]
+        got = await _outcome(together, ops, ordered=ordered)
+        expected = await _one_command_each(apart, ops, ordered=ordered)
+        assert got == expected
+    for filt in ({group: "c3"}, {at: {"$gte": BASE + timedelta(seconds=20)}}):
+        expected = await apart.find(filt).sort("_id", 1).to_list()
+        assert await together.find(filt).sort("_id", 1).to_list() == expected
+    await client.close()

@@ -22,6 +22,10 @@ Writes:
   the engine's general path (TTL purge, catalog reloads, unique and search
   index upkeep, every entry deleted and inserted again); an indexed field
   holding an array or a sub-document, before or after, takes the general path;
+  in that command, an update by a string `_id` of only `$set` of plain values
+  and `$inc` by integers, on top-level fields the document has, is applied to
+  the stored document without compiling it (`SimpleUpdate`), with the counts
+  the engine gives; anything else about it, it hands to the compiled path;
 - an update whose operators the engine cannot write as SQL walks the stored
   document before finding so (`patch_update_translation`);
 - an update deep-copies the document seven times and an insert twice; here
@@ -78,9 +82,11 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import itertools
 import logging
+import math
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -208,6 +214,64 @@ class LeanOutcome:
     result: Any
 
 
+@dataclasses.dataclass(slots=True)
+class SimpleUpdate:
+    """A wire update the store can apply without compiling it: by a string
+    `_id`, `$set` of plain values and `$inc` by integers, on top-level fields.
+    `compile` gives the engine's compiled operation, for when the document does
+    not allow the simple path after all (or raises the error compiling raises)."""
+
+    doc_id: str
+    sets: dict[str, Any]
+    incs: dict[str, int]
+    compile: Any
+
+
+def _same_for_update(stored: Any, value: Any) -> bool:
+    """Whether the engine's `$set` leaves a stored value as it is: the same type
+    and equal, where a float is never the same unless both are NaN, and a set
+    document or array always counts as a change (the engine compares it, in its
+    own container types, with the stored one of the plain types)."""
+    kind = type(stored)
+    if kind is not type(value) or kind is dict or kind is list:
+        return False
+    if kind is float:
+        return math.isnan(stored) and math.isnan(value)
+    return bool(stored == value)
+
+
+def _plain_field(key: object) -> bool:
+    return type(key) is str and key != "" and key != "_id" and "." not in key and key[0] != "$"
+
+
+def simple_update_parts(entry: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, int]] | None:
+    """(`_id`, `$set`, `$inc`) of an update entry the simple path can apply, else None."""
+    selector, change = entry.get("q"), entry.get("u")
+    if (
+        not isinstance(selector, dict)
+        or len(selector) != 1
+        or type(selector.get("_id")) is not str
+        or not isinstance(change, dict)
+        or not change
+        or not set(change) <= {"$set", "$inc"}
+    ):
+        return None
+    sets, incs = change.get("$set", {}), change.get("$inc", {})
+    if type(sets) is not dict or type(incs) is not dict or set(sets) & set(incs):
+        return None
+    if ("$set" in change and not sets) or ("$inc" in change and not incs):
+        return None
+    if not all(_plain_field(key) for key in itertools.chain(sets, incs)):
+        return None
+    if not all(type(value) is int and INT64_MIN <= value <= INT64_MAX for value in incs.values()):
+        return None
+    try:
+        plain_encode(sets)
+    except _NotPlain:
+        return None
+    return selector["_id"], sets, incs
+
+
 def _scalar_fields(document: dict[str, Any], fields: list[str]) -> bool:
     """Whether none of these top-level fields holds an array or a sub-document."""
     return not any(isinstance(document.get(f), (list, dict)) for f in fields)
@@ -321,7 +385,13 @@ class HubSQLiteEngine(SQLiteEngine):
         return func(*args, **kwargs)
 
     async def hub_update_batch(
-        self, db_name: str, coll_name: str, operations: list[Any], *, ordered: bool
+        self,
+        db_name: str,
+        coll_name: str,
+        operations: list[Any],
+        *,
+        ordered: bool,
+        session: Any = None,
     ) -> list[Any]:
         """Run compiled single-document updates in one transaction, one after the
         other, each as the engine's own update does; return each one's outcome,
@@ -331,15 +401,14 @@ class HubSQLiteEngine(SQLiteEngine):
         own commit."""
         return list(
             await self._run_blocking(
-                self._hub_update_batch_sync, db_name, coll_name, operations, ordered
+                self._hub_update_batch_sync, db_name, coll_name, operations, ordered, session
             )
         )
 
     def _hub_update_batch_sync(
-        self, db_name: str, coll_name: str, operations: list[Any], ordered: bool
+        self, db_name: str, coll_name: str, operations: list[Any], ordered: bool, context: Any
     ) -> list[Any]:
         results: list[Any] = []
-        context = operations[0].context.session if operations else None
         with self._lock:
             conn = self._require_connection(context)
             with (
@@ -353,6 +422,21 @@ class HubSQLiteEngine(SQLiteEngine):
             ):
                 lean = self._hub_lean_indexes(conn, db_name, coll_name)
                 for operation in operations:
+                    if isinstance(operation, SimpleUpdate):
+                        if lean is not None:
+                            outcome = self._hub_simple_update(
+                                conn, db_name, coll_name, operation, lean
+                            )
+                            if outcome is not None:
+                                results.append(outcome)
+                                continue
+                        try:
+                            operation = operation.compile()
+                        except UPDATE_ITEM_ERRORS as error:
+                            results.append(error)
+                            if ordered:
+                                break
+                            continue
                     if lean is not None:
                         try:
                             outcome = self._hub_lean_update(
@@ -479,6 +563,86 @@ class HubSQLiteEngine(SQLiteEngine):
             return None
         return indexes
 
+    def _hub_simple_update(
+        self, conn: Any, db_name: str, coll_name: str, update: SimpleUpdate, indexes: list[Any]
+    ) -> Any:
+        """`$set` and `$inc` of top-level fields the document already has, applied
+        without compiling the update: each value is replaced in place (so the
+        fields keep their order) and an increment adds to a stored integer. None
+        when the document lacks one of the fields, an increment meets anything
+        but an integer or leaves int64's range, or an indexed field holds an
+        array or a sub-document: the compiled path then decides. Modified, and
+        written, as the engine's `$set` and `$inc` decide it (`_same_for_update`).
+        """
+        storage_key = self._storage_key(update.doc_id)
+        row = conn.execute(
+            "SELECT document FROM documents WHERE db_name = ? AND coll_name = ? "
+            "AND storage_key = ?",
+            (db_name, coll_name, storage_key),
+        ).fetchone()
+        if row is None:
+            return LeanOutcome(UpdateResult(matched_count=0, modified_count=0))
+        original = self._deserialize_document(row[0])
+        document = dict(original)
+        modified = False
+        for key, value in update.sets.items():
+            if key not in document:
+                return None
+            modified = modified or not _same_for_update(document[key], value)
+            document[key] = value
+        for key, amount in update.incs.items():
+            current = document.get(key)
+            if type(current) is not int:
+                return None
+            total = current + amount
+            if not INT64_MIN <= total <= INT64_MAX:
+                return None
+            modified = modified or amount != 0
+            document[key] = total
+        fields = [index["fields"][0] for index in indexes]
+        if not _scalar_fields(original, fields) or not _scalar_fields(document, fields):
+            return None
+        if not modified:
+            return LeanOutcome(UpdateResult(matched_count=1, modified_count=0))
+        conn.execute(
+            "UPDATE documents SET document = ? WHERE db_name = ? AND coll_name = ? "
+            "AND storage_key = ?",
+            (self._serialize_document(document), db_name, coll_name, storage_key),
+        )
+        self._hub_reindex(conn, db_name, coll_name, storage_key, original, document, indexes)
+        return LeanOutcome(UpdateResult(matched_count=1, modified_count=1))
+
+    def _hub_reindex(
+        self,
+        conn: Any,
+        db_name: str,
+        coll_name: str,
+        storage_key: Any,
+        original: dict[str, Any],
+        document: dict[str, Any],
+        indexes: list[Any],
+    ) -> None:
+        """Change the index entries of a rewritten document whose key changed."""
+        before = set(self._build_scalar_rows_for_document(storage_key, original, indexes))
+        after = set(self._build_scalar_rows_for_document(storage_key, document, indexes))
+        if before != after:
+            collection_id = self._lookup_collection_id(conn, db_name, coll_name, create=True)
+            conn.executemany(
+                "DELETE FROM scalar_index_entries WHERE collection_id = ? AND storage_key = ? "
+                "AND index_name = ? AND element_type = ? AND type_score = ? "
+                "AND element_key = ?",
+                [(collection_id, storage_key, *entry) for entry in before - after],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO scalar_index_entries (collection_id, index_name, "
+                "storage_key, element_type, type_score, element_key) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (collection_id, name, storage_key, kind, score, key)
+                    for name, kind, score, key in after - before
+                ],
+            )
+        self._invalidate_collection_features_cache(db_name, coll_name)
+
     def _hub_lean_update(
         self, conn: Any, db_name: str, coll_name: str, operation: Any, indexes: list[Any]
     ) -> Any:
@@ -524,25 +688,7 @@ class HubSQLiteEngine(SQLiteEngine):
             "AND storage_key = ?",
             (self._serialize_document(document), db_name, coll_name, storage_key),
         )
-        before = set(self._build_scalar_rows_for_document(storage_key, original, indexes))
-        after = set(self._build_scalar_rows_for_document(storage_key, document, indexes))
-        if before != after:
-            collection_id = self._lookup_collection_id(conn, db_name, coll_name, create=True)
-            conn.executemany(
-                "DELETE FROM scalar_index_entries WHERE collection_id = ? AND storage_key = ? "
-                "AND index_name = ? AND element_type = ? AND type_score = ? "
-                "AND element_key = ?",
-                [(collection_id, storage_key, *entry) for entry in before - after],
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO scalar_index_entries (collection_id, index_name, "
-                "storage_key, element_type, type_score, element_key) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (collection_id, name, storage_key, kind, score, key)
-                    for name, kind, score, key in after - before
-                ],
-            )
-        self._invalidate_collection_features_cache(db_name, coll_name)
+        self._hub_reindex(conn, db_name, coll_name, storage_key, original, document, indexes)
         return LeanOutcome(UpdateResult(matched_count=1, modified_count=1))
 
     def _backfill_scalar_indexes_sync(self, conn: Any) -> None:  # type: ignore[override]
@@ -1230,27 +1376,37 @@ def patch_update_command() -> None:
                 self, spec, session=session, execution_context=execution_context
             )
 
+        def compile_entry(entry: dict[str, Any]) -> Any:
+            operation = compile_update_operation(
+                collection._normalize_filter(self._admin._normalize_filter(entry["q"])),
+                collation=None,
+                sort=None,
+                array_filters=None,
+                hint=None,
+                comment=spec.get("comment"),
+                let=collection._normalize_let(variables),
+                dialect=collection._mongodb_dialect,
+                update_spec=DocumentCodec.to_internal(entry["u"]),
+                planning_mode=collection._planning_mode,
+            )
+            operation = bind_execution_context(
+                operation, collection, session=session, change_operation_type="update"
+            )
+            if operation.planning_issues:
+                raise OperationFailure(operation_issue_message(operation))
+            return operation
+
         failures: dict[int, BaseException] = {}
         compiled: list[tuple[int, Any]] = []
         for index, entry in enumerate(updates):
+            parts = simple_update_parts(entry)
+            if parts is not None:
+                doc_id, sets, incs = parts
+                compile_later = functools.partial(compile_entry, entry)
+                compiled.append((index, SimpleUpdate(doc_id, sets, incs, compile_later)))
+                continue
             try:
-                operation = compile_update_operation(
-                    collection._normalize_filter(self._admin._normalize_filter(entry["q"])),
-                    collation=None,
-                    sort=None,
-                    array_filters=None,
-                    hint=None,
-                    comment=spec.get("comment"),
-                    let=collection._normalize_let(variables),
-                    dialect=collection._mongodb_dialect,
-                    update_spec=DocumentCodec.to_internal(entry["u"]),
-                    planning_mode=collection._planning_mode,
-                )
-                operation = bind_execution_context(
-                    operation, collection, session=session, change_operation_type="update"
-                )
-                if operation.planning_issues:
-                    raise OperationFailure(operation_issue_message(operation))
+                operation = compile_entry(entry)
             except UPDATE_ITEM_ERRORS as error:
                 failures[index] = error
                 if ordered:
@@ -1263,6 +1419,7 @@ def patch_update_command() -> None:
             collection._collection_name,
             [operation for _, operation in compiled],
             ordered=ordered,
+            session=session,
         )
         matched = modified = 0
         for (index, _), outcome in zip(compiled, outcomes, strict=False):
