@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient
 
 from hub.app import build_app
-from hub.ingest import message_doc, message_id_for
+from hub.ingest import PIPELINE_MIN, message_doc, message_id_for
 from hub.model import (
     KIND_OF_INBOUND,
     Attachment,
@@ -222,24 +222,50 @@ async def test_the_next_batch_is_stored_while_the_last_is_finished_and_answered_
         )
     )
     await asyncio.wait_for(entered.wait(), 10)
+    texts = [f"b{n:02d}" for n in range(PIPELINE_MIN)]
     second = asyncio.create_task(
         hub.ingest(
-            [InboundText(inbox="t1", medium="sms", provider_id="P2", sender=phone(), text="b")]
+            [
+                InboundText(inbox="t1", medium="sms", provider_id=t, sender=phone(), text=t)
+                for t in texts
+            ]
         )
     )
-    # The second batch's message is stored while the first batch is held...
-    await eventually(lambda: hub.store.messages.count_documents({}), lambda n: n == 2)
+    # The second batch's messages are stored while the first batch is held...
+    await eventually(
+        lambda: hub.store.messages.count_documents({}), lambda n: n == 1 + PIPELINE_MIN
+    )
     await asyncio.sleep(0.05)
     # ...but neither is answered before the first batch's conversation is updated.
     assert not first.done() and not second.done()
     release.set()
-    (one,), (two,) = await asyncio.wait_for(asyncio.gather(first, second), 10)
-    assert (one.duplicate, two.duplicate) == (False, False)
+    (one,), results = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert [r.duplicate for r in [one, *results]] == [False] * (1 + PIPELINE_MIN)
     (conversation,) = await hub.store.conversations.find().to_list()
-    assert conversation["unread"] == 2
-    assert conversation["last_message"]["text"] == "b"
+    assert conversation["unread"] == 1 + PIPELINE_MIN
     created = [e.data["text"] for e in drain(sub) if e.type == "message.created"]
-    assert created == ["a", "b"]
+    assert created == ["a", *texts]
+
+
+async def test_a_small_batch_waits_for_the_last_one_and_is_stored_after_it(hub_client):
+    hub = hub_of(hub_client)
+    entered, release = hold_second_stage(hub)
+    first = asyncio.create_task(
+        hub.ingest(
+            [InboundText(inbox="t1", medium="sms", provider_id="W1", sender=phone(), text="a")]
+        )
+    )
+    await asyncio.wait_for(entered.wait(), 10)
+    second = asyncio.create_task(
+        hub.ingest(
+            [InboundText(inbox="t1", medium="sms", provider_id="W2", sender=phone(), text="b")]
+        )
+    )
+    await asyncio.sleep(0.2)
+    assert await hub.store.messages.count_documents({}) == 1  # waits, and grows meanwhile
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert await hub.store.messages.count_documents({}) == 2
 
 
 async def test_a_retry_stored_while_its_original_is_finished_is_counted_once(hub_client):
@@ -252,9 +278,17 @@ async def test_a_retry_stored_while_its_original_is_finished_is_counted_once(hub
     )
     await asyncio.wait_for(entered.wait(), 10)
     inserts = hub.store.commands.on[("insert", "messages")]
+    # The retry comes in a batch big enough to be stored at once.
+    others = [
+        InboundText(inbox="t1", medium="sms", provider_id=f"X{n}", sender=phone(), text="x")
+        for n in range(PIPELINE_MIN - 1)
+    ]
     retry = asyncio.create_task(
         hub.ingest(
-            [InboundText(inbox="t1", medium="sms", provider_id="R1", sender=phone(), text="a")]
+            [
+                InboundText(inbox="t1", medium="sms", provider_id="R1", sender=phone(), text="a"),
+                *others,
+            ]
         )
     )
     await eventually(
@@ -262,11 +296,11 @@ async def test_a_retry_stored_while_its_original_is_finished_is_counted_once(hub
         lambda n: n == inserts + 1,
     )
     release.set()
-    (first,), (again,) = await asyncio.wait_for(asyncio.gather(original, retry), 10)
+    (first,), (again, *_) = await asyncio.wait_for(asyncio.gather(original, retry), 10)
     assert (first.duplicate, again.duplicate) == (False, True)
-    assert await hub.store.messages.count_documents({}) == 1
+    assert await hub.store.messages.count_documents({}) == PIPELINE_MIN
     (conversation,) = await hub.store.conversations.find().to_list()
-    assert conversation["unread"] == 1
+    assert conversation["unread"] == PIPELINE_MIN  # the original and the others, once each
 
 
 async def test_fifty_concurrent_first_messages_from_one_number_make_one_contact(hub_client):
