@@ -194,6 +194,10 @@ async def test_concurrent_retries_of_one_message_store_it_once(hub_client):
     assert conversation["unread"] == 1
 
 
+def text(provider_id: str, body: str = "x") -> InboundText:
+    return InboundText(inbox="t1", medium="sms", provider_id=provider_id, sender=phone(), text=body)
+
+
 def hold_second_stage(hub: Any) -> tuple[asyncio.Event, asyncio.Event]:
     """Hold the ingest writer's second stage (conversations, events, answers) of
     the next batch until released; (entered, release)."""
@@ -216,21 +220,10 @@ async def test_the_next_batch_is_stored_while_the_last_is_finished_and_answered_
     hub = hub_of(hub_client)
     sub = hub.bus.subscribe()
     entered, release = hold_second_stage(hub)
-    first = asyncio.create_task(
-        hub.ingest(
-            [InboundText(inbox="t1", medium="sms", provider_id="P1", sender=phone(), text="a")]
-        )
-    )
+    first = asyncio.create_task(hub.ingest([text("P1", "a")]))
     await asyncio.wait_for(entered.wait(), 10)
     texts = [f"b{n:02d}" for n in range(PIPELINE_MIN)]
-    second = asyncio.create_task(
-        hub.ingest(
-            [
-                InboundText(inbox="t1", medium="sms", provider_id=t, sender=phone(), text=t)
-                for t in texts
-            ]
-        )
-    )
+    second = asyncio.create_task(hub.ingest([text(t, t) for t in texts]))
     # The second batch's messages are stored while the first batch is held...
     await eventually(
         lambda: hub.store.messages.count_documents({}), lambda n: n == 1 + PIPELINE_MIN
@@ -250,17 +243,9 @@ async def test_the_next_batch_is_stored_while_the_last_is_finished_and_answered_
 async def test_a_small_batch_waits_for_the_last_one_and_is_stored_after_it(hub_client):
     hub = hub_of(hub_client)
     entered, release = hold_second_stage(hub)
-    first = asyncio.create_task(
-        hub.ingest(
-            [InboundText(inbox="t1", medium="sms", provider_id="W1", sender=phone(), text="a")]
-        )
-    )
+    first = asyncio.create_task(hub.ingest([text("W1", "a")]))
     await asyncio.wait_for(entered.wait(), 10)
-    second = asyncio.create_task(
-        hub.ingest(
-            [InboundText(inbox="t1", medium="sms", provider_id="W2", sender=phone(), text="b")]
-        )
-    )
+    second = asyncio.create_task(hub.ingest([text("W2", "b")]))
     await asyncio.sleep(0.2)
     assert await hub.store.messages.count_documents({}) == 1  # waits, and grows meanwhile
     release.set()
@@ -271,26 +256,12 @@ async def test_a_small_batch_waits_for_the_last_one_and_is_stored_after_it(hub_c
 async def test_a_retry_stored_while_its_original_is_finished_is_counted_once(hub_client):
     hub = hub_of(hub_client)
     entered, release = hold_second_stage(hub)
-    original = asyncio.create_task(
-        hub.ingest(
-            [InboundText(inbox="t1", medium="sms", provider_id="R1", sender=phone(), text="a")]
-        )
-    )
+    original = asyncio.create_task(hub.ingest([text("R1", "a")]))
     await asyncio.wait_for(entered.wait(), 10)
     inserts = hub.store.commands.on[("insert", "messages")]
     # The retry comes in a batch big enough to be stored at once.
-    others = [
-        InboundText(inbox="t1", medium="sms", provider_id=f"X{n}", sender=phone(), text="x")
-        for n in range(PIPELINE_MIN - 1)
-    ]
-    retry = asyncio.create_task(
-        hub.ingest(
-            [
-                InboundText(inbox="t1", medium="sms", provider_id="R1", sender=phone(), text="a"),
-                *others,
-            ]
-        )
-    )
+    others = [text(f"X{n}") for n in range(PIPELINE_MIN - 1)]
+    retry = asyncio.create_task(hub.ingest([text("R1", "a"), *others]))
     await eventually(
         lambda: asyncio.sleep(0, hub.store.commands.on[("insert", "messages")]),
         lambda n: n == inserts + 1,

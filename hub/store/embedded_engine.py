@@ -575,14 +575,9 @@ class HubSQLiteEngine(SQLiteEngine):
         written, as the engine's `$set` and `$inc` decide it (`_same_for_update`).
         """
         storage_key = self._storage_key(update.doc_id)
-        row = conn.execute(
-            "SELECT document FROM documents WHERE db_name = ? AND coll_name = ? "
-            "AND storage_key = ?",
-            (db_name, coll_name, storage_key),
-        ).fetchone()
-        if row is None:
+        original = self._hub_stored_document(conn, db_name, coll_name, storage_key)
+        if original is None:
             return LeanOutcome(UpdateResult(matched_count=0, modified_count=0))
-        original = self._deserialize_document(row[0])
         document = dict(original)
         modified = False
         for key, value in update.sets.items():
@@ -604,15 +599,20 @@ class HubSQLiteEngine(SQLiteEngine):
             return None
         if not modified:
             return LeanOutcome(UpdateResult(matched_count=1, modified_count=0))
-        conn.execute(
-            "UPDATE documents SET document = ? WHERE db_name = ? AND coll_name = ? "
-            "AND storage_key = ?",
-            (self._serialize_document(document), db_name, coll_name, storage_key),
-        )
-        self._hub_reindex(conn, db_name, coll_name, storage_key, original, document, indexes)
+        self._hub_rewrite(conn, db_name, coll_name, storage_key, original, document, indexes)
         return LeanOutcome(UpdateResult(matched_count=1, modified_count=1))
 
-    def _hub_reindex(
+    def _hub_stored_document(
+        self, conn: Any, db_name: str, coll_name: str, storage_key: Any
+    ) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT document FROM documents WHERE db_name = ? AND coll_name = ? "
+            "AND storage_key = ?",
+            (db_name, coll_name, storage_key),
+        ).fetchone()
+        return None if row is None else self._deserialize_document(row[0])
+
+    def _hub_rewrite(
         self,
         conn: Any,
         db_name: str,
@@ -622,7 +622,13 @@ class HubSQLiteEngine(SQLiteEngine):
         document: dict[str, Any],
         indexes: list[Any],
     ) -> None:
-        """Change the index entries of a rewritten document whose key changed."""
+        """Write a changed document back, and change its index entries whose key
+        changed."""
+        conn.execute(
+            "UPDATE documents SET document = ? WHERE db_name = ? AND coll_name = ? "
+            "AND storage_key = ?",
+            (self._serialize_document(document), db_name, coll_name, storage_key),
+        )
         before = set(self._build_scalar_rows_for_document(storage_key, original, indexes))
         after = set(self._build_scalar_rows_for_document(storage_key, document, indexes))
         if before != after:
@@ -667,14 +673,9 @@ class HubSQLiteEngine(SQLiteEngine):
         if type(plan) is not CompiledUpdatePlan or plan.touches_document_id:
             return None
         storage_key = self._storage_key(selector["_id"])
-        row = conn.execute(
-            "SELECT document FROM documents WHERE db_name = ? AND coll_name = ? "
-            "AND storage_key = ?",
-            (db_name, coll_name, storage_key),
-        ).fetchone()
-        if row is None:
+        original = self._hub_stored_document(conn, db_name, coll_name, storage_key)
+        if original is None:
             return LeanOutcome(UpdateResult(matched_count=0, modified_count=0))
-        original = self._deserialize_document(row[0])
         fields = [index["fields"][0] for index in indexes]
         if not _scalar_fields(original, fields):
             return None
@@ -683,12 +684,7 @@ class HubSQLiteEngine(SQLiteEngine):
             return LeanOutcome(UpdateResult(matched_count=1, modified_count=0))
         if not _scalar_fields(document, fields) or document.get("_id") != original["_id"]:
             return None  # nothing is written yet: the engine's own path does it all
-        conn.execute(
-            "UPDATE documents SET document = ? WHERE db_name = ? AND coll_name = ? "
-            "AND storage_key = ?",
-            (self._serialize_document(document), db_name, coll_name, storage_key),
-        )
-        self._hub_reindex(conn, db_name, coll_name, storage_key, original, document, indexes)
+        self._hub_rewrite(conn, db_name, coll_name, storage_key, original, document, indexes)
         return LeanOutcome(UpdateResult(matched_count=1, modified_count=1))
 
     def _backfill_scalar_indexes_sync(self, conn: Any) -> None:  # type: ignore[override]
