@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,9 +106,18 @@ class Events:
     def _key(self) -> str:
         return f"{time.time_ns():020d}-{self.instance_id}-{next(self._seq):08d}"
 
-    async def publish(self, events: list[Event]) -> None:
-        """Store `events` as one document, then deliver them in this process."""
+    async def publish(
+        self, events: list[Event], *, alongside: Awaitable[Any] | None = None
+    ) -> None:
+        """Store `events` as one document, then deliver them in this process.
+
+        `alongside` is the write the events report: it goes to the store first,
+        the event document right behind it without waiting for its answer, and
+        the events are delivered here only once both are durable. If either
+        fails, its error is raised and nothing is delivered here."""
         if not events:
+            if alongside is not None:
+                await alongside
             return
         key = self._key()
         batch = [e.as_dict() for e in events]
@@ -120,14 +129,21 @@ class Events:
             stored = json.dumps(batch, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError):
             stored = batch
-        await self.store.events.insert_one(
-            {
-                "_id": key,
-                "key": key,  # the same, in an indexed field: ranges of it are read
-                "origin": self.instance_id,
-                "events": stored,
-            }
-        )
+        document = {
+            "_id": key,
+            "key": key,  # the same, in an indexed field: ranges of it are read
+            "origin": self.instance_id,
+            "events": stored,
+        }
+        if alongside is None:
+            await self.store.events.insert_one(document)
+        else:
+            outcomes = await asyncio.gather(
+                alongside, self.store.events.insert_one(document), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         self.bus.deliver(events)
 
     async def poll_once(self) -> int:

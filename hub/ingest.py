@@ -494,9 +494,6 @@ class Ingestor:
                     },
                 )
             )
-        if updates:
-            await self.store.conversations.bulk_write(updates, ordered=False)
-
         published: list[Event] = [Event("message.created", message_view(d)) for d in new_docs]
         for conv_id, conv_docs in per_conv.items():
             published.append(
@@ -507,7 +504,10 @@ class Ingestor:
                     ),
                 )
             )
-        await self.events.publish(published)
+        # The summaries and the event document that reports them go to the store
+        # together, the summaries first; events are delivered once both are in.
+        summaries = self.store.conversations.bulk_write(updates, ordered=False) if updates else None
+        await self.events.publish(published, alongside=summaries)
 
         for channel, count in Counter(doc["channel"] for doc in new_docs).items():
             self.metrics.messages_in.labels(channel).inc(count)

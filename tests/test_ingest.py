@@ -12,6 +12,7 @@ import typing
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient
 
@@ -204,11 +205,11 @@ def hold_second_stage(hub: Any) -> tuple[asyncio.Event, asyncio.Event]:
     entered, release = asyncio.Event(), asyncio.Event()
     publish = hub.events.publish
 
-    async def held_publish(events: list[Any]) -> None:
+    async def held_publish(events: list[Any], **options: Any) -> None:
         if not release.is_set():
             entered.set()
             await release.wait()
-        await publish(events)
+        await publish(events, **options)
 
     hub.events.publish = held_publish
     return entered, release
@@ -659,3 +660,32 @@ async def test_store_down_answers_503_and_never_acknowledges_an_unstored_message
     finally:
         await reader.close()
     assert [m["provider_id"] for m in stored] == ["SMup"]
+
+
+async def test_store_gone_between_message_and_summary_fails_the_batch_and_delivers_nothing(
+    make_settings, private_store
+):
+    from channels.base import StoreUnavailable
+
+    settings = make_settings(store={"uri": private_store.uri, "server_selection_timeout_ms": 500})
+    async with TestClient(TestServer(build_app(settings))) as client:
+        hub = hub_of(client)
+        sub = hub.bus.subscribe()
+        entered, release = hold_second_stage(hub)
+        pending = asyncio.create_task(hub.ingest([text("G1", "stored, summary lost")]))
+        await asyncio.wait_for(entered.wait(), 10)
+        await private_store.stop()  # the message is in; the summary and events are not
+        release.set()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(pending, 30)
+        delivered = [e.type for e in drain(sub)]
+        assert "message.created" not in delivered and "conversation.updated" not in delivered
+    uri = await private_store.restart()
+    reader: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
+    try:
+        db = reader[settings.store.database]
+        assert [m["provider_id"] for m in await db.messages.find().to_list()] == ["G1"]
+        (conversation,) = await db.conversations.find().to_list()
+        assert conversation["last_message"] is None  # a provider retry repairs it
+    finally:
+        await reader.close()
