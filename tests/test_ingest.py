@@ -689,3 +689,21 @@ async def test_store_gone_between_message_and_summary_fails_the_batch_and_delive
         assert conversation["last_message"] is None  # a provider retry repairs it
     finally:
         await reader.close()
+
+
+async def test_a_small_batch_lingers_for_more_and_a_full_one_goes_at_once(hub_client, monkeypatch):
+    import hub.ingest as ingest_module
+
+    hub = hub_of(hub_client)
+    monkeypatch.setattr(ingest_module, "LINGER_SECONDS", 0.3)  # long enough to see on any machine
+    inserts = hub.store.commands.on[("insert", "messages")]
+    first = asyncio.create_task(hub.ingest([text("L1")]))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(hub.ingest([text("L2")]))
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert hub.store.commands.on[("insert", "messages")] == inserts + 1  # one batch, both
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(hub.ingest([text(f"F{n}") for n in range(ingest_module.LINGER_MIN)]), 10)
+    assert loop.time() - started < 0.3  # a full batch does not wait
