@@ -343,6 +343,14 @@ def _twins(embedded_uri: str, db_name: str) -> tuple[Any, Any, Any]:
     return client, client[db_name]["together"], client[db_name]["apart"]
 
 
+async def _seed_twins(colls: tuple[Any, Any], docs: list[Doc], group: str, at: str) -> None:
+    """The same documents and the same two single-field indexes in both twins."""
+    for coll in colls:
+        await coll.insert_many(docs)
+        await coll.create_index([(group, ASCENDING)])
+        await coll.create_index([(at, DESCENDING)])
+
+
 async def _one_command_each(coll: Any, ops: list[Any], *, ordered: bool) -> Any:
     """The reference: each update in a command of its own, summed up as one
     command would report them."""
@@ -529,10 +537,7 @@ async def test_random_updates_in_one_command_leave_documents_and_indexes_as_one_
         {"_id": f"d{i:03d}", group: f"c{i % 5}", at: BASE + timedelta(seconds=i), "n": i}
         for i in range(60)
     ]
-    for coll in (together, apart):
-        await coll.insert_many(docs)
-        await coll.create_index([(group, ASCENDING)])
-        await coll.create_index([(at, DESCENDING)])
+    await _seed_twins((together, apart), docs, group, at)
 
     def random_update() -> Any:
         target = f"d{rng.randrange(64):03d}"  # a few match nothing
@@ -745,10 +750,7 @@ async def test_set_and_inc_of_top_level_fields_do_in_one_command_what_they_do_on
         }
         for i in range(40)
     ]
-    for coll in (together, apart):
-        await coll.insert_many(docs)
-        await coll.create_index([(group, ASCENDING)])
-        await coll.create_index([(at, DESCENDING)])
+    await _seed_twins((together, apart), docs, group, at)
 
     def random_update() -> Any:
         target = f"s{rng.randrange(44):03d}"  # a few match nothing
