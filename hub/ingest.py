@@ -189,11 +189,17 @@ class _Pending:
 
 # Messages waiting that let a batch be stored before the last one is finished.
 PIPELINE_MIN = 16
-# A smaller batch waits for more until its oldest message is this old: at a few
-# hundred messages a second, three commands for two messages cost more than
-# the wait.
-LINGER_MIN = 8
-LINGER_SECONDS = 0.004
+# While messages arrive often, a smaller batch waits for more until its oldest
+# message is this old: at a few hundred messages a second, three commands for
+# two messages cost more than the wait. "Often" is a mean gap between arrivals
+# under half the wait; rarer messages are written at once, since nothing would
+# join them.
+LINGER_MIN = 24
+LINGER_SECONDS = 0.020
+# The weight of the newest gap in the running mean, and the longest gap it
+# counts (one long silence must not hide a burst for long).
+GAP_WEIGHT = 0.1
+GAP_CAP = 0.1
 
 
 @dataclass(slots=True)
@@ -227,6 +233,9 @@ class Ingestor:
         self._conversations = _LRU(100_000)
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
+        self._lingering = False
+        self._last_arrival = 0.0
+        self._mean_gap = GAP_CAP  # seconds between arrivals, a running mean
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._bot_tasks: set[asyncio.Task[None]] = set()
@@ -245,9 +254,14 @@ class Ingestor:
             raise RuntimeError("Ingestor.start() was not called")
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
+        gap = min(now - self._last_arrival, GAP_CAP) / len(events)
+        self._mean_gap += GAP_WEIGHT * (gap - self._mean_gap)
+        self._last_arrival = now
         items = [_Pending(e, loop.create_future(), now) for e in events]
         self._pending.extend(items)
-        self._wake.set()
+        # A lingering writer is woken only when its batch is big enough.
+        if not self._lingering or len(self._pending) >= LINGER_MIN:
+            self._wake.set()
         if len(items) == 1:  # a webhook carries one message, nearly always
             return [await items[0].future]
         return list(await asyncio.gather(*(i.future for i in items)))
@@ -277,10 +291,10 @@ class Ingestor:
         the store is not left idle while this process turns a reply into its
         next command. With fewer waiting, the next batch waits for the last one
         and grows meanwhile: a few commands per batch cost less than per
-        message. For the same reason a batch of fewer than LINGER_MIN messages
-        waits for more until its first message is LINGER_SECONDS old. Stage two
-        runs one batch at a time, in order, so summaries and events follow the
-        order messages were stored.
+        message. For the same reason, while messages arrive often, a batch of
+        fewer than LINGER_MIN messages waits for more until its first message
+        is LINGER_SECONDS old. Stage two runs one batch at a time, in order, so
+        summaries and events follow the order messages were stored.
         """
         finishing: asyncio.Task[None] | None = None
         while True:
@@ -307,18 +321,22 @@ class Ingestor:
                 return
 
     async def _linger(self) -> None:
-        """Wait, while fewer than LINGER_MIN messages wait, until the oldest of
-        them is LINGER_SECONDS old (each arrival wakes this to count again)."""
-        loop = asyncio.get_running_loop()
-        while len(self._pending) < LINGER_MIN and not self._closing:
-            # Enqueue times are perf_counter(); the loop's clock is monotonic.
-            left = self._pending[0].enqueued + LINGER_SECONDS - time.perf_counter()
-            if left <= 0:
-                return
-            self._wake.clear()
+        """While messages arrive often and fewer than LINGER_MIN wait, wait
+        until the oldest of them is LINGER_SECONDS old or LINGER_MIN wait."""
+        if len(self._pending) >= LINGER_MIN or self._mean_gap * 2 > LINGER_SECONDS:
+            return
+        # Enqueue times are perf_counter(); the loop's clock is monotonic.
+        left = self._pending[0].enqueued + LINGER_SECONDS - time.perf_counter()
+        if left <= 0 or self._closing:
+            return
+        self._lingering = True
+        self._wake.clear()
+        try:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(loop.time() + left):
+                async with asyncio.timeout(left):
                     await self._wake.wait()
+        finally:
+            self._lingering = False
 
     async def _finish(self, batch: list[_Pending], stored: _Stored) -> None:
         try:
@@ -528,8 +546,10 @@ class Ingestor:
             )
         # The summaries and the event document that reports them go to the store
         # together, the summaries first; events are delivered once both are in.
-        summaries = self.store.conversations.bulk_write(updates, ordered=False) if updates else None
-        await self.events.publish(published, alongside=summaries)
+        summary_write = (
+            self.store.conversations.bulk_write(updates, ordered=False) if updates else None
+        )
+        await self.events.publish(published, alongside=summary_write)
 
         for channel, count in Counter(doc["channel"] for doc in new_docs).items():
             self.metrics.messages_in.labels(channel).inc(count)

@@ -707,3 +707,27 @@ async def test_a_small_batch_lingers_for_more_and_a_full_one_goes_at_once(hub_cl
     started = loop.time()
     await asyncio.wait_for(hub.ingest([text(f"F{n}") for n in range(ingest_module.LINGER_MIN)]), 10)
     assert loop.time() - started < 1.0  # a full batch does not wait
+
+    # A lingering batch goes as soon as it is full.
+    inserts = hub.store.commands.on[("insert", "messages")]
+    started = loop.time()
+    lone = asyncio.create_task(hub.ingest([text("W0")]))
+    await asyncio.sleep(0.05)
+    rest = [text(f"W{n}") for n in range(1, ingest_module.LINGER_MIN)]
+    await asyncio.wait_for(asyncio.gather(lone, hub.ingest(rest)), 10)
+    assert loop.time() - started < 1.0
+    assert hub.store.commands.on[("insert", "messages")] == inserts + 1
+
+
+async def test_a_lone_message_after_a_quiet_spell_is_not_held(hub_client, monkeypatch):
+    import hub.ingest as ingest_module
+
+    hub = hub_of(hub_client)
+    # Only a gap between arrivals of under half the linger counts as "often";
+    # the first arrival's gap (since start) is a minute here, so it is rare.
+    monkeypatch.setattr(ingest_module, "LINGER_SECONDS", 1.0)
+    monkeypatch.setattr(ingest_module, "GAP_CAP", 60.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(hub.ingest([text("Q1")]), 10)
+    assert loop.time() - started < 1.0
