@@ -354,9 +354,11 @@ async def run(args: argparse.Namespace) -> int:
     )
     hub_loaded = statistics.median(sustained_run["window_cpu_us"] or [float("nan")])
     bare_loaded = statistics.median(bare_sustained["window_cpu_us"] or [float("nan")])
+    windows_cpu = sustained_run["window_cpu_us"]
+    spread = f"{min(windows_cpu):.0f}-{max(windows_cpu):.0f}" if windows_cpu else "n/a"
     print(
-        f"  hub CPU per message       {hub_loaded:8.0f} us  sustained (median of 10 s windows); "
-        f"{cpu_hub:.0f} us at {args.rate:.0f}/s   (target <= 300 us)"
+        f"  hub CPU per message       {hub_loaded:8.0f} us  sustained (median of 10 s windows, "
+        f"{spread}); {cpu_hub:.0f} us at {args.rate:.0f}/s   (target <= 300 us)"
     )
     print(
         f"  bare aiohttp endpoint     {bare_loaded:8.0f} us  sustained "
