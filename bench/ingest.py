@@ -1,6 +1,6 @@
 """Inbound ingest benchmark: signed webhooks in, stored, acknowledged.
 
-    .venv/bin/python -m bench.ingest            # the full run (about 3 minutes)
+    .venv/bin/python -m bench.ingest            # the full run (about 3.5 minutes)
     .venv/bin/python -m bench.ingest --quick    # a short run to see it work
 
 It starts a real `hub serve` process (embedded store in its own child process,
