@@ -252,6 +252,8 @@ class Ingestor:
             raise StoreUnavailable("the hub is shutting down")
         if self._writer is None:
             raise RuntimeError("Ingestor.start() was not called")
+        if not events:
+            return []
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         gap = min(now - self._last_arrival, GAP_CAP) / len(events)

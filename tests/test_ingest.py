@@ -719,6 +719,15 @@ async def test_a_small_batch_lingers_for_more_and_a_full_one_goes_at_once(hub_cl
     assert hub.store.commands.on[("insert", "messages")] == inserts + 1
 
 
+async def test_nothing_to_ingest_is_answered_with_nothing(hub_client):
+    hub = hub_of(hub_client)
+    inserts = hub.store.commands.on[("insert", "messages")]
+    assert await asyncio.wait_for(hub.ingest([]), 10) == []
+    assert hub.store.commands.on[("insert", "messages")] == inserts
+    (result,) = await asyncio.wait_for(hub.ingest([text("E1")]), 10)  # still writing
+    assert not result.duplicate
+
+
 async def test_a_lone_message_after_a_quiet_spell_is_not_held(hub_client, monkeypatch):
     import hub.ingest as ingest_module
 
