@@ -486,7 +486,11 @@ class HubSQLiteEngine(SQLiteEngine):
         # A hinted query names the index's expression index on `documents`, which
         # this engine does not keep: it reads without one (a hint is advice).
         index = super()._resolve_hint_index(*args, **kwargs)
-        if dataclasses.is_dataclass(index) and getattr(index, "physical_name", None):
+        if (
+            dataclasses.is_dataclass(index)
+            and not isinstance(index, type)
+            and getattr(index, "physical_name", None)
+        ):
             index = dataclasses.replace(index, physical_name=None)
         return index
 
@@ -878,9 +882,9 @@ class HubSQLiteEngine(SQLiteEngine):
                     db_name, coll_name, clause.field, "array", index
                 ):
                     from_where, params = self._index_from(db_name, coll_name, collection_id, index)
-                    params += [self._multikey_type_score("string"), clause.value]
+                    seek: list[Any] = [*params, self._multikey_type_score("string"), clause.value]
                     sql = f"FROM {from_where} AND entry.type_score = ? AND entry.element_key = ?"
-                    return self._hub_seek(semantics, len(clauses) > 1, sql, params)
+                    return self._hub_seek(semantics, len(clauses) > 1, sql, seek)
         for clause in clauses:
             field = getattr(clause, "field", "")
             if type(clause) not in RANGE_OPERATORS or "." in field or field == "_id":
@@ -1149,8 +1153,8 @@ class _NotPlain(Exception):
 
 _NOT_PLAIN = _NotPlain()
 _PLAIN_SCALARS = frozenset({str, float, bool, type(None)})
-_DOCUMENT_TYPES = frozenset({dict, codec_module._InternalBsonDocument})
-_ARRAY_TYPES = frozenset({list, codec_module._InternalBsonArray})
+_DOCUMENT_TYPES = frozenset[type]((dict, codec_module._InternalBsonDocument))
+_ARRAY_TYPES = frozenset[type]((list, codec_module._InternalBsonArray))
 _NUMERIC_TAGS = {BsonInt32: "int32", BsonInt64: "int64", BsonDouble: "double"}
 _MARKER = DocumentCodec._MARKER
 
