@@ -64,7 +64,6 @@ def conversation_id_for(inbox: str, medium: str, identity_key: str) -> str:
 
 def message_doc(event: InboundEvent, message_id: str, conversation_id: str) -> dict[str, Any]:
     """The stored form of an inbound event."""
-    fields = type(event).model_fields
     doc: dict[str, Any] = {
         "_id": message_id,
         "conversation_id": conversation_id,
@@ -78,12 +77,10 @@ def message_doc(event: InboundEvent, message_id: str, conversation_id: str) -> d
         "error": None,
         "provider_id": event.provider_id,
         "created_at": event.received_at,
-        "attachments": [a.model_dump() for a in event.attachments]
-        if "attachments" in fields
-        else [],
+        "attachments": [a.model_dump() for a in getattr(event, "attachments", ())],
     }
     for name in ("location", "contact", "button", "call", "email"):
-        value = getattr(event, name) if name in fields else None
+        value = getattr(event, name, None)
         if value is not None:
             doc[name] = value.model_dump(mode="json")
     if event.extra:
@@ -189,11 +186,11 @@ class _Pending:
 
 # Messages waiting that let a batch be stored before the last one is finished.
 PIPELINE_MIN = 16
-# While messages arrive often, a smaller batch waits for more until its oldest
+# While webhooks arrive often, a smaller batch waits for more until its oldest
 # message is this old: at a few hundred messages a second, three commands for
 # two messages cost more than the wait. "Often" is a mean gap between arrivals
-# under half the wait; rarer messages are written at once, since nothing would
-# join them.
+# under half the wait, the last one included, and the last gap itself shorter
+# than the wait; otherwise nothing is likely to join, and the batch goes at once.
 LINGER_MIN = 24
 LINGER_SECONDS = 0.020
 # The weight of the newest gap in the running mean, and the longest gap it
@@ -234,8 +231,11 @@ class Ingestor:
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._lingering = False
-        self._last_arrival = 0.0
-        self._mean_gap = GAP_CAP  # seconds between arrivals, a running mean
+        # Seconds between arrivals (calls of ingest): the last, and a running mean.
+        # The first arrival follows a silence as long as the process has run.
+        self._last_arrival = float("-inf")
+        self._last_gap = float("inf")
+        self._mean_gap = GAP_CAP
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._bot_tasks: set[asyncio.Task[None]] = set()
@@ -256,17 +256,21 @@ class Ingestor:
             return []
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        gap = min(now - self._last_arrival, GAP_CAP) / len(events)
-        self._mean_gap += GAP_WEIGHT * (gap - self._mean_gap)
+        self._last_gap = now - self._last_arrival
+        self._mean_gap += GAP_WEIGHT * (min(self._last_gap, GAP_CAP) - self._mean_gap)
         self._last_arrival = now
         items = [_Pending(e, loop.create_future(), now) for e in events]
         self._pending.extend(items)
         # A lingering writer is woken only when its batch is big enough.
-        if not self._lingering or len(self._pending) >= LINGER_MIN:
+        if not self._lingering or len(self._pending) >= self._linger_min:
             self._wake.set()
         if len(items) == 1:  # a webhook carries one message, nearly always
             return [await items[0].future]
         return list(await asyncio.gather(*(i.future for i in items)))
+
+    @property
+    def _linger_min(self) -> int:
+        return min(LINGER_MIN, self.max_batch)
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
@@ -323,9 +327,14 @@ class Ingestor:
                 return
 
     async def _linger(self) -> None:
-        """While messages arrive often and fewer than LINGER_MIN wait, wait
-        until the oldest of them is LINGER_SECONDS old or LINGER_MIN wait."""
-        if len(self._pending) >= LINGER_MIN or self._mean_gap * 2 > LINGER_SECONDS:
+        """While messages arrive often and fewer than LINGER_MIN wait (or a full
+        batch, if that is less), wait until the oldest of them is LINGER_SECONDS
+        old or that many wait."""
+        if (
+            len(self._pending) >= self._linger_min
+            or self._mean_gap * 2 > LINGER_SECONDS
+            or self._last_gap >= LINGER_SECONDS
+        ):
             return
         # Enqueue times are perf_counter(); the loop's clock is monotonic.
         left = self._pending[0].enqueued + LINGER_SECONDS - time.perf_counter()

@@ -696,6 +696,9 @@ async def test_a_small_batch_lingers_for_more_and_a_full_one_goes_at_once(hub_cl
 
     hub = hub_of(hub_client)
     monkeypatch.setattr(ingest_module, "LINGER_SECONDS", 1.0)  # long enough to see on any machine
+    # The first message since start follows a silence and goes at once; the
+    # ones right behind it arrive often enough to wait for company.
+    await asyncio.wait_for(hub.ingest([text("L0")]), 10)
     inserts = hub.store.commands.on[("insert", "messages")]
     first = asyncio.create_task(hub.ingest([text("L1")]))
     await asyncio.sleep(0.05)
@@ -728,15 +731,56 @@ async def test_nothing_to_ingest_is_answered_with_nothing(hub_client):
     assert not result.duplicate
 
 
-async def test_a_lone_message_after_a_quiet_spell_is_not_held(hub_client, monkeypatch):
+async def test_a_message_after_a_silence_longer_than_the_linger_is_not_held(
+    hub_client, monkeypatch
+):
     import hub.ingest as ingest_module
 
     hub = hub_of(hub_client)
-    # Only a gap between arrivals of under half the linger counts as "often";
-    # the first arrival's gap (since start) is a minute here, so it is rare.
-    monkeypatch.setattr(ingest_module, "LINGER_SECONDS", 1.0)
-    monkeypatch.setattr(ingest_module, "GAP_CAP", 60.0)
+    linger = 1.0  # long enough to tell apart on any machine
+    monkeypatch.setattr(ingest_module, "LINGER_SECONDS", linger)
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    await asyncio.wait_for(hub.ingest([text("Q1")]), 10)
-    assert loop.time() - started < 1.0
+
+    async def took(sid: str) -> float:
+        started = loop.time()
+        await asyncio.wait_for(hub.ingest([text(sid)]), 10)
+        return loop.time() - started
+
+    assert await took("Q1") < linger  # the first since start
+    assert await took("Q2") >= linger * 0.95  # right behind it: waits for company
+    await asyncio.sleep(linger * 1.2)
+    assert await took("Q3") < linger  # after a silence longer than the linger
+
+
+async def test_many_messages_in_one_call_do_not_count_as_frequent(hub_client, monkeypatch):
+    import hub.ingest as ingest_module
+
+    hub = hub_of(hub_client)
+    monkeypatch.setattr(ingest_module, "LINGER_SECONDS", 1.0)
+    monkeypatch.setattr(ingest_module, "GAP_CAP", 5.0)  # the mean can show rare calls
+    loop = asyncio.get_running_loop()
+    for call in range(3):  # a batch of 12 every 1.2 s: rare calls, each written at once
+        started = loop.time()
+        await asyncio.wait_for(hub.ingest([text(f"M{call}-{n}") for n in range(12)]), 10)
+        assert loop.time() - started < 1.0
+        await asyncio.sleep(1.2)
+
+
+async def test_a_full_batch_smaller_than_the_linger_minimum_does_not_wait(
+    make_settings, monkeypatch
+):
+    import hub.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "LINGER_SECONDS", 1.0)
+    settings = make_settings(ingest={"max_batch": 4})
+    async with TestClient(TestServer(build_app(settings))) as client:
+        hub = hub_of(client)
+        await asyncio.wait_for(hub.ingest([text("S0")]), 10)  # the first: at once
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        lone = asyncio.create_task(hub.ingest([text("S1")]))  # lingers for company
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(
+            asyncio.gather(lone, hub.ingest([text("S2"), text("S3"), text("S4")])), 10
+        )
+        assert loop.time() - started < 1.0  # four make a full batch: it goes
