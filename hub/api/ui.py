@@ -1,6 +1,6 @@
 """The agents' web inbox at `/`: one HTML page and its static files under `/ui/`.
 
-The page is plain HTML, CSS and a script module, with no build step and nothing
+The page is plain HTML, CSS and script modules, with no build step and nothing
 loaded from the network. Every answer carries a strict Content-Security-Policy:
 scripts only from this origin and never inline, so customer text that slipped
 into the page as markup still could not run.
@@ -16,9 +16,30 @@ from aiohttp import web
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
+# The page's script modules: app.js is the entry, and imports the others.
+SCRIPT_MODULES = (
+    "app.js",
+    "state.js",
+    "dom.js",
+    "format.js",
+    "api.js",
+    "auth.js",
+    "pages.js",
+    "conversations.js",
+    "thread.js",
+    "messages.js",
+    "composer.js",
+    "labels.js",
+    "contact-panel.js",
+    "callpop.js",
+    "contacts.js",
+    "reports.js",
+    "realtime.js",
+)
+
 # The files the page may load, by name: nothing else under /ui/ is served.
 STATIC_FILES: dict[str, str] = {
-    "app.js": "text/javascript",
+    **{name: "text/javascript" for name in SCRIPT_MODULES},
     "app.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }

@@ -10,6 +10,7 @@ from typing import Any
 
 from playwright.async_api import expect
 
+from hub.api.ui import STATIC_FILES, UI_DIR
 from hub.model import IdentityRef
 from tests.api.conftest import WINDOW_REASON
 from tests.support.waiting import eventually
@@ -19,6 +20,14 @@ ANN = "+15551230001"
 BOB = "+15551230002"
 XSS_SCRIPT = "<script>window.__x=1</script>"
 XSS_IMG = '<img src=x onerror="window.__x=1">'
+MODULE_IMPORT = re.compile(r"^(?:import|export) .* from '\./([\w-]+\.js)';$", re.M)
+SECURITY_HEADERS = (
+    "Content-Security-Policy",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "Referrer-Policy",
+    "Cache-Control",
+)
 
 
 def conv(page: Any, conversation_id: str) -> Any:
@@ -40,6 +49,24 @@ async def test_index_is_served_with_a_strict_content_security_policy(ui: UiHub) 
         assert resp.headers["Content-Type"].startswith("text/javascript")
     async with ui.http.get(ui.server.make_url("/ui/..%2Fapi%2Fui.py")) as resp:
         assert resp.status == 404
+
+
+async def test_every_script_module_is_served_like_the_entry(ui: UiHub) -> None:
+    """app.js imports the other modules by relative path: each must exist, be one
+    of the served files, and come with the entry's type and security headers."""
+    modules = sorted(path.name for path in UI_DIR.glob("*.js"))
+    assert "app.js" in modules and len(modules) > 1
+    for path in UI_DIR.glob("*.js"):
+        for name in MODULE_IMPORT.findall(path.read_text()):
+            assert name in modules, f"{path.name} imports {name}, which is absent"
+    async with ui.http.get(ui.server.make_url("/ui/app.js")) as resp:
+        entry = {header: resp.headers[header] for header in SECURITY_HEADERS}
+    for name in modules:
+        assert STATIC_FILES.get(name) == "text/javascript", f"{name} is not served"
+        async with ui.http.get(ui.server.make_url(f"/ui/{name}")) as resp:
+            assert resp.status == 200, name
+            assert resp.headers["Content-Type"] == "text/javascript; charset=utf-8", name
+            assert {header: resp.headers[header] for header in SECURITY_HEADERS} == entry, name
 
 
 async def test_wrong_password_is_refused_on_the_login_form(ui: UiHub, pages: Pages) -> None:

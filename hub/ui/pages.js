@@ -1,0 +1,25 @@
+// Which page shows: the inbox (list, thread and contact panes), the contacts
+// page or the reports, switched by the buttons in the top bar.
+
+import { showContactsPage } from './contacts.js';
+import { $ } from './dom.js';
+import { showReportsPage } from './reports.js';
+
+export function showPage(name) {
+  const reports = name === 'reports';
+  const contacts = name === 'contacts';
+  $('#reports').hidden = !reports;
+  $('#contacts-page').hidden = !contacts;
+  document.querySelector('main.panes').hidden = reports || contacts;
+  $('#show-reports').setAttribute('aria-pressed', String(reports));
+  $('#show-contacts').setAttribute('aria-pressed', String(contacts));
+  $('#show-inbox').setAttribute('aria-pressed', String(!reports && !contacts));
+  if (contacts) showContactsPage();
+  if (reports) showReportsPage();
+}
+
+export function wirePages() {
+  $('#show-inbox').addEventListener('click', () => showPage('inbox'));
+  $('#show-reports').addEventListener('click', () => showPage('reports'));
+  $('#show-contacts').addEventListener('click', () => showPage('contacts'));
+}
