@@ -58,10 +58,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import cpu_seconds, free_port, percentile, wait_http  # noqa: E402
-from hub.identity import new_contact_doc, normalize_phone  # noqa: E402
-from hub.ingest import conversation_id_for, message_id_for  # noqa: E402
+from hub.addresses import normalize_phone  # noqa: E402
 from hub.model import IdentityRef  # noqa: E402
-from hub.outbox import provider_key  # noqa: E402
+from hub.services.contacts import new_contact_doc  # noqa: E402
+from hub.services.ingest import conversation_id_for, message_id_for  # noqa: E402
+from hub.services.outbox import provider_key  # noqa: E402
 from hub.store import Store, identity_id  # noqa: E402
 from tests.support.testchannel import sign  # noqa: E402
 

@@ -42,10 +42,11 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hub.app import HUB, build_app  # noqa: E402
+from hub.app import build_app  # noqa: E402
 from hub.config import parse_settings  # noqa: E402
 from hub.model import IdentityRef, InboundText  # noqa: E402
-from hub.outbox import Draft, enqueue_many  # noqa: E402
+from hub.services.outbox import Draft, enqueue_many  # noqa: E402
+from hub.services.runtime import HUB  # noqa: E402
 
 PACE = 0.98
 WINDOW = 10.0

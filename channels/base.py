@@ -1,104 +1,91 @@
-"""What every channel adapter is: its settings, its webhook routes, its sender,
-its pace and how it classifies a provider's errors."""
+"""The channel toolkit: what every channel adapter is (its settings, webhook routes,
+sender, pace and error classification) and the few things every webhook needs.
+
+Two exceptions say what a webhook could not use, and one place answers them for
+every route of every adapter (`ChannelAdapter.webhook_routes`):
+
+- `IgnoredEvent`: a known event the hub does not handle. Acknowledged (200) so
+  the provider does not retry it, and logged as ignored.
+- `MalformedPayload`: a body that does not look like the provider's. 400 with
+  the API's JSON error body (`{"error": {"code": "bad_request", ...}}`).
+
+A bad signature is a 403 (`web.HTTPForbidden`). None of the three writes anything.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
-import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError
 
-from hub.events import Event
-from hub.model import IdentityRef, InboundEvent, OutboundMessage, SendResult, StatusUpdate
+from hub.model import OutboundMessage, SendResult
+from hub.ports import (
+    ChannelContext,
+    ChannelSettings,
+    PermanentSendError,
+    RateLimit,
+    SendError,
+    StoreUnavailable,
+    TransientSendError,
+    WebhookRoute,
+)
 from hub.ratelimit import KeyedRateLimiter, RateLimiter
 
+log = logging.getLogger("hub.channels")
 
-class ChannelSettings(BaseModel):
-    """Base of every channel's settings; unknown keys are an error."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class SendError(Exception):
-    """A send that did not go through. `reason` is shown to the agent."""
+class IgnoredEvent(Exception):
+    """A known event that the hub does not handle: acknowledged (200) and logged."""
 
-    def __init__(self, reason: str, *, code: str | None = None) -> None:
-        super().__init__(reason)
+    def __init__(self, event: str, reason: str = "not handled") -> None:
+        super().__init__(f"{event}: {reason}")
+        self.event = event
         self.reason = reason
-        self.code = code
 
 
-class TransientSendError(SendError):
-    """Worth retrying later (rate limit, timeout, 5xx).
+class MalformedPayload(Exception):
+    """A payload that does not look like the provider's: 400 with the API's error body."""
 
-    `maybe_sent` says whether the provider may have taken the message anyway (a
-    timeout, a 5xx); a 429 or a refused connection is certainly not sent. An
-    at-most-once send (campaign, greeting) is retried only when it was not sent.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        code: str | None = None,
-        retry_after: float | None = None,
-        maybe_sent: bool = True,
-    ) -> None:
-        super().__init__(reason, code=code)
-        self.retry_after = retry_after
-        self.maybe_sent = maybe_sent
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
-class PermanentSendError(SendError):
-    """Will never succeed as it is; `opt_out` marks the recipient unsubscribed."""
-
-    def __init__(self, reason: str, *, code: str | None = None, opt_out: bool = False) -> None:
-        super().__init__(reason, code=code)
-        self.opt_out = opt_out
+def bad_request(message: str) -> web.Response:
+    """A 400 in the API's error shape."""
+    return web.json_response({"error": {"code": "bad_request", "message": message}}, status=400)
 
 
-class StoreUnavailable(Exception):
-    """The store could not take the write; the provider must retry (answer 5xx)."""
+def validation_message(error: ValidationError) -> str:
+    """A pydantic error as one line naming each field: `to: Field required; ...`."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
 
 
-@dataclass(frozen=True)
-class RateLimit:
-    """Messages per second an inbox may send, and the burst it may use at once."""
+def json_object(body: bytes) -> dict[str, Any]:
+    """A raw body as a JSON object, or MalformedPayload saying why it is not one."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedPayload("the body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise MalformedPayload("the body must be a JSON object")
+    return payload
 
-    per_second: float
-    burst: int = 1
-    # Also pace each recipient (`OutboundMessage.to`) at this rate (Telegram chats).
-    per_recipient: float | None = None
 
-
-@dataclass(frozen=True)
-class ChannelContext:
-    """What the hub gives an adapter; adapters reach for nothing else."""
-
-    ingest: Callable[[Sequence[InboundEvent]], Awaitable[list[object]]]
-    record_status: Callable[[Sequence[StatusUpdate]], Awaitable[int]]
-    http: Callable[[], aiohttp.ClientSession]
-    public_url: str
-    default_region: str
-    logger: logging.Logger
-    # The conversation of `inbox` holding a message with one of these e-mail
-    # Message-IDs (inbound `email.message_id`, or an outbound send's provider id).
-    find_thread: Callable[[str, Sequence[str]], Awaitable[str | None]]
-    # Resolve-or-create the contact of an identity and set its opt-out on `medium`.
-    opt_out: Callable[[IdentityRef, str, bool], Awaitable[str]]
-    # Resolve-or-create the caller and publish `call.incoming` (the screen-pop).
-    call_incoming: Callable[[str, IdentityRef, str], Awaitable[str]]
-    # Queue a text from the system to `ref` on `inbox` and `medium` (keyword `key`:
-    # once per key); the message id, or None when the contact opted out.
-    send_text: Callable[..., Awaitable[str | None]]
-    # Resolve-or-create the contact of `ref`, attach `also`, name it, set attributes.
-    update_contact: Callable[..., Awaitable[str]]
-    publish: Callable[[Sequence[Event]], Awaitable[None]]
+def supported_events(event_map: Mapping[str, object]) -> tuple[str, ...]:
+    """The events an adapter handles, read from its map of event type to handler."""
+    return tuple(event_map)
 
 
 class ChannelAdapter:
@@ -119,6 +106,53 @@ class ChannelAdapter:
     def routes(self) -> list[web.RouteDef]:
         """Webhook routes, with paths relative to `webhook_prefix`."""
         return []
+
+    def webhook_routes(self) -> list[WebhookRoute]:
+        """The routes the hub serves for this inbox, with their full paths, each
+        answering `IgnoredEvent` and `MalformedPayload` the one way they are answered."""
+        return [
+            WebhookRoute(route.method, self.webhook_prefix + route.path, self._guarded(route))
+            for route in self.routes()
+            if isinstance(route, web.RouteDef)
+        ]
+
+    def _guarded(self, route: web.RouteDef) -> Handler:
+        handler: Handler = route.handler  # type: ignore[assignment]
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except IgnoredEvent as ignored:
+                log.info(
+                    "event ignored",
+                    extra={
+                        "inbox": self.inbox_id,
+                        "channel": self.name,
+                        "event": ignored.event[:64],
+                        "reason": ignored.reason,
+                    },
+                )
+                return self.ignored_response(ignored)
+            except MalformedPayload as malformed:
+                log.info(
+                    "malformed webhook",
+                    extra={
+                        "inbox": self.inbox_id,
+                        "channel": self.name,
+                        "error": malformed.message,
+                    },
+                )
+                return bad_request(malformed.message)
+
+        return guarded
+
+    def ignored_response(self, ignored: IgnoredEvent) -> web.StreamResponse:
+        """What the provider is answered for an event the hub does not handle."""
+        return web.json_response({"ok": True, "ignored": ignored.reason})
+
+    def webhook_urls(self, public_url: str) -> list[str]:
+        """The URLs to give the provider, for the status page and the docs."""
+        return [public_url + self.webhook_prefix]
 
     def rate_limit(self) -> RateLimit:
         return RateLimit(per_second=10.0, burst=1)
@@ -145,3 +179,21 @@ class ChannelAdapter:
 
     async def send(self, message: OutboundMessage) -> SendResult:
         raise PermanentSendError(f"channel {self.name} cannot send messages")
+
+
+__all__ = [
+    "ChannelAdapter",
+    "ChannelContext",
+    "ChannelSettings",
+    "IgnoredEvent",
+    "MalformedPayload",
+    "PermanentSendError",
+    "RateLimit",
+    "SendError",
+    "StoreUnavailable",
+    "TransientSendError",
+    "bad_request",
+    "json_object",
+    "supported_events",
+    "validation_message",
+]

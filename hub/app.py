@@ -4,239 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
-import re
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from bots import BotHook
-from channels import ChannelAdapter, ChannelContext, StoreUnavailable, channel_class
-from hub.config import Settings
-from hub.events import Event, EventBus, Events
-from hub.identity import add_identity, merge_contacts, resolve_contact
-from hub.ingest import Ingestor, IngestResult
+from channels import channel_class
 from hub.metrics import Metrics
-from hub.model import Attachment, ButtonReply, IdentityRef, InboundEvent, StatusUpdate
-from hub.outbox import (
-    Dispatcher,
-    OutboxError,
-    enqueue,
-    provider_key,
-    record_statuses,
-    set_opt_out,
-)
-from hub.store import Store, identity_id
-from hub.web import status_response
+from hub.ports import BotHook, Channel, StoreUnavailable
+from hub.services.dispatcher import Dispatcher
+from hub.services.events import EventBus, Events
+from hub.services.ingest import Ingestor
+from hub.services.replies import Replies
+from hub.services.runtime import HUB, ChannelServices, Hub
+from hub.settings import Settings
+from hub.status_page import status_response
+from hub.store import Store
 
 log = logging.getLogger("hub.app")
-
-
-@dataclass
-class Hub:
-    """The running parts of one hub process."""
-
-    settings: Settings
-    instance_id: str
-    metrics: Metrics
-    bus: EventBus
-    store: Store | None = None
-    events: Events | None = None
-    ingestor: Ingestor | None = None
-    dispatcher: Dispatcher | None = None
-    adapters: dict[str, ChannelAdapter] = field(default_factory=dict)
-    http: aiohttp.ClientSession | None = None
-
-    async def ingest(self, events: Sequence[InboundEvent]) -> list[IngestResult]:
-        assert self.ingestor is not None
-        return await self.ingestor.ingest(events)
-
-    async def record_status(self, updates: Sequence[StatusUpdate]) -> int:
-        assert self.store is not None and self.events is not None
-        try:
-            return await record_statuses(self.store, self.events, list(updates))
-        except Exception as error:
-            if _is_store_error(error):
-                raise StoreUnavailable(str(error)) from error
-            raise
-
-    async def merge_contacts(self, keep_id: str, other_id: str) -> dict[str, Any]:
-        """Fold contact `other_id` into `keep_id` and tell every hub process."""
-        assert self.store is not None and self.events is not None
-        merged = await merge_contacts(self.store, keep_id, other_id)
-        await self.events.publish([Event("contact.merged", {"id": keep_id, "merged_id": other_id})])
-        return merged
-
-    async def reply(
-        self,
-        conversation_id: str,
-        *,
-        text: str | None,
-        sender: dict[str, Any],
-        template: dict[str, Any] | None = None,
-        buttons: list[ButtonReply] | None = None,
-        attachments: list[Attachment] | None = None,
-        subject: str | None = None,
-        at_most_once: bool = False,
-        campaign_id: str | None = None,
-        key: str | None = None,
-    ) -> dict[str, Any]:
-        """Queue an outbound message in a conversation (an agent's reply, a bot's, a
-        campaign's); raise OutboxError when it cannot be sent there now."""
-        assert self.store is not None and self.events is not None
-        conversation = await self.store.conversations.find_one(
-            {"_id": conversation_id}, {"inbox": 1, "last_inbound_at": 1}
-        )
-        if conversation is None:
-            raise OutboxError(f"no conversation {conversation_id}")
-        adapter = self.adapters.get(str(conversation["inbox"]))
-        if adapter is None:
-            raise OutboxError(f"inbox {conversation['inbox']} is not configured")
-        refusal = adapter.reply_refusal(conversation.get("last_inbound_at"), bool(template))
-        if refusal:
-            raise OutboxError(refusal)
-        doc = await enqueue(
-            self.store,
-            self.events,
-            conversation_id=conversation_id,
-            text=text,
-            sender=sender,
-            template=template,
-            buttons=buttons,
-            attachments=attachments,
-            subject=subject,
-            at_most_once=at_most_once,
-            campaign_id=campaign_id,
-            key=key,
-        )
-        if self.dispatcher is not None:
-            self.dispatcher.wake()
-        return doc
-
-    # -- what channel adapters are given (ChannelContext) --------------------------
-
-    async def send_text(
-        self, inbox: str, medium: str, ref: IdentityRef, text: str, *, key: str | None = None
-    ) -> str | None:
-        """Queue a text from the system to `ref` (opening the conversation); None
-        when the contact opted out of `medium`. With a `key`, once per key: safe to
-        call again on every retry of the webhook that asks for it."""
-        assert self.store is not None and self.ingestor is not None
-        if self.settings.inbox(inbox) is None:
-            raise ValueError(f"no inbox {inbox!r} is configured")
-        conv_id, contact_id = await self.ingestor.open_conversation(inbox, medium, ref)
-        contact = await self.store.contacts.find_one({"_id": contact_id}, {"opted_out": 1})
-        if contact and (contact.get("opted_out") or {}).get(medium):
-            log.info("not sent: the contact opted out", extra={"inbox": inbox, "medium": medium})
-            return None
-        doc = await self.reply(conv_id, text=text, sender={"type": "system", "id": None}, key=key)
-        return str(doc["_id"])
-
-    async def opt_out(self, ref: IdentityRef, medium: str, opted_out: bool = True) -> str:
-        """Record that the owner of `ref` does (or no longer does) refuse `medium`."""
-        assert self.store is not None and self.events is not None
-        contact_id = await resolve_contact(self.store, ref)
-        await set_opt_out(self.store, self.events, contact_id, medium, opted_out)
-        return contact_id
-
-    async def call_incoming(self, inbox: str, ref: IdentityRef, call_id: str) -> str:
-        """Publish `call.incoming` with the caller's card the moment a call starts."""
-        assert self.store is not None and self.events is not None and self.ingestor
-        conv_id, contact_id = await self.ingestor.open_conversation(inbox, "voice", ref)
-        contact = await self.store.contacts.find_one({"_id": contact_id}) or {}
-        card = {
-            "id": contact_id,
-            "name": contact.get("name"),
-            "phones": contact.get("phones", []),
-            "emails": contact.get("emails", []),
-            "labels": contact.get("labels", []),
-        }
-        data = {
-            "inbox": inbox,
-            "channel": "voice",
-            "call_id": call_id,
-            "from": ref.value,
-            "conversation_id": conv_id,
-            "contact": card,
-        }
-        await self.events.publish([Event("call.incoming", data)])
-        return contact_id
-
-    async def find_thread(self, inbox: str, message_ids: Sequence[str]) -> str | None:
-        """The conversation of `inbox` holding one of these e-mail Message-IDs."""
-        assert self.store is not None
-        ids = [i.strip().strip("<>") for i in message_ids if i and i.strip().strip("<>")][:50]
-        if not ids:
-            return None
-        # One indexed equality per id (the embedded engine scans for `$in`).
-        projection = {"conversation_id": 1, "inbox": 1}
-        for found in await asyncio.gather(
-            *(
-                self.store.messages.find_one({"provider_key": provider_key(inbox, i)}, projection)
-                for i in ids
-            ),
-            *(self.store.messages.find_one({"email.message_id": i}, projection) for i in ids),
-        ):
-            if found is not None and found.get("inbox") == inbox:
-                return str(found["conversation_id"])
-        return None
-
-    async def update_contact(
-        self,
-        ref: IdentityRef,
-        also: Sequence[IdentityRef] = (),
-        name: str | None = None,
-        attributes: Mapping[str, str] | None = None,
-    ) -> str:
-        """Resolve-or-create the contact of `ref`, attach the identities in `also`
-        that are no one's, give it `name` if it has none, and set `attributes`."""
-        assert self.store is not None
-        contact_id = None
-        for known in (ref, *also):
-            owner = await self.store.identities.find_one(
-                {"_id": identity_id(known.kind, known.value)}, {"contact_id": 1}
-            )
-            if owner is not None:
-                contact_id = str(owner["contact_id"])
-                break
-        if contact_id is None:
-            contact_id = await resolve_contact(self.store, ref)
-        for other in (ref, *also):
-            if not await add_identity(self.store, contact_id, other):
-                log.info(
-                    "identity kept by another contact",
-                    extra={"contact_id": contact_id, "identity_kind": other.kind},
-                )
-        if name:
-            contact = await self.store.contacts.find_one({"_id": contact_id}, {"name": 1})
-            if contact is not None and not contact.get("name"):
-                await self.store.contacts.update_one({"_id": contact_id}, {"$set": {"name": name}})
-        fields = {f"attributes.{attribute_key(k)}": str(v) for k, v in (attributes or {}).items()}
-        if fields:
-            await self.store.contacts.update_one({"_id": contact_id}, {"$set": fields})
-        return contact_id
-
-    async def publish(self, events: Sequence[Event]) -> None:
-        assert self.events is not None
-        await self.events.publish(list(events))
-
-    def http_session(self) -> aiohttp.ClientSession:
-        assert self.http is not None
-        return self.http
-
-
-HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
-
-
-def attribute_key(key: str) -> str:
-    """A contact attribute name that is only ever a field name: no path, no operator."""
-    cleaned = re.sub(r"[^\w -]", "_", key.strip())[:64]
-    return cleaned or "_"
 
 
 def _is_store_error(error: BaseException) -> bool:
@@ -282,29 +70,21 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
-async def index(request: web.Request) -> web.Response:
+async def status(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     store = "embedded" if hub.store is not None and hub.store.embedded else "MongoDB"
-    inboxes = [(inbox.id, inbox.channel) for inbox in hub.settings.inboxes]
-    return status_response(hub.settings.public_url, inboxes, store)
+    public_url = hub.settings.public_url
+    inboxes = [
+        (inbox_id, adapter.name, adapter.webhook_urls(public_url))
+        for inbox_id, adapter in hub.adapters.items()
+    ]
+    return status_response(inboxes, store)
 
 
-def build_adapters(hub: Hub) -> dict[str, ChannelAdapter]:
-    ctx = ChannelContext(
-        ingest=hub.ingest,  # type: ignore[arg-type]
-        record_status=hub.record_status,
-        http=hub.http_session,
-        public_url=hub.settings.public_url,
-        default_region=hub.settings.identity.default_region,
-        logger=logging.getLogger("hub.channels"),
-        find_thread=hub.find_thread,
-        opt_out=hub.opt_out,
-        call_incoming=hub.call_incoming,
-        send_text=hub.send_text,
-        update_contact=hub.update_contact,
-        publish=hub.publish,
-    )
-    adapters: dict[str, ChannelAdapter] = {}
+def build_adapters(hub: Hub) -> dict[str, Channel]:
+    """One adapter per configured inbox, its class found by channel name in the registry."""
+    ctx = ChannelServices(hub)
+    adapters: dict[str, Channel] = {}
     for inbox in hub.settings.inboxes:
         cls = channel_class(inbox.channel)
         assert cls is not None  # the config was validated against the registry
@@ -333,16 +113,12 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
     hub.adapters = build_adapters(hub)
 
     for adapter in hub.adapters.values():
-        for route in adapter.routes():
-            app.router.add_route(
-                route.method,
-                adapter.webhook_prefix + route.path,
-                route.handler,  # type: ignore[arg-type]
-            )
+        for route in adapter.webhook_routes():
+            app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/status", index)
+    app.router.add_get("/status", status)
     from hub import api
 
     api.setup(app)
@@ -370,6 +146,9 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
                 store, hub.events, hub.metrics, bot=bot, max_batch=settings.ingest.max_batch
             )
             hub.ingestor.start()
+            hub.replies = Replies(
+                store, hub.events, hub.ingestor, hub.adapters, hub.wake_dispatcher
+            )
             if sandbox is not None:
                 await sandbox.start(hub)  # before the adapters: they may call it at start
             for adapter in hub.adapters.values():
@@ -407,14 +186,6 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
 
     app.cleanup_ctx.append(lifecycle)
     return app
-
-
-def json_body_error(message: str) -> web.HTTPBadRequest:
-    """A 400 in the API's error shape, for adapters and handlers."""
-    return web.HTTPBadRequest(
-        text=json.dumps({"error": {"code": "bad_request", "message": message}}),
-        content_type="application/json",
-    )
 
 
 async def run_forever(settings: Settings, *, ready: asyncio.Event | None = None) -> None:

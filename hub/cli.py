@@ -87,7 +87,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _add_agent(settings: Settings, args: argparse.Namespace, password: str) -> int:
-    from hub.accounts import AccountError, Accounts
+    from hub.services.accounts import AccountError, Accounts
     from hub.store import Store
 
     store = await Store.for_settings(settings)
@@ -157,7 +157,7 @@ class ProgressBar:
 
 
 async def _import_contacts(settings: Settings, rows: list[tuple[int, dict[str, str]]]) -> int:
-    from hub.contacts_io import import_rows
+    from hub.services.contacts_io import import_rows
     from hub.store import Store
 
     store = await Store.for_settings(settings)
@@ -185,7 +185,7 @@ async def _import_contacts(settings: Settings, rows: list[tuple[int, dict[str, s
 def cmd_contacts_import(args: argparse.Namespace) -> int:
     from pymongo.errors import PyMongoError
 
-    from hub.contacts_io import read_rows
+    from hub.services.contacts_io import read_rows
     from hub.store.embedded import EmbeddedStoreError
 
     try:

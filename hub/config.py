@@ -10,14 +10,25 @@ import os
 import re
 import tomllib
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
-from channels import ChannelSettings, channel_class, known_channels
+from channels import channel_class, known_channels
+from hub.settings import (
+    DispatcherSettings,
+    EventsSettings,
+    IdentitySettings,
+    InboxConfig,
+    IngestSettings,
+    LoggingSettings,
+    SandboxSettings,
+    Section,
+    ServerSettings,
+    Settings,
+    StoreSettings,
+)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _URI_PASSWORD = re.compile(r"^mongodb(?:\+srv)?://[^:@/]*:([^@/]+)@")
@@ -27,79 +38,7 @@ class ConfigError(Exception):
     """A configuration problem, with the file and key it concerns."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ServerSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    public_url: str = ""
-    shutdown_timeout: float = Field(default=10.0, gt=0)
-
-
-class StoreSettings(_Section):
-    uri: str = ""
-    database: str = Field(default="hub", pattern=r"^[A-Za-z0-9_-]{1,60}$")
-    data_dir: str = "var"
-    server_selection_timeout_ms: int = Field(default=3000, ge=100)
-
-
-class IdentitySettings(_Section):
-    default_region: str = "US"
-
-    @field_validator("default_region")
-    @classmethod
-    def _known_region(cls, value: str) -> str:
-        value = value.upper()
-        if value not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError(f"unknown region {value!r} (use an ISO 3166 code such as 'US')")
-        return value
-
-
-class IngestSettings(_Section):
-    max_batch: int = Field(default=256, ge=1, le=5000)
-
-
-class DispatcherSettings(_Section):
-    workers: int = Field(default=4, ge=1, le=64)
-    batch: int = Field(default=100, ge=1, le=1000)  # most items one claim takes per inbox
-    lease_seconds: float = Field(default=60.0, gt=0)
-    max_attempts: int = Field(default=8, ge=1)
-    backoff_base: float = Field(default=1.0, gt=0)
-    backoff_max: float = Field(default=300.0, gt=0)
-    poll_interval: float = Field(default=1.0, gt=0)
-
-
-class EventsSettings(_Section):
-    poll_interval: float = Field(default=0.25, gt=0)
-    retention_seconds: float = Field(default=30.0, gt=0)
-
-
-class LoggingSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "text"] = "json"
-
-
-class SandboxSettings(_Section):
-    """Built-in provider simulators and the customer page `/sandbox` (hub.sandbox).
-
-    Off unless a config turns it on. When on, every inbox it covers (`inboxes`;
-    empty: all twilio, telegram, whatsapp, email and pbx inboxes) sends to the
-    simulators on loopback instead of its provider."""
-
-    enabled: bool = False
-    host: str = "127.0.0.1"  # where the simulators listen (keep it loopback)
-    port: int = Field(default=0, ge=0, le=65535)  # their HTTP port; 0: any free one
-    smtp_port: int = Field(default=0, ge=0, le=65535)  # their SMTP sink; 0: any free one
-    hub_url: str = ""  # where they post webhooks; empty: the address the hub answered on
-    inboxes: list[str] = []
-    delivery_delay: float = Field(default=0.3, ge=0, le=60)  # seconds before "delivered"
-    demo_admin_email: str = ""  # with a password: the first admin, created at start-up
-    demo_admin_password: str = ""
-
-
-class _RawConfig(_Section):
+class _RawConfig(Section):
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
     identity: IdentitySettings = IdentitySettings()
@@ -109,40 +48,6 @@ class _RawConfig(_Section):
     logging: LoggingSettings = LoggingSettings()
     sandbox: SandboxSettings = SandboxSettings()
     inboxes: list[dict[str, Any]] = []
-
-
-@dataclass(frozen=True)
-class InboxConfig:
-    """One configured inbox: its id, its channel name and the channel's own settings."""
-
-    id: str
-    channel: str
-    settings: ChannelSettings
-
-
-@dataclass(frozen=True)
-class Settings:
-    server: ServerSettings
-    store: StoreSettings
-    identity: IdentitySettings
-    ingest: IngestSettings
-    dispatcher: DispatcherSettings
-    events: EventsSettings
-    logging: LoggingSettings
-    inboxes: tuple[InboxConfig, ...]
-    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
-    source: str = "<defaults>"
-    data_dir: Path = field(default_factory=lambda: Path("var").resolve())
-    secrets: frozenset[str] = frozenset()
-
-    @property
-    def public_url(self) -> str:
-        if self.server.public_url:
-            return self.server.public_url.rstrip("/")
-        return f"http://{self.server.host}:{self.server.port}"
-
-    def inbox(self, inbox_id: str) -> InboxConfig | None:
-        return next((i for i in self.inboxes if i.id == inbox_id), None)
 
 
 def _loc(parts: tuple[Any, ...]) -> str:

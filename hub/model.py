@@ -4,8 +4,9 @@ nothing past `channels/` ever sees a provider's wire format.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -245,3 +246,15 @@ class Message(BaseModel):
     status: MessageStatus
     error: str | None = None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened, for the inbox, the bots and every other hub process:
+    `type` as in the realtime API (`message.created`, ...) and its JSON `data`."""
+
+    type: str
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "data": self.data}

@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient
 
 import tests.support.testchannel  # noqa: F401  (registers the test channel)
-from hub.app import HUB, Hub, build_app
+from hub.app import build_app
 from hub.config import Settings, parse_settings
+from hub.services.runtime import HUB, Hub
 from hub.store import Store
 from hub.store.embedded import EmbeddedStore
 from tests.support.fakeprovider import FakeProvider

@@ -16,9 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from hub.app import HUB, build_app
+from hub.app import build_app
 from hub.logs import setup_logging
-from hub.outbox import enqueue
+from hub.services.outbox import enqueue
+from hub.services.runtime import HUB
 from tests.conftest import SECRET, hub_of, post_inbound, signed_form
 from tests.support.waiting import eventually, next_event, of_type
 
@@ -45,11 +46,12 @@ async def test_status_page_lists_each_inbox_with_its_webhook_url(hub_client):
 
 
 def test_status_page_escapes_what_it_shows():
-    from hub.web import status_page
+    from hub.status_page import status_page
 
-    page = status_page("http://h", [("<script>x</script>", "testchan")], "embedded")
+    page = status_page([("<script>x</script>", "testchan", ["http://h/<b>"])], "embedded")
     assert "<script>x" not in page
     assert "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "<b>" not in page
 
 
 async def test_readyz_is_200_with_the_store_up_and_503_when_it_is_down(

@@ -9,7 +9,9 @@ import itertools
 import pytest
 
 from hub.model import EmailInfo, IdentityRef, InboundEmail, InboundText
-from hub.outbox import OutboxError, outbound_message, provider_key
+from hub.services.dispatcher import outbound_message
+from hub.services.outbox import OutboxError, provider_key
+from hub.services.runtime import ChannelServices
 from tests.conftest import hub_of
 from tests.support.waiting import eventually, next_event, of_type
 
@@ -42,16 +44,21 @@ def email_from(address: str, provider_id: str, **info: object) -> InboundEmail:
 async def test_find_thread_knows_inbound_message_ids_and_outbound_sends(hub_client):
     hub = hub_of(hub_client)
     (first,) = await hub.ingest([email_from("ann@example.com", "m1@example.com", subject="Hi")])
-    assert await hub.find_thread("t1", ["<m1@example.com>"]) == first.conversation_id
-    assert await hub.find_thread("t1", ["other@x", "nope@x"]) is None
-    assert await hub.find_thread("t2", ["m1@example.com"]) is None
+    assert (
+        await ChannelServices(hub).find_thread("t1", ["<m1@example.com>"]) == first.conversation_id
+    )
+    assert await ChannelServices(hub).find_thread("t1", ["other@x", "nope@x"]) is None
+    assert await ChannelServices(hub).find_thread("t2", ["m1@example.com"]) is None
 
     # An outbound send is found by the Message-ID its adapter returned.
     await hub.store.messages.update_one(
         {"_id": first.message_id},
         {"$set": {"provider_key": provider_key("t1", "sent-1@hub.example")}},
     )
-    assert await hub.find_thread("t1", ["<sent-1@hub.example>"]) == first.conversation_id
+    assert (
+        await ChannelServices(hub).find_thread("t1", ["<sent-1@hub.example>"])
+        == first.conversation_id
+    )
 
 
 async def test_ingest_stores_a_message_in_the_hinted_conversation_of_its_inbox(hub_client):
@@ -90,12 +97,12 @@ async def test_a_reply_to_an_email_carries_the_thread_headers_and_subject(hub_cl
 async def test_opt_out_marks_the_contact_and_announces_it(hub_client):
     hub = hub_of(hub_client)
     sub = hub.bus.subscribe()
-    contact_id = await hub.opt_out(phone(), "sms", True)
+    contact_id = await ChannelServices(hub).opt_out(phone(), "sms", True)
     contact = await hub.store.contacts.find_one({"_id": contact_id})
     assert contact["opted_out"] == {"sms": True}
     event = await next_event(sub, of_type("contact.updated"))
     assert event.data == {"id": contact_id, "opted_out": {"sms": True}}
-    assert await hub.opt_out(phone(), "sms", False) == contact_id
+    assert await ChannelServices(hub).opt_out(phone(), "sms", False) == contact_id
     assert (await hub.store.contacts.find_one({"_id": contact_id}))["opted_out"] == {"sms": False}
 
 
@@ -109,7 +116,7 @@ async def test_call_incoming_publishes_the_callers_card_at_once(hub_client):
         ]
     )
     sub = hub.bus.subscribe()
-    contact_id = await hub.call_incoming("t1", phone(), "CA1")
+    contact_id = await ChannelServices(hub).call_incoming("t1", phone(), "CA1")
     event = await next_event(sub, of_type("call.incoming"))
     assert event.data["call_id"] == "CA1"
     assert event.data["from"] == NUMBER
@@ -122,7 +129,9 @@ async def test_call_incoming_publishes_the_callers_card_at_once(hub_client):
 
 async def test_send_text_opens_the_conversation_and_the_dispatcher_sends_it(hub_client, provider):
     hub = hub_of(hub_client)
-    message_id = await hub.send_text("t1", "sms", phone(), "Sorry we missed your call")
+    message_id = await ChannelServices(hub).send_text(
+        "t1", "sms", phone(), "Sorry we missed your call"
+    )
     assert message_id is not None
     sent = await eventually(sent_by(provider), lambda s: len(s) == 1)
     assert sent[0]["text"] == "Sorry we missed your call"
@@ -130,22 +139,24 @@ async def test_send_text_opens_the_conversation_and_the_dispatcher_sends_it(hub_
     message = await hub.store.messages.find_one({"_id": message_id})
     assert message["sender"] == {"type": "system", "id": None}
     with pytest.raises(ValueError, match="no inbox"):
-        await hub.send_text("nowhere", "sms", phone(), "x")
+        await ChannelServices(hub).send_text("nowhere", "sms", phone(), "x")
 
 
 async def test_send_text_skips_a_contact_who_opted_out(hub_client, provider):
     hub = hub_of(hub_client)
-    await hub.opt_out(phone(), "sms", True)
-    assert await hub.send_text("t1", "sms", phone(), "promo") is None
+    await ChannelServices(hub).opt_out(phone(), "sms", True)
+    assert await ChannelServices(hub).send_text("t1", "sms", phone(), "promo") is None
     assert await hub.store.outbox.count_documents({}) == 0
     assert await hub.store.messages.count_documents({"direction": "out"}) == 0
 
 
 async def test_update_contact_links_free_identities_names_once_and_sets_attributes(hub_client):
     hub = hub_of(hub_client)
-    taken = await hub.update_contact(IdentityRef(kind="email", value="taken@example.com"))
-    mine = await hub.update_contact(phone())
-    contact_id = await hub.update_contact(
+    taken = await ChannelServices(hub).update_contact(
+        IdentityRef(kind="email", value="taken@example.com")
+    )
+    mine = await ChannelServices(hub).update_contact(phone())
+    contact_id = await ChannelServices(hub).update_contact(
         phone(),
         also=[
             IdentityRef(kind="email", value="lead@example.com"),
@@ -162,7 +173,7 @@ async def test_update_contact_links_free_identities_names_once_and_sets_attribut
     owner = await hub.store.identities.find_one({"_id": "email:taken@example.com"})
     assert owner["contact_id"] == taken
     # A second submission does not rename the contact.
-    await hub.update_contact(phone(), name="Someone Else")
+    await ChannelServices(hub).update_contact(phone(), name="Someone Else")
     assert (await hub.store.contacts.find_one({"_id": contact_id}))["name"] == "Lead One"
 
 
@@ -191,8 +202,8 @@ async def test_dispatcher_paces_each_recipient_while_others_go_on(make_settings,
     async with TestClient(TestServer(build_app(settings))) as client:
         hub = hub_of(client)
         for n in range(4):
-            await hub.send_text("t1", "sms", phone("+15551230001"), f"a{n}")
-            await hub.send_text("t1", "sms", phone("+15551230002"), f"b{n}")
+            await ChannelServices(hub).send_text("t1", "sms", phone("+15551230001"), f"a{n}")
+            await ChannelServices(hub).send_text("t1", "sms", phone("+15551230002"), f"b{n}")
         await eventually(sent_by(provider), lambda s: len(s) == 8)
     for number in ("+15551230001", "+15551230002"):
         times = sorted(r["at"] for r in provider.sent if r["to"] == number)
@@ -206,13 +217,24 @@ async def test_dispatcher_paces_each_recipient_while_others_go_on(make_settings,
 
 async def test_send_text_with_a_key_queues_once_however_often_it_is_asked(hub_client, provider):
     hub = hub_of(hub_client)
-    first = await hub.send_text("t1", "sms", phone(), "We missed you", key="CA1:missed")
-    again = await hub.send_text("t1", "sms", phone(), "We missed you", key="CA1:missed")
+    first = await ChannelServices(hub).send_text(
+        "t1", "sms", phone(), "We missed you", key="CA1:missed"
+    )
+    again = await ChannelServices(hub).send_text(
+        "t1", "sms", phone(), "We missed you", key="CA1:missed"
+    )
     assert first == again
     await eventually(sent_by(provider), lambda s: len(s) == 1)
     # Asked again after it was sent (a late webhook retry): still not sent twice.
-    assert await hub.send_text("t1", "sms", phone(), "We missed you", key="CA1:missed") == first
-    other = await hub.send_text("t1", "sms", phone(), "We missed you", key="CA2:missed")
+    assert (
+        await ChannelServices(hub).send_text(
+            "t1", "sms", phone(), "We missed you", key="CA1:missed"
+        )
+        == first
+    )
+    other = await ChannelServices(hub).send_text(
+        "t1", "sms", phone(), "We missed you", key="CA2:missed"
+    )
     assert other != first
     await eventually(sent_by(provider), lambda s: len(s) == 2)
     await hub.dispatcher.run_once()
@@ -223,8 +245,10 @@ async def test_send_text_with_a_key_queues_once_however_often_it_is_asked(hub_cl
 
 async def test_update_contact_finds_the_contact_by_any_identity_it_is_given(hub_client):
     hub = hub_of(hub_client)
-    known = await hub.update_contact(IdentityRef(kind="email", value="ann@example.com"))
-    found = await hub.update_contact(
+    known = await ChannelServices(hub).update_contact(
+        IdentityRef(kind="email", value="ann@example.com")
+    )
+    found = await ChannelServices(hub).update_contact(
         phone(), also=[IdentityRef(kind="email", value="ann@example.com")], name="Ann"
     )
     assert found == known
@@ -244,9 +268,9 @@ async def test_a_busy_recipient_waits_in_the_queue_not_in_the_batch(make_setting
         hub = hub_of(client)
         busy, calm = phone("+15551230001"), phone("+15551230002")
         for n in range(6):
-            await hub.send_text("t1", "sms", busy, f"busy {n}")
+            await ChannelServices(hub).send_text("t1", "sms", busy, f"busy {n}")
         for n in range(3):
-            await hub.send_text("t1", "sms", calm, f"calm {n}")
+            await ChannelServices(hub).send_text("t1", "sms", calm, f"calm {n}")
         await eventually(sent_by(provider), lambda s: len(s) == 9, deadline=20)
     busy_times = sorted(r["at"] for r in provider.sent if r["to"] == busy.value)
     calm_times = sorted(r["at"] for r in provider.sent if r["to"] == calm.value)

@@ -1,4 +1,4 @@
-"""hub.events: the in-process bus and delivery across processes through the store
+"""hub.services.events: the in-process bus and delivery across processes through the store
 (issue 2, point 8)."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from aiohttp.test_utils import TestClient, TestServer
 
 from hub.app import build_app
-from hub.events import Event, EventBus, Events
+from hub.model import Event
+from hub.services.events import EventBus, Events
 from tests.conftest import hub_of, post_inbound
 from tests.support.waiting import drain, eventually, next_event, of_type
 
@@ -184,8 +185,8 @@ async def test_two_hub_apps_on_one_database_share_events(make_settings):
 async def test_a_merge_on_one_hub_updates_what_every_hub_ingests_under(make_settings):
     """After a merge, new messages of the merged contact's conversations carry the
     kept contact on both hubs, though each had remembered the old one."""
-    from hub.ingest import conversation_id_for
     from hub.model import IdentityRef, InboundText
+    from hub.services.ingest import conversation_id_for
 
     def text(provider_id: str, number: str) -> InboundText:
         sender = IdentityRef(kind="phone", value=number)

@@ -8,18 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.identity import (
-    InvalidIdentity,
-    MergeError,
-    add_identity,
-    email_ref,
-    merge_contacts,
-    normalize_email,
-    normalize_phone,
-    phone_ref,
-    resolve_contact,
-)
+from hub.addresses import InvalidIdentity, email_ref, normalize_email, normalize_phone, phone_ref
 from hub.model import IdentityRef
+from hub.services.contacts import MergeError, add_identity, merge_contacts, resolve_contact
 from hub.store import Store, identity_id
 
 # --- normalising -----------------------------------------------------------------

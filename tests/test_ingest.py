@@ -1,4 +1,4 @@
-"""hub.ingest: the one path every inbound message takes (issue 2, point 6).
+"""hub.services.ingest: the one path every inbound message takes (issue 2, point 6).
 
 Through the test channel's signed webhook where the HTTP edge matters, and through
 `Hub.ingest` with model objects where only the hub's own types matter.
@@ -17,7 +17,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient
 
 from hub.app import build_app
-from hub.ingest import PIPELINE_MIN, message_doc, message_id_for
 from hub.model import (
     KIND_OF_INBOUND,
     Attachment,
@@ -38,7 +37,8 @@ from hub.model import (
     SharedContact,
     utcnow,
 )
-from hub.views import conversation_view, message_view
+from hub.services.ingest import PIPELINE_MIN, message_doc, message_id_for
+from hub.shapes import conversation_view, message_view
 from tests.conftest import SECRET, hub_of, post_inbound, signed_form
 from tests.support.testchannel import sign
 from tests.support.waiting import drain, eventually
@@ -692,7 +692,7 @@ async def test_store_gone_between_message_and_summary_fails_the_batch_and_delive
 
 
 async def test_a_small_batch_lingers_for_more_and_a_full_one_goes_at_once(hub_client, monkeypatch):
-    import hub.ingest as ingest_module
+    import hub.services.ingest as ingest_module
 
     hub = hub_of(hub_client)
     monkeypatch.setattr(ingest_module, "LINGER_SECONDS", 1.0)  # long enough to see on any machine
@@ -734,7 +734,7 @@ async def test_nothing_to_ingest_is_answered_with_nothing(hub_client):
 async def test_a_message_after_a_silence_longer_than_the_linger_is_not_held(
     hub_client, monkeypatch
 ):
-    import hub.ingest as ingest_module
+    import hub.services.ingest as ingest_module
 
     hub = hub_of(hub_client)
     linger = 1.0  # long enough to tell apart on any machine
@@ -753,7 +753,7 @@ async def test_a_message_after_a_silence_longer_than_the_linger_is_not_held(
 
 
 async def test_many_messages_in_one_call_do_not_count_as_frequent(hub_client, monkeypatch):
-    import hub.ingest as ingest_module
+    import hub.services.ingest as ingest_module
 
     hub = hub_of(hub_client)
     monkeypatch.setattr(ingest_module, "LINGER_SECONDS", 1.0)
@@ -769,7 +769,7 @@ async def test_many_messages_in_one_call_do_not_count_as_frequent(hub_client, mo
 async def test_a_full_batch_smaller_than_the_linger_minimum_does_not_wait(
     make_settings, monkeypatch
 ):
-    import hub.ingest as ingest_module
+    import hub.services.ingest as ingest_module
 
     monkeypatch.setattr(ingest_module, "LINGER_SECONDS", 1.0)
     settings = make_settings(ingest={"max_batch": 4})

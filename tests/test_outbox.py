@@ -1,4 +1,4 @@
-"""hub.outbox and the dispatcher against a fake provider (issue 2, point 7).
+"""hub.services.outbox and the dispatcher against a fake provider (issue 2, point 7).
 
 Replies are queued with `enqueue`, sent by the running dispatcher through the test
 channel to `FakeProvider` (a real HTTP server), and moved by status callbacks.
@@ -17,8 +17,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hub.app import build_app
 from hub.model import StatusUpdate, utcnow
-from hub.outbox import Dispatcher, Draft, OutboxError, enqueue, enqueue_many, record_statuses
 from hub.ratelimit import KeyedRateLimiter, RateLimiter, space_together
+from hub.services.dispatcher import Dispatcher
+from hub.services.outbox import (
+    Draft,
+    OutboxError,
+    enqueue,
+    enqueue_many,
+    record_statuses,
+)
 from tests.conftest import hub_of, post_inbound, signed_form
 from tests.support.waiting import eventually
 

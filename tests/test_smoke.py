@@ -15,7 +15,7 @@ async def test_inbound_message_is_stored_once_and_reply_is_sent(hub_client, prov
 async def test_reply_goes_out_and_status_callback_moves_it(hub_client, provider):
     import asyncio
 
-    from hub.outbox import enqueue
+    from hub.services.outbox import enqueue
     from tests.conftest import signed_form
 
     resp = await post_inbound(hub_client, MessageSid="SM2", From="+15551230002", Body="hello")

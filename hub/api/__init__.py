@@ -12,7 +12,6 @@ import os
 
 from aiohttp import web
 
-from hub.accounts import AccountError, Accounts
 from hub.api import (
     auth,
     canned,
@@ -25,7 +24,8 @@ from hub.api import (
     ui,
 )
 from hub.api.base import API, ApiState, Route, make_handler
-from hub.app import HUB
+from hub.services.accounts import AccountError, Accounts
+from hub.services.runtime import HUB
 
 log = logging.getLogger("hub.api")
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.accounts import AccountError, agent_view, normalize_agent_email, team_view
 from hub.api.base import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -30,10 +29,10 @@ from hub.api.schemas import (
     TeamOut,
     TeamPatch,
 )
-from hub.events import Event
-from hub.model import utcnow
+from hub.model import Event, utcnow
+from hub.services.accounts import AccountError, agent_view, normalize_agent_email, team_view
+from hub.shapes import iso
 from hub.store import find_by_ids, new_id
-from hub.views import iso
 
 table = RouteTable()
 

@@ -8,21 +8,21 @@ declaration, so they cannot disagree.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from hub.accounts import Accounts, LoginLimiter, Session, token_hash
-from hub.app import HUB, Hub
+from hub.services.accounts import Accounts, LoginLimiter, Session, token_hash
+from hub.services.conversations import AssigneeCannotSee, InvalidChange, NotInConversation
+from hub.services.outbox import OutboxError
+from hub.services.paging import BadCursor
+from hub.services.runtime import HUB, Hub
 
 log = logging.getLogger("hub.api")
 
@@ -221,6 +221,24 @@ def read_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise ApiError(400, "invalid", validation_message(error)) from None
 
 
+# A service's refusal, as the API answers it: (status, code).
+SERVICE_ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
+    BadCursor: (400, "invalid"),
+    InvalidChange: (400, "invalid"),
+    NotInConversation: (400, "invalid"),
+    AssigneeCannotSee: (422, "no_access"),
+    OutboxError: (409, "reply_refused"),
+}
+SERVICE_ERRORS = tuple(SERVICE_ERROR_STATUS)
+
+
+def service_error(error: Exception) -> ApiError:
+    status, code = next(
+        answer for kind, answer in SERVICE_ERROR_STATUS.items() if isinstance(error, kind)
+    )
+    return ApiError(status, code, str(error))
+
+
 def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[API]
@@ -237,7 +255,10 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
                 call.query = read_query(request, route.query)
             if route.body is not None:
                 call.body = await read_body(request, route.body)
-            result = await route.handler(call)
+            try:
+                result = await route.handler(call)
+            except SERVICE_ERRORS as error:
+                raise service_error(error) from None
         except ApiError as error:
             return error.response()
         if isinstance(result, web.StreamResponse):
@@ -246,64 +267,3 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
 
     handle.__name__ = route.handler.__name__
     return handle
-
-
-# -- cursors ------------------------------------------------------------------------
-
-
-def encode_cursor(at: datetime | None, ident: str) -> str:
-    """An opaque cursor for the position (time, id) in a list."""
-    stamp = at.astimezone(UTC).isoformat() if isinstance(at, datetime) else None
-    raw = json.dumps([stamp, ident], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime | None, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        stamp, ident = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(ident, str) or not isinstance(stamp, str | None):
-            raise ValueError("bad cursor")
-        at = datetime.fromisoformat(stamp) if stamp is not None else None
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(400, "invalid", "cursor: not a cursor this API gave") from None
-    return at, ident
-
-
-async def page_by_time(
-    collection: Any, clauses: list[dict[str, Any]], time_field: str, cursor: str | None, limit: int
-) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of `collection` matching every clause, newest `time_field` first
-    (ties by `_id`), after `cursor`; and the cursor of the next page, if any."""
-    position = after_cursor(time_field, cursor)
-    clauses = [*clauses, position] if position else clauses
-    filt: dict[str, Any] = {}
-    if len(clauses) == 1:
-        filt = clauses[0]
-    elif clauses:
-        filt = {"$and": clauses}
-    docs = (
-        await collection.find(filt).sort([(time_field, -1), ("_id", -1)]).limit(limit + 1).to_list()
-    )
-    more = len(docs) > limit
-    docs = docs[:limit]
-    next_cursor = None
-    if more and docs:
-        next_cursor = encode_cursor(docs[-1].get(time_field), str(docs[-1]["_id"]))
-    return docs, next_cursor
-
-
-def after_cursor(time_field: str, cursor: str | None) -> dict[str, Any]:
-    """The filter for items after `cursor` in (time, _id) descending order."""
-    if cursor is None:
-        return {}
-    at, ident = decode_cursor(cursor)
-    if at is None:
-        return {"$or": [{time_field: None, "_id": {"$lt": ident}}]}
-    return {
-        "$or": [
-            {time_field: {"$lt": at}},
-            {time_field: at, "_id": {"$lt": ident}},
-            {time_field: None},  # no time sorts last (descending)
-        ]
-    }

@@ -11,15 +11,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.api.base import (
-    ApiError,
-    Call,
-    RouteTable,
-    decode_cursor,
-    encode_cursor,
-    not_found,
-    page_by_time,
-)
+from hub.addresses import InvalidIdentity, normalize_email, normalize_phone
+from hub.api.base import ApiError, Call, RouteTable, not_found
 from hub.api.schemas import (
     ContactCreate,
     ContactList,
@@ -28,19 +21,11 @@ from hub.api.schemas import (
     ContactQuery,
     MergeIn,
 )
-from hub.app import attribute_key
-from hub.events import Event
-from hub.identity import (
-    InvalidIdentity,
-    MergeError,
-    add_identity,
-    new_contact_doc,
-    normalize_email,
-    normalize_phone,
-)
-from hub.model import IdentityRef
+from hub.model import Event, IdentityRef
+from hub.services.contacts import MergeError, add_identity, attribute_key, new_contact_doc
+from hub.services.paging import decode_cursor, encode_cursor, page_by_time
+from hub.shapes import iso
 from hub.store import Store, find_by_ids, identity_id, new_id
-from hub.views import iso
 
 table = RouteTable()
 

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from hub.api.base import ApiError, Call, RouteTable
 from hub.api.schemas import Output
-from hub.contacts_io import export_csv, import_csv
+from hub.services.contacts_io import export_csv, import_csv
 from hub.store import Store
 
 table = RouteTable()

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 from pymongo.errors import PyMongoError
 
-from hub.accounts import Accounts, Session, agent_view
 from hub.api.base import SESSION_COOKIE, ApiError, ApiState, Call, RouteTable
-from hub.events import Subscription
 from hub.model import utcnow
-from hub.views import iso
+from hub.services.accounts import Accounts, Session, agent_view
+from hub.services.events import Subscription
+from hub.shapes import iso
 
 log = logging.getLogger("hub.api.ws")
 

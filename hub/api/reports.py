@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from hub.api.base import Call, RouteTable
 from hub.api.schemas import Input, Output
 from hub.model import utcnow
-from hub.reports import MAX_DAYS, summary
+from hub.services.reports import MAX_DAYS, summary
 
 table = RouteTable()
 

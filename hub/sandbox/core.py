@@ -40,11 +40,11 @@ from channels.signing import sign as hub_sign
 from channels.telegram import TelegramSettings
 from channels.twilio import TwilioSettings
 from channels.whatsapp import WhatsAppSettings
-from hub.config import InboxConfig, Settings
+from hub.settings import InboxConfig, Settings
 
 if TYPE_CHECKING:
-    from hub.app import Hub
     from hub.sandbox.simulators import Simulators
+    from hub.services.runtime import Hub
 
 log = logging.getLogger("hub.sandbox")
 
@@ -263,7 +263,7 @@ class Sandbox:
         email, password = self.config.demo_admin_email, self.config.demo_admin_password
         if not (email and password) or self.hub is None or self.hub.store is None:
             return
-        from hub.accounts import AccountError, Accounts
+        from hub.services.accounts import AccountError, Accounts
 
         try:
             admin = await Accounts(self.hub.store).ensure_first_admin(email, password)
@@ -447,7 +447,7 @@ class Sandbox:
     def customer_address(self, line: Line, raw: str) -> str:
         raw = raw.strip()
         if line.address_kind == "email":
-            from hub.identity import InvalidIdentity, normalize_email
+            from hub.addresses import InvalidIdentity, normalize_email
 
             try:
                 return normalize_email(raw)

@@ -26,7 +26,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 if TYPE_CHECKING:
-    from hub.config import Settings
+    from hub.settings import Settings
     from hub.store.embedded import EmbeddedStore
 
 log = logging.getLogger("hub.store")

@@ -15,10 +15,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
-from hub.accounts import Accounts, Passwords
 from hub.api.base import API
-from hub.app import HUB, Hub, build_app
+from hub.app import build_app
 from hub.config import Settings, parse_settings
+from hub.services.accounts import Accounts, Passwords
+from hub.services.runtime import HUB, Hub
 from tests.conftest import SECRET
 from tests.support.fakeprovider import FakeProvider
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hub.accounts import Passwords
+from hub.services.accounts import Passwords
 
 TIMEOUT = 60  # a bound on a hung command, not a measurement
 

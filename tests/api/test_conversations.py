@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hub.views import iso
+from hub.shapes import iso
 from tests.api.conftest import (
     WINDOW_REASON,
     conversation_of,

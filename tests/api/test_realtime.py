@@ -10,6 +10,7 @@ import aiohttp
 
 from hub.api.base import API
 from hub.model import IdentityRef
+from hub.services.runtime import ChannelServices
 from tests.api.conftest import hub, inbound, make_agent
 
 A = "+15551230001"
@@ -74,12 +75,12 @@ async def test_call_incoming_pops_the_caller_card_only_where_the_inbox_is_seen(a
     ws_one = await _connect(api, one)
     ws_two = await _connect(api, two)
     await inbound(api, "t1", "SMca", A, "hi", ProfileName="Ann")
-    await hub(api).call_incoming("t1", IdentityRef(kind="phone", value=A), "CA1")
+    await ChannelServices(hub(api)).call_incoming("t1", IdentityRef(kind="phone", value=A), "CA1")
     event = await _next(ws_one)
     while event["type"] != "call.incoming":
         event = await _next(ws_one)
     assert event["data"]["contact"]["name"] == "Ann"
-    await hub(api).call_incoming("t2", IdentityRef(kind="phone", value=B), "CA2")
+    await ChannelServices(hub(api)).call_incoming("t2", IdentityRef(kind="phone", value=B), "CA2")
     event = await _next(ws_two, timeout=2.0)
     while event["type"] != "call.incoming":
         event = await _next(ws_two, timeout=2.0)
@@ -126,8 +127,8 @@ async def test_heartbeat_is_sent_and_a_revoked_session_is_closed_by_it(api):
 async def test_shutdown_closes_open_websockets_and_cancels_their_tasks(api_settings):
     from aiohttp.test_utils import TestClient, TestServer
 
-    from hub.accounts import Passwords
     from hub.app import build_app
+    from hub.services.accounts import Passwords
     from tests.api.conftest import FAST_HASHER
 
     client = TestClient(TestServer(build_app(api_settings())))

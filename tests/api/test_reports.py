@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from hub.reports import percentile
+from hub.services.reports import percentile
 from tests.api.conftest import accounts, hub, make_agent
 
 

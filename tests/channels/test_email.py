@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import shutil
 import socket
 import ssl
@@ -29,7 +28,7 @@ from pydantic import ValidationError
 
 from channels import PermanentSendError, RateLimit, StoreUnavailable, TransientSendError
 from channels.email import SUPPORTED_EVENTS, EmailChannel, EmailSettings
-from channels.email_parse import (
+from channels.email.parse import (
     EmailKind,
     classify,
     html_from_text,
@@ -40,8 +39,9 @@ from channels.email_parse import (
 from hub.app import build_app
 from hub.config import Settings, parse_settings
 from hub.model import Attachment, OutboundMessage
-from hub.outbox import enqueue
+from hub.services.outbox import enqueue
 from tests.conftest import hub_of
+from tests.support.context import replaced
 from tests.support.smtp_sink import SmtpSink
 from tests.support.waiting import eventually
 
@@ -362,7 +362,7 @@ async def test_smtp_receiver_answers_451_when_the_store_is_down_and_the_retry_is
     async def store_down(events):
         raise StoreUnavailable("store unavailable: AutoReconnect")
 
-    channel.ctx = dataclasses.replace(working, ingest=store_down)
+    channel.ctx = replaced(working, ingest=store_down)
     with pytest.raises(aiosmtplib.SMTPDataError) as deferred:
         await deliver(mail_hub, fixture("plain.eml"))
     assert deferred.value.code == 451
@@ -602,7 +602,7 @@ async def test_webhook_answers_503_when_the_store_is_down(mail_hub):
     async def store_down(events):
         raise StoreUnavailable("store unavailable")
 
-    channel.ctx = dataclasses.replace(working, ingest=store_down)
+    channel.ctx = replaced(working, ingest=store_down)
     try:
         resp = await mail_hub.post(
             "/webhooks/email/mail",

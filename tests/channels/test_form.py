@@ -24,7 +24,7 @@ from channels.signing import sign
 from hub.app import build_app
 from hub.config import ConfigError, Settings, parse_settings
 from hub.model import OutboundMessage
-from hub.outbox import OutboxError
+from hub.services.outbox import OutboxError
 from tests.conftest import SECRET, hub_of, post_inbound
 from tests.support.context import detached_context
 from tests.support.fakeprovider import FakeProvider

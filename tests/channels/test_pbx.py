@@ -23,7 +23,8 @@ from channels.signing import sign
 from hub.app import build_app
 from hub.config import ConfigError, Settings, parse_settings
 from hub.model import IdentityRef, OutboundMessage
-from hub.outbox import OutboxError
+from hub.services.outbox import OutboxError
+from hub.services.runtime import ChannelServices
 from tests.conftest import SECRET, hub_of
 from tests.support.context import detached_context
 from tests.support.fakeprovider import FakeProvider
@@ -140,7 +141,7 @@ async def test_call_started_publishes_call_incoming_with_the_callers_card_and_st
     pbx,
 ):
     hub = hub_of(pbx)
-    known = await hub.update_contact(
+    known = await ChannelServices(hub).update_contact(
         IdentityRef(kind="phone", value="+15551230001"), name="Ada Lovelace"
     )
     sub = hub.bus.subscribe()
@@ -332,7 +333,9 @@ async def test_missed_outgoing_call_sends_no_sms(pbx):
 
 
 async def test_missed_call_sends_no_sms_to_a_caller_opted_out_of_sms(pbx):
-    await hub_of(pbx).opt_out(IdentityRef(kind="phone", value="+15551230002"), "sms")
+    await ChannelServices(hub_of(pbx)).opt_out(
+        IdentityRef(kind="phone", value="+15551230002"), "sms"
+    )
     answer = await (await post(pbx, fixture("call.missed"))).json()
     assert answer["sms_id"] is None
     assert await hub_of(pbx).store.messages.count_documents({"direction": "out"}) == 0

@@ -29,9 +29,10 @@ from channels.telegram import (
     TelegramSettings,
     update_kind,
 )
-from hub.app import Hub, build_app
+from hub.app import build_app
 from hub.config import ConfigError, Settings, parse_settings
 from hub.model import Attachment, ButtonReply, OutboundMessage
+from hub.services.runtime import Hub
 from tests.conftest import hub_of
 from tests.support.context import detached_context
 from tests.support.fake_telegram import BLOCKED, FakeTelegram

@@ -10,7 +10,6 @@ body, signed with the app secret.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
@@ -34,11 +33,13 @@ from channels.whatsapp import (
     WhatsAppChannel,
     WhatsAppSettings,
 )
-from hub.app import HUB, Hub, build_app
+from hub.app import build_app
 from hub.config import ConfigError, Settings, parse_settings
 from hub.model import Attachment, ButtonReply, OutboundMessage
-from hub.outbox import OutboxError, enqueue, provider_key
+from hub.services.outbox import OutboxError, enqueue, provider_key
+from hub.services.runtime import HUB, Hub
 from tests.conftest import hub_of
+from tests.support.context import replaced
 from tests.support.fake_whatsapp import FakeWhatsApp, post_notification, sign
 from tests.support.waiting import eventually
 
@@ -465,7 +466,7 @@ async def test_batch_of_two_entries_stores_every_message_in_one_ingest_call(wa_c
         calls.append(len(events))
         return await ingest(events)
 
-    wa.ctx = dataclasses.replace(wa.ctx, ingest=counting_ingest)
+    wa.ctx = replaced(wa.ctx, ingest=counting_ingest)
     resp = await post(wa_client, "batch_two_entries")
     assert resp.status == 200, await resp.text()
     answer = await resp.json()

@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from hub.app import HUB, Hub, build_app
+from hub.app import build_app
 from hub.config import Settings, parse_settings
+from hub.services.runtime import HUB, Hub
 from tests.support.waiting import eventually, next_event, of_type
 
 Client = TestClient[web.Request, web.Application]

@@ -27,7 +27,7 @@ from channels import (
     TransientSendError,
     register_channel,
 )
-from hub.identity import InvalidIdentity, phone_ref
+from hub.addresses import InvalidIdentity, phone_ref
 from hub.model import (
     Attachment,
     InboundMedia,

@@ -10,7 +10,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hub.events import Event, Subscription
+from hub.model import Event
+from hub.services.events import Subscription
 
 DEADLINE = 10.0
 

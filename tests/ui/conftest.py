@@ -19,10 +19,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from hub.accounts import Accounts, Passwords
 from hub.api.base import API
-from hub.app import HUB, Hub, build_app
+from hub.app import build_app
 from hub.config import parse_settings
+from hub.services.accounts import Accounts, Passwords
+from hub.services.runtime import HUB, Hub
 from tests.api.conftest import FAST_HASHER, PASSWORD, WINDOW_REASON
 from tests.conftest import SECRET
 from tests.support.fakeprovider import FakeProvider

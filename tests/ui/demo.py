@@ -11,8 +11,8 @@ import zlib
 from datetime import timedelta
 from typing import Any
 
-from hub.identity import add_identity
 from hub.model import IdentityRef, utcnow
+from hub.services.contacts import add_identity
 from hub.store import Store, new_id
 from tests.ui.conftest import UiHub
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from playwright.async_api import expect
 
-from hub.identity import add_identity, new_contact_doc
 from hub.model import IdentityRef
+from hub.services.contacts import add_identity, new_contact_doc
 from hub.store import Store, new_id
 from tests.api.conftest import PASSWORD
 from tests.ui.conftest import Pages, UiHub, log_in

@@ -12,6 +12,7 @@ from playwright.async_api import expect
 
 from hub.api.ui import STATIC_FILES, UI_DIR
 from hub.model import IdentityRef
+from hub.services.runtime import ChannelServices
 from tests.api.conftest import WINDOW_REASON
 from tests.support.waiting import eventually
 from tests.ui.conftest import Pages, UiHub, log_in
@@ -203,7 +204,9 @@ async def test_call_incoming_pops_the_callers_contact_card(ui: UiHub, pages: Pag
     page = await pages.open()
     await log_in(page, ui)
     await expect(page.locator("#callpop")).to_be_hidden()
-    await ui.hub.call_incoming("pbx", IdentityRef(kind="phone", value=ANN), "CA100")
+    await ChannelServices(ui.hub).call_incoming(
+        "pbx", IdentityRef(kind="phone", value=ANN), "CA100"
+    )
     popup = page.locator("#callpop")
     await expect(popup).to_be_visible(timeout=2000)
     await expect(popup.locator("#callpop-name")).to_have_text("Ann Caller")
@@ -240,7 +243,9 @@ async def test_xss_payloads_in_customer_text_and_contact_name_stay_text(
     await expect(item.locator(".conv-name")).to_have_text(XSS_SCRIPT)
 
     # And in the screen-pop.
-    await ui.hub.call_incoming("pbx", IdentityRef(kind="phone", value=ANN), "CA200")
+    await ChannelServices(ui.hub).call_incoming(
+        "pbx", IdentityRef(kind="phone", value=ANN), "CA200"
+    )
     await expect(page.locator("#callpop-name")).to_have_text(XSS_SCRIPT)
 
     assert await page.evaluate("typeof window.__x") == "undefined"

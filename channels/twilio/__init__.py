@@ -51,7 +51,7 @@ from channels.base import (
     TransientSendError,
 )
 from channels.signing import read_limited
-from hub.identity import InvalidIdentity, phone_ref
+from hub.addresses import InvalidIdentity, phone_ref
 from hub.model import (
     Attachment,
     ButtonReply,

@@ -1,4 +1,4 @@
-"""Who is who: normalising identities, resolving them to one contact, merging.
+"""Contacts: resolving identities to one contact, creating, updating, merging.
 
 A `phone` identity (E.164) is shared by SMS, WhatsApp and voice, so the person who
 texts and later calls from the same number is one contact.
@@ -6,70 +6,24 @@ texts and later calls from the same number is one contact.
 
 from __future__ import annotations
 
-import functools
 import logging
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import phonenumbers
 from pymongo.errors import DuplicateKeyError
 
-from hub.model import IdentityRef, utcnow
+from hub.model import Event, IdentityRef, utcnow
+from hub.services.events import Events
 from hub.store import Store, identity_id, new_id
 
 log = logging.getLogger("hub.identity")
 
 
-class InvalidIdentity(ValueError):
-    pass
-
-
-@functools.lru_cache(maxsize=65536)
-def normalize_phone(raw: str, default_region: str = "US") -> str:
-    """Return `raw` as E.164 (`+15551234567`), or raise InvalidIdentity.
-
-    Remembered per input (parsing is a tenth of the hub's CPU per inbound
-    message, and the same customers write again and again); a refusal is not."""
-    text = raw.strip()
-    for prefix in ("whatsapp:", "tel:", "sip:"):
-        if text.lower().startswith(prefix):
-            text = text[len(prefix) :]
-    text = text.split("@", 1)[0]
-    if text.startswith("00"):
-        text = "+" + text[2:]
-    try:
-        number = phonenumbers.parse(text, None if text.startswith("+") else default_region)
-    except phonenumbers.NumberParseException as error:
-        raise InvalidIdentity(f"not a phone number: {raw!r}") from error
-    if not phonenumbers.is_possible_number(number):
-        raise InvalidIdentity(f"not a possible phone number: {raw!r}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def normalize_email(raw: str) -> str:
-    text = raw.strip()
-    if "<" in text and text.endswith(">"):
-        text = text[text.rindex("<") + 1 : -1]
-    text = text.strip().lower()
-    local, at, domain = text.partition("@")
-    labels = domain.split(".")
-    if (
-        not at
-        or not local
-        or "@" in domain
-        or len(labels) < 2
-        or not all(labels)
-        or any(c.isspace() or c in "<>" for c in text)
-    ):
-        raise InvalidIdentity(f"not an e-mail address: {raw!r}")
-    return text
-
-
-def phone_ref(raw: str, default_region: str, name: str | None = None) -> IdentityRef:
-    return IdentityRef(kind="phone", value=normalize_phone(raw, default_region), name=name)
-
-
-def email_ref(raw: str, name: str | None = None) -> IdentityRef:
-    return IdentityRef(kind="email", value=normalize_email(raw), name=name)
+def attribute_key(key: str) -> str:
+    """A contact attribute name that is only ever a field name: no path, no operator."""
+    cleaned = re.sub(r"[^\w -]", "_", key.strip())[:64]
+    return cleaned or "_"
 
 
 def _contact_fields(ref: IdentityRef) -> dict[str, Any]:
@@ -196,3 +150,86 @@ async def merge_contacts(store: Store, keep_id: str, other_id: str) -> dict[str,
     result = await store.contacts.find_one({"_id": keep_id})
     assert result is not None
     return result
+
+
+async def merge_and_tell(
+    store: Store, events: Events, keep_id: str, other_id: str
+) -> dict[str, Any]:
+    """Fold contact `other_id` into `keep_id` and tell every hub process
+    (`contact.merged` keeps their caches right)."""
+    merged = await merge_contacts(store, keep_id, other_id)
+    await events.publish([Event("contact.merged", {"id": keep_id, "merged_id": other_id})])
+    return merged
+
+
+async def set_opt_out(
+    store: Store, events: Events, contact_id: str, medium: str, opted_out: bool = True
+) -> None:
+    """Record that a contact refuses (or no longer refuses) `medium`, and say so."""
+    await store.contacts.update_one(
+        {"_id": contact_id}, {"$set": {f"opted_out.{medium}": opted_out}}
+    )
+    await events.publish(
+        [Event("contact.updated", {"id": contact_id, "opted_out": {medium: opted_out}})]
+    )
+
+
+async def opt_out(
+    store: Store, events: Events, ref: IdentityRef, medium: str, opted_out: bool = True
+) -> str:
+    """Record that the owner of `ref` does (or no longer does) refuse `medium`."""
+    contact_id = await resolve_contact(store, ref)
+    await set_opt_out(store, events, contact_id, medium, opted_out)
+    return contact_id
+
+
+async def opted_out_of(store: Store, contact_id: str, medium: str) -> bool:
+    """Whether the contact refuses messages on `medium`."""
+    contact = await store.contacts.find_one({"_id": contact_id}, {"opted_out": 1})
+    return bool(contact and (contact.get("opted_out") or {}).get(medium))
+
+
+async def update_from_channel(
+    store: Store,
+    ref: IdentityRef,
+    also: Sequence[IdentityRef] = (),
+    name: str | None = None,
+    attributes: Mapping[str, str] | None = None,
+) -> str:
+    """Resolve-or-create the contact of `ref`, attach the identities in `also`
+    that are no one's, give it `name` if it has none, and set `attributes`."""
+    contact_id = None
+    for known in (ref, *also):
+        owner = await store.identities.find_one(
+            {"_id": identity_id(known.kind, known.value)}, {"contact_id": 1}
+        )
+        if owner is not None:
+            contact_id = str(owner["contact_id"])
+            break
+    if contact_id is None:
+        contact_id = await resolve_contact(store, ref)
+    for other in (ref, *also):
+        if not await add_identity(store, contact_id, other):
+            log.info(
+                "identity kept by another contact",
+                extra={"contact_id": contact_id, "identity_kind": other.kind},
+            )
+    if name:
+        contact = await store.contacts.find_one({"_id": contact_id}, {"name": 1})
+        if contact is not None and not contact.get("name"):
+            await store.contacts.update_one({"_id": contact_id}, {"$set": {"name": name}})
+    fields = {f"attributes.{attribute_key(k)}": str(v) for k, v in (attributes or {}).items()}
+    if fields:
+        await store.contacts.update_one({"_id": contact_id}, {"$set": fields})
+    return contact_id
+
+
+def contact_card(contact_id: str, contact: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's card a screen-pop shows."""
+    return {
+        "id": contact_id,
+        "name": contact.get("name"),
+        "phones": contact.get("phones", []),
+        "emails": contact.get("emails", []),
+        "labels": contact.get("labels", []),
+    }

@@ -57,7 +57,7 @@ from channels.base import (
     TransientSendError,
 )
 from channels.signing import read_limited
-from hub.identity import InvalidIdentity, normalize_email, normalize_phone, phone_ref
+from hub.addresses import InvalidIdentity, normalize_email, normalize_phone, phone_ref
 from hub.model import (
     Attachment,
     ButtonReply,

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from channels.base import ChannelAdapter, ChannelSettings, PermanentSendError
 from channels.signing import verified_body
-from hub.identity import InvalidIdentity, phone_ref
+from hub.addresses import InvalidIdentity, phone_ref
 from hub.model import (
     CallInfo,
     IdentityRef,

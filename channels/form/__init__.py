@@ -31,7 +31,7 @@ from pydantic import Field
 
 from channels.base import ChannelAdapter, ChannelSettings, PermanentSendError
 from channels.signing import verified_body
-from hub.identity import InvalidIdentity, email_ref, phone_ref
+from hub.addresses import InvalidIdentity, email_ref, phone_ref
 from hub.model import IdentityRef, InboundText, OutboundMessage, SendResult
 
 NO_REPLY_REASON = (

@@ -21,21 +21,13 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
+from hub.model import Event
 from hub.store import Store, find_by_ids
 
 log = logging.getLogger("hub.events")
 
 PRUNE_EVERY = 0.25  # seconds
 LOOKBACK_NS = 5_000_000_000  # how far back each poll looks for late commits
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    data: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "data": self.data}
 
 
 class Subscription:

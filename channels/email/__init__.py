@@ -1,7 +1,7 @@
 """E-mail: SMTP out (aiosmtplib), in through the hub's own SMTP receiver (aiosmtpd on
 the hub's loop) and through an inbound-parse webhook (SendGrid field names).
 
-Inbound, whichever way it came, a mail is parsed (`channels.email_parse`) into a
+Inbound, whichever way it came, a mail is parsed (`channels.email.parse`) into a
 kind with a handler in `EmailChannel.EVENTS`:
 
 - `message`: stored as an `email` message; a reply is threaded into the
@@ -57,7 +57,7 @@ from channels.base import (
     StoreUnavailable,
     TransientSendError,
 )
-from channels.email_parse import (
+from channels.email.parse import (
     EmailKind,
     MalformedEmail,
     ParsedEmail,
@@ -68,7 +68,7 @@ from channels.email_parse import (
     split_quoted,
     text_from_html,
 )
-from hub.identity import InvalidIdentity, email_ref, normalize_email
+from hub.addresses import InvalidIdentity, email_ref, normalize_email
 from hub.model import (
     Attachment,
     EmailInfo,

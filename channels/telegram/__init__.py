@@ -72,7 +72,7 @@ from channels.base import (
     SendError,
     TransientSendError,
 )
-from hub.identity import InvalidIdentity, normalize_phone
+from hub.addresses import InvalidIdentity, normalize_phone
 from hub.model import (
     Attachment,
     ButtonReply,

@@ -32,26 +32,17 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from bots import BotHook, NoBot
-from channels.base import StoreUnavailable
-from hub.events import Event, Events
-from hub.identity import resolve_contact
 from hub.metrics import Metrics
-from hub.model import KIND_OF_INBOUND, IdentityRef, InboundEvent, utcnow
+from hub.model import KIND_OF_INBOUND, Event, IdentityRef, InboundEvent, utcnow
+from hub.ports import BotHook, IngestResult, NoBot, StoreUnavailable
+from hub.services.contacts import resolve_contact
+from hub.services.events import Events
+from hub.shapes import conversation_view, message_view
 from hub.store import Store, derived_id, find_by_ids, identity_id
-from hub.views import conversation_view, message_view
 
 log = logging.getLogger("hub.ingest")
 
 DUPLICATE_KEY = 11000
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    message_id: str
-    conversation_id: str
-    contact_id: str
-    duplicate: bool
 
 
 def message_id_for(inbox: str, provider_id: str) -> str:

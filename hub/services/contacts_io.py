@@ -33,9 +33,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
-from hub.app import attribute_key
-from hub.identity import InvalidIdentity, new_contact_doc, normalize_email, normalize_phone
+from hub.addresses import InvalidIdentity, normalize_email, normalize_phone
 from hub.model import utcnow
+from hub.services.contacts import attribute_key, new_contact_doc
 from hub.store import Store, find_by_ids, identity_id, new_id
 
 COLUMNS = ("name", "phone", "email", "telegram", "birthday", "timezone", "locale", "labels")

@@ -7,16 +7,16 @@ import html
 
 from aiohttp import web
 
-
-def webhook_urls(public_url: str, channel: str, inbox_id: str) -> str:
-    return f"{public_url}/webhooks/{channel}/{inbox_id}"
+InboxRow = tuple[str, str, list[str]]  # inbox id, channel name, its webhook URLs
 
 
-def status_page(public_url: str, inboxes: list[tuple[str, str]], store: str) -> str:
+def status_page(inboxes: list[InboxRow], store: str) -> str:
+    """The page; each inbox's URLs come from its adapter (`webhook_urls`)."""
     rows = "\n".join(
-        f"<tr><td>{html.escape(inbox)}</td><td>{html.escape(channel)}</td>"
-        f"<td><code>{html.escape(webhook_urls(public_url, channel, inbox))}</code></td></tr>"
-        for inbox, channel in inboxes
+        f"<tr><td>{html.escape(inbox)}</td><td>{html.escape(channel)}</td><td>"
+        + "<br>".join(f"<code>{html.escape(url)}</code>" for url in urls)
+        + "</td></tr>"
+        for inbox, channel, urls in inboxes
     )
     body = (
         f"<table><tr><th>inbox</th><th>channel</th><th>webhook</th></tr>{rows}</table>"
@@ -34,9 +34,9 @@ td,th{{padding:.3rem .8rem;text-align:left;border-bottom:1px solid #ddd}}</style
 {body}</body></html>"""
 
 
-def status_response(public_url: str, inboxes: list[tuple[str, str]], store: str) -> web.Response:
+def status_response(inboxes: list[InboxRow], store: str) -> web.Response:
     return web.Response(
-        text=status_page(public_url, inboxes, store),
+        text=status_page(inboxes, store),
         content_type="text/html",
         headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"},
     )

@@ -1,0 +1,240 @@
+"""The contract between the hub's core and its plug-ins (channels, bots, scheduled jobs).
+
+Plain types and protocols only: this module touches no store and imports only the
+model, so a plug-in can depend on it without pulling in the core, and the core
+can call a plug-in without importing its package.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from hub.model import (
+    Attachment,
+    ButtonReply,
+    IdentityRef,
+    InboundEvent,
+    OutboundMessage,
+    SendResult,
+    StatusUpdate,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from hub.ratelimit import KeyedRateLimiter, RateLimiter
+
+
+class StoreUnavailable(Exception):
+    """The store could not take the write; the provider must retry (answer 5xx)."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ingest made of one inbound event."""
+
+    message_id: str
+    conversation_id: str
+    contact_id: str
+    duplicate: bool
+
+
+# -- channels ---------------------------------------------------------------------
+
+
+class ChannelSettings(BaseModel):
+    """Base of every channel's settings; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SendError(Exception):
+    """A send that did not go through. `reason` is shown to the agent."""
+
+    def __init__(self, reason: str, *, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class TransientSendError(SendError):
+    """Worth retrying later (rate limit, timeout, 5xx).
+
+    `maybe_sent` says whether the provider may have taken the message anyway (a
+    timeout, a 5xx); a 429 or a refused connection is certainly not sent. An
+    at-most-once send (campaign, greeting) is retried only when it was not sent.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        maybe_sent: bool = True,
+    ) -> None:
+        super().__init__(reason, code=code)
+        self.retry_after = retry_after
+        self.maybe_sent = maybe_sent
+
+
+class PermanentSendError(SendError):
+    """Will never succeed as it is; `opt_out` marks the recipient unsubscribed."""
+
+    def __init__(self, reason: str, *, code: str | None = None, opt_out: bool = False) -> None:
+        super().__init__(reason, code=code)
+        self.opt_out = opt_out
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Messages per second an inbox may send, and the burst it may use at once."""
+
+    per_second: float
+    burst: int = 1
+    # Also pace each recipient (`OutboundMessage.to`) at this rate (Telegram chats).
+    per_recipient: float | None = None
+
+
+@dataclass(frozen=True)
+class WebhookRoute:
+    """One route an inbox serves: its method, its full path and its handler."""
+
+    method: str
+    path: str
+    handler: Any  # an aiohttp handler: (web.Request) -> Awaitable[web.StreamResponse]
+
+
+class ChannelContext(Protocol):
+    """What the hub gives a channel adapter; adapters reach for nothing else."""
+
+    public_url: str
+    default_region: str
+    logger: logging.Logger
+
+    async def ingest(self, events: Sequence[InboundEvent]) -> list[IngestResult]:
+        """Dedupe, store and publish inbound events; one result per event, in order.
+        Raises StoreUnavailable when they could not be stored (answer 5xx)."""
+        ...
+
+    async def record_status(self, updates: Sequence[StatusUpdate]) -> int:
+        """Apply a provider's delivery statuses; how many messages changed."""
+        ...
+
+    def http(self) -> aiohttp.ClientSession:
+        """The hub's shared HTTP client session (open while the hub runs)."""
+        ...
+
+    async def find_thread(self, inbox: str, message_ids: Sequence[str]) -> str | None:
+        """The conversation of `inbox` holding a message with one of these e-mail
+        Message-IDs (inbound `email.message_id`, or an outbound send's provider id)."""
+        ...
+
+    async def opt_out(self, ref: IdentityRef, medium: str, opted_out: bool = True) -> str:
+        """Resolve-or-create the contact of `ref` and set its opt-out on `medium`."""
+        ...
+
+    async def call_incoming(self, inbox: str, ref: IdentityRef, call_id: str) -> str:
+        """Resolve-or-create the caller and publish `call.incoming` (the screen-pop)."""
+        ...
+
+    async def send_text(
+        self, inbox: str, medium: str, ref: IdentityRef, text: str, *, key: str | None = None
+    ) -> str | None:
+        """Queue a text from the system to `ref` (once per `key`); the message id,
+        or None when the contact opted out of `medium`."""
+        ...
+
+    async def update_contact(
+        self,
+        ref: IdentityRef,
+        also: Sequence[IdentityRef] = (),
+        name: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> str:
+        """Resolve-or-create the contact of `ref`, attach `also`, name it, set attributes."""
+        ...
+
+
+class Channel(Protocol):
+    """What the core needs of a configured inbox's adapter (`channels.base.ChannelAdapter`
+    implements it): its routes and URLs for the factory, its pace and sender for the
+    dispatcher, its reply rule for the reply service."""
+
+    name: ClassVar[str]
+    inbox_id: str
+
+    def webhook_routes(self) -> list[WebhookRoute]: ...
+
+    def webhook_urls(self, public_url: str) -> list[str]: ...
+
+    def rate_limit(self) -> RateLimit: ...
+
+    def share_pacing(
+        self, overall: RateLimiter, per_recipient: KeyedRateLimiter | None
+    ) -> None: ...
+
+    def reply_refusal(self, last_inbound_at: datetime | None, template: bool) -> str | None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, message: OutboundMessage) -> SendResult: ...
+
+
+# -- bots -------------------------------------------------------------------------
+
+
+class BotHook(Protocol):
+    """The bot of the hub: called with every new inbound message after it is stored."""
+
+    async def on_inbound(self, message: dict[str, Any], conversation: dict[str, Any]) -> None:
+        """Called once per new inbound message (never for a provider's retry)."""
+        ...
+
+
+class NoBot:
+    """No bot: every conversation waits for an agent."""
+
+    async def on_inbound(self, message: dict[str, Any], conversation: dict[str, Any]) -> None:
+        return None
+
+
+class Replies(Protocol):
+    """How a bot or a scheduled job sends: through the outbox, never a channel."""
+
+    async def reply(
+        self,
+        conversation_id: str,
+        *,
+        text: str | None,
+        sender: dict[str, Any],
+        template: dict[str, Any] | None = None,
+        buttons: list[ButtonReply] | None = None,
+        attachments: list[Attachment] | None = None,
+        subject: str | None = None,
+        at_most_once: bool = False,
+        campaign_id: str | None = None,
+        key: str | None = None,
+    ) -> dict[str, Any]: ...
+
+
+# -- scheduled jobs ---------------------------------------------------------------
+
+
+class ScheduledJob(Protocol):
+    """A job the scheduler fires. `name` is unique among jobs and names the lease
+    that one hub process takes before `run`, so of many processes one runs it;
+    `every` is the interval in seconds between runs."""
+
+    name: str
+    every: float
+
+    async def run(self, now: datetime) -> None: ...

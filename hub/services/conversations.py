@@ -1,0 +1,253 @@
+"""Conversations: opening, finding, changing (status, snooze, assignee, labels),
+private notes, and the screen-pop of a call.
+
+The rules live here, not in the API's handlers: a bot handing off, a scheduled
+job waking a snoozed conversation and an agent's PATCH all change a conversation
+the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from hub.model import ConversationStatus, Event, IdentityRef, utcnow
+from hub.services.contacts import contact_card
+from hub.services.events import Events
+from hub.services.ingest import Ingestor
+from hub.services.outbox import provider_key
+from hub.services.paging import page_by_time
+from hub.shapes import conversation_view, iso, message_view
+from hub.store import Store, find_by_ids, new_id
+
+_UNSET: Any = object()
+
+
+class InvalidChange(ValueError):
+    """A change that breaks a conversation rule; the message names the field."""
+
+
+class AssigneeCannotSee(ValueError):
+    """The agent a conversation is assigned to does not see its inbox."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """What to change in a conversation; a field left out is left as it is."""
+
+    status: ConversationStatus | Any | None = _UNSET
+    snooze_until: datetime | None = None
+    assignee_id: str | Any | None = _UNSET
+    labels: list[str] | None = None
+    mark_read: bool = False
+
+
+def full_view(doc: dict[str, Any], contact: dict[str, Any] | None) -> dict[str, Any]:
+    """The conversation as the API and the realtime feed show it."""
+    view = conversation_view(doc, contact)
+    view["snooze_until"] = iso(doc.get("snooze_until"))
+    return view
+
+
+async def get(store: Store, conversation_id: str) -> dict[str, Any] | None:
+    return await store.conversations.find_one({"_id": conversation_id})
+
+
+async def view_of(store: Store, doc: dict[str, Any]) -> dict[str, Any]:
+    contact = await store.contacts.find_one({"_id": doc.get("contact_id")})
+    return full_view(doc, contact)
+
+
+def _status_fields(doc: dict[str, Any], change: Change) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    status_given = change.status is not _UNSET
+    if status_given and change.status is None:
+        raise InvalidChange("status: cannot be null")
+    if change.status == "snoozed":
+        until = change.snooze_until
+        if until is None:
+            raise InvalidChange("snooze_until: required to snooze")
+        if until.tzinfo is None:
+            raise InvalidChange("snooze_until: give a time zone (Z for UTC)")
+        if until <= utcnow():
+            raise InvalidChange("snooze_until: must be in the future")
+        fields.update(status="snoozed", snooze_until=until)
+    elif status_given:
+        if change.snooze_until is not None:
+            raise InvalidChange("snooze_until: only with status snoozed")
+        fields.update(status=change.status, snooze_until=None)
+    if "status" in fields and fields["status"] != doc.get("status"):
+        # When it was resolved (the reports' resolution time), and no longer once
+        # it is open again.
+        fields["resolved_at"] = utcnow() if fields["status"] == "resolved" else None
+    elif change.snooze_until is not None and not status_given:
+        raise InvalidChange("snooze_until: only with status snoozed")
+    return fields
+
+
+async def update(
+    store: Store,
+    events: Events,
+    doc: dict[str, Any],
+    change: Change,
+    *,
+    by: str | None,
+    inboxes_of: Callable[[dict[str, Any]], Awaitable[frozenset[str] | None]],
+) -> dict[str, Any]:
+    """Apply `change` to the conversation `doc` by the rules, publish
+    `conversation.updated` when something changed, and return its view.
+    `inboxes_of(agent)` tells which inboxes an agent sees (None: all)."""
+    fields = _status_fields(doc, change)
+    if change.assignee_id is not _UNSET:
+        if change.assignee_id is not None:
+            agent = await store.agents.find_one({"_id": change.assignee_id})
+            if agent is None or not agent.get("active", True):
+                raise InvalidChange("assignee_id: no such active agent")
+            inboxes = await inboxes_of(agent)
+            if inboxes is not None and doc.get("inbox") not in inboxes:
+                raise AssigneeCannotSee("the assignee does not see this inbox")
+        fields["assignee_id"] = change.assignee_id
+    if change.labels is not None:
+        fields["labels"] = list(dict.fromkeys(change.labels))
+    if change.mark_read:
+        fields["unread"] = 0
+    conversation_id = doc["_id"]
+    if fields:
+        await store.conversations.update_one({"_id": conversation_id}, {"$set": fields})
+        doc = await store.conversations.find_one({"_id": conversation_id}) or {**doc, **fields}
+    view = await view_of(store, doc)
+    if fields:
+        await events.publish([Event("conversation.updated", {**view, "changed_by": by})])
+    return view
+
+
+async def add_note(
+    store: Store, events: Events, conversation: dict[str, Any], text: str, sender: dict[str, Any]
+) -> dict[str, Any]:
+    """A private note in the thread: stored and shown to agents, never sent."""
+    doc: dict[str, Any] = {
+        "_id": new_id(),
+        "conversation_id": conversation["_id"],
+        "inbox": conversation.get("inbox"),
+        "channel": conversation.get("channel"),
+        "direction": "out",
+        "kind": "note",
+        "text": text,
+        "sender": sender,
+        "status": None,
+        "error": None,
+        "attachments": [],
+        "provider_id": None,
+        "provider_key": None,
+        "created_at": utcnow(),
+    }
+    await store.messages.insert_one(doc)
+    await events.publish([Event("message.created", message_view(doc))])
+    return doc
+
+
+async def page(
+    store: Store,
+    *,
+    status: str | None,
+    inboxes: Sequence[str] | None,
+    assignee: str | Any | None = _UNSET,
+    text: str | None = None,
+    contact_ids: Sequence[str] = (),
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the inbox list, newest activity first: conversations in
+    `inboxes` (None: all), of `status`, assigned to `assignee`, and whose contact
+    is one of `contact_ids` or whose last message contains `text`."""
+    clauses: list[dict[str, Any]] = []
+    if status is not None:
+        clauses.append({"status": status})
+    if inboxes is not None:
+        names = sorted(inboxes)
+        if not names:
+            return [], None
+        clauses.append({"inbox": names[0] if len(names) == 1 else {"$in": names}})
+    if assignee is not _UNSET:
+        clauses.append({"assignee_id": assignee})
+    if text:
+        matched = {"last_message.text": {"$regex": re.escape(text), "$options": "i"}}
+        ids = list(contact_ids)
+        clauses.append({"$or": [{"contact_id": {"$in": ids}}, matched]} if ids else matched)
+    docs, next_cursor = await page_by_time(
+        store.conversations, clauses, "last_activity_at", cursor, limit
+    )
+    contacts = await find_by_ids(
+        store.contacts, list(dict.fromkeys(d.get("contact_id") for d in docs))
+    )
+    return [full_view(d, contacts.get(d.get("contact_id"))) for d in docs], next_cursor
+
+
+class NotInConversation(ValueError):
+    """A message id that is not one of the conversation's."""
+
+
+async def messages(
+    store: Store, conversation_id: str, *, before: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the conversation's messages, newest first, older than `before`."""
+    filt: dict[str, Any] = {"conversation_id": conversation_id}
+    if before is not None:
+        anchor = await store.messages.find_one({"_id": before})
+        if anchor is None or anchor.get("conversation_id") != conversation_id:
+            raise NotInConversation("before: not a message of this conversation")
+        at = anchor.get("created_at")
+        filt["$or"] = [
+            {"created_at": {"$lt": at}},
+            {"created_at": at, "_id": {"$lt": anchor["_id"]}},
+        ]
+    docs = (
+        await store.messages.find(filt)
+        .sort([("created_at", -1), ("_id", -1)])
+        .limit(limit + 1)
+        .to_list()
+    )
+    more = len(docs) > limit
+    docs = docs[:limit]
+    return [message_view(d) for d in docs], str(docs[-1]["_id"]) if more and docs else None
+
+
+async def find_thread(store: Store, inbox: str, message_ids: Sequence[str]) -> str | None:
+    """The conversation of `inbox` holding one of these e-mail Message-IDs."""
+    ids = [i.strip().strip("<>") for i in message_ids if i and i.strip().strip("<>")][:50]
+    if not ids:
+        return None
+    # One indexed equality per id (the embedded engine scans for `$in`).
+    projection = {"conversation_id": 1, "inbox": 1}
+    for found in await asyncio.gather(
+        *(
+            store.messages.find_one({"provider_key": provider_key(inbox, i)}, projection)
+            for i in ids
+        ),
+        *(store.messages.find_one({"email.message_id": i}, projection) for i in ids),
+    ):
+        if found is not None and found.get("inbox") == inbox:
+            return str(found["conversation_id"])
+    return None
+
+
+async def call_incoming(
+    store: Store, events: Events, ingestor: Ingestor, inbox: str, ref: IdentityRef, call_id: str
+) -> str:
+    """Publish `call.incoming` with the caller's card the moment a call starts."""
+    conv_id, contact_id = await ingestor.open_conversation(inbox, "voice", ref)
+    contact = await store.contacts.find_one({"_id": contact_id}) or {}
+    data = {
+        "inbox": inbox,
+        "channel": "voice",
+        "call_id": call_id,
+        "from": ref.value,
+        "conversation_id": conv_id,
+        "contact": contact_card(contact_id, contact),
+    }
+    await events.publish([Event("call.incoming", data)])
+    return contact_id

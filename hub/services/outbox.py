@@ -1,0 +1,342 @@
+"""The outbox: every outbound message is stored before it is sent.
+
+`enqueue` writes an `outbox` item and then the message (status `queued`). The
+dispatcher claims items with a lease, sends through the inbox's adapter, and
+records what the provider said. The `outbox` collection only holds work still to
+do, so claiming scans a small collection even when `messages` is large.
+
+Crash semantics (a lease that expired while `sending`):
+- replies (agent, bot) are sent again: at-least-once;
+- items marked `at_most_once` (campaign and greeting sends) are never sent again:
+  their message becomes `unknown`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import DeleteOne, ReturnDocument, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from hub.model import (
+    STATUS_RANK,
+    Attachment,
+    ButtonReply,
+    Event,
+    StatusUpdate,
+    utcnow,
+)
+from hub.services.events import Events
+from hub.shapes import message_view
+from hub.store import Store, derived_id, find_by_ids, new_id
+
+log = logging.getLogger("hub.outbox")
+
+
+# How long a status for a send not (yet) recorded here is kept.
+EARLY_STATUS_KEEP = timedelta(days=1)
+# Statuses after which a message is never sent again.
+SETTLED = frozenset({"sent", "delivered", "read", "failed", "unknown"})
+
+
+class OutboxError(ValueError):
+    """The message cannot be queued (unknown conversation, nothing to send...)."""
+
+
+def provider_key(inbox: str, provider_id: str) -> str:
+    return derived_id("out", inbox, provider_id)
+
+
+def _outbox_doc(message_id: str, inbox: str, at_most_once: bool, now: datetime) -> dict[str, Any]:
+    return {
+        "_id": message_id,
+        "inbox": inbox,
+        "state": "queued",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "at_most_once": at_most_once,
+        "lease_owner": None,
+        "lease_until": None,
+        "created_at": now,
+    }
+
+
+async def _insert_outbox(
+    store: Store, message_id: str, inbox: str, at_most_once: bool, now: datetime
+) -> None:
+    await store.outbox.insert_one(_outbox_doc(message_id, inbox, at_most_once, now))
+
+
+def _message_doc(
+    message_id: str,
+    conversation: dict[str, Any],
+    *,
+    text: str | None,
+    sender: dict[str, Any],
+    kind: str = "text",
+    attachments: list[Attachment] | None = None,
+    campaign_id: str | None = None,
+    template: dict[str, Any] | None = None,
+    buttons: list[ButtonReply] | None = None,
+    subject: str | None = None,
+    now: datetime,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_id": message_id,
+        "conversation_id": conversation["_id"],
+        "inbox": conversation["inbox"],
+        "channel": conversation["channel"],
+        "direction": "out",
+        "kind": kind,
+        "text": text,
+        "sender": sender,
+        "status": "queued",
+        "error": None,
+        "attachments": [a.model_dump() for a in attachments or []],
+        "provider_id": None,
+        "provider_key": None,
+        "campaign_id": campaign_id,
+        "created_at": now,
+    }
+    if template:
+        doc["template"] = template
+    if buttons:
+        doc["buttons"] = [b.model_dump() for b in buttons]
+    if subject:
+        doc["email"] = {"subject": subject}
+    return doc
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One message of a bulk enqueue (a campaign's, a greeting run's)."""
+
+    conversation_id: str
+    text: str | None
+    sender: dict[str, Any]
+    at_most_once: bool = False
+    campaign_id: str | None = None
+    template: dict[str, Any] | None = None
+    # A stable id (per campaign and contact) makes queueing it again a no-op.
+    message_id: str | None = None
+
+
+async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) -> list[str]:
+    """Queue many messages in a few bulk writes; return the ids newly queued.
+
+    Drafts whose conversation does not exist, or whose `message_id` is already
+    queued or sent, are left out of the result.
+    """
+    if not drafts:
+        return []
+    conversation_ids = list({d.conversation_id for d in drafts})
+    conversations = await find_by_ids(store.conversations, conversation_ids)
+    now = utcnow()
+    items: list[dict[str, Any]] = []
+    docs: list[dict[str, Any]] = []
+    for draft in drafts:
+        conversation = conversations.get(draft.conversation_id)
+        if conversation is None or not (draft.text or draft.template):
+            continue
+        message_id = draft.message_id or new_id()
+        items.append(_outbox_doc(message_id, conversation["inbox"], draft.at_most_once, now))
+        docs.append(
+            _message_doc(
+                message_id,
+                conversation,
+                text=draft.text,
+                sender=draft.sender,
+                campaign_id=draft.campaign_id,
+                template=draft.template,
+                now=now,
+            )
+        )
+    if not docs:
+        return []
+    refused = await _insert_new(store.outbox, items)
+    # An item refused as a duplicate is queued already: its message stays as it is.
+    docs = [d for d in docs if d["_id"] not in refused]
+    settled = await _insert_new(store.messages, docs)
+    if settled:
+        # Their messages exist and their items were gone: sent already. Take back
+        # the items just written for them.
+        await store.outbox.bulk_write([DeleteOne({"_id": i}) for i in settled], ordered=False)
+    docs = [d for d in docs if d["_id"] not in settled]
+    if not docs:
+        return []
+    latest: dict[str, dict[str, Any]] = {d["conversation_id"]: d for d in docs}
+    await store.conversations.bulk_write(
+        [
+            UpdateOne(
+                {"_id": conversation_id},
+                {
+                    "$set": {
+                        "last_message": {
+                            "id": doc["_id"],
+                            "text": doc["text"],
+                            "kind": doc["kind"],
+                            "direction": "out",
+                            "at": now,
+                        },
+                        "last_activity_at": now,
+                    }
+                },
+            )
+            for conversation_id, doc in latest.items()
+        ],
+        ordered=False,
+    )
+    await events.publish([Event("message.created", message_view(d)) for d in docs])
+    return [str(d["_id"]) for d in docs]
+
+
+async def _insert_new(collection: Any, docs: list[dict[str, Any]]) -> set[Any]:
+    """Insert `docs`, skipping those whose `_id` exists; return the skipped ids."""
+    if not docs:
+        return set()
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as error:
+        refused = set()
+        for failure in error.details.get("writeErrors", []):
+            if failure.get("code") != 11000:
+                raise
+            refused.add(docs[failure["index"]]["_id"])
+        return refused
+    return set()
+
+
+async def enqueue(
+    store: Store,
+    events: Events,
+    *,
+    conversation_id: str,
+    text: str | None,
+    sender: dict[str, Any],
+    attachments: list[Attachment] | None = None,
+    subject: str | None = None,
+    at_most_once: bool = False,
+    campaign_id: str | None = None,
+    kind: str = "text",
+    template: dict[str, Any] | None = None,
+    buttons: list[ButtonReply] | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Store an outbound message for the conversation's channel; return its document.
+
+    With a `key` (e.g. "<call id>:missed-call-sms") the message is queued once per
+    conversation and key, however often the caller retries: a repeat returns the
+    message already queued (or sent).
+    """
+    if not text and not attachments and not template:
+        raise OutboxError("a message needs text, an attachment or a template")
+    conversation = await store.conversations.find_one({"_id": conversation_id})
+    if conversation is None:
+        raise OutboxError(f"no conversation {conversation_id}")
+    now = utcnow()
+    message_id = new_id() if key is None else derived_id("keyed", conversation_id, key)
+    if key is not None:
+        existing = await store.messages.find_one({"_id": message_id})
+        if existing is not None:
+            return existing
+    try:
+        await _insert_outbox(store, message_id, conversation["inbox"], at_most_once, now)
+    except DuplicateKeyError:
+        if key is None:
+            raise
+        # A concurrent call with the same key is writing it.
+        return await store.messages.find_one({"_id": message_id}) or {"_id": message_id}
+    doc = _message_doc(
+        message_id,
+        conversation,
+        text=text,
+        sender=sender,
+        kind=kind,
+        attachments=attachments,
+        campaign_id=campaign_id,
+        template=template,
+        buttons=buttons,
+        subject=subject,
+        now=now,
+    )
+    await store.messages.insert_one(doc)
+    await store.conversations.update_one(
+        {"_id": conversation_id},
+        {
+            "$set": {
+                "last_message": {
+                    "id": message_id,
+                    "text": text,
+                    "kind": kind,
+                    "direction": "out",
+                    "at": now,
+                },
+                "last_activity_at": now,
+            }
+        },
+    )
+    await events.publish([Event("message.created", message_view(doc))])
+    return doc
+
+
+async def record_statuses(store: Store, events: Events, updates: list[StatusUpdate]) -> int:
+    """Apply provider status callbacks; return how many messages moved.
+
+    A callback never moves a message backwards (providers send them out of order).
+    One that arrives before the send recorded its provider id is kept and applied
+    when it is recorded.
+    """
+    moved = 0
+    published: list[Event] = []
+    for update in updates:
+        key = provider_key(update.inbox, update.provider_id)
+        rank = STATUS_RANK[update.status]
+        earlier = [s for s, r in STATUS_RANK.items() if r < rank]
+        fields: dict[str, Any] = {"status": update.status, f"{update.status}_at": update.at}
+        if update.status == "failed":
+            fields["error"] = failure_reason(update.error, update.error_code)
+        doc = await store.messages.find_one_and_update(
+            {"provider_key": key, "status": {"$in": earlier}},
+            {"$set": fields},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            exists = await store.messages.find_one({"provider_key": key}, {"_id": 1})
+            if exists is None:
+                await _keep_early_status(store, key, update, rank)
+                # The send may have recorded its id between our look and our keep,
+                # and looked for early statuses before we kept this one: look again,
+                # so that one of the two always applies it.
+                if await store.messages.find_one({"provider_key": key}, {"_id": 1}):
+                    kept = await store.early_statuses.find_one_and_delete({"_id": key})
+                    if kept is not None:
+                        moved += await record_statuses(
+                            store, events, [StatusUpdate.model_validate(kept["update"])]
+                        )
+            continue
+        moved += 1
+        published.append(Event("message.updated", message_view(doc)))
+    await events.publish(published)
+    return moved
+
+
+async def _keep_early_status(store: Store, key: str, update: StatusUpdate, rank: int) -> None:
+    """Keep the furthest status seen for a send whose provider id is not recorded yet."""
+    kept = await store.early_statuses.find_one({"_id": key}, {"rank": 1})
+    if kept is not None and int(kept.get("rank", -1)) >= rank:
+        return
+    await store.early_statuses.replace_one(
+        {"_id": key},
+        {"rank": rank, "update": update.model_dump(mode="json"), "at": utcnow()},
+        upsert=True,
+    )
+
+
+def failure_reason(error: str | None, code: str | None) -> str:
+    if error and code:
+        return f"{error} (code {code})"
+    return error or (f"provider error {code}" if code else "failed")

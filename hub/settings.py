@@ -1,0 +1,122 @@
+"""The hub's settings as typed objects: one model per section of the config file.
+
+Reading and checking a config file (and the channels' own settings) is
+`hub.config`'s job; everything else takes these objects as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hub.ports import ChannelSettings
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = ""
+    shutdown_timeout: float = Field(default=10.0, gt=0)
+
+
+class StoreSettings(Section):
+    uri: str = ""
+    database: str = Field(default="hub", pattern=r"^[A-Za-z0-9_-]{1,60}$")
+    data_dir: str = "var"
+    server_selection_timeout_ms: int = Field(default=3000, ge=100)
+
+
+class IdentitySettings(Section):
+    default_region: str = "US"
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        value = value.upper()
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {value!r} (use an ISO 3166 code such as 'US')")
+        return value
+
+
+class IngestSettings(Section):
+    max_batch: int = Field(default=256, ge=1, le=5000)
+
+
+class DispatcherSettings(Section):
+    workers: int = Field(default=4, ge=1, le=64)
+    batch: int = Field(default=100, ge=1, le=1000)  # most items one claim takes per inbox
+    lease_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base: float = Field(default=1.0, gt=0)
+    backoff_max: float = Field(default=300.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+
+
+class EventsSettings(Section):
+    poll_interval: float = Field(default=0.25, gt=0)
+    retention_seconds: float = Field(default=30.0, gt=0)
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class SandboxSettings(Section):
+    """Built-in provider simulators and the customer page `/sandbox` (hub.sandbox).
+
+    Off unless a config turns it on. When on, every inbox it covers (`inboxes`;
+    empty: all twilio, telegram, whatsapp, email and pbx inboxes) sends to the
+    simulators on loopback instead of its provider."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # where the simulators listen (keep it loopback)
+    port: int = Field(default=0, ge=0, le=65535)  # their HTTP port; 0: any free one
+    smtp_port: int = Field(default=0, ge=0, le=65535)  # their SMTP sink; 0: any free one
+    hub_url: str = ""  # where they post webhooks; empty: the address the hub answered on
+    inboxes: list[str] = []
+    delivery_delay: float = Field(default=0.3, ge=0, le=60)  # seconds before "delivered"
+    demo_admin_email: str = ""  # with a password: the first admin, created at start-up
+    demo_admin_password: str = ""
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    """One configured inbox: its id, its channel name and the channel's own settings."""
+
+    id: str
+    channel: str
+    settings: ChannelSettings
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    store: StoreSettings
+    identity: IdentitySettings
+    ingest: IngestSettings
+    dispatcher: DispatcherSettings
+    events: EventsSettings
+    logging: LoggingSettings
+    inboxes: tuple[InboxConfig, ...]
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    source: str = "<defaults>"
+    data_dir: Path = field(default_factory=lambda: Path("var").resolve())
+    secrets: frozenset[str] = frozenset()
+
+    @property
+    def public_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+    def inbox(self, inbox_id: str) -> InboxConfig | None:
+        return next((i for i in self.inboxes if i.id == inbox_id), None)
