@@ -10,7 +10,6 @@ with the status each reached.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import itertools
@@ -40,6 +39,7 @@ from channels.signing import sign as hub_sign
 from channels.telegram import TelegramSettings
 from channels.twilio import TwilioSettings
 from channels.whatsapp import WhatsAppSettings
+from hub.sandbox.wire import new_wamid, whatsapp_notification
 from hub.settings import InboxConfig, Settings
 
 if TYPE_CHECKING:
@@ -813,18 +813,6 @@ def _hmac_sha256(key: bytes, body: bytes) -> str:
     import hmac
 
     return hmac.new(key, body, hashlib.sha256).hexdigest()
-
-
-def new_wamid(digits: str) -> str:
-    token = base64.b64encode(f"{digits}:{secrets.token_hex(8)}".encode()).decode()
-    return f"wamid.{token}"
-
-
-def whatsapp_notification(value: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "100000000000001", "changes": [{"value": value, "field": "messages"}]}],
-    }
 
 
 def _last_subject(thread: Thread) -> str:

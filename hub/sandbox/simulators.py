@@ -48,6 +48,7 @@ from channels.email import EmailSettings
 from channels.telegram import TelegramSettings
 from channels.twilio import TwilioSettings
 from channels.whatsapp import WhatsAppSettings
+from hub.sandbox.wire import new_wamid, whatsapp_notification
 
 if TYPE_CHECKING:
     from hub.sandbox.core import Sandbox
@@ -433,7 +434,6 @@ class Simulators:
     # -- WhatsApp Cloud ------------------------------------------------------------------
 
     async def whatsapp_send(self, request: web.Request) -> web.Response:
-        from hub.sandbox.core import new_wamid, whatsapp_notification
 
         phone_number_id = request.match_info["phone_number_id"]
         found = next(
