@@ -170,6 +170,11 @@ class Channel(Protocol):
     name: ClassVar[str]
     inbox_id: str
 
+    @property
+    def webhook_prefix(self) -> str:
+        """The path under which the inbox's webhook routes are served."""
+        ...
+
     def webhook_routes(self) -> list[WebhookRoute]: ...
 
     def webhook_urls(self, public_url: str) -> list[str]: ...

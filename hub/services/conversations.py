@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -154,7 +154,7 @@ async def page(
     store: Store,
     *,
     status: str | None,
-    inboxes: Sequence[str] | None,
+    inboxes: Collection[str] | None,
     assignee: str | Any | None = _UNSET,
     text: str | None = None,
     contact_ids: Sequence[str] = (),
