@@ -15,9 +15,6 @@ MEDIA: tuple[str, ...] = ("sms", "whatsapp", "telegram", "email", "voice", "form
 IdentityKind = Literal["phone", "email", "telegram"]
 MessageKind = Literal["text", "media", "call", "voicemail", "email", "note", "event"]
 OutboundStatus = Literal["queued", "sending", "sent", "delivered", "read", "failed", "unknown"]
-MessageStatus = Literal[
-    "received", "queued", "sending", "sent", "delivered", "read", "failed", "unknown"
-]
 ConversationStatus = Literal["open", "pending", "snoozed", "resolved"]
 
 # How far along a delivery is; a status callback never moves a message backwards
@@ -204,48 +201,6 @@ class OutboundMessage(_Frozen):
 class SendResult(_Frozen):
     provider_id: str
     status: Literal["sent", "delivered"] = "sent"
-
-
-class Contact(BaseModel):
-    id: str
-    name: str | None = None
-    phones: list[str] = []
-    emails: list[str] = []
-    telegram: str | None = None
-    timezone: str | None = None
-    locale: str | None = None
-    labels: list[str] = []
-    attributes: dict[str, object] = {}
-    opted_out: dict[str, bool] = {}
-    created_at: datetime | None = None
-
-
-class Conversation(BaseModel):
-    id: str
-    inbox: str
-    channel: Medium
-    contact_id: str
-    identity: str
-    status: ConversationStatus = "open"
-    assignee_id: str | None = None
-    labels: list[str] = []
-    unread: int = 0
-    last_message: dict[str, object] | None = None
-    last_activity_at: datetime | None = None
-    last_inbound_at: datetime | None = None
-    created_at: datetime | None = None
-
-
-class Message(BaseModel):
-    id: str
-    conversation_id: str
-    inbox: str
-    direction: Literal["in", "out"]
-    kind: MessageKind
-    text: str | None = None
-    status: MessageStatus
-    error: str | None = None
-    created_at: datetime
 
 
 @dataclass(frozen=True)

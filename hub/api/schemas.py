@@ -13,9 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hub.model import Medium
+from hub.model import ConversationStatus, Medium
 
-ConversationStatus = Literal["open", "pending", "snoozed", "resolved"]
 RoleName = Literal["admin", "supervisor", "agent"]
 
 # Ids are the hub's own: hex ObjectIds and derived ids, never anything with `$` or `.`.
