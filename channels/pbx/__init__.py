@@ -21,7 +21,6 @@ A phone line carries no text: replies are refused with a clear reason.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -29,7 +28,16 @@ from typing import Any, ClassVar, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from channels.base import ChannelAdapter, ChannelSettings, PermanentSendError
+from channels.base import (
+    ChannelAdapter,
+    ChannelSettings,
+    IgnoredEvent,
+    MalformedPayload,
+    PermanentSendError,
+    json_object,
+    supported_events,
+    validation_message,
+)
 from channels.signing import verified_body
 from hub.addresses import InvalidIdentity, phone_ref
 from hub.model import (
@@ -117,21 +125,6 @@ Reply = dict[str, Any]
 Handler = Callable[["PbxChannel", PbxEvent, IdentityRef], Awaitable[Reply]]
 
 
-def _bad_request(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(
-        text=json.dumps({"error": {"code": "bad_request", "message": message}}),
-        content_type="application/json",
-    )
-
-
-def _validation_message(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "body"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)
-
-
 def _call_text(status: str, duration: int | None) -> str:
     """A one-line summary for the conversation list (the call itself is in `call`)."""
     if status == "missed":
@@ -164,49 +157,36 @@ class PbxChannel(ChannelAdapter):
 
     async def webhook(self, request: web.Request) -> web.Response:
         body = await verified_body(request, self.settings.secret, self.settings.max_body_bytes)
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
-            raise _bad_request("the body is not JSON") from None
-        if not isinstance(payload, dict):
-            raise _bad_request("the body must be a JSON object")
+        payload = json_object(body)
         name = payload.get("event")
         if not isinstance(name, str) or not name:
-            raise _bad_request("event: a string is required")
+            raise MalformedPayload("event: a string is required")
         handler = self.EVENT_HANDLERS.get(name)
         if handler is None:
-            return web.json_response(self._ignore(name, "unknown event"))
+            raise IgnoredEvent(name, "unknown event")
         try:
             event = PbxEvent.model_validate(payload)
         except ValidationError as error:
-            raise _bad_request(_validation_message(error)) from None
+            raise MalformedPayload(validation_message(error)) from None
         field = "from" if event.direction == "in" else "to"
         try:
             customer = phone_ref(event.customer_number, self.ctx.default_region)
         except InvalidIdentity as error:
-            raise _bad_request(f"{field}: {error}") from None
+            raise MalformedPayload(f"{field}: {error}") from None
         return web.json_response(await handler(self, event, customer))
-
-    def _ignore(self, name: str, reason: str) -> Reply:
-        """Acknowledge an event that changes nothing, and log it as ignored."""
-        self.ctx.logger.info(
-            "pbx event ignored",
-            extra={"inbox": self.inbox_id, "event": name[:64], "reason": reason},
-        )
-        return {"ok": True, "ignored": reason}
 
     # -- one handler per event -----------------------------------------------------
 
     async def _call_started(self, event: PbxEvent, customer: IdentityRef) -> Reply:
         if event.direction == "out":
-            return self._ignore(event.event, "outgoing call started")
+            raise IgnoredEvent(event.event, "outgoing call started")
         contact_id = await self.ctx.call_incoming(self.inbox_id, customer, event.call_id)
         return {"ok": True, "contact_id": contact_id}
 
     async def _call_answered(self, event: PbxEvent, customer: IdentityRef) -> Reply:
         # The call message is written once, when the call ends or is missed (with
         # the agent, who is on `call.ended` too): nothing to store yet.
-        return self._ignore(event.event, "the call is logged when it ends")
+        raise IgnoredEvent(event.event, "the call is logged when it ends")
 
     async def _call_ended(self, event: PbxEvent, customer: IdentityRef) -> Reply:
         return await self._log_call(event, customer, "completed")
@@ -243,7 +223,7 @@ class PbxChannel(ChannelAdapter):
 
     async def _recording_ready(self, event: PbxEvent, customer: IdentityRef) -> Reply:
         if not event.recording_url:
-            raise _bad_request("recording_url: required for recording.ready")
+            raise MalformedPayload("recording_url: required for recording.ready")
         voicemail = InboundVoicemail(
             inbox=self.inbox_id,
             medium="voice",
@@ -285,9 +265,9 @@ class PbxChannel(ChannelAdapter):
         (result,) = await self.ctx.ingest([message])
         return {
             "ok": True,
-            "message_id": getattr(result, "message_id", None),
-            "conversation_id": getattr(result, "conversation_id", None),
-            "duplicate": bool(getattr(result, "duplicate", False)),
+            "message_id": result.message_id,
+            "conversation_id": result.conversation_id,
+            "duplicate": result.duplicate,
         }
 
     @staticmethod
@@ -308,4 +288,5 @@ class PbxChannel(ChannelAdapter):
         return extra
 
 
-SUPPORTED_EVENTS: frozenset[str] = frozenset(PbxChannel.EVENT_HANDLERS)
+# The events the webhook handles, read from the handler map.
+SUPPORTED_EVENTS: frozenset[str] = frozenset(supported_events(PbxChannel.EVENT_HANDLERS))
