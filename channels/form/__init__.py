@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from pydantic import Field
 
-from channels.base import ChannelAdapter, ChannelSettings, PermanentSendError
+from channels.base import ChannelAdapter, ChannelSettings, MalformedPayload, PermanentSendError
 from channels.signing import verified_body
 from hub.addresses import InvalidIdentity, email_ref, phone_ref
 from hub.model import IdentityRef, InboundText, OutboundMessage, SendResult
@@ -68,13 +68,6 @@ class FormSettings(ChannelSettings):
 
 class FormError(ValueError):
     """A submission that is not one (answered 400 with this message)."""
-
-
-def _bad_request(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(
-        text=json.dumps({"error": {"code": "bad_request", "message": message}}),
-        content_type="application/json",
-    )
 
 
 # -- reading the body into (name, value) pairs ------------------------------------------
@@ -275,7 +268,7 @@ class FormChannel(ChannelAdapter):
             lead = Lead(form_fields(request.headers.get("Content-Type", ""), body), self.settings)
             primary, also = lead.identities(self.ctx.default_region)
         except FormError as error:
-            raise _bad_request(str(error)) from None
+            raise MalformedPayload(str(error)) from None
         if lead.dropped:
             self.ctx.logger.info(
                 "form fields dropped",
@@ -297,8 +290,8 @@ class FormChannel(ChannelAdapter):
             {
                 "ok": True,
                 "contact_id": contact_id,
-                "conversation_id": getattr(result, "conversation_id", None),
-                "message_id": getattr(result, "message_id", None),
-                "duplicate": bool(getattr(result, "duplicate", False)),
+                "conversation_id": result.conversation_id,
+                "message_id": result.message_id,
+                "duplicate": result.duplicate,
             }
         )

@@ -7,8 +7,10 @@ channel) and `t1`, a test-channel SMS inbox for contacts that already wrote.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -362,6 +364,27 @@ async def test_forms_answer_only_under_webhooks_forms(site):
     )
     assert resp.status == 404
     assert await counts(site) == NOTHING
+
+
+async def test_the_url_the_status_page_lists_for_a_form_inbox_takes_a_signed_submission(site):
+    page = await (await site.get("/status")).text()
+    (row,) = re.findall(r"<tr><td>site</td><td>form</td><td>(.*?)</td></tr>", page)
+    (listed,) = re.findall(r"<code>(.*?)</code>", row)
+    path = urllib.parse.urlsplit(html.unescape(listed)).path
+    assert path == URL
+    body = fixture_json("phone_only")
+
+    resp = await site.post(
+        path, data=body, headers={"Content-Type": JSON, "X-Signature": sign(FORM_SECRET, body)}
+    )
+
+    assert resp.status != 404
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    assert answer["duplicate"] is False
+    (message,) = await hub_of(site).store.messages.find().to_list()
+    assert message["_id"] == answer["message_id"]
+    assert message["inbox"] == "site"
 
 
 # -- configuration and sending ---------------------------------------------------------------
