@@ -81,7 +81,7 @@ def chats(count: int) -> list[IdentityRef]:
 
 
 async def start_whatsapp(limit: float) -> Any:
-    from tests.support.fake_whatsapp import FakeWhatsApp
+    from channels.whatsapp.simulator import FakeWhatsApp
 
     fake = FakeWhatsApp(rate=limit, rate_limit_status=429)
     await fake.start()

@@ -33,6 +33,7 @@ from channels.whatsapp import (
     WhatsAppChannel,
     WhatsAppSettings,
 )
+from channels.whatsapp.simulator import FakeWhatsApp, post_notification, sign
 from hub.app import build_app
 from hub.config import ConfigError, Settings, parse_settings
 from hub.model import Attachment, ButtonReply, OutboundMessage
@@ -40,7 +41,6 @@ from hub.services.outbox import OutboxError, enqueue, provider_key
 from hub.services.runtime import HUB, Hub
 from tests.conftest import hub_of
 from tests.support.context import replaced
-from tests.support.fake_whatsapp import FakeWhatsApp, post_notification, sign
 from tests.support.waiting import eventually
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "whatsapp"

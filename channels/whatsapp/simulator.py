@@ -1,5 +1,7 @@
-"""A fake WhatsApp Cloud API: a real aiohttp server on 127.0.0.1 that speaks the
+"""A simulated WhatsApp Cloud API: a real aiohttp server on 127.0.0.1 that speaks the
 Graph API's `POST /{phone_number_id}/messages` and enforces a throughput limit.
+The tests and the pacing benchmark send to it (the sandbox may too); it reads no
+files and imports nothing of the hub.
 
 - Auth: `Authorization: Bearer <access_token>`; a wrong or missing token gets
   Graph's HTTP 401 with error code 190.
@@ -23,7 +25,7 @@ Graph API's `POST /{phone_number_id}/messages` and enforces a throughput limit.
 
 `sign` and `post_notification` sign a notification body with the app secret
 (`X-Hub-Signature-256`) and post it to the hub; `status_notification` builds
-Meta's status webhook for a message this fake accepted.
+Meta's status webhook for a message the simulator accepted.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ def _check_interactive(part: dict[str, Any]) -> None:
 @dataclass
 class FakeWhatsApp:
     phone_number_id: str = "106540352242922"
-    access_token: str = "EAAG-test-access-token"
+    access_token: str = "EAAG-test-access-token"  # noqa: S105 (the simulator's own token)
     rate: float | None = None  # accepted messages per second (80 is Meta's default)
     pair_limit: int | None = None  # messages to one recipient per 6 s
     rate_limit_status: int = 400  # Graph answers 130429 with HTTP 400
@@ -272,7 +274,7 @@ class FakeWhatsApp:
     def status_notification(
         self, wamid: str, status: str, recipient: str, errors: list[dict[str, Any]] | None = None
     ) -> dict[str, Any]:
-        """Meta's status webhook for a message this fake accepted."""
+        """Meta's status webhook for a message the simulator accepted."""
         entry: dict[str, Any] = {
             "id": wamid,
             "status": status,
