@@ -1,6 +1,29 @@
 """Scheduled work: campaigns, greetings, SLA reminders and snooze wake-ups.
 
-Everything here sends through the hub's outbox and takes a lease in `leases`
-before firing, so one of many hub processes runs each job. The jobs arrive with
-the scheduler issue; the outbox already supports their at-most-once sends.
+A job is a `hub.ports.ScheduledJob`. Everything here sends through the hub's
+outbox (`hub.ports.Replies`) and takes a lease in `leases` before firing
+(`hub.services.leases`), so one of many hub processes runs each job.
+`BUILTIN_JOBS` maps a job's name to its class, imported lazily like the channels'
+registry; the jobs themselves arrive with the scheduler issue.
 """
+
+from __future__ import annotations
+
+import importlib
+
+from hub.ports import ScheduledJob
+
+BUILTIN_JOBS: dict[str, str] = {}
+
+
+def job_class(name: str) -> type[ScheduledJob] | None:
+    """The job class registered under `name`, or None."""
+    target = BUILTIN_JOBS.get(name)
+    if target is None:
+        return None
+    module_name, _, attr = target.partition(":")
+    cls: type[ScheduledJob] = getattr(importlib.import_module(module_name), attr)
+    return cls
+
+
+__all__ = ["BUILTIN_JOBS", "ScheduledJob", "job_class"]
