@@ -6,16 +6,21 @@ texts and later calls from the same number is one contact.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
+from hub.addresses import InvalidIdentity, normalize_email, normalize_phone
 from hub.model import Event, IdentityRef, utcnow
 from hub.services.events import Events
-from hub.store import Store, identity_id, new_id
+from hub.services.paging import decode_cursor, encode_cursor, page_by_time
+from hub.store import Store, find_by_ids, identity_id, new_id
 
 log = logging.getLogger("hub.identity")
 
@@ -233,3 +238,253 @@ def contact_card(contact_id: str, contact: Mapping[str, Any]) -> dict[str, Any]:
         "emails": contact.get("emails", []),
         "labels": contact.get("labels", []),
     }
+
+
+# -- the agents' contact book: search, read, create, edit ------------------------------
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PHONE_LIKE = re.compile(r"^[+\d(][\d\s().-]{5,}$")
+CONVERSATION_FIELDS = {"inbox": 1, "channel": 1, "status": 1, "last_activity_at": 1}
+_UNSET: Any = object()
+
+
+class InvalidContact(ValueError):
+    """A phone or e-mail that is not one; the message says which."""
+
+
+class IdentityTaken(ValueError):
+    """A phone, e-mail or Telegram id that belongs to another contact."""
+
+
+async def matching_contact_ids(
+    store: Store, q: str, *, limit: int, default_region: str
+) -> list[str]:
+    """Contacts whose phone or e-mail is `q` (an identity lookup), else whose name,
+    phone or e-mail contains it (case-insensitive). `q` is only ever a value."""
+    text = q.strip()
+    exact: IdentityRef | None = None
+    try:
+        if "@" in text:
+            exact = IdentityRef(kind="email", value=normalize_email(text))
+        elif PHONE_LIKE.match(text):
+            exact = IdentityRef(kind="phone", value=normalize_phone(text, default_region))
+    except InvalidIdentity:
+        exact = None
+    if exact is not None:
+        owner = await store.identities.find_one(
+            {"_id": identity_id(exact.kind, exact.value)}, {"contact_id": 1}
+        )
+        if owner is not None:
+            return [str(owner["contact_id"])]
+    pattern = {"$regex": re.escape(text), "$options": "i"}
+    docs = (
+        await store.contacts.find(
+            {"$or": [{"name": pattern}, {"emails": pattern}, {"phones": pattern}]}, {"_id": 1}
+        )
+        .limit(limit)
+        .to_list()
+    )
+    return [str(d["_id"]) for d in docs]
+
+
+def _position(doc: dict[str, Any]) -> tuple[datetime, str]:
+    at = doc.get("created_at")
+    return (at if isinstance(at, datetime) else EPOCH, str(doc["_id"]))
+
+
+async def _search(
+    store: Store,
+    q: str,
+    *,
+    label: str | None,
+    cursor: str | None,
+    limit: int,
+    default_region: str,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The page of a search: matches are few (at most 500), so they are read by
+    their `_id`s and ordered here."""
+    ids = await matching_contact_ids(store, q, limit=500, default_region=default_region)
+    found = list((await find_by_ids(store.contacts, ids)).values())
+    if label is not None:
+        found = [d for d in found if label in (d.get("labels") or [])]
+    found.sort(key=_position, reverse=True)
+    if cursor is not None:
+        at, ident = decode_cursor(cursor)
+        mark = (at or EPOCH, ident)
+        found = [d for d in found if _position(d) < mark]
+    docs = found[:limit]
+    next_cursor = None
+    if len(found) > limit and docs:
+        next_cursor = encode_cursor(docs[-1].get("created_at"), str(docs[-1]["_id"]))
+    return docs, next_cursor
+
+
+async def page(
+    store: Store,
+    *,
+    q: str | None,
+    label: str | None,
+    cursor: str | None,
+    limit: int,
+    default_region: str,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of contacts, newest first: those matching `q` (see
+    `matching_contact_ids`) if given, with `label` if given; and the next cursor."""
+    if q:
+        return await _search(
+            store, q, label=label, cursor=cursor, limit=limit, default_region=default_region
+        )
+    clauses = [{"labels": label}] if label is not None else []
+    return await page_by_time(store.contacts, clauses, "created_at", cursor, limit)
+
+
+async def get_with_conversations(
+    store: Store, contact_id: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The contact and (at most 200 of) its conversations' inbox, channel, status
+    and last activity; None if there is no such contact."""
+    doc = await store.contacts.find_one({"_id": contact_id})
+    if doc is None:
+        return None
+    conversations = (
+        await store.conversations.find({"contact_id": contact_id}, CONVERSATION_FIELDS)
+        .limit(200)
+        .to_list()
+    )
+    return doc, conversations
+
+
+async def identities_of(store: Store, contact_id: str) -> list[dict[str, Any]]:
+    return await store.identities.find({"contact_id": contact_id}).to_list(100)
+
+
+def identity_refs(
+    phones: Sequence[str], emails: Sequence[str], default_region: str
+) -> list[IdentityRef]:
+    """The phones and e-mails as normalised identities, without repeats."""
+    refs: list[IdentityRef] = []
+    try:
+        refs += [
+            IdentityRef(kind="phone", value=normalize_phone(p, default_region)) for p in phones
+        ]
+        refs += [IdentityRef(kind="email", value=normalize_email(e)) for e in emails]
+    except InvalidIdentity as error:
+        raise InvalidContact(str(error)) from None
+    return list(dict.fromkeys(refs))
+
+
+async def ensure_free(store: Store, refs: Sequence[IdentityRef], contact_id: str | None) -> None:
+    """Raise `IdentityTaken` if one of `refs` belongs to a contact other than `contact_id`."""
+    for ref in refs:
+        owner = await store.identities.find_one(
+            {"_id": identity_id(ref.kind, ref.value)}, {"contact_id": 1}
+        )
+        if owner is not None and owner["contact_id"] != contact_id:
+            raise IdentityTaken(
+                f"{ref.value} belongs to contact {owner['contact_id']} (merge them instead)"
+            )
+
+
+@dataclass(frozen=True)
+class NewContact:
+    """A contact an agent creates."""
+
+    name: str | None = None
+    phones: list[str] = dataclasses.field(default_factory=list)
+    emails: list[str] = dataclasses.field(default_factory=list)
+    telegram: str | None = None
+    timezone: str | None = None
+    locale: str | None = None
+    birthday: dict[str, Any] | None = None
+    labels: list[str] = dataclasses.field(default_factory=list)
+    attributes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+async def create(store: Store, new: NewContact, *, default_region: str) -> str:
+    """Create the contact with its identities (none may be another contact's:
+    `IdentityTaken`) and return its id."""
+    refs = identity_refs(new.phones, new.emails, default_region)
+    if new.telegram:
+        refs.append(IdentityRef(kind="telegram", value=new.telegram))
+    await ensure_free(store, refs, None)
+    contact_id = new_id()
+    doc = new_contact_doc(
+        contact_id,
+        name=new.name,
+        timezone=new.timezone,
+        locale=new.locale,
+        birthday=new.birthday,
+        labels=list(dict.fromkeys(new.labels)),
+        attributes={attribute_key(k): v for k, v in new.attributes.items()},
+    )
+    await store.contacts.insert_one(doc)
+    for ref in refs:
+        await add_identity(store, contact_id, ref)
+    return contact_id
+
+
+@dataclass(frozen=True)
+class ContactChange:
+    """What to change in a contact; a field left out is left as it is. `phones`
+    and `emails` given are the whole new lists; an attribute set to None goes."""
+
+    name: str | Any | None = _UNSET
+    timezone: str | Any | None = _UNSET
+    locale: str | Any | None = _UNSET
+    birthday: dict[str, Any] | Any | None = _UNSET
+    labels: list[str] | None = None
+    attributes: Mapping[str, str | None] | None = None
+    opted_out: Mapping[str, bool] | None = None
+    phones: list[str] | None = None
+    emails: list[str] | None = None
+
+
+async def update(
+    store: Store, doc: dict[str, Any], change: ContactChange, *, default_region: str
+) -> None:
+    """Apply `change` to the contact `doc`: its fields, and its phone and e-mail
+    identities (a new one may not be another contact's: `IdentityTaken`)."""
+    contact_id = doc["_id"]
+    sets: dict[str, Any] = {}
+    unsets: dict[str, Any] = {}
+    for name in ("name", "timezone", "locale", "birthday"):
+        value = getattr(change, name)
+        if value is not _UNSET:
+            sets[name] = value
+    if change.labels is not None:
+        sets["labels"] = list(dict.fromkeys(change.labels))
+    for key, value in (change.attributes or {}).items():
+        path = f"attributes.{attribute_key(key)}"
+        if value is None:
+            unsets[path] = ""
+        else:
+            sets[path] = value
+    for medium, opted in (change.opted_out or {}).items():
+        sets[f"opted_out.{medium}"] = opted
+    adds: list[IdentityRef] = []
+    removes: list[IdentityRef] = []
+    if change.phones is not None or change.emails is not None:
+        phones = change.phones if change.phones is not None else list(doc.get("phones") or [])
+        emails = change.emails if change.emails is not None else list(doc.get("emails") or [])
+        wanted = identity_refs(phones, emails, default_region)
+        current = [IdentityRef(kind="phone", value=p) for p in doc.get("phones") or []]
+        current += [IdentityRef(kind="email", value=e) for e in doc.get("emails") or []]
+        adds = [r for r in wanted if r not in current]
+        removes = [r for r in current if r not in wanted]
+        await ensure_free(store, adds, contact_id)
+    changes: dict[str, Any] = {}
+    if sets:
+        changes["$set"] = sets
+    if unsets:
+        changes["$unset"] = unsets
+    if changes:
+        await store.contacts.update_one({"_id": contact_id}, changes)
+    for ref in adds:
+        await add_identity(store, contact_id, ref)
+    for ref in removes:
+        key = identity_id(ref.kind, ref.value)
+        owner = await store.identities.find_one({"_id": key}, {"contact_id": 1})
+        if owner is not None and owner["contact_id"] == contact_id:
+            await store.identities.delete_one({"_id": key})
+        list_field = "phones" if ref.kind == "phone" else "emails"
+        await store.contacts.update_one({"_id": contact_id}, {"$pull": {list_field: ref.value}})
