@@ -37,7 +37,8 @@ from hub.model import (
     SharedContact,
     utcnow,
 )
-from hub.services.ingest import PIPELINE_MIN, message_doc, message_id_for
+from hub.services.ingest import PIPELINE_MIN, message_id_for
+from hub.services.messages import inbound_message_doc
 from hub.shapes import conversation_view, message_view
 from tests.conftest import SECRET, hub_of, post_inbound, signed_form
 from tests.support.testchannel import sign
@@ -150,7 +151,7 @@ async def test_retry_after_a_failure_between_message_and_summary_repairs_the_sum
         inbox="t1", medium="sms", provider_id="SMb", sender=phone(), text="lost summary"
     )
     await hub.store.messages.insert_one(
-        message_doc(lost, message_id_for("t1", "SMb"), conversation["_id"])
+        inbound_message_doc(lost, message_id_for("t1", "SMb"), conversation["_id"])
     )
 
     retry = await post_inbound(hub_client, MessageSid="SMb", From=NUMBER, Body="lost summary")

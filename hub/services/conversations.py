@@ -19,6 +19,7 @@ from hub.model import ConversationStatus, Event, IdentityRef, utcnow
 from hub.services.contacts import contact_card
 from hub.services.events import Events
 from hub.services.ingest import Ingestor
+from hub.services.messages import note_doc
 from hub.services.outbox import provider_key
 from hub.services.paging import page_by_time
 from hub.shapes import conversation_view, iso, message_view
@@ -129,22 +130,7 @@ async def add_note(
     store: Store, events: Events, conversation: dict[str, Any], text: str, sender: dict[str, Any]
 ) -> dict[str, Any]:
     """A private note in the thread: stored and shown to agents, never sent."""
-    doc: dict[str, Any] = {
-        "_id": new_id(),
-        "conversation_id": conversation["_id"],
-        "inbox": conversation.get("inbox"),
-        "channel": conversation.get("channel"),
-        "direction": "out",
-        "kind": "note",
-        "text": text,
-        "sender": sender,
-        "status": None,
-        "error": None,
-        "attachments": [],
-        "provider_id": None,
-        "provider_key": None,
-        "created_at": utcnow(),
-    }
+    doc = note_doc(new_id(), conversation, text=text, sender=sender, now=utcnow())
     await store.messages.insert_one(doc)
     await events.publish([Event("message.created", message_view(doc))])
     return doc

@@ -33,10 +33,11 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from hub.metrics import Metrics
-from hub.model import KIND_OF_INBOUND, Event, IdentityRef, InboundEvent, utcnow
+from hub.model import Event, IdentityRef, InboundEvent, utcnow
 from hub.ports import BotHook, IngestResult, NoBot, StoreUnavailable
 from hub.services.contacts import resolve_contact
 from hub.services.events import Events
+from hub.services.messages import inbound_message_doc
 from hub.shapes import conversation_view, message_view
 from hub.store import Store, derived_id, find_by_ids, identity_id
 
@@ -51,32 +52,6 @@ def message_id_for(inbox: str, provider_id: str) -> str:
 
 def conversation_id_for(inbox: str, medium: str, identity_key: str) -> str:
     return derived_id("conv", inbox, medium, identity_key)
-
-
-def message_doc(event: InboundEvent, message_id: str, conversation_id: str) -> dict[str, Any]:
-    """The stored form of an inbound event."""
-    doc: dict[str, Any] = {
-        "_id": message_id,
-        "conversation_id": conversation_id,
-        "inbox": event.inbox,
-        "channel": event.medium,
-        "direction": "in",
-        "kind": KIND_OF_INBOUND[event.type],
-        "text": event.text,
-        "sender": {"type": "contact", "id": None},
-        "status": "received",
-        "error": None,
-        "provider_id": event.provider_id,
-        "created_at": event.received_at,
-        "attachments": [a.model_dump() for a in getattr(event, "attachments", ())],
-    }
-    for name in ("location", "contact", "button", "call", "email"):
-        value = getattr(event, name, None)
-        if value is not None:
-            doc[name] = value.model_dump(mode="json")
-    if event.extra:
-        doc["extra"] = dict(event.extra)
-    return doc
 
 
 def _before(summary_at: Any, message_at: Any) -> bool:
@@ -456,7 +431,7 @@ class Ingestor:
         for index, (event, (msg_id, conv_id)) in enumerate(zip(events, ids, strict=True)):
             if msg_id not in first_index:
                 first_index[msg_id] = index
-                docs.append(message_doc(event, msg_id, conv_id))
+                docs.append(inbound_message_doc(event, msg_id, conv_id))
 
         refused: set[str] = set()
         try:

@@ -31,6 +31,7 @@ from hub.model import (
     utcnow,
 )
 from hub.services.events import Events
+from hub.services.messages import outbound_message_doc
 from hub.shapes import message_view
 from hub.store import Store, derived_id, find_by_ids, new_id
 
@@ -71,46 +72,6 @@ async def _insert_outbox(
     await store.outbox.insert_one(_outbox_doc(message_id, inbox, at_most_once, now))
 
 
-def _message_doc(
-    message_id: str,
-    conversation: dict[str, Any],
-    *,
-    text: str | None,
-    sender: dict[str, Any],
-    kind: str = "text",
-    attachments: list[Attachment] | None = None,
-    campaign_id: str | None = None,
-    template: dict[str, Any] | None = None,
-    buttons: list[ButtonReply] | None = None,
-    subject: str | None = None,
-    now: datetime,
-) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "_id": message_id,
-        "conversation_id": conversation["_id"],
-        "inbox": conversation["inbox"],
-        "channel": conversation["channel"],
-        "direction": "out",
-        "kind": kind,
-        "text": text,
-        "sender": sender,
-        "status": "queued",
-        "error": None,
-        "attachments": [a.model_dump() for a in attachments or []],
-        "provider_id": None,
-        "provider_key": None,
-        "campaign_id": campaign_id,
-        "created_at": now,
-    }
-    if template:
-        doc["template"] = template
-    if buttons:
-        doc["buttons"] = [b.model_dump() for b in buttons]
-    if subject:
-        doc["email"] = {"subject": subject}
-    return doc
-
-
 @dataclass(frozen=True)
 class Draft:
     """One message of a bulk enqueue (a campaign's, a greeting run's)."""
@@ -145,7 +106,7 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
         message_id = draft.message_id or new_id()
         items.append(_outbox_doc(message_id, conversation["inbox"], draft.at_most_once, now))
         docs.append(
-            _message_doc(
+            outbound_message_doc(
                 message_id,
                 conversation,
                 text=draft.text,
@@ -250,7 +211,7 @@ async def enqueue(
             raise
         # A concurrent call with the same key is writing it.
         return await store.messages.find_one({"_id": message_id}) or {"_id": message_id}
-    doc = _message_doc(
+    doc = outbound_message_doc(
         message_id,
         conversation,
         text=text,

@@ -1,0 +1,105 @@
+"""The stored form of a message: the one place message documents are built,
+inbound (from a channel's event), outbound (queued in the outbox) and private notes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from hub.model import KIND_OF_INBOUND, Attachment, ButtonReply, InboundEvent
+
+
+def inbound_message_doc(
+    event: InboundEvent, message_id: str, conversation_id: str
+) -> dict[str, Any]:
+    """The stored form of an inbound event."""
+    doc: dict[str, Any] = {
+        "_id": message_id,
+        "conversation_id": conversation_id,
+        "inbox": event.inbox,
+        "channel": event.medium,
+        "direction": "in",
+        "kind": KIND_OF_INBOUND[event.type],
+        "text": event.text,
+        "sender": {"type": "contact", "id": None},
+        "status": "received",
+        "error": None,
+        "provider_id": event.provider_id,
+        "created_at": event.received_at,
+        "attachments": [a.model_dump() for a in getattr(event, "attachments", ())],
+    }
+    for name in ("location", "contact", "button", "call", "email"):
+        value = getattr(event, name, None)
+        if value is not None:
+            doc[name] = value.model_dump(mode="json")
+    if event.extra:
+        doc["extra"] = dict(event.extra)
+    return doc
+
+
+def outbound_message_doc(
+    message_id: str,
+    conversation: dict[str, Any],
+    *,
+    text: str | None,
+    sender: dict[str, Any],
+    kind: str = "text",
+    attachments: list[Attachment] | None = None,
+    campaign_id: str | None = None,
+    template: dict[str, Any] | None = None,
+    buttons: list[ButtonReply] | None = None,
+    subject: str | None = None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The stored form of a message queued to be sent (status `queued`)."""
+    doc: dict[str, Any] = {
+        "_id": message_id,
+        "conversation_id": conversation["_id"],
+        "inbox": conversation["inbox"],
+        "channel": conversation["channel"],
+        "direction": "out",
+        "kind": kind,
+        "text": text,
+        "sender": sender,
+        "status": "queued",
+        "error": None,
+        "attachments": [a.model_dump() for a in attachments or []],
+        "provider_id": None,
+        "provider_key": None,
+        "campaign_id": campaign_id,
+        "created_at": now,
+    }
+    if template:
+        doc["template"] = template
+    if buttons:
+        doc["buttons"] = [b.model_dump() for b in buttons]
+    if subject:
+        doc["email"] = {"subject": subject}
+    return doc
+
+
+def note_doc(
+    message_id: str,
+    conversation: dict[str, Any],
+    *,
+    text: str,
+    sender: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """A private note in a thread: shown to agents, never sent (no status)."""
+    return {
+        "_id": message_id,
+        "conversation_id": conversation["_id"],
+        "inbox": conversation.get("inbox"),
+        "channel": conversation.get("channel"),
+        "direction": "out",
+        "kind": "note",
+        "text": text,
+        "sender": sender,
+        "status": None,
+        "error": None,
+        "attachments": [],
+        "provider_id": None,
+        "provider_key": None,
+        "created_at": now,
+    }
