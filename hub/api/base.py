@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from hub.services.accounts import Accounts, LoginLimiter, Session, token_hash
+from hub.services.canned import ShortcutTaken
 from hub.services.contacts import IdentityTaken, InvalidContact
 from hub.services.conversations import AssigneeCannotSee, InvalidChange, NotInConversation
 from hub.services.outbox import OutboxError
@@ -231,6 +232,7 @@ SERVICE_ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
     OutboxError: (409, "reply_refused"),
     InvalidContact: (400, "invalid"),
     IdentityTaken: (409, "identity_taken"),
+    ShortcutTaken: (409, "shortcut_taken"),
 }
 SERVICE_ERRORS = tuple(SERVICE_ERROR_STATUS)
 

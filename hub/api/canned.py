@@ -1,7 +1,6 @@
 """Canned responses: short texts agents insert with /shortcut; admins manage them.
 
-The shortcut is the document's `_id`: unique by construction, and every lookup is
-a primary-key probe. There are few of them (tens), so the list is read whole.
+Thin handlers: parse, authorise, call `hub.services.canned`, shape the answer.
 """
 
 from __future__ import annotations
@@ -10,18 +9,16 @@ import re
 from typing import Annotated, Any
 
 from pydantic import Field
-from pymongo.errors import DuplicateKeyError
 
 from hub.api.base import ApiError, Call, RouteTable, not_found
 from hub.api.schemas import Input, OkOut, Output
-from hub.model import utcnow
+from hub.services import canned
 from hub.store import Store
 
 table = RouteTable()
 
 SHORTCUT = r"^[a-z0-9_-]{1,32}$"
 SHORTCUT_RE = re.compile(r"[a-z0-9_-]{1,32}")
-MAX_CANNED = 1000
 
 Shortcut = Annotated[str, Field(pattern=SHORTCUT, description="1-32 of a-z, 0-9, _ and -")]
 Text = Annotated[str, Field(min_length=1, max_length=5000)]
@@ -64,10 +61,6 @@ def _shortcut_param(call: Call) -> str:
     return value
 
 
-def _taken(shortcut: str) -> ApiError:
-    return ApiError(409, "shortcut_taken", f"a canned response /{shortcut} exists")
-
-
 @table.route(
     "GET",
     "/api/canned",
@@ -75,8 +68,7 @@ def _taken(shortcut: str) -> ApiError:
     response=CannedList,
 )
 async def list_canned(call: Call) -> dict[str, Any]:
-    docs = await _store(call).canned.find({}).limit(MAX_CANNED).to_list()
-    docs.sort(key=lambda d: str(d["_id"]))
+    docs = await canned.every(_store(call))
     return {"items": [canned_view(d) for d in docs], "next_cursor": None}
 
 
@@ -91,12 +83,7 @@ async def list_canned(call: Call) -> dict[str, Any]:
 )
 async def create_canned(call: Call) -> dict[str, Any]:
     body: CannedIn = call.body
-    now = utcnow()
-    doc = {"_id": body.shortcut, "text": body.text, "created_at": now, "updated_at": now}
-    try:
-        await _store(call).canned.insert_one(doc)
-    except DuplicateKeyError:
-        raise _taken(body.shortcut) from None
+    doc = await canned.create(_store(call), body.shortcut, body.text)
     await call.accounts.audit(call.me.agent_id, "canned.created", target=body.shortcut)
     return canned_view(doc)
 
@@ -111,31 +98,15 @@ async def create_canned(call: Call) -> dict[str, Any]:
 )
 async def patch_canned(call: Call) -> dict[str, Any]:
     body: CannedPatch = call.body
-    store = _store(call)
     shortcut = _shortcut_param(call)
-    doc = await store.canned.find_one({"_id": shortcut})
+    doc = await canned.get(_store(call), shortcut)
     if doc is None:
         raise not_found("canned response")
     if "shortcut" in body.model_fields_set and body.shortcut is None:
         raise ApiError(400, "invalid", "shortcut: cannot be null")
     if "text" in body.model_fields_set and body.text is None:
         raise ApiError(400, "invalid", "text: cannot be null")
-    updated = {**doc, "updated_at": utcnow()}
-    if body.text is not None:
-        updated["text"] = body.text
-    if body.shortcut is not None and body.shortcut != shortcut:
-        # A rename is a new document under the new key, then the old one goes.
-        updated["_id"] = body.shortcut
-        try:
-            await store.canned.insert_one(updated)
-        except DuplicateKeyError:
-            raise _taken(body.shortcut) from None
-        await store.canned.delete_one({"_id": shortcut})
-    else:
-        await store.canned.update_one(
-            {"_id": shortcut},
-            {"$set": {"text": updated["text"], "updated_at": updated["updated_at"]}},
-        )
+    updated = await canned.update(_store(call), doc, shortcut=body.shortcut, text=body.text)
     await call.accounts.audit(
         call.me.agent_id, "canned.updated", target=str(updated["_id"]), previous=shortcut
     )
@@ -151,8 +122,7 @@ async def patch_canned(call: Call) -> dict[str, Any]:
 )
 async def delete_canned(call: Call) -> dict[str, Any]:
     shortcut = _shortcut_param(call)
-    result = await _store(call).canned.delete_one({"_id": shortcut})
-    if result.deleted_count == 0:
+    if not await canned.delete(_store(call), shortcut):
         raise not_found("canned response")
     await call.accounts.audit(call.me.agent_id, "canned.deleted", target=shortcut)
     return {"ok": True}
