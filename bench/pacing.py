@@ -102,7 +102,7 @@ def whatsapp_inbox(fake: Any, pace: float) -> dict[str, Any]:
 
 
 async def start_telegram(limit: float) -> Any:
-    from tests.support.fake_telegram import FakeTelegram
+    from channels.telegram.simulator import FakeTelegram
 
     fake = FakeTelegram(global_rate=limit, per_chat_rate=1.0)
     await fake.start()

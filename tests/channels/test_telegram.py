@@ -1,8 +1,8 @@
 """The Telegram channel (issue 3, point 3): updates in, Bot API calls out.
 
 Every test runs a real hub (embedded store, dispatcher, event bus) whose Telegram
-inbox talks to `FakeTelegram`, a Bot API server on 127.0.0.1 that enforces
-Telegram's limits. Updates are the files under tests/fixtures/telegram/.
+inbox talks to `FakeTelegram` (channels/telegram/simulator.py), a Bot API server
+on 127.0.0.1 that enforces Telegram's limits. Updates are the files under tests/fixtures/telegram/.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from channels.telegram import (
     TelegramSettings,
     update_kind,
 )
+from channels.telegram.simulator import BLOCKED, FakeTelegram
 from hub.app import build_app
 from hub.config import ConfigError, Settings, parse_settings
 from hub.model import Attachment, ButtonReply, OutboundMessage
 from hub.services.runtime import Hub
 from tests.conftest import hub_of
 from tests.support.context import detached_context
-from tests.support.fake_telegram import BLOCKED, FakeTelegram
 from tests.support.waiting import eventually
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "telegram"
@@ -414,8 +414,12 @@ async def test_a_known_update_we_do_not_handle_is_200_logged_as_ignored_and_writ
 
     assert resp.status == 200
     assert await counts(tg_client) == NOTHING
-    (record,) = [r for r in caplog.records if r.getMessage() == "telegram update ignored"]
-    assert record.kind == name  # type: ignore[attr-defined]
+    (record,) = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "event ignored" and getattr(r, "channel", None) == "telegram"
+    ]
+    assert record.event == name  # type: ignore[attr-defined]
     assert record.levelno == logging.INFO
 
 
@@ -432,7 +436,7 @@ async def test_message_content_we_do_not_take_is_200_logged_as_ignored_and_write
 
     assert resp.status == 200
     assert await counts(tg_client) == NOTHING
-    kinds = [getattr(r, "kind", None) for r in caplog.records]
+    kinds = [getattr(r, "event", None) for r in caplog.records]
     assert "message:dice" in kinds
 
 
@@ -680,14 +684,14 @@ async def test_a_one_part_message_takes_its_slots_from_the_dispatcher_alone(tg_c
     dispatcher = hub(tg_client).dispatcher
     assert dispatcher is not None
     tg = adapter(tg_client)
-    assert tg._bot_pace is dispatcher.limiters["tg"]
-    assert tg._chat_pace is dispatcher.recipient_limiters["tg"]
-    before = (tg._bot_pace._tat, len(tg._bot_pace._used))
+    assert tg.outbound.bot_pace is dispatcher.limiters["tg"]
+    assert tg.outbound.chat_pace is dispatcher.recipient_limiters["tg"]
+    before = (tg.outbound.bot_pace._tat, len(tg.outbound.bot_pace._used))
 
     await tg.send(OutboundMessage(id="m1", inbox="tg", medium="telegram", to="1111111", text="hi"))
 
-    assert (tg._bot_pace._tat, len(tg._bot_pace._used)) == before
-    assert "1111111" not in tg._chat_pace._limiters
+    assert (tg.outbound.bot_pace._tat, len(tg.outbound.bot_pace._used)) == before
+    assert "1111111" not in tg.outbound.chat_pace._limiters
     assert [r["status"] for r in telegram.calls("sendMessage")] == [200]
 
 

@@ -1,4 +1,4 @@
-"""A fake Telegram Bot API: a real aiohttp server on 127.0.0.1.
+"""A Telegram Bot API simulator: a real aiohttp server on loopback (127.0.0.1).
 
 It answers `POST /bot<token>/<method>` as api.telegram.org does: parameters as
 multipart form (what aiogram sends), URL-encoded form, JSON or query string; results
@@ -19,7 +19,9 @@ A test can make the next calls fail (`fail_next`) or a chat block the bot (`bloc
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import math
 import time
 from collections import defaultdict, deque
@@ -27,8 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-
-from hub.sandbox.simulators import telegram_params
 
 # Methods that post a message into a chat, and the field of Message their file goes in.
 SEND_METHODS: dict[str, str | None] = {
@@ -136,7 +136,7 @@ class FakeTelegram:
 
             await asyncio.sleep(self.delay)
         method = request.match_info["method"]
-        params = await telegram_params(request)
+        params = await bot_api_params(request)
         record: dict[str, Any] = {
             "method": method,
             "chat_id": _int_or_none(params.get("chat_id")),
@@ -328,3 +328,22 @@ def _error(status: int, description: str, retry_after: int | None = None) -> web
     if retry_after is not None:
         body["parameters"] = {"retry_after": retry_after}
     return web.json_response(body, status=status)
+
+
+async def bot_api_params(request: web.Request) -> dict[str, Any]:
+    """A Bot API call's parameters from the query, a JSON body or a form."""
+    params: dict[str, Any] = dict(request.query)
+    if request.content_type == "application/json":
+        with contextlib.suppress(ValueError):
+            body = await request.json()
+            if isinstance(body, dict):
+                params.update(body)
+    elif request.can_read_body:
+        form = await request.post()
+        for key, value in form.items():
+            params[key] = value if isinstance(value, str) else getattr(value, "filename", "file")
+    for key in ("reply_markup", "allowed_updates"):
+        if isinstance(params.get(key), str):
+            with contextlib.suppress(ValueError):
+                params[key] = json.loads(params[key])
+    return params
