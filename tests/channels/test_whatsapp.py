@@ -1,10 +1,10 @@
 """The WhatsApp Cloud API channel (issue 3, point 4): notifications in, Graph out.
 
 Every test runs a real hub (embedded store, dispatcher, event bus) whose WhatsApp
-inbox talks to `FakeWhatsApp`, a Graph API server on 127.0.0.1 that checks the
-token and the message shape and enforces a throughput limit. Notifications are
-the files under tests/fixtures/whatsapp/, posted as Meta posts them: the raw
-body, signed with the app secret.
+inbox talks to `FakeWhatsApp` (channels/whatsapp/simulator.py), a Graph API server
+on 127.0.0.1 that checks the token and the message shape and enforces a throughput
+limit. Notifications are the files under tests/fixtures/whatsapp/, posted as Meta
+posts them: the raw body, signed with the app secret.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from channels.whatsapp import (
     INTERACTIVE_REPLIES,
     MESSAGE_HANDLERS,
     STATUS_MAP,
+    SUPPORTED_EVENTS,
     WINDOW_REASON,
     WhatsAppChannel,
     WhatsAppSettings,
@@ -562,6 +563,11 @@ def test_the_map_from_message_type_to_handler_is_explicit_and_covers_metas_types
     assert documented <= set(MESSAGE_HANDLERS) | set(IGNORED_MESSAGE_TYPES)
     assert not set(MESSAGE_HANDLERS) & set(IGNORED_MESSAGE_TYPES)
     assert set(STATUS_MAP) >= {"sent", "delivered", "read", "failed"}
+
+
+def test_the_supported_events_are_read_from_the_handler_map():
+    assert tuple(MESSAGE_HANDLERS) == SUPPORTED_EVENTS
+    assert all(callable(handler) for handler in MESSAGE_HANDLERS.values())
 
 
 # -- statuses -----------------------------------------------------------------------------
