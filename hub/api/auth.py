@@ -30,9 +30,14 @@ from hub.api.schemas import (
     TeamPatch,
 )
 from hub.model import Event, utcnow
-from hub.services.accounts import AccountError, agent_view, normalize_agent_email, team_view
+from hub.services.accounts import (
+    AccountError,
+    AgentChange,
+    agent_view,
+    normalize_agent_email,
+    team_view,
+)
 from hub.shapes import iso
-from hub.store import find_by_ids, new_id
 
 table = RouteTable()
 
@@ -123,19 +128,9 @@ def _known_inboxes(call: Call, inboxes: list[str]) -> list[str]:
     return list(dict.fromkeys(inboxes))
 
 
-async def _known_teams(call: Call, teams: list[str]) -> list[str]:
-    assert call.hub.store is not None
-    found = await find_by_ids(call.hub.store.teams, list(dict.fromkeys(teams)))
-    missing = [t for t in teams if t not in found]
-    if missing:
-        raise ApiError(400, "invalid", f"teams: no team {', '.join(missing)}")
-    return list(dict.fromkeys(teams))
-
-
 @table.route("GET", "/api/agents", summary="Every agent", role="supervisor", response=AgentList)
 async def list_agents(call: Call) -> dict[str, Any]:
-    assert call.hub.store is not None
-    docs = await call.hub.store.agents.find({}).sort("email", 1).to_list(1000)
+    docs = await call.accounts.agents()
     return {"items": [agent_view(d) for d in docs], "next_cursor": None}
 
 
@@ -151,7 +146,7 @@ async def list_agents(call: Call) -> dict[str, Any]:
 async def create_agent(call: Call) -> dict[str, Any]:
     body: AgentCreate = call.body
     inboxes = _known_inboxes(call, body.inboxes)
-    teams = await _known_teams(call, body.teams)
+    teams = await call.accounts.known_teams(body.teams)
     try:
         agent = await call.accounts.create_agent(
             email=body.email,
@@ -177,40 +172,28 @@ async def create_agent(call: Call) -> dict[str, Any]:
     response=AgentOut,
 )
 async def patch_agent(call: Call) -> dict[str, Any]:
-    assert call.hub.store is not None
     body: AgentPatch = call.body
     agent_id = call.param("id")
-    agent = await call.hub.store.agents.find_one({"_id": agent_id})
+    agent = await call.accounts.agent(agent_id)
     if agent is None:
         raise not_found("agent")
-    fields: dict[str, Any] = {}
-    for name in ("name", "role", "active"):
-        value = getattr(body, name)
-        if value is not None:
-            fields[name] = value
-    if body.inboxes is not None:
-        fields["inboxes"] = _known_inboxes(call, body.inboxes)
-    if body.teams is not None:
-        fields["teams"] = await _known_teams(call, body.teams)
-    if body.password is not None:
-        fields["password_hash"] = await call.accounts.passwords.hash(body.password)
-    if fields:
-        await call.hub.store.agents.update_one({"_id": agent_id}, {"$set": fields})
-        if body.active is False or body.password is not None:
-            # A disabled agent or a changed password ends every session of it.
-            await call.hub.store.tokens.delete_many({"agent_id": agent_id})
-        changed = sorted(k for k in fields if k != "password_hash")
-        await call.accounts.audit(
-            call.me.agent_id, "agent.updated", target=agent_id, fields=changed
-        )
+    change = AgentChange(
+        name=body.name,
+        role=body.role,
+        active=body.active,
+        inboxes=None if body.inboxes is None else _known_inboxes(call, body.inboxes),
+        teams=body.teams,
+        password=body.password,
+    )
+    agent, changed = await call.accounts.update_agent(agent, change, by=call.me.agent_id)
+    if changed:
         await call.hub.publish([Event("agent.updated", {"id": agent_id})])
-    return agent_view({**agent, **fields})
+    return agent_view(agent)
 
 
 @table.route("GET", "/api/teams", summary="Every team", role="supervisor", response=TeamList)
 async def list_teams(call: Call) -> dict[str, Any]:
-    assert call.hub.store is not None
-    docs = await call.hub.store.teams.find({}).sort("name", 1).to_list(1000)
+    docs = await call.accounts.teams()
     return {"items": [team_view(d) for d in docs], "next_cursor": None}
 
 
@@ -224,16 +207,9 @@ async def list_teams(call: Call) -> dict[str, Any]:
     status=201,
 )
 async def create_team(call: Call) -> dict[str, Any]:
-    assert call.hub.store is not None
     body: TeamIn = call.body
-    doc = {
-        "_id": new_id(),
-        "name": body.name,
-        "inboxes": _known_inboxes(call, body.inboxes),
-        "created_at": utcnow(),
-    }
-    await call.hub.store.teams.insert_one(doc)
-    await call.accounts.audit(call.me.agent_id, "team.created", target=doc["_id"])
+    inboxes = _known_inboxes(call, body.inboxes)
+    doc = await call.accounts.create_team(body.name, inboxes, by=call.me.agent_id)
     return team_view(doc)
 
 
@@ -246,19 +222,15 @@ async def create_team(call: Call) -> dict[str, Any]:
     response=TeamOut,
 )
 async def patch_team(call: Call) -> dict[str, Any]:
-    assert call.hub.store is not None
     body: TeamPatch = call.body
     team_id = call.param("id")
-    team = await call.hub.store.teams.find_one({"_id": team_id})
+    team = await call.accounts.team(team_id)
     if team is None:
         raise not_found("team")
-    fields: dict[str, Any] = {}
-    if body.name is not None:
-        fields["name"] = body.name
-    if body.inboxes is not None:
-        fields["inboxes"] = _known_inboxes(call, body.inboxes)
-    if fields:
-        await call.hub.store.teams.update_one({"_id": team_id}, {"$set": fields})
-        await call.accounts.audit(call.me.agent_id, "team.updated", target=team_id)
+    inboxes = None if body.inboxes is None else _known_inboxes(call, body.inboxes)
+    team, changed = await call.accounts.update_team(
+        team, name=body.name, inboxes=inboxes, by=call.me.agent_id
+    )
+    if changed:
         await call.hub.publish([Event("team.updated", {"id": team_id})])
-    return team_view({**team, **fields})
+    return team_view(team)

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from hub.services.accounts import Accounts, LoginLimiter, Session, token_hash
+from hub.services.accounts import Accounts, LoginLimiter, Session, UnknownTeams, token_hash
 from hub.services.canned import ShortcutTaken
 from hub.services.contacts import IdentityTaken, InvalidContact
 from hub.services.conversations import AssigneeCannotSee, InvalidChange, NotInConversation
@@ -233,6 +233,7 @@ SERVICE_ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
     InvalidContact: (400, "invalid"),
     IdentityTaken: (409, "identity_taken"),
     ShortcutTaken: (409, "shortcut_taken"),
+    UnknownTeams: (400, "invalid"),
 }
 SERVICE_ERRORS = tuple(SERVICE_ERROR_STATUS)
 

@@ -37,6 +37,23 @@ SESSION_TTL = timedelta(hours=12)
 MIN_PASSWORD = 8
 
 
+class UnknownTeams(ValueError):
+    """An agent given teams that do not exist; the message names them."""
+
+
+@dataclass(frozen=True)
+class AgentChange:
+    """What to change in an agent; a field left None is left as it is. `inboxes`
+    are names the caller has checked; `teams` are checked here."""
+
+    name: str | None = None
+    role: str | None = None
+    active: bool | None = None
+    inboxes: list[str] | None = None
+    teams: list[str] | None = None
+    password: str | None = None
+
+
 class AccountError(ValueError):
     """A request about accounts that cannot be done (duplicate e-mail, bad role)."""
 
@@ -205,6 +222,81 @@ class Accounts:
         await self.store.agents.insert_one(doc)
         log.info("agent created", extra={"agent_id": doc["_id"], "role": role})
         return doc
+
+    async def agents(self) -> list[dict[str, Any]]:
+        """Every agent (at most 1000), by e-mail."""
+        return await self.store.agents.find({}).sort("email", 1).to_list(1000)
+
+    async def agent(self, agent_id: str) -> dict[str, Any] | None:
+        return await self.store.agents.find_one({"_id": agent_id})
+
+    async def known_teams(self, teams: list[str]) -> list[str]:
+        """`teams` without repeats; `UnknownTeams` if one of them does not exist."""
+        found = await find_by_ids(self.store.teams, list(dict.fromkeys(teams)))
+        missing = [t for t in teams if t not in found]
+        if missing:
+            raise UnknownTeams(f"teams: no team {', '.join(missing)}")
+        return list(dict.fromkeys(teams))
+
+    async def update_agent(
+        self, agent: dict[str, Any], change: AgentChange, *, by: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """Apply `change` to `agent` and audit it as done `by` an agent. A disabled
+        agent or a changed password ends every session of it. Returns the agent
+        as it is now, and whether anything changed."""
+        agent_id = agent["_id"]
+        fields: dict[str, Any] = {}
+        for name in ("name", "role", "active", "inboxes"):
+            value = getattr(change, name)
+            if value is not None:
+                fields[name] = value
+        if change.teams is not None:
+            fields["teams"] = await self.known_teams(change.teams)
+        if change.password is not None:
+            fields["password_hash"] = await self.passwords.hash(change.password)
+        if fields:
+            await self.store.agents.update_one({"_id": agent_id}, {"$set": fields})
+            if change.active is False or change.password is not None:
+                await self.store.tokens.delete_many({"agent_id": agent_id})
+            changed = sorted(k for k in fields if k != "password_hash")
+            await self.audit(by, "agent.updated", target=agent_id, fields=changed)
+        return {**agent, **fields}, bool(fields)
+
+    # -- teams -----------------------------------------------------------------------
+
+    async def teams(self) -> list[dict[str, Any]]:
+        """Every team (at most 1000), by name."""
+        return await self.store.teams.find({}).sort("name", 1).to_list(1000)
+
+    async def team(self, team_id: str) -> dict[str, Any] | None:
+        return await self.store.teams.find_one({"_id": team_id})
+
+    async def create_team(self, name: str, inboxes: list[str], *, by: str | None) -> dict[str, Any]:
+        """A new team seeing `inboxes` (names the caller has checked), audited."""
+        doc = {"_id": new_id(), "name": name, "inboxes": inboxes, "created_at": utcnow()}
+        await self.store.teams.insert_one(doc)
+        await self.audit(by, "team.created", target=doc["_id"])
+        return doc
+
+    async def update_team(
+        self,
+        team: dict[str, Any],
+        *,
+        name: str | None = None,
+        inboxes: list[str] | None = None,
+        by: str | None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Rename a team and/or change its inboxes, audited; returns it as it is
+        now, and whether anything changed."""
+        fields: dict[str, Any] = {}
+        if name is not None:
+            fields["name"] = name
+        if inboxes is not None:
+            fields["inboxes"] = inboxes
+        if fields:
+            await self.store.teams.update_one({"_id": team["_id"]}, {"$set": fields})
+            await self.audit(by, "team.updated", target=team["_id"])
+        return {**team, **fields}, bool(fields)
 
     async def ensure_first_admin(self, email: str, password: str) -> dict[str, Any] | None:
         """Create an admin from `email`/`password` when no agent exists yet."""
