@@ -122,7 +122,7 @@ def telegram_inbox(fake: Any, pace: float) -> dict[str, Any]:
 
 
 async def start_twilio(limit: float) -> Any:
-    from tests.support.fake_twilio import FakeTwilio
+    from channels.twilio.simulator import FakeTwilio
 
     # Twilio queues what comes faster than a sender's rate rather than refusing
     # it; the double is stricter and refuses, forgiving 50 ms of arrival noise.

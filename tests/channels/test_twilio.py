@@ -17,19 +17,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from channels.base import PermanentSendError, RateLimit, TransientSendError
 from channels.twilio import TwilioChannel, TwilioSettings, classify, retry_after_seconds
+from channels.twilio.simulator import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, FakeTwilio
 from hub.app import build_app
 from hub.config import ConfigError, Settings, parse_settings
 from hub.model import Attachment, OutboundMessage
 from tests.conftest import hub_of
-from tests.support.fake_twilio import (
-    FIXTURES,
-    PUBLIC_URL,
-    TEST_ACCOUNT_SID,
-    TEST_AUTH_TOKEN,
-    FakeTwilio,
-    fixture_params,
-    twilio_inbox,
-)
+from tests.support.twilio_fixtures import FIXTURES, fixture_params, twilio_inbox
 from tests.support.waiting import eventually
 
 PREFIX = "/webhooks/twilio/tw"
@@ -427,7 +420,7 @@ async def test_a_reply_is_a_signed_form_post_with_media_and_our_status_callback(
     assert sent["status"] == "sent"
     (request,) = fake.requests
     assert request["status"] == 201  # basic auth and form accepted
-    assert request["path"] == f"/2010-04-01/Accounts/{TEST_ACCOUNT_SID}/Messages.json"
+    assert request["path"] == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
     assert request["form"]["To"] == ["+13177592786"]
     assert request["form"]["From"] == ["+15005550006"]
     assert request["form"]["Body"] == ["Here are the documents"]
@@ -573,7 +566,7 @@ async def test_a_429_is_retried_after_retry_after_and_then_sent(client, fake) ->
 
 
 def settings(**fields: Any) -> TwilioSettings:
-    return TwilioSettings(account_sid=TEST_ACCOUNT_SID, auth_token=TEST_AUTH_TOKEN, **fields)
+    return TwilioSettings(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, **fields)
 
 
 def test_rate_is_one_per_second_for_a_long_code_ten_for_whatsapp_only_or_as_configured() -> None:
@@ -602,11 +595,11 @@ def test_config_requires_the_secret_and_valid_numbers(tmp_path) -> None:
     parsed = parse(whatsapp_number="whatsapp:+14155238886", agent_numbers=["+15550001111"])
     inbox_settings = parsed.inboxes[0].settings
     assert inbox_settings.whatsapp_number == "+14155238886"  # type: ignore[attr-defined]
-    assert TEST_AUTH_TOKEN in parsed.secrets  # redacted from logs
+    assert AUTH_TOKEN in parsed.secrets  # redacted from logs
 
 
 async def test_the_adapter_refuses_to_start_without_its_auth_token() -> None:
-    unset = TwilioSettings.model_construct(account_sid=TEST_ACCOUNT_SID, auth_token="")
+    unset = TwilioSettings.model_construct(account_sid=ACCOUNT_SID, auth_token="")
     adapter = TwilioChannel("tw", unset, None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tw: auth_token"):
         await adapter.start()

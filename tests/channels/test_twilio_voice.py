@@ -16,10 +16,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from channels.twilio.simulator import PUBLIC_URL, FakeTwilio
 from hub.app import build_app
 from hub.config import Settings, parse_settings
 from tests.conftest import hub_of
-from tests.support.fake_twilio import PUBLIC_URL, FakeTwilio, fixture_params, twilio_inbox
+from tests.support.twilio_fixtures import fixture_params, twilio_inbox
 from tests.support.waiting import drain, eventually, next_event, of_type
 
 PREFIX = "/webhooks/twilio/tw"

@@ -1,5 +1,7 @@
-"""A fake Twilio: a real aiohttp server on 127.0.0.1 speaking the Messages API, and
-the helpers to call the hub the way Twilio calls it (signed form webhooks).
+"""A simulated Twilio: a real aiohttp server on 127.0.0.1 speaking the Messages API,
+and the helpers to call the hub the way Twilio calls it (signed form webhooks). The
+tests and the pacing benchmark send to it (the sandbox may too); it reads no files
+and imports nothing of the hub.
 
 REST side (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`):
 - HTTP basic auth with the account SID and auth token, else 401 code 20003;
@@ -16,7 +18,9 @@ REST side (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`):
 Webhook side: `signature()` computes `X-Twilio-Signature` with the twilio library's
 `RequestValidator.compute_signature`, `signed()` builds a signed body, and
 `post_webhook()` posts it to a hub the way Twilio does, so tests and benchmarks
-can drive the hub over HTTP.
+can drive the hub over HTTP. `ACCOUNT_SID` and `AUTH_TOKEN` are the simulator's
+account unless it is given another; `PUBLIC_URL` is the hub's public URL its
+webhooks are signed for unless a call names another.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import urllib.parse
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,10 +40,8 @@ from aiohttp import web
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "twilio"
-
-TEST_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
-TEST_AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"  # noqa: S105 (the simulator's own)
 PUBLIC_URL = "https://hub.example.test"
 
 Params = Mapping[str, str] | Sequence[tuple[str, str]]
@@ -63,15 +64,6 @@ ERRORS: dict[int, tuple[int, str]] = {
 }
 
 
-def fixture_body(name: str) -> str:
-    """A fixture file's form body as Twilio sent it (without the file's newline)."""
-    return (FIXTURES / name).read_text(encoding="utf-8").strip()
-
-
-def fixture_params(name: str) -> list[tuple[str, str]]:
-    return urllib.parse.parse_qsl(fixture_body(name), keep_blank_values=True)
-
-
 def error_body(code: int, message: str | None = None) -> tuple[int, dict[str, Any]]:
     status, default = ERRORS.get(code, (400, f"Error {code}"))
     return status, {
@@ -84,8 +76,8 @@ def error_body(code: int, message: str | None = None) -> tuple[int, dict[str, An
 
 @dataclass
 class FakeTwilio:
-    account_sid: str = TEST_ACCOUNT_SID
-    auth_token: str = TEST_AUTH_TOKEN
+    account_sid: str = ACCOUNT_SID
+    auth_token: str = AUTH_TOKEN
     rate: float | None = None  # messages per second per sender (From)
     window: float = 1.0  # the rate is enforced over this sliding window (seconds)
     # Seconds of arrival jitter forgiven: a send that arrives this much early for
@@ -151,7 +143,8 @@ class FakeTwilio:
 
     async def messages(self, request: web.Request) -> web.Response:
         now = time.monotonic()
-        form = MultiDict(await request.post())
+        posted = await request.post()
+        form: MultiDict[str] = MultiDict((key, str(value)) for key, value in posted.items())
         record: dict[str, Any] = {
             "at": now,
             "path": request.path,
@@ -167,7 +160,9 @@ class FakeTwilio:
         if self.delay:
             await asyncio.sleep(self.delay)
 
-        def answer(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
+        def answer(
+            status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+        ) -> web.Response:
             record["status"] = status
             return web.json_response(payload, status=status, headers=headers or None)
 
@@ -175,7 +170,7 @@ class FakeTwilio:
             return answer(*error_body(20003))
         if self.failures:
             status, payload, headers = self.failures.popleft()
-            return answer(status, payload, **headers)
+            return answer(status, payload, headers)
         if not form.get("To"):
             return answer(*error_body(21604))
         if not form.get("From") and not form.get("MessagingServiceSid"):
@@ -184,7 +179,7 @@ class FakeTwilio:
             return answer(*error_body(21619))
         if self._over_rate(str(form.get("From") or form.get("MessagingServiceSid")), now):
             self.rejected_429 += 1
-            return answer(*error_body(20429), **{"Retry-After": "1"})
+            return answer(*error_body(20429), {"Retry-After": "1"})
         if str(form["To"]).removeprefix("whatsapp:") in self.opted_out:
             return answer(*error_body(21610))
         sid = f"SM{next(self._ids):032x}"
@@ -306,19 +301,3 @@ def status_params(
     if error_code is not None:
         params.insert(0, ("ErrorCode", str(error_code)))
     return params
-
-
-def twilio_inbox(api_base: str, **overrides: Any) -> dict[str, Any]:
-    """A `channel = "twilio"` inbox for tests, pointed at a fake's `api_base`."""
-    inbox: dict[str, Any] = {
-        "id": "tw",
-        "channel": "twilio",
-        "account_sid": TEST_ACCOUNT_SID,
-        "auth_token": TEST_AUTH_TOKEN,
-        "number": "+15005550006",
-        "whatsapp_number": "+14155238886",
-        "api_base": api_base,
-        "rate": 200.0,
-    }
-    inbox.update(overrides)
-    return inbox
