@@ -185,6 +185,11 @@ def split_quoted(text: str) -> tuple[str, str | None]:
 # -- HTML ---------------------------------------------------------------------------------
 
 
+def one_line(text: str) -> str:
+    """Text as one line of at most 200 characters (an SMTP reply, a send error)."""
+    return " ".join(text.split())[:200]
+
+
 def html_from_text(text: str) -> str:
     """An HTML alternative of a plain text: escaped, line breaks kept."""
     body = "<br>\n".join(html.escape(line) for line in text.split("\n"))
