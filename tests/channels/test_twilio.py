@@ -5,8 +5,10 @@ the Messages API and enforces its rate."""
 from __future__ import annotations
 
 import asyncio
+import html
 import inspect
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.base import PermanentSendError, RateLimit, TransientSendError
 from channels.twilio import TwilioChannel, TwilioSettings, classify, retry_after_seconds
@@ -335,6 +338,34 @@ async def test_known_unhandled_events_are_acknowledged_logged_and_write_nothing(
     await nothing_written(client)
 
 
+async def test_ignored_events_get_the_empty_twiml_or_empty_body_their_route_expects(
+    client, fake
+) -> None:
+    cases = [
+        ("/messages", with_values(fixture_params("inbound_sms.txt"), From="messenger:123")),
+        ("/messages", with_values(fixture_params("inbound_sms.txt"), From="22395")),
+        ("/status", fixture_params("status_queued.txt")),
+        ("/voice/status", fixture_params("voice_incoming.txt")),  # CallStatus=ringing
+    ]
+    for route, params in cases:
+        response = await post(client, fake, route, params)
+        assert response.status == 200, route
+        if route == "/status":
+            assert await response.text() == "", route
+        else:
+            assert response.content_type == "text/xml", route
+            assert await response.text() == str(MessagingResponse()), route
+    await nothing_written(client)
+
+
+async def test_a_malformed_request_is_answered_with_the_apis_json_error(client, fake) -> None:
+    params = with_values(fixture_params("inbound_sms.txt"), NumMedia="many")
+    response = await post(client, fake, "/messages", params)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "bad_request" and "NumMedia" in error["message"]
+
+
 # --- status callbacks -------------------------------------------------------------------
 
 
@@ -617,3 +648,29 @@ async def test_concurrent_retries_of_one_message_store_one(client, fake) -> None
     responses = await asyncio.gather(*(post(client, fake, "/messages", params) for _ in range(5)))
     assert [r.status for r in responses] == [200] * 5
     assert await hub_of(client).store.messages.count_documents({}) == 1
+
+
+# --- the URLs to give Twilio --------------------------------------------------------------
+
+# A request Twilio sends to each URL the status page lists.
+SIGNED_REQUEST_OF_ROUTE = {
+    "/messages": "inbound_sms.txt",
+    "/voice": "voice_incoming.txt",
+    "/status": "status_queued.txt",
+}
+
+
+async def test_the_status_page_lists_the_urls_to_give_twilio_and_each_answers_twilio(
+    client, fake
+) -> None:
+    response = await client.get("/status")
+    assert response.status == 200
+    page = await response.text()
+    listed = [html.unescape(url) for url in re.findall(r"<code>(.*?)</code>", page)]
+    expected = [PUBLIC_URL + PREFIX + route for route in ("/messages", "/voice", "/status")]
+    assert [url for url in listed if PREFIX in url] == expected
+    for url in expected:
+        route = url.removeprefix(PUBLIC_URL + PREFIX)
+        body, headers = fake.signed(url, fixture_params(SIGNED_REQUEST_OF_ROUTE[route]))
+        answered = await client.post(url.removeprefix(PUBLIC_URL), data=body, headers=headers)
+        assert answered.status == 200, (url, await answered.text())
