@@ -10,7 +10,13 @@ import pytest
 
 from hub.addresses import InvalidIdentity, email_ref, normalize_email, normalize_phone, phone_ref
 from hub.model import IdentityRef
-from hub.services.contacts import MergeError, add_identity, merge_contacts, resolve_contact
+from hub.services.contacts import (
+    MergeError,
+    add_identity,
+    merge_contacts,
+    resolve_contact,
+    resolve_many,
+)
 from hub.store import Store, identity_id
 
 # --- normalising -----------------------------------------------------------------
@@ -284,3 +290,48 @@ async def test_merge_refuses_missing_contacts_and_changes_nothing(store: Store) 
     conversation = await store.conversations.find_one({"_id": "conv-1"})
     assert conversation is not None
     assert conversation["contact_id"] == contact
+
+
+# --- resolving many at once (ingest's new senders) ----------------------------------
+
+
+async def test_resolve_many_makes_one_contact_per_identity_and_reuses_known_ones(
+    store: Store,
+) -> None:
+    known = await resolve_contact(store, IdentityRef(kind="phone", value="+15550100101"))
+    refs = [
+        IdentityRef(kind="phone", value="+15550100101"),
+        IdentityRef(kind="phone", value="+15550100102"),
+        IdentityRef(kind="phone", value="+15550100102", name="twice in one call"),
+        IdentityRef(kind="email", value="new@example.com"),
+    ]
+    owners = await resolve_many(store, refs)
+    assert set(owners) == {"phone:+15550100101", "phone:+15550100102", "email:new@example.com"}
+    assert owners["phone:+15550100101"] == known
+    assert len(set(owners.values())) == 3
+    assert await store.contacts.count_documents({}) == 3
+    assert await store.identities.count_documents({}) == 3
+    for key, contact_id in owners.items():
+        identity = await store.identities.find_one({"_id": key})
+        assert identity["contact_id"] == contact_id
+        assert await store.contacts.find_one({"_id": contact_id}) is not None
+
+
+async def test_concurrent_resolve_many_from_two_clients_make_one_contact_per_identity(
+    store: Store, embedded_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    # Two hub processes, each with a batch of the same new senders, at once.
+    other = await Store.open(uri=embedded_uri, database=db_name, data_dir=tmp_path)
+    refs = [IdentityRef(kind="phone", value=f"+1555020{n:04d}") for n in range(20)]
+    try:
+        results = await asyncio.gather(
+            *(resolve_many(s, refs[k:] + refs[:k]) for k in range(0, 20, 5) for s in (store, other))
+        )
+    finally:
+        await other.close()
+    for result in results[1:]:
+        assert result == results[0]
+    assert len(set(results[0].values())) == 20
+    # The losers' prepared contacts are gone: one contact per identity, no orphans.
+    assert await store.contacts.count_documents({}) == 20
+    assert await store.identities.count_documents({}) == 20

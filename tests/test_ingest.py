@@ -314,6 +314,52 @@ async def test_concurrent_first_messages_from_many_numbers_make_one_contact_each
         assert conversation["unread"] == 3
 
 
+async def test_first_messages_from_one_number_on_two_hubs_at_once_make_one_contact(
+    make_settings,
+):
+    """Two hub processes on one store, each taking first messages from the same new
+    numbers at the same moment: one contact and one conversation per number."""
+    numbers = [f"+1555876{n:04d}" for n in range(8)]
+    async with (
+        TestClient(TestServer(build_app(make_settings()))) as a,
+        TestClient(TestServer(build_app(make_settings()))) as b,
+    ):
+        responses = await asyncio.gather(
+            *(
+                post_inbound(client, MessageSid=f"SM2h-{n}-{k}-{side}", From=number, Body="hi")
+                for n, number in enumerate(numbers)
+                for k in range(3)
+                for side, client in (("a", a), ("b", b))
+            )
+        )
+        assert {r.status for r in responses} == {200}
+        store = hub_of(a).store
+        assert await store.contacts.count_documents({}) == len(numbers)
+        assert await store.identities.count_documents({}) == len(numbers)
+        assert await store.conversations.count_documents({}) == len(numbers)
+        async for conversation in store.conversations.find():
+            identity = await store.identities.find_one({"_id": conversation["identity"]})
+            assert identity["contact_id"] == conversation["contact_id"]
+            assert conversation["unread"] == 6
+
+
+async def test_one_new_number_on_two_channels_in_one_batch_is_one_contact(make_settings):
+    """SMS and WhatsApp from one new number, stored in one batch: two conversations
+    (one per channel), one contact."""
+    async with TestClient(TestServer(build_app(make_settings()))) as client:
+        hub = hub_of(client)
+        sender = phone("+15558760999")
+        events = [
+            InboundText(inbox="t1", medium="sms", provider_id="SM1b", sender=sender, text="a"),
+            InboundText(inbox="t1", medium="whatsapp", provider_id="WA1b", sender=sender, text="b"),
+        ]
+        results = await hub.ingest(events)
+        assert results[0].conversation_id != results[1].conversation_id
+        assert results[0].contact_id == results[1].contact_id
+        assert await hub.store.contacts.count_documents({}) == 1
+        assert await hub.store.conversations.count_documents({}) == 2
+
+
 # -- conversation state ---------------------------------------------------------------
 
 

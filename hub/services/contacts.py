@@ -20,7 +20,7 @@ from hub.addresses import InvalidIdentity, normalize_email, normalize_phone
 from hub.model import Event, IdentityRef, utcnow
 from hub.services.events import Events
 from hub.services.paging import decode_cursor, encode_cursor, page_by_time
-from hub.store import Store, find_by_ids, identity_id, new_id
+from hub.store import Store, find_by_ids, identity_id, insert_new, new_id
 
 log = logging.getLogger("hub.identity")
 
@@ -76,15 +76,7 @@ async def resolve_contact(store: Store, ref: IdentityRef) -> str:
     contact_id = new_id()
     await store.contacts.insert_one(new_contact_doc(contact_id, ref))
     try:
-        await store.identities.insert_one(
-            {
-                "_id": key,
-                "kind": ref.kind,
-                "value": ref.value,
-                "contact_id": contact_id,
-                "created_at": utcnow(),
-            }
-        )
+        await store.identities.insert_one(_identity_doc(key, ref, contact_id))
     except DuplicateKeyError:
         await store.contacts.delete_one({"_id": contact_id})
         winner = await store.identities.find_one({"_id": key}, {"contact_id": 1})
@@ -95,19 +87,63 @@ async def resolve_contact(store: Store, ref: IdentityRef) -> str:
     return contact_id
 
 
+def _identity_doc(key: str, ref: IdentityRef, contact_id: str) -> dict[str, Any]:
+    return {
+        "_id": key,
+        "kind": ref.kind,
+        "value": ref.value,
+        "contact_id": contact_id,
+        "created_at": utcnow(),
+    }
+
+
+async def resolve_many(store: Store, refs: Sequence[IdentityRef]) -> dict[str, str]:
+    """The contact of each identity (by its key, `kind:value`), the new ones
+    created together: one read of the identities, and for the new ones one
+    insert of their contacts and one of their identities, however many there are.
+
+    As atomic as `resolve_contact`: the identity's `_id` decides, so an identity
+    another process inserted first keeps its contact, and the contact prepared
+    here for it is removed again. Two refs with one key make one contact.
+    """
+    wanted: dict[str, IdentityRef] = {}
+    for ref in refs:
+        wanted.setdefault(identity_id(ref.kind, ref.value), ref)
+    found = await find_by_ids(store.identities, list(wanted))
+    owners = {key: str(doc["contact_id"]) for key, doc in found.items()}
+    new = {key: ref for key, ref in wanted.items() if key not in owners}
+    if not new:
+        return owners
+    prepared = {key: new_id() for key in new}
+    await store.contacts.insert_many(
+        [new_contact_doc(prepared[key], ref) for key, ref in new.items()], ordered=False
+    )
+    lost = await insert_new(
+        store.identities, [_identity_doc(key, ref, prepared[key]) for key, ref in new.items()]
+    )
+    if lost:
+        await store.contacts.delete_many({"_id": {"$in": [prepared[key] for key in lost]}})
+        winners = await find_by_ids(store.identities, list(lost))
+        for key in lost:
+            winner = winners.get(key)
+            # Removed between the two calls (a merge): try that one again.
+            owners[key] = (
+                str(winner["contact_id"]) if winner else await resolve_contact(store, new[key])
+            )
+    for key, ref in new.items():
+        if key not in lost:
+            owners[key] = prepared[key]
+            log.info(
+                "contact created", extra={"contact_id": prepared[key], "identity_kind": ref.kind}
+            )
+    return owners
+
+
 async def add_identity(store: Store, contact_id: str, ref: IdentityRef) -> bool:
     """Attach `ref` to a contact; False if it already belongs to another contact."""
     key = identity_id(ref.kind, ref.value)
     try:
-        await store.identities.insert_one(
-            {
-                "_id": key,
-                "kind": ref.kind,
-                "value": ref.value,
-                "contact_id": contact_id,
-                "created_at": utcnow(),
-            }
-        )
+        await store.identities.insert_one(_identity_doc(key, ref, contact_id))
     except DuplicateKeyError:
         owner = await store.identities.find_one({"_id": key}, {"contact_id": 1})
         return bool(owner and owner["contact_id"] == contact_id)

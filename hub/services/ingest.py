@@ -30,20 +30,18 @@ from datetime import UTC
 from typing import Any
 
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from hub.metrics import Metrics
 from hub.model import Event, IdentityRef, InboundEvent, utcnow
 from hub.ports import BotHook, IngestResult, NoBot, StoreUnavailable
-from hub.services.contacts import resolve_contact
+from hub.services.contacts import resolve_many
 from hub.services.events import Events
 from hub.services.messages import inbound_message_doc
 from hub.shapes import conversation_view, message_view
-from hub.store import Store, derived_id, find_by_ids, identity_id
+from hub.store import Store, derived_id, find_by_ids, identity_id, insert_new
 
 log = logging.getLogger("hub.ingest")
-
-DUPLICATE_KEY = 11000
 
 
 def message_id_for(inbox: str, provider_id: str) -> str:
@@ -52,6 +50,28 @@ def message_id_for(inbox: str, provider_id: str) -> str:
 
 def conversation_id_for(inbox: str, medium: str, identity_key: str) -> str:
     return derived_id("conv", inbox, medium, identity_key)
+
+
+def new_conversation_doc(
+    conv_id: str, inbox: str, medium: str, identity: str, contact_id: str, now: Any
+) -> dict[str, Any]:
+    """A conversation as it is opened: open, unassigned, nothing in it yet."""
+    return {
+        "_id": conv_id,
+        "inbox": inbox,
+        "channel": medium,
+        "contact_id": contact_id,
+        "identity": identity,
+        "status": "open",
+        "assignee_id": None,
+        "labels": [],
+        "unread": 0,
+        "last_message": None,
+        "last_activity_at": now,
+        "last_inbound_at": None,
+        "snooze_until": None,
+        "created_at": now,
+    }
 
 
 def _before(summary_at: Any, message_at: Any) -> bool:
@@ -351,35 +371,43 @@ class Ingestor:
         known = self._conversations.get_fresh(conv_id)
         if known is not None:
             return known
-        found = await self.store.conversations.find_one({"_id": conv_id}, {"contact_id": 1})
-        if found is None:
-            contact_id = await resolve_contact(self.store, sender)
+        opened = await self._open_conversations({conv_id: (inbox, medium, sender)})
+        return opened[conv_id]
+
+    async def _open_conversations(
+        self, wanted: dict[str, tuple[str, str, IdentityRef]]
+    ) -> dict[str, str]:
+        """Find or open many conversations at once (conversation id -> its inbox,
+        medium and sender); their contact ids, remembered in the process.
+
+        One read finds those that exist; the senders of the others are resolved
+        together (new contacts created in one write per collection) and their
+        conversations inserted in one command. A conversation another process
+        opened first (its `_id` is derived) is read back instead.
+        """
+        found = await find_by_ids(self.store.conversations, list(wanted))
+        opened = {conv_id: str(doc["contact_id"]) for conv_id, doc in found.items()}
+        missing = [conv_id for conv_id in wanted if conv_id not in found]
+        if missing:
+            owners = await resolve_many(self.store, [wanted[c][2] for c in missing])
             now = utcnow()
-            try:
-                await self.store.conversations.insert_one(
-                    {
-                        "_id": conv_id,
-                        "inbox": inbox,
-                        "channel": medium,
-                        "contact_id": contact_id,
-                        "identity": identity_id(sender.kind, sender.value),
-                        "status": "open",
-                        "assignee_id": None,
-                        "labels": [],
-                        "unread": 0,
-                        "last_message": None,
-                        "last_activity_at": now,
-                        "last_inbound_at": None,
-                        "snooze_until": None,
-                        "created_at": now,
-                    }
-                )
-            except DuplicateKeyError:
-                found = await self.store.conversations.find_one({"_id": conv_id}, {"contact_id": 1})
-        if found is not None:
-            contact_id = str(found["contact_id"])
-        self._conversations.put(conv_id, contact_id)
-        return contact_id
+            docs = []
+            for conv_id in missing:
+                inbox, medium, sender = wanted[conv_id]
+                key = identity_id(sender.kind, sender.value)
+                docs.append(new_conversation_doc(conv_id, inbox, medium, key, owners[key], now))
+            taken = await insert_new(self.store.conversations, docs)
+            for doc in docs:
+                if doc["_id"] not in taken:
+                    opened[doc["_id"]] = doc["contact_id"]
+            if taken:
+                for conv_id, doc in (
+                    await find_by_ids(self.store.conversations, list(taken))
+                ).items():
+                    opened[conv_id] = str(doc["contact_id"])
+        for conv_id, contact_id in opened.items():
+            self._conversations.put(conv_id, contact_id)
+        return opened
 
     async def _hinted_conversation(
         self, event: InboundEvent, contacts: dict[str, str]
@@ -412,17 +440,27 @@ class Ingestor:
             conversation_id_for(e.inbox, e.medium, identity_id(e.sender.kind, e.sender.value))
             for e in events
         ]
-        # The senders' conversations this process has not seen yet, in one read.
-        unseen = [c for c in dict.fromkeys(own) if self._conversations.get_fresh(c) is None]
-        if len(unseen) > 1:
-            for conv_id, doc in (await find_by_ids(self.store.conversations, unseen)).items():
-                self._conversations.put(conv_id, str(doc["contact_id"]))
-        for event, sender_conv_id in zip(events, own, strict=True):
-            conv_id = await self._hinted_conversation(event, contacts) or sender_conv_id
+        # A conversation the adapter named (e-mail threading) wins over the sender's
+        # own; the senders' own conversations this process has not seen yet are
+        # found or opened together, their new contacts with them.
+        hinted = [
+            await self._hinted_conversation(event, contacts) if event.conversation_id else None
+            for event in events
+        ]
+        wanted: dict[str, tuple[str, str, IdentityRef]] = {}
+        for event, hint, conv_id in zip(events, hinted, own, strict=True):
+            if hint is None and self._conversations.get_fresh(conv_id) is None:
+                wanted.setdefault(conv_id, (event.inbox, event.medium, event.sender))
+        opened = await self._open_conversations(wanted) if wanted else {}
+        for event, hint, sender_conv_id in zip(events, hinted, own, strict=True):
+            conv_id = hint or sender_conv_id
             if conv_id not in contacts:
-                contacts[conv_id] = await self._ensure_conversation(
-                    event.inbox, event.medium, event.sender, conv_id
-                )
+                contact_id = opened.get(conv_id) or self._conversations.get_fresh(conv_id)
+                if contact_id is None:  # forgotten meanwhile (a merge): look again
+                    contact_id = await self._ensure_conversation(
+                        event.inbox, event.medium, event.sender, conv_id
+                    )
+                contacts[conv_id] = contact_id
             ids.append((message_id_for(event.inbox, event.provider_id), conv_id))
 
         # One document per provider message; a repeat inside the batch is a duplicate.
@@ -433,14 +471,7 @@ class Ingestor:
                 first_index[msg_id] = index
                 docs.append(inbound_message_doc(event, msg_id, conv_id))
 
-        refused: set[str] = set()
-        try:
-            await self.store.messages.insert_many(docs, ordered=False)
-        except BulkWriteError as error:
-            for item in error.details.get("writeErrors", []):
-                if item.get("code") != DUPLICATE_KEY:
-                    raise
-                refused.add(str(docs[item["index"]]["_id"]))
+        refused = {str(i) for i in await insert_new(self.store.messages, docs)}
         return _Stored(events, ids, contacts, docs, first_index, refused)
 
     async def _finish_batch(self, stored: _Stored) -> list[IngestResult]:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import DeleteOne, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from hub.model import (
     STATUS_RANK,
@@ -33,7 +33,7 @@ from hub.model import (
 from hub.services.events import Events
 from hub.services.messages import outbound_message_doc
 from hub.shapes import message_view
-from hub.store import Store, derived_id, find_by_ids, new_id
+from hub.store import Store, derived_id, find_by_ids, insert_new, new_id
 
 log = logging.getLogger("hub.outbox")
 
@@ -118,10 +118,10 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
         )
     if not docs:
         return []
-    refused = await _insert_new(store.outbox, items)
+    refused = await insert_new(store.outbox, items)
     # An item refused as a duplicate is queued already: its message stays as it is.
     docs = [d for d in docs if d["_id"] not in refused]
-    settled = await _insert_new(store.messages, docs)
+    settled = await insert_new(store.messages, docs)
     if settled:
         # Their messages exist and their items were gone: sent already. Take back
         # the items just written for them.
@@ -153,22 +153,6 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
     )
     await events.publish([Event("message.created", message_view(d)) for d in docs])
     return [str(d["_id"]) for d in docs]
-
-
-async def _insert_new(collection: Any, docs: list[dict[str, Any]]) -> set[Any]:
-    """Insert `docs`, skipping those whose `_id` exists; return the skipped ids."""
-    if not docs:
-        return set()
-    try:
-        await collection.insert_many(docs, ordered=False)
-    except BulkWriteError as error:
-        refused = set()
-        for failure in error.details.get("writeErrors", []):
-            if failure.get("code") != 11000:
-                raise
-            refused.add(docs[failure["index"]]["_id"])
-        return refused
-    return set()
 
 
 async def enqueue(

@@ -23,7 +23,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 if TYPE_CHECKING:
     from hub.settings import Settings
@@ -75,6 +75,26 @@ async def find_by_ids(collection: Any, ids: list[Any]) -> dict[Any, dict[str, An
         async for doc in collection.find({"_id": {"$in": chunk}}):
             found[doc["_id"]] = doc
     return found
+
+
+DUPLICATE_KEY = 11000
+
+
+async def insert_new(collection: Any, docs: list[dict[str, Any]]) -> set[Any]:
+    """Insert `docs` in one unordered command, skipping those whose `_id` exists
+    already; return the `_id`s skipped. Any other write error is raised."""
+    if not docs:
+        return set()
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as error:
+        refused = set()
+        for failure in error.details.get("writeErrors", []):
+            if failure.get("code") != DUPLICATE_KEY:
+                raise
+            refused.add(docs[failure["index"]]["_id"])
+        return refused
+    return set()
 
 
 def new_id() -> str:
