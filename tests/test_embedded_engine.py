@@ -1,21 +1,29 @@
-"""The embedded engine's index paths answer exactly what a collection scan answers.
+"""The embedded engine answers what mongoeco answers, and loads only on the
+mongoeco it was written for.
 
-Each query runs over the wire against the embedded store and is compared with the
-answer computed here in Python from all the documents. The field names differ per
-test: what the engine learns about a field (it held an array, a document lacked
-it) holds for that name store-wide, and would otherwise turn the fast paths off
-for the other tests.
+- Reads: the index paths answer exactly what a collection scan answers. Each
+  query runs over the wire against the embedded store and is compared with the
+  answer computed here in Python from all the documents. The field names differ
+  per test: what the engine learns about a field (it held an array, a document
+  lacked it) holds for that name store-wide, and would otherwise turn the fast
+  paths off for the other tests.
+- The codec and the wire decoding give what the engine's own functions give.
+- The check of the installed mongoeco names what changed.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib.util
 import random
 import secrets
 import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -286,7 +294,7 @@ async def test_asking_for_ids_only_gives_the_ids_of_every_kind(coll: Any) -> Non
 def test_the_codec_checks_once_and_encodes_and_refuses_as_before() -> None:
     from mongoeco.core.codec import DocumentCodec
 
-    from hub.store.embedded_engine import patch_codec_validation
+    from hub.store.engine import patch_codec_validation
 
     samples: list[Any] = [
         {"a": {"b": [1, 2.5, BASE, {"c": None}]}, "d": "x", "e": ObjectId()},
@@ -637,7 +645,7 @@ def _encoded_or_error(encode: Any, value: Any) -> tuple[str, Any]:
 def test_plain_encoding_gives_what_the_engines_codec_gives_or_refuses_as_it_does() -> None:
     from mongoeco.core.codec import DocumentCodec
 
-    from hub.store.embedded_engine import patch_codec_validation, plain_encode
+    from hub.store.engine import patch_codec_validation, plain_encode
 
     reference = _fresh_codec().DocumentCodec.encode
     patch_codec_validation()
@@ -662,7 +670,7 @@ def test_wire_decoding_keeps_plain_values_and_converts_the_rest_as_before() -> N
     from bson.binary import Binary
     from mongoeco.wire import bson_bridge, protocol
 
-    from hub.store.embedded_engine import patch_wire_decoding
+    from hub.store.engine import patch_wire_decoding
 
     patch_wire_decoding()
     document = {
@@ -694,7 +702,7 @@ def test_the_checkpointer_copies_the_log_back_while_writes_go_on_and_empties_it_
 ) -> None:
     import time
 
-    from hub.store.embedded_engine import AUTOCHECKPOINT_PAGES, WalCheckpointer
+    from hub.store.engine import AUTOCHECKPOINT_PAGES, WalCheckpointer
 
     path = str(tmp_path / "store.sqlite3")
     writer = sqlite3.connect(path)
@@ -785,3 +793,289 @@ async def test_set_and_inc_of_top_level_fields_do_in_one_command_what_they_do_on
         expected = await apart.find(filt).sort("_id", 1).to_list()
         assert await together.find(filt).sort("_id", 1).to_list() == expected
     await client.close()
+
+
+# == the check of the installed mongoeco ================================================
+
+STOCK_ENGINE = "mongoeco.engines.sqlite:SQLiteEngine"
+
+
+@pytest.fixture
+def compat() -> Any:
+    """The engine's check of the installed mongoeco (imported when a test asks)."""
+    from hub.store.engine import compat
+
+    return compat
+
+
+def test_the_installed_mongoeco_is_the_one_the_engine_was_written_for(compat: Any) -> None:
+    assert compat.check_mongoeco() == []
+
+
+@pytest.mark.parametrize("version", ["4.12.0", "4.10.9", "5.0.0", "4.1.1"])
+def test_another_version_is_refused_and_named(version: str, compat: Any) -> None:
+    assert compat.check_mongoeco(version=version) == [
+        f"mongoeco {version} installed, the hub's engine was written for 4.11.x"
+    ]
+
+
+def test_another_patch_release_is_checked_name_by_name(compat: Any) -> None:
+    assert compat.check_mongoeco(version="4.11.9") == []
+    gone = f"{STOCK_ENGINE}._hub_no_such_method"
+    assert compat.check_mongoeco(version="4.11.9", names=(*compat.NAMES, gone)) == [
+        "mongoeco.engines.sqlite.SQLiteEngine._hub_no_such_method no longer exists"
+    ]
+
+
+def test_a_name_that_does_not_exist_is_named(compat: Any) -> None:
+    names = (
+        *compat.NAMES,
+        f"{STOCK_ENGINE}._hub_no_such_method",
+        "mongoeco.engines.sqlite:_hub_no_such_function",
+        "mongoeco.engines._hub_no_such_module:anything",
+        "mongoeco.core.codec:DocumentCodec._hub_no_such_attribute",
+    )
+    assert compat.check_mongoeco(names=names) == [
+        "mongoeco.engines.sqlite.SQLiteEngine._hub_no_such_method no longer exists",
+        "mongoeco.engines.sqlite._hub_no_such_function no longer exists",
+        "mongoeco.engines._hub_no_such_module no longer exists",
+        "mongoeco.core.codec.DocumentCodec._hub_no_such_attribute no longer exists",
+    ]
+
+
+def test_a_method_the_engine_overrides_or_calls_that_is_gone_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+    compat: Any,
+) -> None:
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    monkeypatch.delattr(SQLiteEngine, "_storage_key")
+    monkeypatch.delattr(SQLiteEngine, "_backfill_scalar_indexes_sync")
+    problems = compat.check_mongoeco()
+    assert "mongoeco.engines.sqlite.SQLiteEngine._storage_key no longer exists" in problems
+    assert (
+        "mongoeco.engines.sqlite.SQLiteEngine._backfill_scalar_indexes_sync no longer exists"
+        in problems
+    )
+
+
+def test_a_module_attribute_the_engine_replaces_that_is_gone_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+    compat: Any,
+) -> None:
+    from mongoeco.engines import results
+
+    monkeypatch.delattr(results, "deepcopy")
+    assert compat.check_mongoeco() == ["mongoeco.engines.results.deepcopy no longer exists"]
+
+
+def test_changed_parameters_are_named(monkeypatch: pytest.MonkeyPatch, compat: Any) -> None:
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    def begin_write(self: object, conn: object) -> None: ...
+
+    monkeypatch.setattr(SQLiteEngine, "_begin_write", begin_write)
+    assert compat.check_mongoeco() == [
+        "mongoeco.engines.sqlite.SQLiteEngine._begin_write now takes (self, conn), "
+        "the hub's engine was written for (self, conn, context)"
+    ]
+
+
+def test_a_field_that_is_gone_is_named(compat: Any) -> None:
+    fields = {**compat.FIELDS, "mongoeco.types:UpdateResult": ("matched_count", "hub_no_such")}
+    assert compat.check_mongoeco(fields=fields) == [
+        "mongoeco.types.UpdateResult no longer has the field 'hub_no_such'"
+    ]
+
+
+def test_an_instance_attribute_no_longer_set_is_named(compat: Any) -> None:
+    attributes = {**compat.INSTANCE_ATTRIBUTES, STOCK_ENGINE: ("_path", "_hub_no_such")}
+    assert compat.check_mongoeco(instance_attributes=attributes) == [
+        "mongoeco.engines.sqlite.SQLiteEngine no longer sets self._hub_no_such"
+    ]
+
+
+def test_sql_the_engine_no_longer_has_is_named(compat: Any) -> None:
+    statement = "CREATE TABLE IF NOT EXISTS documents ( db_name TEXT NOT NULL, hub_gone TEXT )"
+    sql = {"mongoeco.engines.sqlite": (*compat.SQL["mongoeco.engines.sqlite"], statement)}
+    assert compat.check_mongoeco(sql=sql) == [
+        f"mongoeco.engines.sqlite no longer has {statement!r}"
+    ]
+
+
+def test_an_index_statement_added_or_gone_is_named(compat: Any) -> None:
+    module = "mongoeco.engines._sqlite_index_runtime"
+    known = compat.INDEX_STATEMENTS[module]
+    fewer = {**compat.INDEX_STATEMENTS, module: known[1:]}
+    assert compat.check_mongoeco(index_statements=fewer) == [
+        f"{module} has an index statement the hub's HubConnection does not know: {known[0]!r}"
+    ]
+    more = {**compat.INDEX_STATEMENTS, module: (*known, 'CREATE INDEX "x" ON documents (y)')}
+    assert compat.check_mongoeco(index_statements=more) == [
+        f"{module} no longer has the index statement 'CREATE INDEX \"x\" ON documents (y)', "
+        "which the hub's HubConnection rewrites"
+    ]
+
+
+def test_a_changed_copy_is_named(compat: Any) -> None:
+    name = f"{STOCK_ENGINE}._create_sqlite_connection"
+    copied = {**compat.COPIED, name: "0000000000000000"}
+    (problem,) = compat.check_mongoeco(copied=copied)
+    assert problem.startswith(
+        "mongoeco.engines.sqlite.SQLiteEngine._create_sqlite_connection has changed"
+    )
+    assert problem.endswith(f"its source digest is {compat.COPIED[name]}, was 0000000000000000)")
+
+
+def test_the_error_is_an_import_error_naming_every_problem(compat: Any) -> None:
+    error = compat.IncompatibleMongoeco(["first thing", "second thing"])
+    assert isinstance(error, ImportError)
+    assert "first thing; second thing" in str(error)
+    assert error.problems == ["first thing", "second thing"]
+
+
+FAKE_VERSION = """
+import importlib.metadata, sys
+real = importlib.metadata.version
+importlib.metadata.version = lambda name: "4.12.0" if name == "mongoeco" else real(name)
+import mongoeco.engines.sqlite as sqlite_engine
+from mongoeco.engines._sqlite_outbox import append_change
+try:
+    import hub.store.engine
+except ImportError as error:
+    print(type(error).__name__, error)
+    # Refused before any adjustment was made to mongoeco.
+    print("untouched" if sqlite_engine._sqlite_append_change is append_change else "patched")
+    sys.exit(0)
+sys.exit("the engine loaded on mongoeco 4.12.0")
+"""
+
+
+def test_the_engine_refuses_to_load_on_another_version_before_patching_anything() -> None:
+    done = subprocess.run(  # noqa: S603 (this interpreter, a fixed script)
+        [sys.executable, "-c", FAKE_VERSION], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("IncompatibleMongoeco ")
+    assert "mongoeco 4.12.0 installed, the hub's engine was written for 4.11.x" in done.stdout
+    assert done.stdout.rstrip().endswith("untouched")
+
+
+# -- the lists cover what the engine uses ---------------------------------------------
+
+
+def _engine_modules(compat: Any) -> dict[str, ast.Module]:
+    return {
+        path.stem: ast.parse(path.read_text())
+        for path in sorted(Path(compat.__file__).parent.glob("*.py"))
+        if path.stem != "compat"
+    }
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
+def _listed(compat: Any, name: str) -> bool:
+    """Whether `module:attribute` (or anything of it, for a module) is checked."""
+    return any(
+        entry == name or entry.startswith((f"{name}.", f"{name.replace(':', '.')}:"))
+        for entry in compat.NAMES
+    )
+
+
+def _own_nodes(scope: ast.AST) -> list[ast.AST]:
+    """The nodes of a module or function, but not those of the functions in it."""
+    found: list[ast.AST] = []
+    pending = list(ast.iter_child_nodes(scope))
+    while pending:
+        node = pending.pop()
+        found.append(node)
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def test_every_mongoeco_name_the_engine_imports_or_reads_off_a_module_is_checked(
+    compat: Any,
+) -> None:
+    unchecked = []
+    for module_name, tree in _engine_modules(compat).items():
+        aliases: dict[str, str] = {}  # local name -> mongoeco module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mongoeco"):
+                for alias in node.names:
+                    local = alias.asname or alias.name
+                    if _is_module(f"{node.module}.{alias.name}"):
+                        aliases[local] = f"{node.module}.{alias.name}"
+                    elif not _listed(compat, f"{node.module}:{alias.name}"):
+                        unchecked.append(f"{module_name}: {node.module}:{alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("mongoeco") and alias.asname:
+                        aliases[alias.asname] = alias.name
+        for scope in ast.walk(tree):
+            if not isinstance(scope, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            # A name a function assigns is its own there, not the module it imported.
+            local = {
+                node.id
+                for node in _own_nodes(scope)
+                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+            }
+            if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                local |= {arg.arg for arg in ast.walk(scope.args) if isinstance(arg, ast.arg)}
+            for node in _own_nodes(scope):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases
+                    and node.value.id not in local
+                    and not node.attr.startswith("_hub_")
+                ):
+                    name = f"{aliases[node.value.id]}:{node.attr}"
+                    if not _listed(compat, name):
+                        unchecked.append(f"{module_name}: {name}")
+    assert unchecked == []
+
+
+def test_every_engine_method_the_adjustments_call_or_override_is_checked(compat: Any) -> None:
+    """Each `self._x` and `super()._x` in the engine's classes that the hub does
+    not define itself is a name of mongoeco's engine: it must be in the lists."""
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    defined: set[str] = set()
+    used: set[str] = set()
+    for tree in _engine_modules(compat).values():
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            if not cls.name.startswith("Hub") or cls.name == "HubConnection":
+                continue
+            for node in ast.walk(cls):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    if node in cls.body and hasattr(SQLiteEngine, node.name):
+                        used.add(node.name)  # an override of the engine's method
+                    else:
+                        defined.add(node.name)
+                elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                    owner = node.value
+                    on_self = isinstance(owner, ast.Name) and owner.id == "self"
+                    on_super = (
+                        isinstance(owner, ast.Call)
+                        and isinstance(owner.func, ast.Name)
+                        and owner.func.id == "super"
+                    )
+                    if on_self or on_super:
+                        used.add(node.attr)
+    used -= {name for name in used if name.startswith("_hub")} | defined
+    used -= {"__init__"}
+    listed = set(compat.INSTANCE_ATTRIBUTES[STOCK_ENGINE])
+    unchecked = sorted(
+        name
+        for name in used
+        if name not in listed and not _listed(compat, f"{STOCK_ENGINE}.{name}")
+    )
+    assert unchecked == []
+    assert used >= {"_update_with_operation_sync", "_create_sqlite_connection", "_lock"}

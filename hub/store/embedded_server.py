@@ -5,8 +5,8 @@ Run as `python -m hub.store.embedded_server --data-dir DIR`. It prints
 other hub commands can find it, and exits when its parent dies (stdin closes, or
 the kernel's parent-death signal), so a `kill -9` of the hub never leaves it behind.
 
-The engine itself, adjusted for the hub's reads and writes, is
-`hub.store.embedded_engine`; it is imported only here, in the child.
+The engine itself, adjusted for the hub's reads and writes, is the package
+`hub.store.engine`; it is imported only here, in the child.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _die_with_parent() -> None:
 async def _serve(data_dir: Path, host: str, port: int) -> int:
     from mongoeco.wire import AsyncMongoEcoProxyServer
 
-    from hub.store.embedded_engine import (
+    from hub.store.engine import (
         HubSQLiteEngine,
         WalCheckpointer,
         patch_codec_validation,

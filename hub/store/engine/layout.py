@@ -1,0 +1,204 @@
+"""The store's physical layout: its indexes, its connections, and what is done
+at open.
+
+- Every logical index had three physical SQLite indexes: an expression index on
+  `documents` that every write to any collection maintained (all of them, for
+  every collection's indexes), and one copy each of the same entry index. Here
+  there is one shared index per entry table and no expression index
+  (`HubConnection`, `HubLayoutEngine`); a store in the old layout is moved at
+  open, once (`HubLayoutEngine._hub_share_physical_indexes`).
+- Opening: the engine deletes and rebuilds every index entry at each open (a
+  minute at 200,000 messages); here only when the engine's version changes
+  (`HubLayoutEngine._backfill_scalar_indexes_sync`).
+- Each connection is the engine's own, with the connection class above, a larger
+  page cache, memory-mapped reads, and a long automatic checkpoint (the
+  checkpoints are `hub.store.engine.checkpoint.WalCheckpointer`'s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import sqlite3
+from typing import Any
+
+from mongoeco.engines._sqlite_connection import SQLiteConnection
+from mongoeco.engines.sqlite import SQLiteEngine
+
+from hub.store.engine.checkpoint import AUTOCHECKPOINT_PAGES
+
+MONGOECO_VERSION = importlib.metadata.version("mongoeco")
+PRAGMAS = (
+    "PRAGMA cache_size = -65536",  # 64 MiB of pages per connection (default 2 MiB)
+    "PRAGMA mmap_size = 268435456",
+)
+# One physical index per entry table, shared by every logical index; the
+# layout's name is recorded in `hub_engine_meta` once a store is moved to it.
+SHARED_SCALAR_INDEX = "scidx_hub"
+SHARED_MULTIKEY_INDEX = "mkidx_hub"
+ENTRY_INDEX_COLUMNS = "(collection_id, index_name, type_score, element_key, storage_key)"
+SHARED_INDEX_SQL = {
+    name: f'CREATE INDEX IF NOT EXISTS "{name}" ON {table} {ENTRY_INDEX_COLUMNS}'
+    for name, table in (
+        (SHARED_SCALAR_INDEX, "scalar_index_entries"),
+        (SHARED_MULTIKEY_INDEX, "multikey_entries"),
+    )
+}
+PHYSICAL_LAYOUT = "shared-entry-indexes-1"
+
+
+class HubConnection(SQLiteConnection):
+    """The engine's connection, keeping one physical index per entry table.
+
+    The engine gives every logical index three physical SQLite indexes: an
+    expression index on `documents` (over every document of every collection:
+    each write to any collection evaluates and maintains all of them), and a
+    copy of the same `(collection_id, index_name, ...)` index on each entry
+    table. Entries carry their collection and index name first, so one index
+    per entry table answers for all; here the engine names the shared one for
+    every logical index (`HubLayoutEngine._physical_*_index_name`), creating it
+    is idempotent, dropping one logical index leaves it (its entries are still
+    deleted by the engine), and the expression indexes on `documents` are not
+    made: the engine reads through the entry indexes.
+    """
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if sql.startswith(("CREATE INDEX ", "DROP INDEX ")):
+            rewritten = _physical_index_statement(sql)
+            if rewritten is None:
+                return super().execute("SELECT 1 WHERE 0")
+            sql = rewritten
+        return super().execute(sql, parameters)
+
+
+def _physical_index_statement(sql: str) -> str | None:
+    """The statement to run for an engine's CREATE/DROP INDEX (None: nothing)."""
+    for name in SHARED_INDEX_SQL:
+        quoted = f'"{name}"'
+        if sql.startswith(f"CREATE INDEX {quoted} ") or sql.startswith(
+            f"CREATE INDEX IF NOT EXISTS {quoted} "
+        ):
+            return SHARED_INDEX_SQL[name]
+        if sql.startswith(f"DROP INDEX IF EXISTS {quoted}") or sql.startswith(
+            f"DROP INDEX {quoted}"
+        ):
+            return None
+    if sql.startswith("CREATE INDEX ") and " ON documents (" in sql:
+        return None
+    return sql
+
+
+class HubLayoutEngine(SQLiteEngine):
+    """The engine's physical indexes shared per entry table, its connections,
+    and the work it does at open done only when needed."""
+
+    def _physical_scalar_index_name(self, db_name: str, coll_name: str, index_name: str) -> str:
+        return SHARED_SCALAR_INDEX
+
+    def _physical_multikey_index_name(self, db_name: str, coll_name: str, index_name: str) -> str:
+        return SHARED_MULTIKEY_INDEX
+
+    def _resolve_hint_index(self, *args: Any, **kwargs: Any) -> Any:
+        # A hinted query names the index's expression index on `documents`, which
+        # this engine does not keep: it reads without one (a hint is advice).
+        index = super()._resolve_hint_index(*args, **kwargs)
+        if (
+            dataclasses.is_dataclass(index)
+            and not isinstance(index, type)
+            and getattr(index, "physical_name", None)
+        ):
+            index = dataclasses.replace(index, physical_name=None)
+        return index
+
+    def _hub_share_physical_indexes(self, conn: Any) -> None:
+        """Move a store written with one physical index per logical index to the
+        shared layout: drop the expression indexes on `documents` and the
+        per-index copies of the entry indexes, and point the catalog at the
+        shared ones. Done once per store."""
+        row = conn.execute(
+            "SELECT value FROM hub_engine_meta WHERE key = 'physical_indexes'"
+        ).fetchone()
+        if row is not None and row[0] == PHYSICAL_LAYOUT:
+            return
+        catalog = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT physical_name FROM indexes WHERE physical_name IS NOT NULL"
+            )
+        }
+        stale = [
+            str(name)
+            for name, table in conn.execute(
+                "SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'"
+            )
+            if (table == "documents" and name in catalog)
+            or (
+                table in ("scalar_index_entries", "multikey_entries")
+                and str(name).startswith(("scidx_", "mkidx_"))
+                and name not in (SHARED_SCALAR_INDEX, SHARED_MULTIKEY_INDEX)
+            )
+        ]
+        for name in stale:
+            conn.execute(f"DROP INDEX IF EXISTS {self._quote_identifier(name)}")
+        conn.execute(
+            "UPDATE indexes SET scalar_physical_name = ? WHERE scalar_physical_name IS NOT NULL",
+            (SHARED_SCALAR_INDEX,),
+        )
+        conn.execute(
+            "UPDATE indexes SET multikey_physical_name = ? "
+            "WHERE multikey_physical_name IS NOT NULL",
+            (SHARED_MULTIKEY_INDEX,),
+        )
+        conn.execute(SHARED_INDEX_SQL[SHARED_SCALAR_INDEX])
+        conn.execute(SHARED_INDEX_SQL[SHARED_MULTIKEY_INDEX])
+        conn.execute(
+            "INSERT OR REPLACE INTO hub_engine_meta (key, value) VALUES ('physical_indexes', ?)",
+            (PHYSICAL_LAYOUT,),
+        )
+        if conn.in_transaction:
+            conn.commit()
+        self._invalidate_index_cache()
+
+    def _backfill_scalar_indexes_sync(self, conn: Any) -> None:  # type: ignore[override]
+        # At every open the engine deletes and rebuilds the index entries of
+        # every collection (a minute at 200,000 messages), in case they were
+        # written by another version of it. Entries are written in the same
+        # transaction as their documents, so the ones this version wrote are
+        # whole: the rebuild is done only when the version changes.
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS hub_engine_meta (key TEXT PRIMARY KEY, value TEXT)"
+        )
+        self._hub_share_physical_indexes(conn)
+        stamp = f"mongoeco {MONGOECO_VERSION}"
+        row = conn.execute(
+            "SELECT value FROM hub_engine_meta WHERE key = 'scalar_entries'"
+        ).fetchone()
+        unnamed = conn.execute(
+            "SELECT 1 FROM indexes WHERE scalar_physical_name IS NULL "
+            "AND json_array_length(fields) = 1 LIMIT 1"
+        ).fetchone()
+        if row is not None and row[0] == stamp and unnamed is None:
+            return
+        super()._backfill_scalar_indexes_sync(conn)
+        conn.execute(
+            "INSERT OR REPLACE INTO hub_engine_meta (key, value) VALUES ('scalar_entries', ?)",
+            (stamp,),
+        )
+
+    def _create_sqlite_connection(self) -> Any:
+        # The engine's own, with the connection class that keeps the shared
+        # physical indexes (see `HubConnection`).
+        connection = sqlite3.connect(self._path, check_same_thread=False, factory=HubConnection)
+        try:
+            if self._path != ":memory:":
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+            for pragma in PRAGMAS:
+                connection.execute(pragma)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+            raise
+        return connection
