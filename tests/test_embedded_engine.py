@@ -291,6 +291,21 @@ async def test_asking_for_ids_only_gives_the_ids_of_every_kind(coll: Any) -> Non
     assert await coll.find({at: {"$gt": "k4"}}, {"_id": 1}).to_list() == [{"_id": {"nested": 1}}]
 
 
+@pytest.fixture
+def unpatched_in_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the engine's patches change in this process's mongoeco, put back
+    after the test, so that no other test finds them applied."""
+    from mongoeco.core import codec
+    from mongoeco.wire import protocol
+
+    monkeypatch.setattr(codec, "validate_bson_value", codec.validate_bson_value)
+    monkeypatch.setattr(codec.DocumentCodec, "encode", codec.DocumentCodec.encode)
+    monkeypatch.setattr(codec, "_hub_validation_patched", False, raising=False)
+    monkeypatch.setattr(protocol, "decode_wire_value", protocol.decode_wire_value)
+    monkeypatch.setattr(protocol, "_hub_decoding_patched", False, raising=False)
+
+
+@pytest.mark.usefixtures("unpatched_in_the_end")
 def test_the_codec_checks_once_and_encodes_and_refuses_as_before() -> None:
     from mongoeco.core.codec import DocumentCodec
 
@@ -301,7 +316,8 @@ def test_the_codec_checks_once_and_encodes_and_refuses_as_before() -> None:
         [{"deep": [[{"x": True}]]}],
         "plain",
     ]
-    before = [DocumentCodec.encode(s) for s in samples]
+    # "Before" is the shipped codec's answer, whatever an earlier test patched.
+    before = [_fresh_codec().DocumentCodec.encode(s) for s in samples]
     patch_codec_validation()
     assert [DocumentCodec.encode(s) for s in samples] == before
     for bad, reason in (
@@ -642,6 +658,7 @@ def _encoded_or_error(encode: Any, value: Any) -> tuple[str, Any]:
         return "error", (type(error).__name__, str(error))
 
 
+@pytest.mark.usefixtures("unpatched_in_the_end")
 def test_plain_encoding_gives_what_the_engines_codec_gives_or_refuses_as_it_does() -> None:
     from mongoeco.core.codec import DocumentCodec
 
@@ -665,6 +682,7 @@ def test_plain_encoding_gives_what_the_engines_codec_gives_or_refuses_as_it_does
     assert plain > 1000  # the fast path did take most documents
 
 
+@pytest.mark.usefixtures("unpatched_in_the_end")
 def test_wire_decoding_keeps_plain_values_and_converts_the_rest_as_before() -> None:
     from bson import BSON, Decimal128, Int64, Regex, Timestamp
     from bson.binary import Binary
