@@ -1591,3 +1591,46 @@ def test_every_engine_method_the_adjustments_call_or_override_is_checked(compat:
     )
     assert unchecked == []
     assert used >= {"_update_with_operation_sync", "_create_sqlite_connection", "_lock"}
+
+
+# -- a miss reads no collection --------------------------------------------------
+
+
+async def test_find_one_that_finds_nothing_seeks_and_never_reads_the_collection(
+    tmp_path: Path,
+) -> None:
+    """A first message's lookups (its identity, its conversation) miss: the engine's
+    `find_one` then falls back from its first-row fast path to a full read plan,
+    which read every document of the collection until the seek answered it too.
+    Run in process, the plans the engine compiles are recorded."""
+    from mongoeco import AsyncMongoClient as EngineClient
+
+    from hub.store.engine import HubSQLiteEngine
+
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        coll = client["hub"]["identities"]
+        await coll.insert_many(
+            [{"_id": f"phone:+1555{i:07d}", "owner": f"c{i}"} for i in range(200)]
+        )
+        await coll.create_index([("owner", ASCENDING)])
+        plans: list[tuple[Any, str]] = []
+        compile_plan = engine._compile_read_execution_plan
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            plan = compile_plan(*args, **kwargs)
+            plans.append((kwargs.get("select_clause"), plan.strategy))
+            return plan
+
+        engine._compile_read_execution_plan = recording  # type: ignore[method-assign]
+        assert await coll.find_one({"_id": "phone:+19999999999"}) is None
+        assert await coll.find_one({"_id": "phone:+19999999999"}, {"owner": 1}) is None
+        assert await coll.find_one({"owner": "nobody"}) is None
+        assert (await coll.find_one({"_id": "phone:+15550000007"}))["owner"] == "c7"
+    finally:
+        await client.close()
+    misses = [plan for plan in plans if plan[0] == "storage_key, document"]
+    assert misses, "the fallback after the fast path was not taken: nothing was checked"
+    assert {strategy for _, strategy in plans} == {"hub-index-seek"}

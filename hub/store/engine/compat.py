@@ -344,6 +344,9 @@ INSTANCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 # module: statements its source holds (compared with runs of white space as one
 # space).
 SQL: dict[str, tuple[str, ...]] = {
+    # `find_one`'s fallback after its first-row fast path asks for this select list,
+    # which `reads.SEEK_SELECTS` seeks (else every miss reads the whole collection)
+    "mongoeco.engines._sqlite_read_fast_path_runtime": ('select_clause="storage_key, document"',),
     SQLITE: (
         "CREATE TABLE IF NOT EXISTS documents ( db_name TEXT NOT NULL, "
         "coll_name TEXT NOT NULL, storage_key TEXT NOT NULL, document TEXT NOT NULL, "

@@ -55,6 +55,11 @@ from hub.store import IDS_PER_COMMAND
 ORDERED_KEY_TYPES = frozenset({"null", "number", "string", "bool", "datetime", "objectid"})
 RESIDUALS_KEPT = 4096
 MATCH_FUNCTION = "hub_match"
+# The select lists the engine asks a read plan for, and the seek's columns for each.
+SEEK_SELECTS = {
+    "document": "documents.document",
+    "storage_key, document": "documents.storage_key, documents.document",
+}
 RANGE_OPERATORS = {
     LessThanCondition: "<",
     LessThanOrEqualCondition: "<=",
@@ -217,14 +222,17 @@ class HubReadsEngine(SQLiteEngine):
         hint: Any = None,
     ) -> SQLiteReadExecutionPlan:
         if (
-            select_clause == "document"
+            select_clause in SEEK_SELECTS
             and hint is None
             and semantics.hint is None
             and semantics.text_query is None
             and semantics.collation is None
         ):
-            plan = self._index_seek_plan(db_name, coll_name, semantics)
-            if plan is None:
+            # `find_one` asks for the storage key too, after its first-row fast path
+            # found nothing (an `_id` or an indexed value no document has): without
+            # a seek here, every such miss read the whole collection.
+            plan = self._index_seek_plan(db_name, coll_name, semantics, select_clause)
+            if plan is None and select_clause == "document":
                 plan = self._index_walk_plan(db_name, coll_name, semantics)
             if plan is not None:
                 return plan
@@ -246,7 +254,7 @@ class HubReadsEngine(SQLiteEngine):
         return sql, [db_name, coll_name, collection_id, index["name"]]
 
     def _index_seek_plan(
-        self, db_name: str, coll_name: str, semantics: Any
+        self, db_name: str, coll_name: str, semantics: Any, select_clause: str = "document"
     ) -> SQLiteReadExecutionPlan | None:
         query_plan = semantics.query_plan
         clauses = query_plan.clauses if isinstance(query_plan, AndCondition) else (query_plan,)
@@ -262,7 +270,7 @@ class HubReadsEngine(SQLiteEngine):
                     f"AND documents.storage_key IN ({marks})"
                 )
                 params = [db_name, coll_name, *(self._storage_key(i) for i in ids)]
-                return self._hub_seek(semantics, len(clauses) > 1, sql, params)
+                return self._hub_seek(semantics, len(clauses) > 1, sql, params, select_clause)
         for clause in clauses:
             if (
                 isinstance(clause, EqualsCondition)
@@ -277,7 +285,7 @@ class HubReadsEngine(SQLiteEngine):
                     from_where, params = self._index_from(db_name, coll_name, collection_id, index)
                     seek: list[Any] = [*params, self._multikey_type_score("string"), clause.value]
                     sql = f"FROM {from_where} AND entry.type_score = ? AND entry.element_key = ?"
-                    return self._hub_seek(semantics, len(clauses) > 1, sql, seek)
+                    return self._hub_seek(semantics, len(clauses) > 1, sql, seek, select_clause)
         for clause in clauses:
             field = getattr(clause, "field", "")
             if type(clause) not in RANGE_OPERATORS or "." in field or field == "_id":
@@ -299,19 +307,24 @@ class HubReadsEngine(SQLiteEngine):
             # filter itself decides per row.
             numbers = self._multikey_type_score("number")
             exact = len(usable) == len(clauses) and all(v[0] != numbers for _, v in usable)
-            return self._hub_seek(semantics, not exact, sql, params)
+            return self._hub_seek(semantics, not exact, sql, params, select_clause)
         return None
 
     def _hub_seek(
-        self, semantics: Any, residual: bool, sql: str, params: list[Any]
+        self,
+        semantics: Any,
+        residual: bool,
+        sql: str,
+        params: list[Any],
+        select_clause: str = "document",
     ) -> SQLiteReadExecutionPlan:
         """The plan for the few rows `sql` (FROM and WHERE) selects: the rest of
         the filter checked per row, the sort (if any) done on them by the engine.
         When only `_id`s are asked for, only they are read out of each row."""
         # Only quoted identifiers and placeholders are formatted into the SQL of
         # this module; every value is bound.
-        columns = "documents.document"
-        if not semantics.sort and _only_ids(semantics.projection):
+        columns = SEEK_SELECTS[select_clause]
+        if select_clause == "document" and not semantics.sort and _only_ids(semantics.projection):
             columns = "json_object('_id', documents.document -> '$._id')"
         sql = f"SELECT {columns} {sql}"
         if residual:
