@@ -18,6 +18,7 @@ from channels.base import (
     StoreUnavailable,
     TransientSendError,
 )
+from channels.simulation import Simulator
 
 BUILTIN_CHANNELS: dict[str, str] = {
     "twilio": "channels.twilio:TwilioChannel",
@@ -49,6 +50,17 @@ def channel_class(name: str) -> type[ChannelAdapter] | None:
     return cls
 
 
+def simulator_class(name: str) -> type[Simulator] | None:
+    """The simulator the channel names (`ChannelAdapter.simulator`), loaded; None
+    when it has none."""
+    cls = channel_class(name)
+    if cls is None or cls.simulator is None:
+        return None
+    module_name, _, attr = cls.simulator.partition(":")
+    simulator: type[Simulator] = getattr(importlib.import_module(module_name), attr)
+    return simulator
+
+
 def known_channels() -> list[str]:
     return sorted(set(BUILTIN_CHANNELS) | set(_registered))
 
@@ -66,4 +78,5 @@ __all__ = [
     "channel_class",
     "known_channels",
     "register_channel",
+    "simulator_class",
 ]

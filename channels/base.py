@@ -93,6 +93,9 @@ class ChannelAdapter:
 
     name: ClassVar[str]
     Settings: ClassVar[type[ChannelSettings]]
+    # "module:Class" of the provider's simulator (`channels.simulation.Simulator`),
+    # which the sandbox puts in the provider's place; None: the sandbox skips it.
+    simulator: ClassVar[str | None] = None
 
     def __init__(self, inbox_id: str, settings: ChannelSettings, ctx: ChannelContext) -> None:
         self.inbox_id = inbox_id
