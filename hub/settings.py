@@ -6,6 +6,7 @@ Reading and checking a config file (and the channels' own settings) is
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,16 @@ class ServerSettings(Section):
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = ""
     shutdown_timeout: float = Field(default=10.0, gt=0)
+    # Addresses of the reverse proxies in front of the hub (exact IPs): only a
+    # request from one of them has its X-Forwarded-For believed.
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            ipaddress.ip_address(address)  # ValueError names the bad one
+        return value
 
 
 class StoreSettings(Section):
