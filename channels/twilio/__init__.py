@@ -72,6 +72,7 @@ class TwilioChannel(ChannelAdapter):
 
     name = "twilio"
     Settings = TwilioSettings
+    simulator = "channels.twilio.simulator:FakeTwilio"
     settings: TwilioSettings
 
     EVENTS: ClassVar[dict[str, Handler | None]] = EVENTS

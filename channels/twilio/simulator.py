@@ -1,7 +1,8 @@
 """A simulated Twilio: a real aiohttp server on 127.0.0.1 speaking the Messages API,
 and the helpers to call the hub the way Twilio calls it (signed form webhooks). The
-tests and the pacing benchmark send to it (the sandbox may too); it reads no files
-and imports nothing of the hub.
+tests and the pacing benchmark send to it, and the sandbox puts it in Twilio's place
+(`channels.simulation`); it reads no files and imports nothing of the hub but the
+inbox settings.
 
 REST side (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`):
 - HTTP basic auth with the account SID and auth token, else 401 code 20003;
@@ -21,13 +22,24 @@ Webhook side: `signature()` computes `X-Twilio-Signature` with the twilio librar
 can drive the hub over HTTP. `ACCOUNT_SID` and `AUTH_TOKEN` are the simulator's
 account unless it is given another; `PUBLIC_URL` is the hub's public URL its
 webhooks are signed for unless a call names another.
+
+The sandbox attaches its Twilio inboxes: each is one more account (its SID and auth
+token), which may send only from the inbox's numbers (21606 otherwise). What such an
+account sends is shown to the customer (`Customers.received`) and, when the send
+named a `StatusCallback`, followed by the signed `sent` and `delivered` callbacks
+over the delivery delay. Its customer side (`write`, `call`, `hang_up`) posts the
+incoming-message and voice webhooks Twilio would, built in `customer`, and reads
+the TwiML the hub answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import hmac
 import itertools
+import secrets
 import time
 import urllib.parse
 from collections import deque
@@ -39,6 +51,32 @@ import aiohttp
 from aiohttp import web
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
+
+from channels.base import ChannelSettings
+from channels.simulation import (
+    Customer,
+    Customers,
+    Delivered,
+    Handed,
+    LineOffer,
+    Medium,
+    PhoneCall,
+    Place,
+    Receipt,
+    Simulator,
+    Step,
+    Writing,
+    keep_last,
+    report_delivery,
+)
+from channels.twilio.customer import (
+    call_params,
+    message_params,
+    read_twiml,
+    recording_params,
+    shown_text,
+)
+from channels.twilio.settings import TwilioSettings
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"  # noqa: S105 (the simulator's own)
@@ -54,6 +92,7 @@ ERRORS: dict[int, tuple[int, str]] = {
     21211: (400, "Invalid 'To' Phone Number"),
     21603: (400, "A 'From' phone number is required."),
     21604: (400, "A 'To' phone number is required."),
+    21606: (400, "The From phone number is not a valid number of yours."),
     21610: (400, "Attempt to send to unsubscribed recipient"),
     21619: (400, "A text message body or media url must be specified."),
     63016: (
@@ -75,8 +114,27 @@ def error_body(code: int, message: str | None = None) -> tuple[int, dict[str, An
 
 
 @dataclass
-class FakeTwilio:
-    account_sid: str = ACCOUNT_SID
+class Account:
+    """One account the simulator serves: the default one, or an attached inbox's."""
+
+    sid: str
+    auth_token: str
+    settings: TwilioSettings | None = None  # an attached inbox's
+    inbox: str | None = None
+
+    def owns(self, sender: str) -> bool:
+        """Whether `sender` (a From value) is one of the account's numbers; any is,
+        for an account the simulator was not given numbers of."""
+        s = self.settings
+        if s is None:
+            return True
+        own = {s.number, f"whatsapp:{s.whatsapp_number}" if s.whatsapp_number else None}
+        return sender in own - {None}
+
+
+@dataclass
+class FakeTwilio(Simulator):
+    account_sid: str = ACCOUNT_SID  # the default account ("": none)
     auth_token: str = AUTH_TOKEN
     rate: float | None = None  # messages per second per sender (From)
     window: float = 1.0  # the rate is enforced over this sliding window (seconds)
@@ -92,9 +150,52 @@ class FakeTwilio:
     rejected_429: int = 0
     failures: deque[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=deque)
     url: str = ""
+    history: int | None = None  # requests and sent kept (None: all)
+    customers: Customers | None = None  # the sandbox's customer side
+    accounts: dict[str, Account] = field(default_factory=dict)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Message SIDs differ from one run to the next (a store outlives the simulator).
+    _run: str = field(default_factory=lambda: secrets.token_hex(4))
     _runner: web.AppRunner | None = None
+
+    def __post_init__(self) -> None:
+        if self.account_sid:
+            self.accounts[self.account_sid] = Account(self.account_sid, self.auth_token)
+
+    # -- the sandbox -------------------------------------------------------------------
+
+    @classmethod
+    def for_sandbox(cls, customers: Customers) -> FakeTwilio:
+        return cls(account_sid="", history=1000, customers=customers)
+
+    def attach(self, inbox: str, settings: ChannelSettings, place: Place) -> ChannelSettings:
+        assert isinstance(settings, TwilioSettings)
+        self.accounts[settings.account_sid] = Account(
+            settings.account_sid, settings.auth_token, settings, inbox
+        )
+        return settings.model_copy(update={"api_base": place.api_base})
+
+    def _attached(self, inbox: str) -> tuple[Account, TwilioSettings]:
+        for account in self.accounts.values():
+            if account.inbox == inbox and account.settings is not None:
+                return account, account.settings
+        raise LookupError(f"no Twilio inbox {inbox!r} attached")
+
+    def lines(self, inbox: str) -> list[LineOffer]:
+        _, s = self._attached(inbox)
+        found: list[LineOffer] = []
+        if s.number:
+            found.append(LineOffer("sms", f"SMS to {s.number}", s.number))
+        if s.whatsapp_number:
+            found.append(
+                LineOffer(
+                    "whatsapp", f"WhatsApp (via Twilio) to {s.whatsapp_number}", s.whatsapp_number
+                )
+            )
+        if s.number:
+            found.append(LineOffer("voice", f"Call {s.number}", s.number))
+        return found
 
     # -- control ---------------------------------------------------------------------
 
@@ -120,15 +221,21 @@ class FakeTwilio:
 
     # -- the REST API ----------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _account(self, request: web.Request) -> Account | None:
+        """The account the request's basic auth names and proves, if it is its URL's."""
+        account = self.accounts.get(request.match_info["sid"])
         header = request.headers.get("Authorization", "")
-        if not header.startswith("Basic "):
-            return False
+        if account is None or not header.startswith("Basic "):
+            return None
         try:
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return user == self.account_sid and password == self.auth_token
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            return None
+        if user != account.sid or not hmac.compare_digest(
+            password.encode(), account.auth_token.encode()
+        ):
+            return None
+        return account
 
     def _over_rate(self, sender: str, now: float) -> bool:
         if self.rate is None:
@@ -157,6 +264,7 @@ class FakeTwilio:
             "status_callback": form.get("StatusCallback"),
         }
         self.requests.append(record)
+        keep_last(self.requests, self.history)
         if self.delay:
             await asyncio.sleep(self.delay)
 
@@ -166,7 +274,8 @@ class FakeTwilio:
             record["status"] = status
             return web.json_response(payload, status=status, headers=headers or None)
 
-        if request.match_info["sid"] != self.account_sid or not self._authorized(request):
+        account = self._account(request)
+        if account is None:
             return answer(*error_body(20003))
         if self.failures:
             status, payload, headers = self.failures.popleft()
@@ -177,22 +286,30 @@ class FakeTwilio:
             return answer(*error_body(21603))
         if not (form.get("Body") or form.get("MediaUrl") or form.get("ContentSid")):
             return answer(*error_body(21619))
+        if not account.owns(str(form.get("From") or "")):
+            return answer(*error_body(21606))
         if self._over_rate(str(form.get("From") or form.get("MessagingServiceSid")), now):
             self.rejected_429 += 1
             return answer(*error_body(20429), {"Retry-After": "1"})
         if str(form["To"]).removeprefix("whatsapp:") in self.opted_out:
             return answer(*error_body(21610))
-        sid = f"SM{next(self._ids):032x}"
-        resource = self.resource(sid, form)
+        sid = f"SM{self._run}{next(self._ids):024x}"
+        resource = self.resource(sid, form, account.sid)
         self.sent.append({**record, "sid": sid})
+        keep_last(self.sent, self.history)
+        if account.inbox is not None:
+            self._show(account, form, sid)
         return answer(201, resource)
 
-    def resource(self, sid: str, form: MultiDict[str]) -> dict[str, Any]:
+    def resource(
+        self, sid: str, form: MultiDict[str], account_sid: str | None = None
+    ) -> dict[str, Any]:
         """The message resource Twilio answers a create with."""
-        path = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}"
+        account_sid = account_sid or self.account_sid
+        path = f"/2010-04-01/Accounts/{account_sid}/Messages/{sid}"
         media = form.getall("MediaUrl", [])
         return {
-            "account_sid": self.account_sid,
+            "account_sid": account_sid,
             "api_version": "2010-04-01",
             "body": form.get("Body", ""),
             "date_created": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime()),
@@ -214,10 +331,46 @@ class FakeTwilio:
             "uri": f"{path}.json",
         }
 
-    async def start(self) -> str:
+    def _show(self, account: Account, form: MultiDict[str], sid: str) -> None:
+        """Show an attached inbox's message to its customer; then report it."""
+        customers = self.customers
+        assert customers is not None and account.inbox is not None
+        to, sender = form["To"], form["From"]
+        whatsapp = to.lower().startswith("whatsapp:")
+        receipt = customers.received(
+            Delivered(
+                inbox=account.inbox,
+                medium="whatsapp" if whatsapp else "sms",
+                address=to.split(":", 1)[1] if whatsapp else to,
+                text=shown_text(form, form.getall("MediaUrl", [])),
+                provider_id=sid,
+            )
+        )
+        callback = form.get("StatusCallback") or ""
+        if not callback:
+            receipt.delivered()
+            return
+        customers.spawn(self._report(account, receipt, callback, sid, to, sender))
+
+    async def _report(
+        self, account: Account, receipt: Receipt, callback: str, sid: str, to: str, sender: str
+    ) -> None:
+        """Post the `sent` and `delivered` callbacks to the send's `StatusCallback`."""
+        assert self.customers is not None
+
+        def step(status: str) -> Step:
+            params = status_params(sid, status, to, sender, account.sid)
+            return lambda: self._to_hub(account, callback, params)
+
+        await report_delivery(self.customers, receipt, [step("sent"), step("delivered")])
+
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.messages)
-        self._runner = web.AppRunner(app)
+        return app
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.app())
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -231,19 +384,30 @@ class FakeTwilio:
 
     # -- calling the hub like Twilio -------------------------------------------------
 
-    def signature(self, url: str, params: Params) -> str:
+    def signature(self, url: str, params: Params, auth_token: str | None = None) -> str:
         """`X-Twilio-Signature` for a POST of `params` to `url` (the full URL Twilio
-        calls, query string included)."""
-        return RequestValidator(self.auth_token).compute_signature(url, MultiDict(params))
+        calls, query string included), by the default account or `auth_token`'s."""
+        return RequestValidator(auth_token or self.auth_token).compute_signature(
+            url, MultiDict(params)
+        )
 
-    def signed(self, url: str, params: Params) -> tuple[bytes, dict[str, str]]:
+    def signed(
+        self, url: str, params: Params, auth_token: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
         """The body and headers of Twilio's webhook POST of `params` to `url`."""
         body = urllib.parse.urlencode(list(MultiDict(params).items())).encode()
         return body, {
             "Content-Type": "application/x-www-form-urlencoded; charset=UTF-8",
             "User-Agent": "TwilioProxy/1.1",
-            "X-Twilio-Signature": self.signature(url, params),
+            "X-Twilio-Signature": self.signature(url, params, auth_token),
         }
+
+    async def _to_hub(self, account: Account, url: str, params: Params) -> tuple[int, str]:
+        """POST `params` to `url` (a public URL of the hub), signed by `account`,
+        through the sandbox's customer side."""
+        assert self.customers is not None
+        body, headers = self.signed(url, params, account.auth_token)
+        return await self.customers.post(url, body, headers)
 
     async def post_webhook(
         self,
@@ -282,6 +446,90 @@ class FakeTwilio:
         return await self.post_webhook(
             session, base_url, callback[len(public_url) :], params, public_url=public_url
         )
+
+    # -- the customer's side, in the sandbox ---------------------------------------------
+
+    async def write(self, inbox: str, medium: Medium, writing: Writing) -> Handed:
+        account, settings = self._attached(inbox)
+        assert self.customers is not None
+        whatsapp = medium == "whatsapp"
+        business = settings.whatsapp_number if whatsapp else settings.number
+        sid = "SM" + secrets.token_hex(16)
+        params = message_params(
+            account.sid,
+            sid,
+            sender=writing.customer.address,
+            to=business or "",
+            body=writing.text,
+            whatsapp=whatsapp,
+            profile_name=writing.customer.name,
+        )
+        url = self.customers.webhook_url(inbox) + "/messages"
+        status, answer = await self._to_hub(account, url, params)
+        return Handed(status, answer, provider_id=sid)
+
+    def _call_form(self, call: PhoneCall, **extra: str) -> dict[str, str]:
+        account, settings = self._attached(call.inbox)
+        return call_params(
+            account.sid,
+            call.id,
+            caller=call.caller.address,
+            called=settings.number or "",
+            caller_name=call.caller.name,
+            **extra,
+        )
+
+    async def call(self, inbox: str, caller: Customer) -> PhoneCall:
+        account, _ = self._attached(inbox)
+        assert self.customers is not None
+        call = PhoneCall(
+            id="CA" + secrets.token_hex(16), inbox=inbox, caller=caller, handed=Handed(0, "")
+        )
+        url = self.customers.webhook_url(inbox) + "/voice"
+        status, answer = await self._to_hub(
+            account, url, self._call_form(call, CallStatus="ringing")
+        )
+        call.handed = Handed(status, answer, provider_id=call.id)
+        if call.handed.ok:
+            call.heard, call.state = read_twiml(answer)
+            call.voicemail = call.state is not None
+        return call
+
+    async def hang_up(
+        self, call: PhoneCall, *, voicemail: bool, duration: int, recording_url: str
+    ) -> bool:
+        account, _ = self._attached(call.inbox)
+        assert self.customers is not None
+        left = False
+        record = call.state
+        if voicemail and record is not None:
+            # Twilio's RecordingUrl names the recording without an extension.
+            recording = recording_url.removesuffix(".wav")
+            if record.get("action"):
+                await self._to_hub(
+                    account,
+                    record["action"],
+                    self._call_form(
+                        call,
+                        CallStatus="completed",
+                        RecordingUrl=recording,
+                        RecordingDuration=str(duration),
+                        Digits="hangup",
+                    ),
+                )
+            if record.get("recordingStatusCallback"):
+                await self._to_hub(
+                    account,
+                    record["recordingStatusCallback"],
+                    recording_params(account.sid, call.id, recording, duration),
+                )
+            left = True
+        await self._to_hub(
+            account,
+            self.customers.webhook_url(call.inbox) + "/voice/status",
+            self._call_form(call, CallStatus="completed", CallDuration=str(duration)),
+        )
+        return left
 
 
 def status_params(

@@ -1,10 +1,9 @@
-"""The providers' side of the sandbox: one loopback HTTP server with the REST APIs
-the adapters call, and one loopback SMTP server the e-mail inboxes send through.
+"""The sandbox's own simulators of the providers whose channel package has none yet
+(`ChannelAdapter.simulator`): Telegram, WhatsApp Cloud, an SMTP server and a PBX.
+Each `Legacy` is a `channels.simulation.Simulator` for one of those channels, driven
+by the sandbox like the channels' own; they move to their channel packages one by
+one.
 
-- Twilio: `POST /twilio/2010-04-01/Accounts/{sid}/Messages.json` (basic auth with
-  the account SID and auth token), answered 201 with the message resource; then
-  the `StatusCallback` it named gets `sent` and `delivered`, signed with
-  `X-Twilio-Signature`.
 - Telegram: `/telegram/bot{token}/{method}` (sendMessage, the send* methods for
   files, getMe, setWebhook, deleteWebhook, getWebhookInfo, answerCallbackQuery,
   getFile), answered `{"ok": true, "result": ...}`. The Bot API reports no
@@ -16,42 +15,58 @@ the adapters call, and one loopback SMTP server the e-mail inboxes send through.
 - E-mail: an aiosmtpd server; every mail accepted is followed by a delivery
   status notification (RFC 3464, `Action: delivered`) sent back to the inbox
   (its SMTP receiver, or its inbound-parse webhook).
-- `GET /recordings/{name}`: a short tone, the recording of a sandbox voicemail.
+- PBX: signed call events posted to the inbox's webhook.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
+import hashlib
 import hmac
-import io
 import itertools
 import json
-import math
 import secrets
-import socket
-import struct
 import time
-import wave
+from datetime import UTC, datetime
 from email import policy
+from email.message import EmailMessage
 from email.parser import BytesParser
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+import aiosmtplib
 from aiohttp import web
 from aiosmtpd.smtp import SMTP as SMTPProtocol
 from aiosmtpd.smtp import Envelope, Session
 
+from channels.base import ChannelSettings
 from channels.email import EmailSettings
+from channels.pbx import PbxSettings
+from channels.signing import sign as hub_sign
+from channels.simulation import (
+    Customer,
+    Handed,
+    LineOffer,
+    Medium,
+    PhoneCall,
+    Place,
+    Simulator,
+    Writing,
+)
 from channels.telegram import TelegramSettings
-from channels.twilio import TwilioSettings
 from channels.whatsapp import WhatsAppSettings
 from hub.sandbox.wire import new_wamid, whatsapp_notification
 
 if TYPE_CHECKING:
     from hub.sandbox.core import Sandbox
+
+LEGACY_CHANNELS = ("telegram", "whatsapp", "email", "pbx")
+WHATSAPP_VERSION = "v21.0"
+WHATSAPP_DISPLAY_NUMBER = "15550100000"
+PBX_NUMBER = "+15550100001"
+
 
 SEND_METHODS: dict[str, str | None] = {
     "sendMessage": None,
@@ -79,18 +94,6 @@ def _tg_error(status: int, description: str) -> web.Response:
     )
 
 
-def _twilio_error(code: int, message: str, status: int = 400) -> web.Response:
-    return web.json_response(
-        {
-            "code": code,
-            "message": message,
-            "more_info": f"https://www.twilio.com/docs/errors/{code}",
-            "status": status,
-        },
-        status=status,
-    )
-
-
 def _graph_error(status: int, code: int, message: str) -> web.Response:
     return web.json_response(
         {
@@ -105,25 +108,10 @@ def _graph_error(status: int, code: int, message: str) -> web.Response:
     )
 
 
-def tone_wav(seconds: float = 1.5, rate: int = 8000) -> bytes:
-    """A 440 Hz tone, 16-bit mono PCM: the sandbox's voicemail recording."""
-    frames = b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * n / rate)))
-        for n in range(int(seconds * rate))
-    )
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(frames)
-    return buffer.getvalue()
-
-
 class _SinkHandler:
     """aiosmtpd hooks of the sandbox's SMTP server: take every mail from an inbox."""
 
-    def __init__(self, simulators: Simulators) -> None:
+    def __init__(self, simulators: Legacy) -> None:
         self.simulators = simulators
 
     async def handle_DATA(self, server: SMTPProtocol, session: Session, envelope: Envelope) -> str:
@@ -132,26 +120,65 @@ class _SinkHandler:
         )
 
 
-class Simulators:
-    def __init__(self, sandbox: Sandbox) -> None:
+class Legacy(Simulator):
+    """The sandbox's own simulator of one channel (one of `LEGACY_CHANNELS`)."""
+
+    def __init__(self, sandbox: Sandbox, channel: str) -> None:
         self.sandbox = sandbox
-        self.runner: web.AppRunner | None = None
+        self.channel = channel
         self.smtp: asyncio.Server | None = None
         self._message_ids: itertools.count[int] = itertools.count(100)
-        self._tone: bytes | None = None
+        self._update_ids = itertools.count(int(time.time()) % 100000 * 1000)
         self.webhooks: dict[str, dict[str, Any]] = {}  # telegram inbox -> setWebhook params
+        self.settings: dict[str, ChannelSettings] = {}  # by inbox
 
-    # -- lifecycle ---------------------------------------------------------------------
+    # -- the sandbox's side --------------------------------------------------------------
 
-    async def start(self, http_socket: socket.socket, smtp_socket: socket.socket) -> None:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
-        app.router.add_post("/twilio/2010-04-01/Accounts/{sid}/Messages.json", self.twilio_send)
-        app.router.add_route("*", "/telegram/bot{token}/{method}", self.telegram)
-        app.router.add_post("/whatsapp/{version}/{phone_number_id}/messages", self.whatsapp_send)
-        app.router.add_get("/recordings/{name}", self.recording)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.SockSite(self.runner, http_socket).start()
+    def attach(self, inbox: str, settings: ChannelSettings, place: Place) -> ChannelSettings:
+        self.settings[inbox] = settings
+        if isinstance(settings, TelegramSettings):
+            return settings.model_copy(update={"api_base": place.api_base})
+        if isinstance(settings, WhatsAppSettings):
+            return settings.model_copy(update={"api_base": f"{place.api_base}/{WHATSAPP_VERSION}"})
+        if isinstance(settings, EmailSettings):
+            return settings.model_copy(
+                update={
+                    "smtp_host": place.smtp_host,
+                    "smtp_port": place.smtp_port,
+                    "smtp_tls": "none",
+                    "smtp_user": "",
+                    "smtp_password": "",
+                }
+            )
+        return settings
+
+    def lines(self, inbox: str) -> list[LineOffer]:
+        s = self.settings[inbox]
+        if isinstance(s, TelegramSettings):
+            return [LineOffer("telegram", "Telegram bot", "the bot")]
+        if isinstance(s, WhatsAppSettings):
+            business = f"+{WHATSAPP_DISPLAY_NUMBER}"
+            return [LineOffer("whatsapp", f"WhatsApp to {business}", business)]
+        if isinstance(s, EmailSettings):
+            return [LineOffer("email", f"E-mail to {s.address}", s.address)]
+        if isinstance(s, PbxSettings):
+            return [LineOffer("voice", f"Call {PBX_NUMBER} (PBX)", PBX_NUMBER)]
+        return []
+
+    def app(self) -> web.Application | None:
+        if self.channel == "telegram":
+            app = web.Application()
+            app.router.add_route("*", "/bot{token}/{method}", self.telegram)
+            return app
+        if self.channel == "whatsapp":
+            app = web.Application()
+            app.router.add_post("/{version}/{phone_number_id}/messages", self.whatsapp_send)
+            return app
+        return None
+
+    async def serve(self, place: Place) -> None:
+        if self.channel != "email" or place.smtp_socket is None:
+            return
         loop = asyncio.get_running_loop()
         handler = _SinkHandler(self)
         self.smtp = await loop.create_server(
@@ -163,7 +190,7 @@ class Simulators:
                 data_size_limit=32 * 1024 * 1024,
                 loop=loop,
             ),
-            sock=smtp_socket,
+            sock=place.smtp_socket,
         )
 
     async def stop(self) -> None:
@@ -171,121 +198,198 @@ class Simulators:
             self.smtp.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.smtp.wait_closed(), timeout=2)
-        if self.runner is not None:
-            await self.runner.cleanup()
 
-    async def recording(self, request: web.Request) -> web.Response:
-        if self._tone is None:
-            self._tone = tone_wav()
-        return web.Response(body=self._tone, content_type="audio/wav")
+    # -- the customer's side ------------------------------------------------------------
 
-    # -- Twilio --------------------------------------------------------------------------
+    async def write(self, inbox: str, medium: Medium, writing: Writing) -> Handed:
+        if self.channel == "telegram":
+            return await self._telegram_message(inbox, writing)
+        if self.channel == "whatsapp":
+            return await self._whatsapp_message(inbox, writing)
+        if self.channel == "email":
+            return await self._email_message(inbox, writing)
+        return Handed(0, f"{self.channel} carries no messages")
 
-    def _twilio_inbox(self, request: web.Request) -> tuple[str, TwilioSettings] | None:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Basic "):
-            return None
-        try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError, binascii.Error):
-            return None
-        for inbox in self.sandbox.inboxes.values():
-            s = inbox.settings
-            if (
-                isinstance(s, TwilioSettings)
-                and s.account_sid == request.match_info["sid"] == user
-                and hmac.compare_digest(s.auth_token.encode(), password.encode())
-            ):
-                return inbox.id, s
-        return None
-
-    async def twilio_send(self, request: web.Request) -> web.Response:
-        found = self._twilio_inbox(request)
-        if found is None:
-            return _twilio_error(20003, "Authenticate", 401)
-        inbox, settings = found
-        form = await request.post()
-        to, sender = str(form.get("To") or ""), str(form.get("From") or "")
-        body = str(form.get("Body") or "")
-        media = [str(m) for m in form.getall("MediaUrl", [])]
-        if not to:
-            return _twilio_error(21604, "A 'To' phone number is required.")
-        if not sender:
-            return _twilio_error(21603, "A 'From' phone number is required.")
-        if not (body or media or form.get("ContentSid")):
-            return _twilio_error(21619, "A text message body or media url must be specified.")
-        whatsapp = to.lower().startswith("whatsapp:")
-        own = f"whatsapp:{settings.whatsapp_number}" if whatsapp else settings.number
-        if sender != own:
-            return _twilio_error(21606, "The From phone number is not a valid number of yours.")
-        line = self.sandbox.line_for(inbox, "whatsapp" if whatsapp else "sms")
-        if line is None:
-            return _twilio_error(21606, "The From phone number is not a valid number of yours.")
-        sid = f"SM{secrets.token_hex(16)}"
-        text = body
-        content_sid = form.get("ContentSid")
-        if isinstance(content_sid, str) and content_sid:
-            text = text or f"[template {content_sid}]"
-        for url in media:
-            text += f"\n[media] {url}"
-        address = to.split(":", 1)[1] if whatsapp else to
-        entry = self.sandbox.outbound(line, address, text.strip(), provider_id=sid)
-        callback = str(form.get("StatusCallback") or "")
-        if callback:
-            params = {
-                "SmsSid": sid,
-                "To": to,
-                "MessageSid": sid,
-                "AccountSid": settings.account_sid,
-                "From": sender,
-                "ApiVersion": "2010-04-01",
-            }
-            self.sandbox.spawn(
-                self._report(
-                    entry,
-                    [
-                        self._twilio_status(inbox, callback, params, s)
-                        for s in ("sent", "delivered")
-                    ],
-                )
-            )
-        else:
-            entry.status = "delivered"
-        now = formatdate(usegmt=True)
-        path = f"/2010-04-01/Accounts/{settings.account_sid}/Messages/{sid}"
-        return web.json_response(
-            {
-                "account_sid": settings.account_sid,
-                "api_version": "2010-04-01",
-                "body": body,
-                "date_created": now,
-                "date_sent": None,
-                "date_updated": now,
-                "direction": "outbound-api",
-                "error_code": None,
-                "error_message": None,
-                "from": sender,
-                "messaging_service_sid": None,
-                "num_media": str(len(media)),
-                "num_segments": "1",
-                "price": None,
-                "price_unit": "USD",
-                "sid": sid,
-                "status": "queued",
-                "subresource_uris": {"media": f"{path}/Media.json"},
-                "to": to,
-                "uri": f"{path}.json",
+    async def _telegram_message(self, inbox: str, writing: Writing) -> Handed:
+        settings = self.settings[inbox]
+        assert isinstance(settings, TelegramSettings)
+        customer = writing.customer
+        user_id = int(customer.address.lstrip("+"))
+        first, _, last = (customer.name or "Customer").partition(" ")
+        user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first}
+        if last:
+            user["last_name"] = last
+        chat: dict[str, Any] = {"id": user_id, "type": "private", "first_name": first}
+        if last:
+            chat["last_name"] = last
+        message_id = next(self._message_ids)
+        update = {
+            "update_id": next(self._update_ids),
+            "message": {
+                "message_id": message_id,
+                "from": user,
+                "chat": chat,
+                "date": int(time.time()),
+                "text": writing.text,
             },
-            status=201,
+        }
+        status, answer = await self.sandbox.post(
+            self.sandbox.webhook_url(inbox),
+            json.dumps(update).encode(),
+            {
+                "Content-Type": "application/json",
+                "X-Telegram-Bot-Api-Secret-Token": settings.secret_token,
+            },
+        )
+        return Handed(status, answer, provider_id=f"{user_id}:{message_id}")
+
+    async def _whatsapp_message(self, inbox: str, writing: Writing) -> Handed:
+        settings = self.settings[inbox]
+        assert isinstance(settings, WhatsAppSettings)
+        customer = writing.customer
+        digits = customer.address.lstrip("+")
+        wamid = new_wamid(digits)
+        value: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "metadata": {
+                "display_phone_number": WHATSAPP_DISPLAY_NUMBER,
+                "phone_number_id": settings.phone_number_id,
+            },
+            "contacts": [{"profile": {"name": customer.name or digits}, "wa_id": digits}],
+            "messages": [
+                {
+                    "from": digits,
+                    "id": wamid,
+                    "timestamp": str(int(time.time())),
+                    "type": "text",
+                    "text": {"body": writing.text},
+                }
+            ],
+        }
+        status, answer = await self._post_whatsapp(inbox, whatsapp_notification(value))
+        return Handed(status, answer, provider_id=wamid)
+
+    async def _post_whatsapp(self, inbox: str, payload: dict[str, Any]) -> tuple[int, str]:
+        settings = self.settings[inbox]
+        assert isinstance(settings, WhatsAppSettings)
+        body = json.dumps(payload).encode()
+        return await self.sandbox.post(
+            self.sandbox.webhook_url(inbox),
+            body,
+            {
+                "Content-Type": "application/json",
+                "User-Agent": "facebookexternalua",
+                "X-Hub-Signature-256": "sha256=" + _hmac_sha256(settings.app_secret.encode(), body),
+            },
         )
 
-    def _twilio_status(self, inbox: str, callback: str, params: dict[str, str], status: str) -> Any:
-        async def post() -> tuple[int, str]:
-            return await self.sandbox.post_twilio(
-                inbox, callback, {**params, "SmsStatus": status, "MessageStatus": status}
-            )
+    async def _email_message(self, inbox: str, writing: Writing) -> Handed:
+        settings = self.settings[inbox]
+        assert isinstance(settings, EmailSettings)
+        customer = writing.customer
+        mail = EmailMessage()
+        mail["From"] = (
+            formataddr((customer.name, customer.address)) if customer.name else (customer.address)
+        )
+        mail["To"] = settings.address
+        subject = writing.subject or "Question from the sandbox"
+        if writing.reply_to and not writing.subject:
+            last = writing.last_subject.removeprefix("Re: ") if writing.last_subject else ""
+            subject = "Re: " + (last or "your message")
+        mail["Subject"] = subject
+        mail["Date"] = formatdate(usegmt=True)
+        message_id = make_msgid(domain="customer.sandbox.invalid")
+        mail["Message-ID"] = message_id
+        if writing.reply_to:
+            mail["In-Reply-To"] = f"<{writing.reply_to}>"
+            mail["References"] = f"<{writing.reply_to}>"
+        mail.set_content(writing.text)
+        status, answer = await self.mail_to_hub(inbox, mail.as_bytes(), customer.address)
+        return Handed(status, answer, provider_id=message_id.strip("<>"), subject=subject)
 
-        return post
+    async def mail_to_hub(self, inbox: str, raw: bytes, sender: str) -> tuple[int, str]:
+        """Hand a mail to the hub: to its SMTP receiver when the inbox has one, else
+        to its inbound-parse webhook (SendGrid's "raw" form)."""
+        settings = self.settings[inbox]
+        assert isinstance(settings, EmailSettings)
+        if settings.inbound_smtp_port:
+            host = settings.inbound_smtp_host
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+            client = aiosmtplib.SMTP(
+                hostname=host,
+                port=settings.inbound_smtp_port,
+                start_tls=False,
+                use_tls=False,
+                local_hostname="sandbox.invalid",
+                timeout=15,
+            )
+            try:
+                async with client:
+                    await client.sendmail(sender, [settings.address], raw)  # "": a bounce
+            except aiosmtplib.SMTPResponseException as error:
+                return error.code, error.message
+            except (aiosmtplib.SMTPException, OSError) as error:
+                return 0, f"cannot reach the hub's SMTP receiver: {type(error).__name__}"
+            return 250, "OK"
+        if not settings.webhook_secret:
+            return 0, f"inbox {inbox} takes no mail (no receiver, no webhook)"
+        form = aiohttp.FormData(default_to_multipart=True)
+        form.add_field("from", sender)
+        form.add_field("to", settings.address)
+        form.add_field("envelope", json.dumps({"to": [settings.address], "from": sender}))
+        form.add_field("charsets", json.dumps({"from": "UTF-8", "to": "UTF-8"}))
+        form.add_field("email", raw.decode("utf-8", errors="replace"))
+        return await self.sandbox.post(
+            self.sandbox.webhook_url(inbox),
+            form,
+            {"Authorization": f"Bearer {settings.webhook_secret}"},
+        )
+
+    async def _post_pbx(self, inbox: str, event: dict[str, Any]) -> tuple[int, str]:
+        settings = self.settings[inbox]
+        assert isinstance(settings, PbxSettings)
+        body = json.dumps(event).encode()
+        return await self.sandbox.post(
+            self.sandbox.webhook_url(inbox),
+            body,
+            {"Content-Type": "application/json", "X-Signature": hub_sign(settings.secret, body)},
+        )
+
+    def _pbx_event(self, call: PhoneCall, event: str) -> dict[str, Any]:
+        return {
+            "event": event,
+            "call_id": call.id,
+            "from": call.caller.address,
+            "to": PBX_NUMBER,
+            "direction": "in",
+            "at": _now(),
+        }
+
+    async def call(self, inbox: str, caller: Customer) -> PhoneCall:
+        call = PhoneCall(
+            id="sbx-" + secrets.token_hex(8),
+            inbox=inbox,
+            caller=caller,
+            handed=Handed(0, ""),
+            heard=["(the PBX rings the agents)"],
+            voicemail=True,
+        )
+        status, answer = await self._post_pbx(inbox, self._pbx_event(call, "call.started"))
+        call.handed = Handed(status, answer, provider_id=call.id)
+        return call
+
+    async def hang_up(
+        self, call: PhoneCall, *, voicemail: bool, duration: int, recording_url: str
+    ) -> bool:
+        if voicemail:
+            event = self._pbx_event(call, "recording.ready")
+            event["recording_url"] = recording_url
+            event["duration"] = duration
+            await self._post_pbx(call.inbox, event)
+        await self._post_pbx(call.inbox, self._pbx_event(call, "call.missed"))
+        return voicemail
+
+    # -- the providers' side ---------------------------------------------------------------
 
     async def _report(self, entry: Any, steps: list[Any]) -> None:
         """Post each status callback after the configured delay; the customer's view
@@ -500,7 +604,7 @@ class Simulators:
                         }
                     ],
                 }
-                return await self.sandbox.post_whatsapp(inbox, whatsapp_notification(value))
+                return await self._post_whatsapp(inbox, whatsapp_notification(value))
 
             return post
 
@@ -600,7 +704,7 @@ class Simulators:
             f"\r\n"
             f"--{boundary}--\r\n"
         ).encode()
-        status, answer = await self.sandbox.mail_to_hub(inbox, dsn, "")
+        status, answer = await self.mail_to_hub(inbox, dsn, "")
         if 200 <= status < 300:
             entry.status = "delivered"
         else:
@@ -667,3 +771,11 @@ def _whatsapp_text(body: dict[str, Any]) -> str | None:
     if kind == "location":
         return f"[location] {part.get('latitude')}, {part.get('longitude')}"
     return None
+
+
+def _hmac_sha256(key: bytes, body: bytes) -> str:
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
