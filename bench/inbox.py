@@ -5,7 +5,8 @@
     ./dev bench inbox --data-dir DIR     # keep the seeded store in DIR; a later run
                                          # with the same sizes skips the seeding
 
-1. Seeding: an embedded store is filled in bulk (`insert_many`, 5,000 documents a
+1. Seeding (bench/seed.py, shared with `bench.ingest --new-senders`): an
+   embedded store is filled in bulk (`insert_many`, 5,000 documents a
    command) with contacts, their phone identities, conversations and messages in
    the shapes ingest and the outbox write, their `_id`s derived the same way, so
    a webhook from a seeded number lands in its seeded conversation. Threads have
@@ -48,7 +49,6 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,231 +58,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import cpu_seconds, free_port, percentile, wait_http  # noqa: E402
-from hub.addresses import normalize_phone  # noqa: E402
-from hub.model import IdentityRef  # noqa: E402
-from hub.services.contacts import new_contact_doc  # noqa: E402
-from hub.services.ingest import conversation_id_for, message_id_for  # noqa: E402
-from hub.services.outbox import provider_key  # noqa: E402
-from hub.store import Store, identity_id  # noqa: E402
+from bench.seed import (  # noqa: E402
+    CHUNK,
+    INBOX,
+    MEDIUM,
+    TEXTS,
+    StoreProcess,
+    check_empty_or_seeded,
+    phone,
+    seed_store,
+    seeded_conversation_id,
+)
+from hub.services.ingest import message_id_for  # noqa: E402
 from tests.support.testchannel import sign  # noqa: E402
 
 SECRET = "bench-secret-0001"
-INBOX = "bench"
-MEDIUM = "sms"
 ADMIN_EMAIL = "bench-admin@example.com"
 ADMIN_PASSWORD = "bench-admin-password-0001"
-MARKER = "bench-inbox.json"
-CHUNK = 5_000
-FIRST_NUMBER = 15551000000
 TARGET_READ_MS = 100.0
 TARGET_WS_MS = 250.0
-
-TEXTS = [
-    "Hi, where is my order?",
-    "Thanks, that helps a lot.",
-    "Can I change the delivery address to my office?",
-    "We have shipped it this morning; the tracking link is in your e-mail.",
-    "Is the blue one back in stock?",
-    "I was charged twice for the same order, can you check?",
-    "Sure, I have refunded the second charge.",
-    "What time do you open on Saturdays?",
-    "Perfect, see you then!",
-    "Could you send me the invoice as a PDF?",
-]
-
-
-def ms(at: datetime) -> datetime:
-    """`at` to the millisecond, as the store keeps it."""
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)
-
-
-def phone(index: int) -> str:
-    return normalize_phone(f"+{FIRST_NUMBER + index}")
-
-
-# -- seeding ------------------------------------------------------------------------------
-
-
-def thread_lengths(rng: random.Random, conversations: int, messages: int) -> list[int]:
-    """A length per conversation, at least 1 each, summing to `messages`; skewed
-    like a real inbox (most threads short, a few long)."""
-    weights = [rng.paretovariate(1.6) for _ in range(conversations)]
-    spare = messages - conversations
-    total = sum(weights)
-    lengths = [1 + int(spare * w / total) for w in weights]
-    for index in rng.sample(range(conversations), messages - sum(lengths)):
-        lengths[index] += 1
-    return lengths
-
-
-def seed_documents(
-    conversations: int, messages: int, seed: int = 4
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[list[int]]]:
-    """Contacts, identities and conversations; messages are generated per chunk
-    by `message_chunks` (200,000 at once would be a lot of memory)."""
-    rng = random.Random(seed)
-    now = ms(datetime.now(UTC))
-    contacts, identities, convs = [], [], []
-    lengths = thread_lengths(rng, conversations, messages)
-    plan = []
-    for index, length in enumerate(lengths):
-        number = phone(index)
-        ref = IdentityRef(kind="phone", value=number, name=f"Customer {index:05d}")
-        contact_id = f"c{index:023d}"
-        key = identity_id("phone", number)
-        created = ms(now - timedelta(days=60 * rng.random() + 0.01))
-        contact = new_contact_doc(contact_id, ref)
-        contact["created_at"] = created
-        contacts.append(contact)
-        identities.append(
-            {
-                "_id": key,
-                "kind": "phone",
-                "value": number,
-                "contact_id": contact_id,
-                "created_at": created,
-            }
-        )
-        roll = rng.random()
-        status = "open" if roll < 0.25 else "snoozed" if roll < 0.35 else "resolved"
-        convs.append(
-            {
-                "_id": conversation_id_for(INBOX, MEDIUM, key),
-                "inbox": INBOX,
-                "channel": MEDIUM,
-                "contact_id": contact_id,
-                "identity": key,
-                "status": status,
-                "assignee_id": None,
-                "labels": [],
-                "unread": rng.randrange(1, 4) if status == "open" else 0,
-                "last_message": None,
-                "last_activity_at": created,
-                "last_inbound_at": None,
-                "snooze_until": now + timedelta(days=2) if status == "snoozed" else None,
-                "resolved_at": None,
-                "created_at": created,
-            }
-        )
-        plan.append([index, length])
-    return contacts, identities, convs, plan
-
-
-def message_chunks(convs: list[dict[str, Any]], plan: list[list[int]], seed: int = 4) -> Any:
-    """Yield lists of about CHUNK message documents; fill in each conversation's
-    summary (last message, last activity, last inbound) as its thread is made."""
-    rng = random.Random(seed + 1)
-    now = ms(datetime.now(UTC))
-    chunk: list[dict[str, Any]] = []
-    for index, length in plan:
-        conv = convs[index]
-        span = (now - conv["created_at"]).total_seconds()
-        times = sorted(
-            ms(conv["created_at"] + timedelta(seconds=span * rng.random())) for _ in range(length)
-        )
-        last_in = None
-        for number, at in enumerate(times):
-            inbound = number == 0 or rng.random() < 0.6
-            text = rng.choice(TEXTS)
-            if inbound:
-                provider_id = f"SEED{index:06d}{number:05d}"
-                doc = {
-                    "_id": message_id_for(INBOX, provider_id),
-                    "conversation_id": conv["_id"],
-                    "inbox": INBOX,
-                    "channel": MEDIUM,
-                    "direction": "in",
-                    "kind": "text",
-                    "text": text,
-                    "sender": {"type": "contact", "id": None},
-                    "status": "received",
-                    "error": None,
-                    "provider_id": provider_id,
-                    "created_at": at,
-                    "attachments": [],
-                }
-                last_in = at
-            else:
-                provider_id = f"OUT{index:06d}{number:05d}"
-                doc = {
-                    "_id": f"o{index:011d}{number:012d}",
-                    "conversation_id": conv["_id"],
-                    "inbox": INBOX,
-                    "channel": MEDIUM,
-                    "direction": "out",
-                    "kind": "text",
-                    "text": text,
-                    "sender": {"type": "agent", "id": "a0000000000000000000000"},
-                    "status": "delivered",
-                    "error": None,
-                    "attachments": [],
-                    "provider_id": provider_id,
-                    "provider_key": provider_key(INBOX, provider_id),
-                    "campaign_id": None,
-                    "created_at": at,
-                }
-            chunk.append(doc)
-        last = chunk[-1]
-        conv["last_message"] = {
-            "id": last["_id"],
-            "text": last["text"],
-            "kind": "text",
-            "direction": last["direction"],
-            "at": last["created_at"],
-        }
-        conv["last_activity_at"] = last["created_at"]
-        conv["last_inbound_at"] = last_in
-        if conv["status"] == "resolved":
-            conv["resolved_at"] = last["created_at"]
-        if len(chunk) >= CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-async def insert_chunks(collection: Any, docs: list[dict[str, Any]]) -> None:
-    for start in range(0, len(docs), CHUNK):
-        await collection.insert_many(docs[start : start + CHUNK], ordered=False)
-
-
-async def seed_store(uri: str, data_dir: Path, conversations: int, messages: int) -> float:
-    """Fill the fresh store at `uri`; return the seconds it took."""
-    started = time.perf_counter()
-    store = await Store.open(uri=uri, database="hub", data_dir=data_dir)
-    try:
-        await store.ensure_indexes()
-        contacts, identities, convs, plan = seed_documents(conversations, messages)
-        await insert_chunks(store.contacts, contacts)
-        await insert_chunks(store.identities, identities)
-        written = 0
-        for chunk in message_chunks(convs, plan):
-            await store.messages.insert_many(chunk, ordered=False)
-            written += len(chunk)
-            if written % 50_000 < CHUNK:
-                print(f"  {written:,} messages ...", flush=True)
-        await insert_chunks(store.conversations, convs)
-        counts = {
-            name: await store.db[name].estimated_document_count()
-            for name in ("contacts", "identities", "conversations", "messages")
-        }
-    finally:
-        await store.close()
-    elapsed = time.perf_counter() - started
-    (data_dir / MARKER).write_text(
-        json.dumps({"conversations": conversations, "messages": messages, "counts": counts})
-    )
-    print(f"  stored: {counts}", flush=True)
-    return elapsed
-
-
-def seeded_already(data_dir: Path, conversations: int, messages: int) -> bool:
-    with contextlib.suppress(OSError, ValueError):
-        marker = json.loads((data_dir / MARKER).read_text())
-        return bool(
-            marker.get("conversations") == conversations and marker.get("messages") == messages
-        )
-    return False
 
 
 # -- the hub ------------------------------------------------------------------------------
@@ -490,26 +284,13 @@ async def run(args: argparse.Namespace) -> int:
         f"store: {data_dir} ({args.conversations:,} conversations, {args.messages:,} messages)",
         flush=True,
     )
-    fresh = not seeded_already(data_dir, args.conversations, args.messages)
-    if fresh and data_dir.exists() and any(data_dir.iterdir()):
-        raise SystemExit(f"{data_dir} holds something else: give an empty or new directory")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    fresh = check_empty_or_seeded(data_dir, args.conversations, args.messages)
     # The store is started here, not by the hub: on a large data directory the
-    # engine takes longer to open than the hub waits for it (60 s). The hub then
+    # engine takes longer to open than the hub waits for it. The hub then
     # attaches to it (as any hub command does to a store already running).
-    started = time.perf_counter()
-    store = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, "-m", "hub.store.embedded_server", "--data-dir", str(data_dir)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,  # the store exits when this process does
-        stdout=subprocess.PIPE,
-    )
-    assert store.stdout is not None
-    line = (await asyncio.to_thread(store.stdout.readline)).decode().strip()
-    if not line.startswith("READY "):
-        raise SystemExit(f"the embedded store did not start: {line!r}")
-    store_start = time.perf_counter() - started
-    uri = f"mongodb://127.0.0.1:{line.split()[1]}/?directConnection=true"
+    store = await StoreProcess(data_dir).start()
+    store_start = store.open_seconds
+    uri = store.uri
     print(f"  the embedded store opened in {store_start:.1f} s", flush=True)
     hub: subprocess.Popen[bytes] | None = None
     seeding = None
@@ -566,10 +347,7 @@ async def run(args: argparse.Namespace) -> int:
             results["open"] = await reads.timed(
                 n, lambda _i: reads.get("/api/conversations", {"status": "open"})
             )
-            conv_ids = [
-                conversation_id_for(INBOX, MEDIUM, identity_id("phone", phone(index)))
-                for index in range(args.conversations)
-            ]
+            conv_ids = [seeded_conversation_id(index) for index in range(args.conversations)]
             picks = [rng.choice(conv_ids) for _ in range(n + 1)]
             print(f"GET /api/conversations/{{id}}/messages: {n} requests ...", flush=True)
             results["thread"] = await reads.timed(
@@ -584,14 +362,13 @@ async def run(args: argparse.Namespace) -> int:
                 session, base, token, args.conversations, args.rate, args.seconds, pids
             )
     finally:
-        for process, stop in ((hub, signal.SIGINT), (store, signal.SIGTERM)):
-            if process is None or process.poll() is not None:
-                continue
-            process.send_signal(stop)
+        if hub is not None and hub.poll() is None:
+            hub.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=60)
+                hub.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                process.kill()
+                hub.kill()
+        store.stop()
         if not args.data_dir:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -3,10 +3,15 @@
     .venv/bin/python -m bench.ingest            # the full run (about 3.5 minutes)
     .venv/bin/python -m bench.ingest --quick    # a short run to see it work
 
-It starts a real `hub serve` process (embedded store in its own child process,
-the test channel as the inbox) and a bare aiohttp endpoint that does the same
-edge work (read, verify the HMAC signature, parse the form), then drives both
-from this process over loopback and prints:
+    # first messages from new numbers, on an empty and on a seeded store:
+    .venv/bin/python -m bench.ingest --new-senders --data-dir /tmp/seed100k
+    .venv/bin/python -m bench.ingest --new-senders --quick   # 5,000 / 50,000, 20 s phases
+    .venv/bin/python -m bench.ingest --seed-only --data-dir /tmp/seed100k   # only seed
+
+Without `--new-senders`, it starts a real `hub serve` process (embedded store in
+its own child process, the test channel as the inbox) and a bare aiohttp endpoint
+that does the same edge work (read, verify the HMAC signature, parse the form),
+then drives both from this process over loopback and prints:
 
 1. sustained throughput: as many webhooks as 64 concurrent senders get answered,
    for `--duration` seconds, with the slowest 10-second window;
@@ -26,6 +31,33 @@ it on its own, and the bare endpoint alone cost 190-320 us per request there
 on a 2-core machine, near the 300 us target. The target is read against the sustained figure,
 the capacity one; the paced figure is printed beside it for what it costs at
 half that load.
+
+With `--new-senders` (bench/senders.py): what a FIRST message from a new number
+costs. A store is seeded once with `--contacts` contacts (100,000: each with a
+phone identity and a conversation on the bench inbox) and `--messages` messages
+(1,000,000), in bulk, in the hub's own shapes and `_id`s (bench/seed.py, shared
+with bench.inbox); with `--data-dir DIR` it is kept there and a later run with the
+same sizes skips the seeding (each run works on a copy, so the seed stays as it
+was). Then four phases of `--phase` seconds (60), each `--concurrency` (128)
+senders in a closed loop against a hub and store started for it:
+
+    known senders, empty store, seen    first messages from --senders (1,000)
+                                        numbers, then those numbers at random
+    known senders, seeded, fresh hub    each message from a seeded contact the
+                                        freshly started hub has not seen yet
+    new senders, empty store            each message from a number never seen
+    new senders, seeded store           the same, on the seeded store
+
+and it prints them side by side: msg/s (the median of 10 s windows, and the
+slowest), ack p50/p99 (each webhook's round trip), hub and store CPU per message
+(/proc/<pid>/stat of the hub and of the embedded store's process, the median of
+10 s windows), store commands per message, messages and errors; then the
+targets: new senders on the seeded store >= 1,000 msg/s with ack p99 <= 250 ms;
+store CPU per new-sender message seeded/empty <= 1.2; known senders on the
+seeded store with a fresh hub no worse (msg/s, ack p99) than known senders the
+hub has seen, on an empty store. The seeding time (this run's, or the run's
+that seeded DIR) and how long the seeded store took to open are printed too.
+A full run takes about 5 minutes plus the seeding (once per DIR).
 """
 
 from __future__ import annotations
@@ -47,6 +79,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,10 +117,14 @@ class Sender:
     prefix: str = field(default_factory=lambda: f"B{random.randrange(1 << 30):08x}")
 
     first_contact: bool = False
+    # When given, each message's sender is the next of these numbers.
+    numbers: Iterator[int] | None = None
 
     def request(self) -> tuple[bytes, dict[str, str]]:
         self.counter += 1
-        if self.first_contact:  # each sender in turn: creates every contact once
+        if self.numbers is not None:
+            number = next(self.numbers)
+        elif self.first_contact:  # each sender in turn: creates every contact once
             number = 15550000000 + (self.counter - 1) % self.senders
         else:
             number = 15550000000 + random.randrange(self.senders)
@@ -223,7 +260,7 @@ async def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def write_config(folder: Path, port: int) -> Path:
+def write_config(folder: Path, port: int, data_dir: str = "data") -> Path:
     config = folder / "hub.toml"
     config.write_text(
         f"""
@@ -232,7 +269,7 @@ host = "127.0.0.1"
 port = {port}
 
 [store]
-data_dir = "data"
+data_dir = "{data_dir}"
 
 [logging]
 level = "WARNING"
@@ -391,7 +428,31 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=1000, help="distinct customer numbers")
     parser.add_argument("--warmup", type=float, default=8.0, help="warm-up seconds at 200/s")
     parser.add_argument("--quick", action="store_true", help="a short run: 10 s phases, 1 round")
+    senders = parser.add_argument_group("senders mode (bench/senders.py)")
+    senders.add_argument(
+        "--new-senders",
+        action="store_true",
+        help="first messages from new numbers vs known ones, on an empty and a seeded store",
+    )
+    senders.add_argument(
+        "--seed-only", action="store_true", help="only seed the store (with --data-dir)"
+    )
+    senders.add_argument("--contacts", type=int, help="seeded contacts (100,000)")
+    senders.add_argument("--messages", type=int, help="seeded messages (1,000,000)")
+    senders.add_argument("--data-dir", help="keep (and reuse) the seeded store here")
+    senders.add_argument("--phase", type=float, help="each phase, seconds (60)")
+    senders.add_argument("--concurrency", type=int, default=128, help="senders in the loop")
     args = parser.parse_args()
+    if args.new_senders or args.seed_only:
+        from bench.senders import run as run_senders
+
+        if args.data_dir:
+            args.data_dir = str(Path(args.data_dir).resolve())
+        small = args.quick
+        args.contacts = args.contacts or (5_000 if small else 100_000)
+        args.messages = args.messages or (50_000 if small else 1_000_000)
+        args.phase = args.phase or (20.0 if small else 60.0)
+        return asyncio.run(run_senders(args))
     if args.quick:
         args.duration, args.paced, args.rounds, args.warmup = 10.0, 5.0, 1, 3.0
         args.bare_duration = 10.0
