@@ -123,6 +123,7 @@ UpdateHandler = Callable[["TelegramChannel", Update], Awaitable[None]]
 class TelegramChannel(ChannelAdapter):
     name = "telegram"
     Settings = TelegramSettings
+    simulator = "channels.telegram.simulator:FakeTelegram"
     settings: TelegramSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -1,14 +1,9 @@
 """The sandbox's own simulators of the providers whose channel package has none yet
-(`ChannelAdapter.simulator`): Telegram, WhatsApp Cloud, an SMTP server and a PBX.
+(`ChannelAdapter.simulator`): WhatsApp Cloud, an SMTP server and a PBX.
 Each `Legacy` is a `channels.simulation.Simulator` for one of those channels, driven
 by the sandbox like the channels' own; they move to their channel packages one by
 one.
 
-- Telegram: `/telegram/bot{token}/{method}` (sendMessage, the send* methods for
-  files, getMe, setWebhook, deleteWebhook, getWebhookInfo, answerCallbackQuery,
-  getFile), answered `{"ok": true, "result": ...}`. The Bot API reports no
-  delivery, so the hub's message stays `sent`; the customer's view shows it
-  delivered.
 - WhatsApp Cloud: `POST /whatsapp/{version}/{phone_number_id}/messages` (Bearer
   token), answered with the `wamid`; then `sent` and `delivered` statuses are
   posted to the inbox's webhook, signed with `X-Hub-Signature-256`.
@@ -24,7 +19,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import itertools
 import json
 import secrets
 import time
@@ -55,43 +49,16 @@ from channels.simulation import (
     Simulator,
     Writing,
 )
-from channels.telegram import TelegramSettings
 from channels.whatsapp import WhatsAppSettings
 from hub.sandbox.wire import new_wamid, whatsapp_notification
 
 if TYPE_CHECKING:
     from hub.sandbox.core import Sandbox
 
-LEGACY_CHANNELS = ("telegram", "whatsapp", "email", "pbx")
+LEGACY_CHANNELS = ("whatsapp", "email", "pbx")
 WHATSAPP_VERSION = "v21.0"
 WHATSAPP_DISPLAY_NUMBER = "15550100000"
 PBX_NUMBER = "+15550100001"
-
-
-SEND_METHODS: dict[str, str | None] = {
-    "sendMessage": None,
-    "sendPhoto": "photo",
-    "sendDocument": "document",
-    "sendVideo": "video",
-    "sendAudio": "audio",
-    "sendVoice": "voice",
-    "sendAnimation": "animation",
-    "sendSticker": "sticker",
-}
-BOT_ID = 7000000001
-
-
-def _tg_ok(result: Any, description: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"ok": True, "result": result}
-    if description:
-        body["description"] = description
-    return web.json_response(body)
-
-
-def _tg_error(status: int, description: str) -> web.Response:
-    return web.json_response(
-        {"ok": False, "error_code": status, "description": description}, status=status
-    )
 
 
 def _graph_error(status: int, code: int, message: str) -> web.Response:
@@ -127,17 +94,12 @@ class Legacy(Simulator):
         self.sandbox = sandbox
         self.channel = channel
         self.smtp: asyncio.Server | None = None
-        self._message_ids: itertools.count[int] = itertools.count(100)
-        self._update_ids = itertools.count(int(time.time()) % 100000 * 1000)
-        self.webhooks: dict[str, dict[str, Any]] = {}  # telegram inbox -> setWebhook params
         self.settings: dict[str, ChannelSettings] = {}  # by inbox
 
     # -- the sandbox's side --------------------------------------------------------------
 
     def attach(self, inbox: str, settings: ChannelSettings, place: Place) -> ChannelSettings:
         self.settings[inbox] = settings
-        if isinstance(settings, TelegramSettings):
-            return settings.model_copy(update={"api_base": place.api_base})
         if isinstance(settings, WhatsAppSettings):
             return settings.model_copy(update={"api_base": f"{place.api_base}/{WHATSAPP_VERSION}"})
         if isinstance(settings, EmailSettings):
@@ -154,8 +116,6 @@ class Legacy(Simulator):
 
     def lines(self, inbox: str) -> list[LineOffer]:
         s = self.settings[inbox]
-        if isinstance(s, TelegramSettings):
-            return [LineOffer("telegram", "Telegram bot", "the bot")]
         if isinstance(s, WhatsAppSettings):
             business = f"+{WHATSAPP_DISPLAY_NUMBER}"
             return [LineOffer("whatsapp", f"WhatsApp to {business}", business)]
@@ -166,10 +126,6 @@ class Legacy(Simulator):
         return []
 
     def app(self) -> web.Application | None:
-        if self.channel == "telegram":
-            app = web.Application()
-            app.router.add_route("*", "/bot{token}/{method}", self.telegram)
-            return app
         if self.channel == "whatsapp":
             app = web.Application()
             app.router.add_post("/{version}/{phone_number_id}/messages", self.whatsapp_send)
@@ -202,46 +158,11 @@ class Legacy(Simulator):
     # -- the customer's side ------------------------------------------------------------
 
     async def write(self, inbox: str, medium: Medium, writing: Writing) -> Handed:
-        if self.channel == "telegram":
-            return await self._telegram_message(inbox, writing)
         if self.channel == "whatsapp":
             return await self._whatsapp_message(inbox, writing)
         if self.channel == "email":
             return await self._email_message(inbox, writing)
         return Handed(0, f"{self.channel} carries no messages")
-
-    async def _telegram_message(self, inbox: str, writing: Writing) -> Handed:
-        settings = self.settings[inbox]
-        assert isinstance(settings, TelegramSettings)
-        customer = writing.customer
-        user_id = int(customer.address.lstrip("+"))
-        first, _, last = (customer.name or "Customer").partition(" ")
-        user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first}
-        if last:
-            user["last_name"] = last
-        chat: dict[str, Any] = {"id": user_id, "type": "private", "first_name": first}
-        if last:
-            chat["last_name"] = last
-        message_id = next(self._message_ids)
-        update = {
-            "update_id": next(self._update_ids),
-            "message": {
-                "message_id": message_id,
-                "from": user,
-                "chat": chat,
-                "date": int(time.time()),
-                "text": writing.text,
-            },
-        }
-        status, answer = await self.sandbox.post(
-            self.sandbox.webhook_url(inbox),
-            json.dumps(update).encode(),
-            {
-                "Content-Type": "application/json",
-                "X-Telegram-Bot-Api-Secret-Token": settings.secret_token,
-            },
-        )
-        return Handed(status, answer, provider_id=f"{user_id}:{message_id}")
 
     async def _whatsapp_message(self, inbox: str, writing: Writing) -> Handed:
         settings = self.settings[inbox]
@@ -402,138 +323,6 @@ class Legacy(Simulator):
                 entry.error = f"delivery callback: the hub answered {status}: {answer}"
                 return
         entry.status = "delivered"
-
-    # -- Telegram ------------------------------------------------------------------------
-
-    async def telegram(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        inbox = next(
-            (
-                i.id
-                for i in self.sandbox.inboxes.values()
-                if isinstance(i.settings, TelegramSettings)
-                and hmac.compare_digest(i.settings.token.encode(), token.encode())
-            ),
-            None,
-        )
-        if inbox is None:
-            return _tg_error(401, "Unauthorized")
-        method = request.match_info["method"]
-        params = await telegram_params(request)
-        if method in SEND_METHODS:
-            return self._telegram_send(inbox, method, params)
-        if method == "getMe":
-            return _tg_ok(_bot_user())
-        if method == "setWebhook":
-            if not params.get("url"):
-                return _tg_error(400, "Bad Request: bad webhook: URL is empty")
-            self.webhooks[inbox] = dict(params)
-            return _tg_ok(True, "Webhook was set")
-        if method == "deleteWebhook":
-            self.webhooks.pop(inbox, None)
-            return _tg_ok(True, "Webhook was deleted")
-        if method == "getWebhookInfo":
-            hook = self.webhooks.get(inbox, {})
-            return _tg_ok(
-                {
-                    "url": hook.get("url", ""),
-                    "has_custom_certificate": False,
-                    "pending_update_count": 0,
-                }
-            )
-        if method == "answerCallbackQuery":
-            return _tg_ok(True)
-        if method == "getFile":
-            file_id = str(params.get("file_id") or "")
-            if not file_id:
-                return _tg_error(400, "Bad Request: invalid file_id")
-            return _tg_ok(
-                {"file_id": file_id, "file_unique_id": file_id[-12:], "file_path": f"f/{file_id}"}
-            )
-        return _tg_error(404, "Not Found")
-
-    def _telegram_send(self, inbox: str, method: str, params: dict[str, Any]) -> web.Response:
-        try:
-            chat_id = int(params.get("chat_id", ""))
-        except (TypeError, ValueError):
-            return _tg_error(400, "Bad Request: chat_id is empty")
-        file_field = SEND_METHODS[method]
-        if file_field is None and not params.get("text"):
-            return _tg_error(400, "Bad Request: message text is empty")
-        if file_field is not None and not params.get(file_field):
-            return _tg_error(400, f"Bad Request: there is no {file_field} in the request")
-        line = self.sandbox.line_for(inbox, "telegram")
-        if line is None or chat_id <= 0:
-            return _tg_error(400, "Bad Request: chat not found")
-        message_id = next(self._message_ids)
-        text = str(params.get("text") or params.get("caption") or "")
-        if file_field is not None:
-            text = (text + f"\n[{file_field}] {params.get(file_field)}").strip()
-        markup = params.get("reply_markup")
-        if isinstance(markup, dict):
-            titles = [
-                str(button.get("text", ""))
-                for row in markup.get("inline_keyboard", [])
-                for button in row
-                if isinstance(button, dict)
-            ]
-            if titles:
-                text += "\n" + " ".join(f"[{t}]" for t in titles)
-        entry = self.sandbox.outbound(
-            line, f"+{chat_id}", text, provider_id=f"{chat_id}:{message_id}"
-        )
-
-        async def shown() -> None:
-            await asyncio.sleep(self.sandbox.config.delivery_delay)
-            entry.status = "delivered"
-
-        self.sandbox.spawn(shown())
-        message: dict[str, Any] = {
-            "message_id": message_id,
-            "from": {
-                k: v
-                for k, v in _bot_user().items()
-                if k in ("id", "is_bot", "first_name", "username")
-            },
-            "chat": {"id": chat_id, "type": "private", "first_name": "Customer"},
-            "date": int(time.time()),
-        }
-        if file_field is None:
-            message["text"] = params["text"]
-        else:
-            file_id = f"BQACAgIAAxkBAAI{message_id:08d}"
-            unique = f"AgAD{message_id:08d}"
-            if file_field == "photo":
-                message["photo"] = [
-                    {"file_id": file_id, "file_unique_id": unique, "width": 800, "height": 800}
-                ]
-            elif file_field in ("video", "animation"):
-                message[file_field] = {
-                    "file_id": file_id,
-                    "file_unique_id": unique,
-                    "width": 640,
-                    "height": 360,
-                    "duration": 1,
-                }
-            elif file_field in ("audio", "voice"):
-                message[file_field] = {"file_id": file_id, "file_unique_id": unique, "duration": 1}
-            elif file_field == "sticker":
-                message[file_field] = {
-                    "file_id": file_id,
-                    "file_unique_id": unique,
-                    "type": "regular",
-                    "width": 512,
-                    "height": 512,
-                    "is_animated": False,
-                    "is_video": False,
-                }
-            else:
-                message[file_field] = {"file_id": file_id, "file_unique_id": unique}
-            if params.get("caption"):
-                message["caption"] = params["caption"]
-        if isinstance(markup, dict):
-            message["reply_markup"] = markup
-        return _tg_ok(message)
 
     # -- WhatsApp Cloud ------------------------------------------------------------------
 
@@ -709,37 +498,6 @@ class Legacy(Simulator):
             entry.status = "delivered"
         else:
             entry.error = f"delivery report: the hub answered {status}: {answer}"
-
-
-def _bot_user() -> dict[str, Any]:
-    return {
-        "id": BOT_ID,
-        "is_bot": True,
-        "first_name": "Sandbox Support",
-        "username": "sandbox_support_bot",
-        "can_join_groups": False,
-        "can_read_all_group_messages": False,
-        "supports_inline_queries": False,
-    }
-
-
-async def telegram_params(request: web.Request) -> dict[str, Any]:
-    """A Bot API call's parameters from the query, a JSON body or a form."""
-    params: dict[str, Any] = dict(request.query)
-    if request.content_type == "application/json":
-        with contextlib.suppress(ValueError):
-            body = await request.json()
-            if isinstance(body, dict):
-                params.update(body)
-    elif request.can_read_body:
-        form = await request.post()
-        for key, value in form.items():
-            params[key] = value if isinstance(value, str) else getattr(value, "filename", "file")
-    for key in ("reply_markup", "allowed_updates"):
-        if isinstance(params.get(key), str):
-            with contextlib.suppress(ValueError):
-                params[key] = json.loads(params[key])
-    return params
 
 
 def _whatsapp_text(body: dict[str, Any]) -> str | None:
