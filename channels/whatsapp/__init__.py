@@ -31,7 +31,8 @@ The package:
   Meta's message type to its handler function).
 - `outbound`: sending (text, media, templates, buttons and lists) and Graph's
   errors classified (`classify_graph_error`).
-- `simulator`: a Graph API server on loopback for the tests (not imported here).
+- `simulator`: a Graph API server on loopback for the tests and the sandbox (not
+  imported here).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ __all__ = [
 class WhatsAppChannel(ChannelAdapter):
     name = "whatsapp"
     Settings = WhatsAppSettings
+    simulator = "channels.whatsapp.simulator:FakeWhatsApp"
     settings: WhatsAppSettings
 
     REQUIRED_SECRETS: ClassVar[dict[str, str]] = {

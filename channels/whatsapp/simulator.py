@@ -1,7 +1,8 @@
 """A simulated WhatsApp Cloud API: a real aiohttp server on 127.0.0.1 that speaks the
 Graph API's `POST /{phone_number_id}/messages` and enforces a throughput limit.
-The tests and the pacing benchmark send to it (the sandbox may too); it reads no
-files and imports nothing of the hub.
+The tests and the pacing benchmark send to it, and the sandbox puts it in Meta's
+place (`channels.simulation`); it reads no files and imports nothing of the hub but
+the inbox settings.
 
 - Auth: `Authorization: Bearer <access_token>`; a wrong or missing token gets
   Graph's HTTP 401 with error code 190.
@@ -26,6 +27,12 @@ files and imports nothing of the hub.
 `sign` and `post_notification` sign a notification body with the app secret
 (`X-Hub-Signature-256`) and post it to the hub; `status_notification` builds
 Meta's status webhook for a message the simulator accepted.
+
+The sandbox attaches its WhatsApp inboxes: each is one more phone number (its id and
+access token). What such a number sends is shown to the customer
+(`Customers.received`) and followed, over the delivery delay, by the `sent` and
+`delivered` status notifications, signed with the inbox's app secret. Its customer
+side (`write`) posts the notification of a customer's text message.
 """
 
 from __future__ import annotations
@@ -36,12 +43,30 @@ import hashlib
 import hmac
 import itertools
 import json
+import secrets
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from channels.base import ChannelSettings
+from channels.simulation import (
+    Customers,
+    Delivered,
+    Handed,
+    LineOffer,
+    Medium,
+    Place,
+    Receipt,
+    Simulator,
+    Step,
+    Writing,
+    keep_last,
+    report_delivery,
+)
+from channels.whatsapp.settings import WhatsAppSettings
 
 GRAPH_TRACE = "AbCdEfGhIjKlMnOpQrStUvW"
 MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
@@ -162,8 +187,19 @@ def _check_interactive(part: dict[str, Any]) -> None:
 
 
 @dataclass
-class FakeWhatsApp:
-    phone_number_id: str = "106540352242922"
+class Number:
+    """A business phone number the simulator serves: the default one, or an attached
+    inbox's."""
+
+    phone_number_id: str
+    access_token: str
+    settings: WhatsAppSettings | None = None  # an attached inbox's
+    inbox: str | None = None
+
+
+@dataclass
+class FakeWhatsApp(Simulator):
+    phone_number_id: str = "106540352242922"  # the default number ("": none)
     access_token: str = "EAAG-test-access-token"  # noqa: S105 (the simulator's own token)
     rate: float | None = None  # accepted messages per second (80 is Meta's default)
     pair_limit: int | None = None  # messages to one recipient per 6 s
@@ -174,10 +210,110 @@ class FakeWhatsApp:
     rejected_429: int = 0
     failures: deque[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=deque)
     url: str = ""
+    display_phone_number: str = "15550783881"  # in every notification's metadata
+    business_account_id: str = "102290129340398"
+    history: int | None = None  # requests and sent kept (None: all)
+    customers: Customers | None = None  # the sandbox's customer side
+    numbers: dict[str, Number] = field(default_factory=dict)
     _window: deque[float] = field(default_factory=deque)
     _pairs: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # wamids differ from one run to the next (a store outlives the simulator).
+    _run: str = field(default_factory=lambda: secrets.token_hex(4))
     _runner: web.AppRunner | None = None
+
+    def __post_init__(self) -> None:
+        if self.phone_number_id:
+            self.numbers[self.phone_number_id] = Number(self.phone_number_id, self.access_token)
+
+    # -- the sandbox -------------------------------------------------------------------
+
+    @classmethod
+    def for_sandbox(cls, customers: Customers) -> FakeWhatsApp:
+        return cls(
+            phone_number_id="",
+            display_phone_number="15550100000",
+            business_account_id="100000000000001",
+            history=1000,
+            customers=customers,
+        )
+
+    def attach(self, inbox: str, settings: ChannelSettings, place: Place) -> ChannelSettings:
+        assert isinstance(settings, WhatsAppSettings)
+        self.numbers[settings.phone_number_id] = Number(
+            settings.phone_number_id, settings.access_token, settings, inbox
+        )
+        return settings.model_copy(update={"api_base": place.api_base})
+
+    def _attached(self, inbox: str) -> tuple[Number, WhatsAppSettings]:
+        for number in self.numbers.values():
+            if number.inbox == inbox and number.settings is not None:
+                return number, number.settings
+        raise LookupError(f"no WhatsApp inbox {inbox!r} attached")
+
+    def lines(self, inbox: str) -> list[LineOffer]:
+        self._attached(inbox)
+        business = f"+{self.display_phone_number}"
+        return [LineOffer("whatsapp", f"WhatsApp to {business}", business)]
+
+    async def write(self, inbox: str, medium: Medium, writing: Writing) -> Handed:
+        """Post the notification of a customer's text message to the number."""
+        number, _ = self._attached(inbox)
+        digits = writing.customer.address.lstrip("+")
+        wamid = self.new_wamid(digits)
+        value: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "metadata": self._metadata(number.phone_number_id),
+            "contacts": [{"profile": {"name": writing.customer.name or digits}, "wa_id": digits}],
+            "messages": [
+                {
+                    "from": digits,
+                    "id": wamid,
+                    "timestamp": str(int(time.time())),
+                    "type": "text",
+                    "text": {"body": writing.text},
+                }
+            ],
+        }
+        status, answer = await self._to_hub(number, self.notification(value))
+        return Handed(status, answer, provider_id=wamid)
+
+    async def _to_hub(self, number: Number, payload: dict[str, Any]) -> tuple[int, str]:
+        """Post a notification to the attached number's inbox, signed as Meta does."""
+        assert self.customers is not None and number.settings is not None
+        assert number.inbox is not None
+        body = json.dumps(payload).encode()
+        return await self.customers.post(
+            self.customers.webhook_url(number.inbox),
+            body,
+            {
+                "Content-Type": "application/json",
+                "User-Agent": "facebookexternalua",
+                "X-Hub-Signature-256": sign(number.settings.app_secret, body),
+            },
+        )
+
+    def _show(self, number: Number, digits: str, wamid: str, body: dict[str, Any]) -> None:
+        """Show an attached number's message to its customer; then report it."""
+        customers = self.customers
+        assert customers is not None and number.inbox is not None
+        receipt: Receipt = customers.received(
+            Delivered(
+                inbox=number.inbox,
+                medium="whatsapp",
+                address=f"+{digits}",
+                text=shown_text(body),
+                provider_id=wamid,
+            )
+        )
+
+        def step(status: str) -> Step:
+            payload = self.status_notification(
+                wamid, status, digits, phone_number_id=number.phone_number_id
+            )
+            return lambda: self._to_hub(number, payload)
+
+        customers.spawn(report_delivery(customers, receipt, [step("sent"), step("delivered")]))
 
     def fail_next(
         self,
@@ -206,16 +342,22 @@ class FakeWhatsApp:
         now = time.monotonic()
         record: dict[str, Any] = {"at": now, "path": request.path, "body": None}
         self.requests.append(record)
+        keep_last(self.requests, self.history)
         if self.delay:
             await asyncio.sleep(self.delay)
-        if request.headers.get("Authorization") != f"Bearer {self.access_token}":
+        number = self.numbers.get(request.match_info["phone_number_id"])
+        given = request.headers.get("Authorization", "").encode()
+        tokens = (
+            [number.access_token] if number else [n.access_token for n in self.numbers.values()]
+        )
+        if not any(hmac.compare_digest(given, f"Bearer {t}".encode()) for t in tokens):
             return self._answer(
                 record,
                 401,
                 graph_error(190, "Invalid OAuth access token - Cannot parse access token"),
                 None,
             )
-        if request.match_info["phone_number_id"] != self.phone_number_id:
+        if number is None:
             return self._answer(
                 record,
                 400,
@@ -256,6 +398,9 @@ class FakeWhatsApp:
             self._window.append(now)
         wamid = self.new_wamid(digits)
         self.sent.append({**body, "id": wamid, "at": now})
+        keep_last(self.sent, self.history)
+        if number.inbox is not None:
+            self._show(number, digits, wamid, body)
         message: dict[str, Any] = {"id": wamid}
         if body.get("type") == "template":
             message["message_status"] = "accepted"
@@ -268,47 +413,66 @@ class FakeWhatsApp:
 
     def new_wamid(self, digits: str) -> str:
         serial = next(self._ids)
-        token = base64.b64encode(f"{digits}:{serial:012d}".encode()).decode()
+        token = base64.b64encode(f"{digits}:{self._run}{serial:012d}".encode()).decode()
         return f"wamid.{token}"
 
+    def _metadata(self, phone_number_id: str) -> dict[str, str]:
+        return {
+            "display_phone_number": self.display_phone_number,
+            "phone_number_id": phone_number_id,
+        }
+
+    def notification(self, value: dict[str, Any]) -> dict[str, Any]:
+        """Meta's webhook envelope around one change of the `messages` field."""
+        return {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": self.business_account_id,
+                    "changes": [{"value": value, "field": "messages"}],
+                }
+            ],
+        }
+
     def status_notification(
-        self, wamid: str, status: str, recipient: str, errors: list[dict[str, Any]] | None = None
+        self,
+        wamid: str,
+        status: str,
+        recipient: str,
+        errors: list[dict[str, Any]] | None = None,
+        *,
+        phone_number_id: str | None = None,
     ) -> dict[str, Any]:
-        """Meta's status webhook for a message the simulator accepted."""
+        """Meta's status webhook for a message the simulator accepted (with the
+        conversation and pricing Meta adds to `sent` and `delivered`)."""
         entry: dict[str, Any] = {
             "id": wamid,
             "status": status,
             "timestamp": str(int(time.time())),
             "recipient_id": recipient.lstrip("+"),
         }
+        if status in ("sent", "delivered"):
+            entry["conversation"] = {
+                "id": secrets.token_hex(16),
+                "origin": {"type": "service"},
+            }
+            entry["pricing"] = {"billable": False, "pricing_model": "PMP", "category": "service"}
         if errors:
             entry["errors"] = errors
-        return {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": "102290129340398",
-                    "changes": [
-                        {
-                            "value": {
-                                "messaging_product": "whatsapp",
-                                "metadata": {
-                                    "display_phone_number": "15550783881",
-                                    "phone_number_id": self.phone_number_id,
-                                },
-                                "statuses": [entry],
-                            },
-                            "field": "messages",
-                        }
-                    ],
-                }
-            ],
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": self._metadata(phone_number_id or self.phone_number_id),
+            "statuses": [entry],
         }
+        return self.notification(value)
 
-    async def start(self) -> str:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/{phone_number_id}/messages", self.messages)
-        self._runner = web.AppRunner(app)
+        return app
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.app())
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -319,6 +483,31 @@ class FakeWhatsApp:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def shown_text(body: dict[str, Any]) -> str:
+    """What the customer's WhatsApp shows of a message the Graph API accepted."""
+    kind = body.get("type", "text")
+    part = body.get(kind) or {}
+    if kind == "text":
+        return str(part.get("body") or "")
+    if kind == "template":
+        return f"[template {part.get('name', '?')}]"
+    if kind in MEDIA_TYPES:
+        caption = str(part.get("caption") or "")
+        return (caption + f"\n[{kind}] {part.get('link') or part.get('id') or ''}").strip()
+    if kind == "interactive":
+        text = str((part.get("body") or {}).get("text") or "")
+        action = part.get("action") or {}
+        titles = [
+            str((b.get("reply") or {}).get("title", ""))
+            for b in action.get("buttons", [])
+            if isinstance(b, dict)
+        ]
+        for section in action.get("sections", []):
+            titles += [str(r.get("title", "")) for r in section.get("rows", [])]
+        return (text + "\n" + " ".join(f"[{t}]" for t in titles if t)).strip()
+    return f"[{kind}]"
 
 
 def sign(app_secret: str, body: bytes) -> str:

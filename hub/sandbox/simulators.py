@@ -1,12 +1,9 @@
 """The sandbox's own simulators of the providers whose channel package has none yet
-(`ChannelAdapter.simulator`): WhatsApp Cloud, an SMTP server and a PBX.
+(`ChannelAdapter.simulator`): an SMTP server and a PBX.
 Each `Legacy` is a `channels.simulation.Simulator` for one of those channels, driven
 by the sandbox like the channels' own; they move to their channel packages one by
 one.
 
-- WhatsApp Cloud: `POST /whatsapp/{version}/{phone_number_id}/messages` (Bearer
-  token), answered with the `wamid`; then `sent` and `delivered` statuses are
-  posted to the inbox's webhook, signed with `X-Hub-Signature-256`.
 - E-mail: an aiosmtpd server; every mail accepted is followed by a delivery
   status notification (RFC 3464, `Action: delivered`) sent back to the inbox
   (its SMTP receiver, or its inbound-parse webhook).
@@ -17,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import secrets
-import time
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -31,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import aiosmtplib
-from aiohttp import web
 from aiosmtpd.smtp import SMTP as SMTPProtocol
 from aiosmtpd.smtp import Envelope, Session
 
@@ -49,30 +42,12 @@ from channels.simulation import (
     Simulator,
     Writing,
 )
-from channels.whatsapp import WhatsAppSettings
-from hub.sandbox.wire import new_wamid, whatsapp_notification
 
 if TYPE_CHECKING:
     from hub.sandbox.core import Sandbox
 
-LEGACY_CHANNELS = ("whatsapp", "email", "pbx")
-WHATSAPP_VERSION = "v21.0"
-WHATSAPP_DISPLAY_NUMBER = "15550100000"
+LEGACY_CHANNELS = ("email", "pbx")
 PBX_NUMBER = "+15550100001"
-
-
-def _graph_error(status: int, code: int, message: str) -> web.Response:
-    return web.json_response(
-        {
-            "error": {
-                "message": message,
-                "type": "OAuthException",
-                "code": code,
-                "fbtrace_id": secrets.token_urlsafe(12),
-            }
-        },
-        status=status,
-    )
 
 
 class _SinkHandler:
@@ -100,8 +75,6 @@ class Legacy(Simulator):
 
     def attach(self, inbox: str, settings: ChannelSettings, place: Place) -> ChannelSettings:
         self.settings[inbox] = settings
-        if isinstance(settings, WhatsAppSettings):
-            return settings.model_copy(update={"api_base": f"{place.api_base}/{WHATSAPP_VERSION}"})
         if isinstance(settings, EmailSettings):
             return settings.model_copy(
                 update={
@@ -116,21 +89,11 @@ class Legacy(Simulator):
 
     def lines(self, inbox: str) -> list[LineOffer]:
         s = self.settings[inbox]
-        if isinstance(s, WhatsAppSettings):
-            business = f"+{WHATSAPP_DISPLAY_NUMBER}"
-            return [LineOffer("whatsapp", f"WhatsApp to {business}", business)]
         if isinstance(s, EmailSettings):
             return [LineOffer("email", f"E-mail to {s.address}", s.address)]
         if isinstance(s, PbxSettings):
             return [LineOffer("voice", f"Call {PBX_NUMBER} (PBX)", PBX_NUMBER)]
         return []
-
-    def app(self) -> web.Application | None:
-        if self.channel == "whatsapp":
-            app = web.Application()
-            app.router.add_post("/{version}/{phone_number_id}/messages", self.whatsapp_send)
-            return app
-        return None
 
     async def serve(self, place: Place) -> None:
         if self.channel != "email" or place.smtp_socket is None:
@@ -158,51 +121,9 @@ class Legacy(Simulator):
     # -- the customer's side ------------------------------------------------------------
 
     async def write(self, inbox: str, medium: Medium, writing: Writing) -> Handed:
-        if self.channel == "whatsapp":
-            return await self._whatsapp_message(inbox, writing)
         if self.channel == "email":
             return await self._email_message(inbox, writing)
         return Handed(0, f"{self.channel} carries no messages")
-
-    async def _whatsapp_message(self, inbox: str, writing: Writing) -> Handed:
-        settings = self.settings[inbox]
-        assert isinstance(settings, WhatsAppSettings)
-        customer = writing.customer
-        digits = customer.address.lstrip("+")
-        wamid = new_wamid(digits)
-        value: dict[str, Any] = {
-            "messaging_product": "whatsapp",
-            "metadata": {
-                "display_phone_number": WHATSAPP_DISPLAY_NUMBER,
-                "phone_number_id": settings.phone_number_id,
-            },
-            "contacts": [{"profile": {"name": customer.name or digits}, "wa_id": digits}],
-            "messages": [
-                {
-                    "from": digits,
-                    "id": wamid,
-                    "timestamp": str(int(time.time())),
-                    "type": "text",
-                    "text": {"body": writing.text},
-                }
-            ],
-        }
-        status, answer = await self._post_whatsapp(inbox, whatsapp_notification(value))
-        return Handed(status, answer, provider_id=wamid)
-
-    async def _post_whatsapp(self, inbox: str, payload: dict[str, Any]) -> tuple[int, str]:
-        settings = self.settings[inbox]
-        assert isinstance(settings, WhatsAppSettings)
-        body = json.dumps(payload).encode()
-        return await self.sandbox.post(
-            self.sandbox.webhook_url(inbox),
-            body,
-            {
-                "Content-Type": "application/json",
-                "User-Agent": "facebookexternalua",
-                "X-Hub-Signature-256": "sha256=" + _hmac_sha256(settings.app_secret.encode(), body),
-            },
-        )
 
     async def _email_message(self, inbox: str, writing: Writing) -> Handed:
         settings = self.settings[inbox]
@@ -312,103 +233,6 @@ class Legacy(Simulator):
 
     # -- the providers' side ---------------------------------------------------------------
 
-    async def _report(self, entry: Any, steps: list[Any]) -> None:
-        """Post each status callback after the configured delay; the customer's view
-        shows `delivered` once the hub took the last one."""
-        delay = self.sandbox.config.delivery_delay
-        for step in steps:
-            await asyncio.sleep(delay / len(steps))
-            status, answer = await step()
-            if not 200 <= status < 300:
-                entry.error = f"delivery callback: the hub answered {status}: {answer}"
-                return
-        entry.status = "delivered"
-
-    # -- WhatsApp Cloud ------------------------------------------------------------------
-
-    async def whatsapp_send(self, request: web.Request) -> web.Response:
-
-        phone_number_id = request.match_info["phone_number_id"]
-        found = next(
-            (
-                i
-                for i in self.sandbox.inboxes.values()
-                if isinstance(i.settings, WhatsAppSettings)
-                and i.settings.phone_number_id == phone_number_id
-            ),
-            None,
-        )
-        given = request.headers.get("Authorization", "")
-        if found is None:
-            return _graph_error(
-                400,
-                100,
-                f"Unsupported post request. Object with ID '{phone_number_id}' does not exist.",
-            )
-        settings = found.settings
-        assert isinstance(settings, WhatsAppSettings)
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.access_token}".encode()):
-            return _graph_error(401, 190, "Invalid OAuth access token - Cannot parse access token")
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return _graph_error(400, 100, "The body is not JSON.")
-        if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
-            return _graph_error(400, 100, "(#100) The parameter messaging_product is required.")
-        digits = str(body.get("to") or "").lstrip("+")
-        if not digits.isdigit():
-            return _graph_error(400, 100, "(#100) The parameter to is required.")
-        text = _whatsapp_text(body)
-        if text is None:
-            return _graph_error(400, 100, "(#100) Param type is invalid.")
-        line = self.sandbox.line_for(found.id, "whatsapp")
-        assert line is not None
-        wamid = new_wamid(digits)
-        entry = self.sandbox.outbound(line, f"+{digits}", text, provider_id=wamid)
-        inbox = found.id
-
-        def status_step(status: str) -> Any:
-            async def post() -> tuple[int, str]:
-                value = {
-                    "messaging_product": "whatsapp",
-                    "metadata": {
-                        "display_phone_number": line.business.lstrip("+"),
-                        "phone_number_id": phone_number_id,
-                    },
-                    "statuses": [
-                        {
-                            "id": wamid,
-                            "status": status,
-                            "timestamp": str(int(time.time())),
-                            "recipient_id": digits,
-                            "conversation": {
-                                "id": secrets.token_hex(16),
-                                "origin": {"type": "service"},
-                            },
-                            "pricing": {
-                                "billable": False,
-                                "pricing_model": "PMP",
-                                "category": "service",
-                            },
-                        }
-                    ],
-                }
-                return await self._post_whatsapp(inbox, whatsapp_notification(value))
-
-            return post
-
-        self.sandbox.spawn(self._report(entry, [status_step("sent"), status_step("delivered")]))
-        message: dict[str, Any] = {"id": wamid}
-        if body.get("type") == "template":
-            message["message_status"] = "accepted"
-        return web.json_response(
-            {
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": str(body.get("to")), "wa_id": digits}],
-                "messages": [message],
-            }
-        )
-
     # -- e-mail --------------------------------------------------------------------------
 
     async def mail_received(self, mail_from: str, rcpt_tos: list[str], raw: bytes) -> str:
@@ -498,41 +322,6 @@ class Legacy(Simulator):
             entry.status = "delivered"
         else:
             entry.error = f"delivery report: the hub answered {status}: {answer}"
-
-
-def _whatsapp_text(body: dict[str, Any]) -> str | None:
-    """What the customer's WhatsApp shows for a Graph send (None: a type we do not know)."""
-    kind = body.get("type", "text")
-    part = body.get(kind)
-    if not isinstance(part, dict):
-        return None
-    if kind == "text":
-        return str(part.get("body") or "")
-    if kind == "template":
-        return f"[template {part.get('name', '?')}]"
-    if kind in ("image", "video", "document", "audio", "sticker"):
-        caption = str(part.get("caption") or "")
-        return (caption + f"\n[{kind}] {part.get('link') or part.get('id') or ''}").strip()
-    if kind == "interactive":
-        text = str((part.get("body") or {}).get("text") or "")
-        action = part.get("action") or {}
-        titles = [
-            str((b.get("reply") or {}).get("title", ""))
-            for b in action.get("buttons", [])
-            if isinstance(b, dict)
-        ]
-        for section in action.get("sections", []):
-            titles += [str(r.get("title", "")) for r in section.get("rows", [])]
-        return (text + "\n" + " ".join(f"[{t}]" for t in titles if t)).strip()
-    if kind == "reaction":
-        return str(part.get("emoji") or "")
-    if kind == "location":
-        return f"[location] {part.get('latitude')}, {part.get('longitude')}"
-    return None
-
-
-def _hmac_sha256(key: bytes, body: bytes) -> str:
-    return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def _now() -> str:
