@@ -32,6 +32,7 @@ from hub.ports import (
     SendError,
     StoreUnavailable,
     TransientSendError,
+    UnstorableEvent,
     WebhookRoute,
 )
 from hub.ratelimit import KeyedRateLimiter, RateLimiter
@@ -137,15 +138,18 @@ class ChannelAdapter:
                 )
                 return self.ignored_response(ignored)
             except MalformedPayload as malformed:
-                log.info(
-                    "malformed webhook",
-                    extra={
-                        "inbox": self.inbox_id,
-                        "channel": self.name,
-                        "error": malformed.message,
-                    },
-                )
-                return bad_request(malformed.message)
+                message = malformed.message
+            except ValidationError as error:
+                # What the adapter built from the payload is not a valid hub event
+                # (a value the store cannot hold, a field out of range).
+                message = validation_message(error)
+            except UnstorableEvent as error:
+                message = str(error)
+            log.info(
+                "malformed webhook",
+                extra={"inbox": self.inbox_id, "channel": self.name, "error": message},
+            )
+            return bad_request(message)
 
         return guarded
 
@@ -195,6 +199,7 @@ __all__ = [
     "SendError",
     "StoreUnavailable",
     "TransientSendError",
+    "UnstorableEvent",
     "bad_request",
     "json_object",
     "supported_events",

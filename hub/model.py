@@ -4,11 +4,12 @@ nothing past `channels/` ever sees a provider's wire format.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Medium = Literal["sms", "whatsapp", "telegram", "email", "voice", "form"]
 MEDIA: tuple[str, ...] = ("sms", "whatsapp", "telegram", "email", "voice", "form")
@@ -34,6 +35,42 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# What the store (BSON) can hold, checked where a channel builds these types, so
+# one bad value is refused with its own request (or, for text, repaired) and never
+# fails a write it shares with other customers' messages.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _storable_text(value: str) -> str:
+    """A customer's text with each lone UTF-16 surrogate (which UTF-8, and so the
+    store, cannot hold) replaced by U+FFFD: the message is kept, not lost."""
+    if value.isascii():
+        return value
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def _storable_key(value: str) -> str:
+    """A field name the store can hold: text as above, without NUL."""
+    return _storable_text(value).replace("\x00", "\ufffd")
+
+
+def _storable_time(value: datetime) -> datetime:
+    """A time the store can hold: in years 1 to 9999 once taken to UTC."""
+    if value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("a time outside the years 1 to 9999 in UTC") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable_text)]
+Key = Annotated[str, AfterValidator(_storable_key)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Time = Annotated[datetime, AfterValidator(_storable_time)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -42,64 +79,64 @@ class IdentityRef(_Frozen):
     """Who sent an inbound event: one identity (already normalised by `hub.identity`)."""
 
     kind: IdentityKind
-    value: str
-    name: str | None = None
+    value: Text
+    name: Text | None = None
 
 
 class Attachment(_Frozen):
-    url: str
-    content_type: str | None = None
-    name: str | None = None
-    size: int | None = None
+    url: Text
+    content_type: Text | None = None
+    name: Text | None = None
+    size: Int64 | None = None
 
 
 class Location(_Frozen):
     latitude: float
     longitude: float
-    name: str | None = None
-    address: str | None = None
+    name: Text | None = None
+    address: Text | None = None
 
 
 class SharedContact(_Frozen):
-    name: str | None = None
-    phones: tuple[str, ...] = ()
-    emails: tuple[str, ...] = ()
+    name: Text | None = None
+    phones: tuple[Text, ...] = ()
+    emails: tuple[Text, ...] = ()
 
 
 class ButtonReply(_Frozen):
-    payload: str
-    title: str | None = None
+    payload: Text
+    title: Text | None = None
 
 
 class CallInfo(_Frozen):
     direction: Literal["in", "out"] = "in"
     status: Literal["ringing", "answered", "missed", "completed"]
-    duration: int | None = None
-    recording_url: str | None = None
-    call_id: str | None = None
+    duration: Int64 | None = None
+    recording_url: Text | None = None
+    call_id: Text | None = None
 
 
 class EmailInfo(_Frozen):
-    subject: str | None = None
-    message_id: str | None = None
-    in_reply_to: str | None = None
-    references: tuple[str, ...] = ()
-    html: str | None = None
-    quoted: str | None = None
+    subject: Text | None = None
+    message_id: Text | None = None
+    in_reply_to: Text | None = None
+    references: tuple[Text, ...] = ()
+    html: Text | None = None
+    quoted: Text | None = None
 
 
 class _Inbound(_Frozen):
-    inbox: str
+    inbox: Text
     medium: Medium
-    provider_id: str = Field(min_length=1, max_length=512)
+    provider_id: Text = Field(min_length=1, max_length=512)
     sender: IdentityRef
-    received_at: datetime = Field(default_factory=utcnow)
-    text: str | None = None
+    received_at: Time = Field(default_factory=utcnow)
+    text: Text | None = None
     # A hint from the adapter (e-mail threading): store the message in this
     # conversation when it exists on the same inbox, else in the sender's own.
-    conversation_id: str | None = None
+    conversation_id: Text | None = None
     # Provider fields we keep but do not model (profile name, country, ...).
-    extra: dict[str, str] = Field(default_factory=dict)
+    extra: dict[Key, Text] = Field(default_factory=dict)
 
 
 class InboundText(_Inbound):
@@ -170,27 +207,27 @@ KIND_OF_INBOUND: dict[str, MessageKind] = {
 class StatusUpdate(_Frozen):
     """A provider's word on an outbound message we sent."""
 
-    inbox: str
-    provider_id: str = Field(min_length=1, max_length=512)
+    inbox: Text
+    provider_id: Text = Field(min_length=1, max_length=512)
     status: Literal["sent", "delivered", "read", "failed"]
-    error_code: str | None = None
-    error: str | None = None
-    at: datetime = Field(default_factory=utcnow)
+    error_code: Text | None = None
+    error: Text | None = None
+    at: Time = Field(default_factory=utcnow)
 
 
 class OutboundMessage(_Frozen):
     """What the dispatcher hands a channel adapter to send."""
 
-    id: str
-    inbox: str
+    id: Text
+    inbox: Text
     medium: Medium
-    conversation_id: str | None = None
-    to: str
-    text: str | None = None
+    conversation_id: Text | None = None
+    to: Text
+    text: Text | None = None
     attachments: tuple[Attachment, ...] = ()
-    subject: str | None = None
-    in_reply_to: str | None = None
-    references: tuple[str, ...] = ()
+    subject: Text | None = None
+    in_reply_to: Text | None = None
+    references: tuple[Text, ...] = ()
     template: dict[str, object] | None = None
     buttons: tuple[ButtonReply, ...] = ()
     attempt: int = 1

@@ -35,6 +35,12 @@ class StoreUnavailable(Exception):
     """The store could not take the write; the provider must retry (answer 5xx)."""
 
 
+class UnstorableEvent(ValueError):
+    """This one event holds something the store cannot keep; it was refused alone
+    (answer 400: a retry of the same payload cannot succeed), and the events
+    written with it were stored."""
+
+
 @dataclass(frozen=True)
 class IngestResult:
     """What ingest made of one inbound event."""

@@ -360,6 +360,67 @@ async def test_one_new_number_on_two_channels_in_one_batch_is_one_contact(make_s
         assert await hub.store.conversations.count_documents({}) == 2
 
 
+async def test_one_poisoned_event_in_a_batch_costs_no_other_message(hub_client):
+    """An event the store cannot hold (built past the model's checks, as a new
+    adapter bug might) shares a batch with 30 good ones: it alone is refused, as
+    UnstorableEvent (a 400 at the webhook); the 30 are stored and answered."""
+    from hub.model import CallInfo, InboundCall
+    from hub.ports import UnstorableEvent
+
+    hub = hub_of(hub_client)
+    good = [
+        InboundText(
+            inbox="t1",
+            medium="sms",
+            provider_id=f"SMok{n}",
+            sender=phone(f"+1555333{n:04d}"),
+            text=f"hi {n}",
+        )
+        for n in range(30)
+    ]
+    poison = InboundCall.model_construct(
+        inbox="t1",
+        medium="voice",
+        provider_id="CApoison",
+        sender=phone("+15553339999"),
+        received_at=utcnow(),
+        text="Call",
+        conversation_id=None,
+        extra={},
+        type="call",
+        call=CallInfo.model_construct(
+            direction="in", status="completed", duration=10**20, recording_url=None, call_id=None
+        ),
+    )
+    results = await asyncio.gather(
+        *(hub.ingest([event]) for event in [*good[:15], poison, *good[15:]]),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1 and isinstance(refused[0], UnstorableEvent)
+    stored = [r[0] for r in results if not isinstance(r, BaseException)]
+    assert len(stored) == 30 and not any(r.duplicate for r in stored)
+    assert await hub.store.messages.count_documents({}) == 30
+    assert await hub.store.messages.find_one({"provider_id": "CApoison"}) is None
+
+
+async def test_a_lone_surrogate_in_a_customers_text_is_stored_as_a_replacement_character(
+    hub_client,
+):
+    # JSON can carry one (Telegram, WhatsApp: "\\ud800"); the model every adapter
+    # builds replaces it, so the message is kept.
+    hub = hub_of(hub_client)
+    (result,) = await hub.ingest(
+        [
+            InboundText(
+                inbox="t1", medium="sms", provider_id="SMsur", sender=phone(), text="a\ud800b"
+            )
+        ]
+    )
+    stored = await hub.store.messages.find_one({"_id": result.message_id})
+    assert stored["text"] == "a\ufffdb"
+
+
 # -- conversation state ---------------------------------------------------------------
 
 

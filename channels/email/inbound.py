@@ -23,8 +23,15 @@ import aiohttp
 from aiohttp import web
 from aiosmtpd.smtp import SMTP as SMTPServerProtocol
 from aiosmtpd.smtp import Envelope, Session
+from pydantic import ValidationError
 
-from channels.base import IgnoredEvent, MalformedPayload, StoreUnavailable
+from channels.base import (
+    IgnoredEvent,
+    MalformedPayload,
+    StoreUnavailable,
+    UnstorableEvent,
+    validation_message,
+)
 from channels.email.parse import MalformedEmail, ParsedEmail, RawAttachment, one_line, parse_raw
 from hub.addresses import InvalidIdentity, normalize_email
 
@@ -154,9 +161,11 @@ class SmtpReceiver:
             outcome = await self.receive(parsed, "smtp")
         except IgnoredEvent:
             return "250 2.0.0 OK ignored"
-        except (Rejected, MalformedEmail) as error:
-            log.info("inbound mail refused", extra={"inbox": self.inbox_id, "why": str(error)})
-            return f"550 5.6.0 {one_line(str(error))}"
+        except (Rejected, MalformedEmail, UnstorableEvent, ValidationError) as error:
+            # Permanent: this mail as it is can never be stored; others can.
+            why = validation_message(error) if isinstance(error, ValidationError) else str(error)
+            log.info("inbound mail refused", extra={"inbox": self.inbox_id, "why": why})
+            return f"550 5.6.0 {one_line(why)}"
         except StoreUnavailable as error:
             # The sender keeps the message and retries: nothing acknowledged is lost.
             log.warning(

@@ -97,7 +97,7 @@ class PbxEvent(BaseModel):
     @classmethod
     def _whole_seconds(cls, value: Any) -> Any:
         # Some PBXs report fractional seconds; the hub keeps whole ones.
-        if isinstance(value, float) and value >= 0:
+        if isinstance(value, float) and 0 <= value < 1e12:  # finite: NaN and inf fail below
             return round(value)
         return value
 

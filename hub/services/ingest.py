@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
+from bson.errors import BSONError
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from hub.metrics import Metrics
 from hub.model import Event, IdentityRef, InboundEvent, utcnow
-from hub.ports import BotHook, IngestResult, NoBot, StoreUnavailable
+from hub.ports import BotHook, IngestResult, NoBot, StoreUnavailable, UnstorableEvent
 from hub.services.contacts import resolve_many
 from hub.services.events import Events
 from hub.services.messages import inbound_message_doc
@@ -50,6 +51,16 @@ def message_id_for(inbox: str, provider_id: str) -> str:
 
 def conversation_id_for(inbox: str, medium: str, identity_key: str) -> str:
     return derived_id("conv", inbox, medium, identity_key)
+
+
+# What encoding a document for the store raises when a value cannot be held
+# (an integer over 8 bytes, a lone surrogate, a key with NUL, a bad type).
+UNSTORABLE = (BSONError, OverflowError, UnicodeEncodeError)
+
+
+def _store_failed(error: BaseException) -> bool:
+    """Whether the store (or the way to it) failed, not what was given to it."""
+    return isinstance(error, (PyMongoError, OSError))
 
 
 def new_conversation_doc(
@@ -302,7 +313,16 @@ class Ingestor:
                 try:
                     stored = await self._store_messages([p.event for p in batch])
                 except Exception as error:
-                    self._fail(batch, error)
+                    if len(batch) == 1 or _store_failed(error):
+                        self._fail(batch, error)
+                        continue
+                    # Something in the batch cannot be written (one poisoned event):
+                    # write each alone, so it costs no other customer's message.
+                    if finishing is not None:
+                        await finishing
+                        finishing = None
+                    for item in batch:
+                        await self._write_alone(item)
                     continue
                 if finishing is not None:
                     await finishing
@@ -348,10 +368,27 @@ class Ingestor:
             if not item.future.done():
                 item.future.set_result(result)
 
+    async def _write_alone(self, item: _Pending) -> None:
+        """Both stages for one event of a batch that could not be written whole."""
+        try:
+            stored = await self._store_messages([item.event])
+        except Exception as error:
+            self._fail([item], error)
+            return
+        await self._finish([item], stored)
+
     def _fail(self, batch: list[_Pending], error: Exception) -> None:
-        if isinstance(error, (PyMongoError, OSError)):
+        if _store_failed(error):
             log.error("ingest write failed", extra={"error": str(error), "batch": len(batch)})
             error = StoreUnavailable(f"store unavailable: {type(error).__name__}")
+        elif isinstance(error, UNSTORABLE):
+            # The edge lets nothing through that the store cannot hold; should
+            # something still be, it is this event's alone, and retrying it cannot help.
+            log.warning(
+                "event refused: the store cannot hold it",
+                extra={"error": f"{type(error).__name__}: {error}"[:300], "batch": len(batch)},
+            )
+            error = UnstorableEvent(f"the event cannot be stored: {type(error).__name__}")
         else:
             log.exception("ingest failed", exc_info=error)
         for item in batch:

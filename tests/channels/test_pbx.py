@@ -427,6 +427,9 @@ async def test_signature_in_upper_case_hex_is_accepted(pbx):
         (event_of("recording.ready", recording_url=None), "recording_url"),
         (event_of("recording.ready", recording_url="file:///etc/passwd"), "recording_url"),
         (b'{"event": "call.ended", "from": "+15551230001"}', "call_id"),
+        (event_of("call.ended", at="9999-12-31T23:59:59-23:59"), "at"),
+        (event_of("call.ended", duration=10**20), "duration"),
+        (event_of("call.ended", duration=float("inf")), "duration"),
     ],
     ids=[
         "not-json",
@@ -442,6 +445,9 @@ async def test_signature_in_upper_case_hex_is_accepted(pbx):
         "recording-without-url",
         "recording-url-not-http",
         "fields-missing",
+        "time-past-year-9999-in-utc",
+        "duration-over-8-bytes",
+        "duration-infinity",
     ],
 )
 async def test_malformed_event_is_400_naming_the_problem_and_writes_nothing(pbx, body, names):

@@ -872,3 +872,16 @@ async def test_the_fake_refuses_a_second_message_to_a_chat_within_a_second_with_
     }
     assert telegram.rejected_429 == 1
     assert [r["status"] for r in telegram.requests] == [200, 429, 200]
+
+
+async def test_a_lone_surrogate_in_a_text_is_stored_with_a_replacement_character(tg_client):
+    """JSON may escape half a UTF-16 pair ("\\ud800"), which UTF-8 and so the store
+    cannot hold: the customer's message is kept with U+FFFD in its place."""
+    update = fixture("message_text")
+    update["message"]["text"] = "hi \ud800 there"
+    body = json.dumps(update).encode()  # ensure_ascii: the surrogate goes as \ud800
+    assert b"\\ud800" in body
+    resp = await post_update(tg_client, body)
+    assert resp.status == 200
+    (stored,) = await hub(tg_client).store.messages.find().to_list()
+    assert stored["text"] == "hi \ufffd there"

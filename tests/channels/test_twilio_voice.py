@@ -356,3 +356,37 @@ async def test_a_withheld_number_is_answered_but_never_becomes_a_contact(client,
     assert await hub.store.contacts.count_documents({}) == 0
     assert await hub.store.messages.count_documents({}) == 0
     assert not any(e.type == "call.incoming" for e in drain(sub))
+
+
+@pytest.mark.parametrize(
+    ("route", "fixture", "field", "value"),
+    [
+        ("/voice/status", "voice_dial_completed.txt", "DialCallDuration", "9" * 20),
+        ("/voice/status", "voice_status_completed.txt", "CallDuration", "9" * 20),
+        ("/voice/recording", "recording_completed.txt", "RecordingDuration", "9" * 20),
+        ("/voice/status", "voice_status_completed.txt", "CallSid", "CA" + "f" * 600),
+        ("/voice/recording", "recording_completed.txt", "RecordingSid", "RE" + "f" * 600),
+    ],
+    ids=[
+        "dial-duration-20-digits",
+        "call-duration-20-digits",
+        "recording-duration-20-digits",
+        "call-sid-over-512",
+        "recording-sid-over-512",
+    ],
+)
+async def test_a_value_the_store_cannot_hold_is_400_for_that_request_alone(
+    client, fake, route, fixture, field, value
+) -> None:
+    """One signed callback whose number or id the store cannot hold is refused with
+    400 (a 5xx would have Twilio retry it for ever), and the next call is stored."""
+    query = urllib.parse.urlencode({"caller": CALLER}) if route == "/voice/recording" else ""
+    poisoned = with_values(fixture_params(fixture), **{field: value})
+    status, text = await post(client, fake, route, poisoned, query=query)
+    assert status == 400, text
+    assert await calls(client) == []
+    status, _ = await post(
+        client, fake, "/voice/status", fixture_params("voice_status_completed.txt")
+    )
+    assert status == 200
+    assert len(await calls(client)) == 1
