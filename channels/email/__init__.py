@@ -23,7 +23,8 @@ silently missing its attachment).
 
 The package: `inbound` holds the SMTP receiver and reads the inbound-parse form,
 `parse` makes a `ParsedEmail` of either, `outbound` builds and sends mail over
-SMTP; this module is the adapter and the handlers of each kind of mail.
+SMTP, `simulator` is an SMTP relay on loopback for the tests and the sandbox; this
+module is the adapter and the handlers of each kind of mail.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ MailHandler = Callable[["EmailChannel", ParsedEmail], Awaitable[str]]
 class EmailChannel(ChannelAdapter):
     name = "email"
     Settings = EmailSettings
+    simulator = "channels.email.simulator:SmtpSink"
     settings: EmailSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

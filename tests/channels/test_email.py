@@ -1,6 +1,6 @@
 """The e-mail channel (issue 3, point 5), against real SMTP on 127.0.0.1 both ways.
 
-Out: the hub sends through `tests/support/smtp_sink.py` (aiosmtpd) as its relay.
+Out: the hub sends through `SmtpSink` (channels/email/simulator.py, aiosmtpd) as its relay.
 In: mail is delivered with aiosmtplib to the hub's own SMTP receiver, and posted to
 the inbound-parse webhook in SendGrid's form. Fixtures under tests/fixtures/email.
 """
@@ -36,13 +36,13 @@ from channels.email.parse import (
     parse_sendgrid,
     split_quoted,
 )
+from channels.email.simulator import SmtpSink
 from hub.app import build_app
 from hub.config import Settings, parse_settings
 from hub.model import Attachment, OutboundMessage
 from hub.services.outbox import enqueue
 from tests.conftest import hub_of
 from tests.support.context import replaced
-from tests.support.smtp_sink import SmtpSink
 from tests.support.waiting import eventually
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "email"
