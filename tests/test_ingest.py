@@ -167,6 +167,66 @@ async def test_retry_after_a_failure_between_message_and_summary_repairs_the_sum
     assert again == repaired
 
 
+async def test_retry_of_a_first_message_whose_summary_was_lost_repairs_the_new_conversation(
+    hub_client,
+):
+    """The store hung during a new customer's first message: the conversation was
+    opened (after the message arrived) and the message stored, the summary not,
+    and the webhook got a 503. The provider's retry must bring the summary up."""
+    hub = hub_of(hub_client)
+    first = InboundText(
+        inbox="t1",
+        medium="sms",
+        provider_id="SMfirst",
+        sender=phone(),
+        text="first words",
+        received_at=utcnow() - timedelta(seconds=2),
+    )
+    conv_id, _ = await hub.ingestor.open_conversation("t1", "sms", phone())
+    await hub.store.messages.insert_one(
+        inbound_message_doc(first, message_id_for("t1", "SMfirst"), conv_id)
+    )
+
+    retry = await post_inbound(hub_client, MessageSid="SMfirst", From=NUMBER, Body="first words")
+
+    assert (await retry.json())["duplicate"] is True
+    repaired = await hub.store.conversations.find_one({"_id": conv_id})
+    assert repaired["last_message"]["id"] == message_id_for("t1", "SMfirst")
+    assert repaired["unread"] == 1
+    assert repaired["last_inbound_at"] is not None
+    await post_inbound(hub_client, MessageSid="SMfirst", From=NUMBER, Body="first words")
+    assert await hub.store.conversations.find_one({"_id": conv_id}) == repaired
+
+
+async def test_retry_whose_summary_was_lost_after_a_later_reply_counts_it_unread_only(
+    hub_client,
+):
+    """A lost inbound summary is repaired even when an agent's reply came after
+    it; the reply stays the conversation's last message."""
+    hub = hub_of(hub_client)
+    assert (await post_inbound(hub_client, MessageSid="SMr1", From=NUMBER, Body="a")).status == 200
+    (conversation,) = await hub.store.conversations.find().to_list()
+    lost = InboundText(
+        inbox="t1",
+        medium="sms",
+        provider_id="SMr2",
+        sender=phone(),
+        text="lost",
+        received_at=utcnow(),
+    )
+    await hub.store.messages.insert_one(
+        inbound_message_doc(lost, message_id_for("t1", "SMr2"), conversation["_id"])
+    )
+    reply = await hub.reply(conversation["_id"], text="on it", sender={"type": "agent", "id": None})
+
+    await post_inbound(hub_client, MessageSid="SMr2", From=NUMBER, Body="lost")
+
+    repaired = await hub.store.conversations.find_one({"_id": conversation["_id"]})
+    assert repaired["last_message"]["id"] == reply["_id"]
+    assert repaired["unread"] == 2
+    assert repaired["last_inbound_at"] > conversation["last_inbound_at"]
+
+
 async def test_duplicates_inside_one_batch_are_stored_once(hub_client):
     hub = hub_of(hub_client)
     original = InboundText(inbox="t1", medium="sms", provider_id="B1", sender=phone(), text="x")

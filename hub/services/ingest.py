@@ -552,10 +552,11 @@ class Ingestor:
             )
         # A retry of a message already stored: if the attempt that stored it failed
         # before updating its conversation (the store went away in between, so the
-        # provider got a 5xx and retried), bring the summary up to it now. Guarded
-        # by time, so on an ordinary retry it matches nothing and changes nothing.
-        # The stored copy is read (duplicates are rare; they cost this one query)
-        # because its time, not the retry's, is what the summary would show.
+        # provider got a 5xx and retried), bring the summary up to it now. Whether
+        # the summary has it is read from `last_inbound_at`, which only inbound
+        # summaries set: on an ordinary retry it is as new as the message and
+        # nothing changes. The stored copy is read (duplicates are rare; they cost
+        # this one query) because its time, not the retry's, is what counts.
         repaired: dict[str, dict[str, Any]] = {}
         if refused:
             for doc in (await find_by_ids(self.store.messages, sorted(refused))).values():
@@ -563,22 +564,28 @@ class Ingestor:
                 if conv_id not in repaired or doc["created_at"] > repaired[conv_id]["created_at"]:
                     repaired[conv_id] = doc
             summaries = await find_by_ids(self.store.conversations, list(repaired))
-            repaired = {
-                conv_id: last
-                for conv_id, last in repaired.items()
-                if conv_id in summaries
-                and _before(summaries[conv_id].get("last_activity_at"), last["created_at"])
-            }
-        for conv_id, last in repaired.items():
-            updates.append(
-                UpdateOne(
-                    {"_id": conv_id},
-                    {
-                        "$set": {**summary_fields(last), "status": "open", "snooze_until": None},
-                        "$inc": {"unread": 1},
-                    },
-                )
-            )
+            for conv_id, last in repaired.items():
+                summary = summaries.get(conv_id)
+                if summary is None or not _before(
+                    summary.get("last_inbound_at"), last["created_at"]
+                ):
+                    continue
+                # The newest message shown stays shown: a reply written after the
+                # lost message, or this batch's own newer ones, keep their place;
+                # the lost one is then only counted.
+                fields: dict[str, Any] = {}
+                if conv_id in per_conv:
+                    pass
+                elif summary.get("last_message") is None or _before(
+                    summary.get("last_activity_at"), last["created_at"]
+                ):
+                    fields = {**summary_fields(last), "status": "open", "snooze_until": None}
+                else:
+                    fields = {"last_inbound_at": last["created_at"], "status": "open"}
+                change: dict[str, Any] = {"$inc": {"unread": 1}}
+                if fields:
+                    change["$set"] = fields
+                updates.append(UpdateOne({"_id": conv_id}, change))
         published: list[Event] = [Event("message.created", message_view(d)) for d in new_docs]
         for conv_id, conv_docs in per_conv.items():
             published.append(
