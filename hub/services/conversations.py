@@ -23,7 +23,7 @@ from hub.services.messages import note_doc
 from hub.services.outbox import provider_key
 from hub.services.paging import page_by_time
 from hub.shapes import conversation_view, iso, message_view
-from hub.store import Store, find_by_ids, new_id
+from hub.store import VALUES_PER_IN, Store, find_by_ids, new_id
 
 _UNSET: Any = object()
 
@@ -162,7 +162,7 @@ async def page(
         clauses.append({"assignee_id": assignee})
     if text:
         matched = {"last_message.text": {"$regex": re.escape(text), "$options": "i"}}
-        ids = list(contact_ids)
+        ids = list(contact_ids)[:VALUES_PER_IN]  # the embedded engine's `$in` limit
         clauses.append({"$or": [{"contact_id": {"$in": ids}}, matched]} if ids else matched)
     docs, next_cursor = await page_by_time(
         store.conversations, clauses, "last_activity_at", cursor, limit

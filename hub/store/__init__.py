@@ -35,12 +35,13 @@ Doc = dict[str, Any]
 
 # Every collection the hub uses and the indexes it needs: (keys, options).
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
-    "contacts": [([("created_at", DESCENDING)], {})],
+    "contacts": [([("created_at", DESCENDING)], {}), ([("created_by", ASCENDING)], {})],
     "identities": [([("contact_id", ASCENDING)], {})],
     "inboxes": [],
     "conversations": [
         ([("contact_id", ASCENDING)], {}),
         ([("last_activity_at", DESCENDING)], {}),
+        ([("inbox", ASCENDING)], {}),
     ],
     "messages": [
         ([("conversation_id", ASCENDING)], {}),
@@ -63,6 +64,9 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
 
 
 IDS_PER_COMMAND = 1000  # also the most the embedded engine looks up by primary key
+# The embedded engine refuses an `$in` on any other field past about 500 values
+# ("Expression tree is too large"): a list the hub builds stays under this.
+VALUES_PER_IN = 400
 
 
 async def find_by_ids(collection: Any, ids: list[Any]) -> dict[Any, dict[str, Any]]:
