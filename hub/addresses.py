@@ -6,6 +6,7 @@ edge) and the contact services.
 from __future__ import annotations
 
 import functools
+import unicodedata
 
 import phonenumbers
 
@@ -51,7 +52,7 @@ def normalize_email(raw: str) -> str:
         or "@" in domain
         or len(labels) < 2
         or not all(labels)
-        or any(c.isspace() or c in "<>" for c in text)
+        or any(c.isspace() or c in "<>" or unicodedata.category(c) == "Cc" for c in text)
     ):
         raise InvalidIdentity(f"not an e-mail address: {raw!r}")
     return text

@@ -12,6 +12,7 @@ import mimetypes
 import re
 import ssl
 import time
+import unicodedata
 import urllib.parse
 from collections.abc import Callable
 from email import policy
@@ -74,7 +75,7 @@ class SmtpSender:
         return SendResult(provider_id=message_id)
 
     def subject_for(self, message: OutboundMessage) -> str:
-        subject = " ".join((message.subject or "").split())
+        subject = " ".join(header_text(message.subject or "").split())
         if not subject:
             subject = f"Message from {self.settings.display_name or self.domain}"
         if message.in_reply_to and not _RE_PREFIX.match(subject):
@@ -91,7 +92,8 @@ class SmtpSender:
         """The MIME message: text and HTML alternatives, attachments, threading."""
         mime = EmailMessage()
         s = self.settings
-        mime["From"] = formataddr((s.display_name, s.address)) if s.display_name else s.address
+        name = header_text(s.display_name)
+        mime["From"] = formataddr((name, s.address)) if name else s.address
         mime["To"] = recipient
         mime["Subject"] = self.subject_for(message)
         mime["Date"] = formatdate(usegmt=True)
@@ -112,7 +114,7 @@ class SmtpSender:
                 data,
                 maintype=maintype or "application",
                 subtype=subtype or "octet-stream",
-                filename=name,
+                filename=header_text(name),
             )
         return mime
 
@@ -256,7 +258,15 @@ def _classified(code: int, message: str) -> Exception:
 
 
 def _usable_id(value: str) -> bool:
-    return bool(value) and "@" in value and not re.search(r"[\s<>]", value)
+    return bool(value) and "@" in value and not re.search(r"[\s<>\x00-\x1f\x7f-\x9f]", value)
+
+
+def header_text(value: str) -> str:
+    """`value` without control characters (NUL, escape, C1...), which must never
+    reach a mail header: some servers cut the header there, others refuse it."""
+    if value.isprintable():
+        return value
+    return "".join(c for c in value if unicodedata.category(c) != "Cc")
 
 
 def _name_from_url(url: str) -> str:
