@@ -16,7 +16,8 @@ retries, are stored once) and its recording one `voicemail` message
 `call.incoming` at once (the agent's screen-pop). A missed incoming call can
 send the caller an automatic SMS through another, SMS-capable inbox.
 
-A phone line carries no text: replies are refused with a clear reason.
+A phone line carries no text: replies are refused with a clear reason. `simulator`
+posts these events the way a PBX would, for the sandbox.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def _call_text(status: str, duration: int | None) -> str:
 class PbxChannel(ChannelAdapter):
     name = "pbx"
     Settings = PbxSettings
+    simulator = "channels.pbx.simulator:FakePbx"
     settings: PbxSettings
 
     def routes(self) -> list[web.RouteDef]:

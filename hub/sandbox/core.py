@@ -225,17 +225,18 @@ class Sandbox:
         self.inboxes: dict[str, InboxConfig] = {}
         rewired: list[InboxConfig] = []
         for inbox in settings.inboxes:
-            simulator = self._simulator(inbox.channel) if inbox.id in covered else None
-            if simulator is not None:
-                place = self._places.setdefault(
-                    inbox.channel,
-                    Place(
+            cls = simulator_class(inbox.channel) if inbox.id in covered else None
+            if cls is not None:
+                simulator = self.simulators.get(inbox.channel)
+                if simulator is None:
+                    simulator = self.simulators[inbox.channel] = cls.for_sandbox(self)
+                    self._places[inbox.channel] = Place(
                         api_base=f"{self.api_url}/{inbox.channel}",
                         smtp_host=host,
                         smtp_port=self.smtp_port,
                         smtp_socket=self._smtp_socket,
-                    ),
-                )
+                    )
+                place = self._places[inbox.channel]
                 inbox = dataclasses.replace(
                     inbox, settings=simulator.attach(inbox.id, inbox.settings, place)
                 )
@@ -258,21 +259,6 @@ class Sandbox:
         self._runner: web.AppRunner | None = None
         self.hub: Hub | None = None
         self.http: aiohttp.ClientSession | None = None
-
-    def _simulator(self, channel: str) -> Simulator | None:
-        """The channel's simulator (one for all its inboxes), or None."""
-        if channel not in self.simulators:
-            cls = simulator_class(channel)
-            if cls is not None:
-                self.simulators[channel] = cls.for_sandbox(self)
-            else:
-                # Providers whose channel package has no simulator yet: the sandbox's own.
-                from hub.sandbox.simulators import LEGACY_CHANNELS, Legacy
-
-                if channel not in LEGACY_CHANNELS:
-                    return None
-                self.simulators[channel] = Legacy(self, channel)
-        return self.simulators[channel]
 
     # -- lifecycle ---------------------------------------------------------------------
 
