@@ -37,6 +37,7 @@ from channels.email.parse import (
     split_quoted,
 )
 from channels.email.simulator import SmtpSink
+from hub.addresses import InvalidIdentity, normalize_email
 from hub.app import build_app
 from hub.config import Settings, parse_settings
 from hub.model import Attachment, OutboundMessage
@@ -771,6 +772,21 @@ async def test_reply_subject_gets_one_re_prefix_and_references_end_with_the_pare
         "<1234@local.machine.example> <3456@example.net> <abcd.1234@local.machine.test>"
     )
     assert second.parsed["Subject"] == "Re: Saying Hello"
+
+
+async def test_no_nul_or_control_character_reaches_an_outbound_header(mail_hub, sink):
+    channel = channel_of(mail_hub)
+    await channel.send(outbound(subject="Order\x00 #12\x07 shipped\x1b[0m\u0085", text="ok"))
+    (mail,) = await sink.wait_for(1)
+    raw_headers = mail.raw.split(b"\r\n\r\n", 1)[0]
+    assert not any(byte < 32 and byte not in (9, 10, 13) for byte in raw_headers)
+    assert mail.parsed["Subject"] == "Order #12 shipped[0m"
+
+
+def test_an_address_with_a_control_character_is_not_an_address():
+    for raw in ("ann\x00@example.com", "ann@exam\x07ple.com", "ann@example.com\x7f"):
+        with pytest.raises(InvalidIdentity):
+            normalize_email(raw)
 
 
 def test_html_alternative_is_escaped_text_with_line_breaks_kept():
