@@ -1,8 +1,11 @@
 """Contacts: search, read, create, edit, merge.
 
-Any agent may list and create contacts. Reading or editing one contact needs
-access to one of its conversations' inboxes (a contact with no conversation yet
-is everyone's); merging needs the supervisor role, since it cannot be undone.
+Any agent may list and create contacts, and sees only the contacts it may see
+(hub.services.visibility): those with a conversation in one of its inboxes, and
+those it created while they have no conversation yet; supervisors see every
+contact. Reading or editing one contact needs the same; a phone or e-mail taken
+by a contact the agent may not see is refused without naming that contact.
+Merging needs the supervisor role, since it cannot be undone.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from hub.api.schemas import (
     MergeIn,
 )
 from hub.model import Event
-from hub.services import contacts
-from hub.services.contacts import MergeError
+from hub.services import contacts, visibility
+from hub.services.contacts import IdentityTaken, MergeError
 from hub.shapes import iso
 from hub.store import Store
 
@@ -78,17 +81,24 @@ async def matching_contact_ids(call: Call, q: str, *, limit: int) -> list[str]:
 async def _visible_contact(
     call: Call, contact_id: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The contact (404) and the conversations of it this agent sees (403 when it
-    has conversations and none is in the agent's inboxes)."""
-    found = await contacts.get_with_conversations(_store(call), contact_id)
+    """The contact (404) and the conversations of it this agent sees (403 when the
+    agent may not see it)."""
+    found = await visibility.contact_for(_store(call), call.me, contact_id)
     if found is None:
         raise not_found("contact")
-    doc, conversations = found
-    seen = [c for c in conversations if call.me.sees(c.get("inbox"))]
-    if conversations and not seen:
+    doc, seen, visible = found
+    if not visible:
         raise ApiError(403, "forbidden", "this contact talks only to inboxes you do not see")
     seen.sort(key=lambda c: iso(c.get("last_activity_at")) or "", reverse=True)
     return doc, seen
+
+
+async def _taken(call: Call, error: IdentityTaken) -> ApiError | None:
+    """The 409 for an identity another contact owns, when the agent may not see
+    that contact (None: it may, and the error may name it)."""
+    if await visibility.sees(_store(call), call.me, error.owner):
+        return None
+    return ApiError(409, "identity_taken", f"{error.value} belongs to another contact")
 
 
 async def _full_view(call: Call, contact_id: str) -> dict[str, Any]:
@@ -106,14 +116,26 @@ async def _full_view(call: Call, contact_id: str) -> dict[str, Any]:
 )
 async def list_contacts(call: Call) -> dict[str, Any]:
     query: ContactQuery = call.query
-    docs, next_cursor = await contacts.page(
-        _store(call),
-        q=query.q,
-        label=query.label,
-        cursor=query.cursor,
-        limit=query.limit,
-        default_region=call.hub.settings.identity.default_region,
-    )
+    region = call.hub.settings.identity.default_region
+    if call.me.inboxes is None:
+        docs, next_cursor = await contacts.page(
+            _store(call),
+            q=query.q,
+            label=query.label,
+            cursor=query.cursor,
+            limit=query.limit,
+            default_region=region,
+        )
+    else:
+        docs, next_cursor = await visibility.page_for(
+            _store(call),
+            call.me,
+            q=query.q,
+            label=query.label,
+            cursor=query.cursor,
+            limit=query.limit,
+            default_region=region,
+        )
     return {"items": [contact_view(d) for d in docs], "next_cursor": next_cursor}
 
 
@@ -142,10 +164,14 @@ async def create_contact(call: Call) -> dict[str, Any]:
         birthday=body.birthday.model_dump() if body.birthday else None,
         labels=body.labels,
         attributes=dict(body.attributes),
+        created_by=call.me.agent_id,
     )
-    contact_id = await contacts.create(
-        _store(call), new, default_region=call.hub.settings.identity.default_region
-    )
+    try:
+        contact_id = await contacts.create(
+            _store(call), new, default_region=call.hub.settings.identity.default_region
+        )
+    except IdentityTaken as error:
+        raise await _taken(call, error) or error from None
     view = await _full_view(call, contact_id)
     await call.hub.publish([Event("contact.updated", view)])
     return view
@@ -172,9 +198,12 @@ async def patch_contact(call: Call) -> dict[str, Any]:
         phones=body.phones,
         emails=body.emails,
     )
-    await contacts.update(
-        _store(call), doc, change, default_region=call.hub.settings.identity.default_region
-    )
+    try:
+        await contacts.update(
+            _store(call), doc, change, default_region=call.hub.settings.identity.default_region
+        )
+    except IdentityTaken as error:
+        raise await _taken(call, error) or error from None
     view = await _full_view(call, contact_id)
     await call.hub.publish([Event("contact.updated", view)])
     return view

@@ -2,7 +2,9 @@
 
 Each connection subscribes to the hub's event bus (which carries this process's
 events and, through the `events` collection, every other process's) and is sent
-the events of the inboxes its agent sees. A heartbeat every `heartbeat` seconds
+the events of the inboxes its agent sees, and the events about the contacts its
+agent may see (hub.services.visibility), with only the conversations of its
+inboxes in them. A heartbeat every `heartbeat` seconds
 also re-checks the session, so an expired or revoked token, or a disabled
 agent, ends the connection even when the logout happened on another process;
 a logout here ends it at once (`session.ended`).
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,36 +23,101 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pymongo.errors import PyMongoError
 
 from hub.api.base import SESSION_COOKIE, ApiError, ApiState, Call, RouteTable
-from hub.model import utcnow
+from hub.model import Event, utcnow
 from hub.services.accounts import Accounts, Session, agent_view
 from hub.services.events import Subscription
+from hub.services.visibility import Audience, audience_of
 from hub.shapes import iso
+from hub.store import Store
 
 log = logging.getLogger("hub.api.ws")
 
 table = RouteTable()
 
-# What agents are sent; events about an inbox go only to agents who see it.
+# What agents are sent; events about an inbox go only to agents who see it, events
+# about a contact only to agents who may see the contact.
+CONTACT_EVENTS = frozenset({"contact.updated", "contact.merged"})
 PUSHED = frozenset(
     {
         "message.created",
         "message.updated",
         "conversation.updated",
         "call.incoming",
-        "contact.updated",
-        "contact.merged",
+        *CONTACT_EVENTS,
     }
 )
 SESSION_CHANGES = frozenset({"agent.updated", "team.updated"})
 SESSION_ENDED = 4001  # the close code when the session ends (logout, expiry, disabled)
+AUDIENCES_KEPT = 256
 
 
 def may_see(session: Session, event_type: str, data: dict[str, Any]) -> bool:
-    if event_type not in PUSHED:
+    """Whether an event about an inbox is for this session (contact events are
+    decided by `shown`, which reads who may see the contact)."""
+    if event_type not in PUSHED or event_type in CONTACT_EVENTS:
         return False
-    if event_type.startswith("contact."):
-        return True
     return session.sees(data.get("inbox"))
+
+
+class Audiences:
+    """Who may see the contact of each contact event: read from the store once per
+    event, however many of this process's sockets ask (each waits on one read)."""
+
+    def __init__(self, kept: int = AUDIENCES_KEPT) -> None:
+        self.kept = kept
+        # By the event's identity; the event is kept with it, so its id is not reused.
+        self._reads: OrderedDict[int, tuple[Event, asyncio.Task[Audience | None]]] = OrderedDict()
+
+    async def of(self, store: Store, event: Event) -> Audience | None:
+        contact_id = event.data.get("id")
+        if not isinstance(contact_id, str):
+            return None
+        entry = self._reads.get(id(event))
+        if entry is None or entry[0] is not event:
+            task = asyncio.ensure_future(audience_of(store, contact_id))
+            task.add_done_callback(_observe)
+            entry = self._reads[id(event)] = (event, task)
+            while len(self._reads) > self.kept:
+                self._reads.popitem(last=False)
+        return await asyncio.shield(entry[1])
+
+
+def _observe(task: asyncio.Task[Audience | None]) -> None:
+    # Each socket waiting on the read gets its error; none waiting must not warn.
+    if not task.cancelled():
+        task.exception()
+
+
+AUDIENCES = Audiences()
+
+
+def narrowed(session: Session, data: dict[str, Any]) -> dict[str, Any]:
+    """A contact event's data with only the conversations in the session's inboxes."""
+    conversations = data.get("conversations")
+    if session.inboxes is None or conversations is None:
+        return data
+    if not isinstance(conversations, list):
+        return {**data, "conversations": []}
+    kept = [c for c in conversations if isinstance(c, dict) and session.sees(c.get("inbox"))]
+    return {**data, "conversations": kept}
+
+
+async def shown(store: Store | None, session: Session, event: Event) -> dict[str, Any] | None:
+    """What this session is sent of `event`, or None when it is not for it."""
+    if event.type not in CONTACT_EVENTS:
+        return event.as_dict() if may_see(session, event.type, event.data) else None
+    if session.inboxes is None:
+        return event.as_dict()
+    if store is None:
+        return None
+    try:
+        audience = await AUDIENCES.of(store, event)
+    except PyMongoError:
+        log.warning("contact event withheld: the store is away", extra={"event": event.type})
+        return None
+    if audience is None or not audience.admits(session.agent_id, session.inboxes):
+        return None
+    return {"type": event.type, "data": narrowed(session, event.data)}
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -100,7 +168,8 @@ async def websocket(call: Call) -> web.StreamResponse:
             }
         )
         pump = asyncio.create_task(
-            _pump(ws, sub, session, call.accounts, token, state), name="ws-pump"
+            _pump(ws, sub, session, call.accounts, token, state, call.hub.store),
+            name="ws-pump",
         )
         state.tasks.add(pump)
         pump.add_done_callback(state.tasks.discard)
@@ -124,6 +193,7 @@ async def _pump(
     accounts: Accounts,
     token: str,
     state: ApiState,
+    store: Store | None = None,
 ) -> None:
     """Forward the events this session may see until the socket or session ends."""
     try:
@@ -150,8 +220,9 @@ async def _pump(
                     return
                 session = fresh
                 continue
-            if may_see(session, event.type, event.data):
-                await ws.send_json(event.as_dict())
+            message = await shown(store, session, event)
+            if message is not None:
+                await ws.send_json(message)
     except (ConnectionResetError, RuntimeError):
         return  # the client went away mid-send
 

@@ -289,7 +289,13 @@ class InvalidContact(ValueError):
 
 
 class IdentityTaken(ValueError):
-    """A phone, e-mail or Telegram id that belongs to another contact."""
+    """A phone, e-mail or Telegram id (`value`) that belongs to another contact
+    (`owner`); the message names the owner, so show it only to who may see it."""
+
+    def __init__(self, value: str, owner: str) -> None:
+        super().__init__(f"{value} belongs to contact {owner} (merge them instead)")
+        self.value = value
+        self.owner = owner
 
 
 async def matching_contact_ids(
@@ -297,6 +303,15 @@ async def matching_contact_ids(
 ) -> list[str]:
     """Contacts whose phone or e-mail is `q` (an identity lookup), else whose name,
     phone or e-mail contains it (case-insensitive). `q` is only ever a value."""
+    owner = await identity_owner(store, q, default_region=default_region)
+    if owner is not None:
+        return [owner]
+    docs = await store.contacts.find(text_filter(q), {"_id": 1}).limit(limit).to_list()
+    return [str(d["_id"]) for d in docs]
+
+
+async def identity_owner(store: Store, q: str, *, default_region: str) -> str | None:
+    """The contact whose phone or e-mail `q` is, if `q` is one and has an owner."""
     text = q.strip()
     exact: IdentityRef | None = None
     try:
@@ -306,24 +321,23 @@ async def matching_contact_ids(
             exact = IdentityRef(kind="phone", value=normalize_phone(text, default_region))
     except InvalidIdentity:
         exact = None
-    if exact is not None:
-        owner = await store.identities.find_one(
-            {"_id": identity_id(exact.kind, exact.value)}, {"contact_id": 1}
-        )
-        if owner is not None:
-            return [str(owner["contact_id"])]
-    pattern = {"$regex": re.escape(text), "$options": "i"}
-    docs = (
-        await store.contacts.find(
-            {"$or": [{"name": pattern}, {"emails": pattern}, {"phones": pattern}]}, {"_id": 1}
-        )
-        .limit(limit)
-        .to_list()
+    if exact is None:
+        return None
+    owner = await store.identities.find_one(
+        {"_id": identity_id(exact.kind, exact.value)}, {"contact_id": 1}
     )
-    return [str(d["_id"]) for d in docs]
+    return None if owner is None else str(owner["contact_id"])
 
 
-def _position(doc: dict[str, Any]) -> tuple[datetime, str]:
+def text_filter(q: str) -> dict[str, Any]:
+    """The filter of contacts whose name, phone or e-mail contains `q` (case-insensitive);
+    `q` is escaped, so it is only ever a value."""
+    pattern = {"$regex": re.escape(q.strip()), "$options": "i"}
+    return {"$or": [{"name": pattern}, {"emails": pattern}, {"phones": pattern}]}
+
+
+def position(doc: dict[str, Any]) -> tuple[datetime, str]:
+    """Where a contact sorts in a list (newest first: descending)."""
     at = doc.get("created_at")
     return (at if isinstance(at, datetime) else EPOCH, str(doc["_id"]))
 
@@ -343,11 +357,11 @@ async def _search(
     found = list((await find_by_ids(store.contacts, ids)).values())
     if label is not None:
         found = [d for d in found if label in (d.get("labels") or [])]
-    found.sort(key=_position, reverse=True)
+    found.sort(key=position, reverse=True)
     if cursor is not None:
         at, ident = decode_cursor(cursor)
         mark = (at or EPOCH, ident)
-        found = [d for d in found if _position(d) < mark]
+        found = [d for d in found if position(d) < mark]
     docs = found[:limit]
     next_cursor = None
     if len(found) > limit and docs:
@@ -416,9 +430,7 @@ async def ensure_free(store: Store, refs: Sequence[IdentityRef], contact_id: str
             {"_id": identity_id(ref.kind, ref.value)}, {"contact_id": 1}
         )
         if owner is not None and owner["contact_id"] != contact_id:
-            raise IdentityTaken(
-                f"{ref.value} belongs to contact {owner['contact_id']} (merge them instead)"
-            )
+            raise IdentityTaken(ref.value, str(owner["contact_id"]))
 
 
 @dataclass(frozen=True)
@@ -434,6 +446,7 @@ class NewContact:
     birthday: dict[str, Any] | None = None
     labels: list[str] = dataclasses.field(default_factory=list)
     attributes: dict[str, str] = dataclasses.field(default_factory=dict)
+    created_by: str | None = None  # the agent: it alone sees the contact until it talks
 
 
 async def create(store: Store, new: NewContact, *, default_region: str) -> str:
@@ -453,6 +466,8 @@ async def create(store: Store, new: NewContact, *, default_region: str) -> str:
         labels=list(dict.fromkeys(new.labels)),
         attributes={attribute_key(k): v for k, v in new.attributes.items()},
     )
+    if new.created_by is not None:
+        doc["created_by"] = new.created_by
     await store.contacts.insert_one(doc)
     for ref in refs:
         await add_identity(store, contact_id, ref)
