@@ -26,6 +26,12 @@ class ServerSettings(Section):
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = ""
     shutdown_timeout: float = Field(default=10.0, gt=0)
+    # Connections: seconds one may sit idle waiting for a request; seconds a request
+    # (headers and body) may take to arrive from its first byte; how many may be
+    # open at once (at the cap the one idle longest is closed for a new one).
+    keepalive_timeout: float = Field(default=75.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
     # Addresses of the reverse proxies in front of the hub (exact IPs): only a
     # request from one of them has its X-Forwarded-For believed.
     trusted_proxies: list[str] = []
