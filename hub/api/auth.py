@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +22,7 @@ from hub.api.schemas import (
     AgentList,
     AgentOut,
     AgentPatch,
+    LockList,
     LoginIn,
     LoginOut,
     MeOut,
@@ -31,8 +34,11 @@ from hub.api.schemas import (
 )
 from hub.model import Event, utcnow
 from hub.services.accounts import (
+    DEVICE_TTL,
     AccountError,
     AgentChange,
+    LockView,
+    TooManyAttempts,
     agent_view,
     normalize_agent_email,
     team_view,
@@ -42,39 +48,95 @@ from hub.shapes import iso
 table = RouteTable()
 
 
+DEVICE_COOKIE = "hub_device"
+LOGIN_PATH = "/api/auth/login"
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`text` as an IP address (an IPv4-mapped IPv6 one as IPv4; a port after an
+    IPv4 address or a bracketed IPv6 one dropped), or None."""
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def client_address(peer: str | None, forwarded: list[str], trusted: list[str]) -> str:
+    """The client's address: the `peer`'s, unless the peer is one of the `trusted`
+    proxies, then the right-most address of its X-Forwarded-For headers
+    (`forwarded`, in order) that is not itself a trusted proxy. The addresses to
+    the left of that one are whatever the client wrote, so they are not believed.
+    A hop that is not an IP address, or no hop, leaves the peer's address."""
+    peer_ip = _ip(peer or "")
+    if peer_ip is None:
+        return peer or "unknown"
+    proxies = {ip for ip in (_ip(t) for t in trusted) if ip is not None}
+    if peer_ip not in proxies:
+        return str(peer_ip)
+    hops = [hop for header in forwarded for hop in header.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        ip = _ip(hop)
+        if ip is None:
+            break
+        if ip not in proxies:
+            return str(ip)
+    return str(peer_ip)
+
+
 def _client_address(call: Call) -> str:
-    # The peer address: X-Forwarded-For is not trusted unless a deployment says
-    # which proxy sets it (CONVENTIONS.md).
-    return call.request.remote or "unknown"
+    return client_address(
+        call.request.remote,
+        call.request.headers.getall("X-Forwarded-For", []),
+        call.hub.settings.server.trusted_proxies,
+    )
 
 
 @table.route(
     "POST",
-    "/api/auth/login",
+    LOGIN_PATH,
     summary="Log in: a token for the API, and the web UI's session cookie",
     role=None,
     body=LoginIn,
     response=LoginOut,
 )
 async def login(call: Call) -> web.StreamResponse:
+    """Counted by the login limits (LoginLimiter) before the password is checked:
+    a 429 when the account, the address or this browser is backed off. A browser
+    whose `hub_device` cookie is known for the account is held only by its own
+    failures (Accounts.known_device)."""
     body: LoginIn = call.body
     address = _client_address(call)
     try:
         email = normalize_agent_email(body.email)
     except AccountError:
         email = body.email.strip().lower()
+    agent = await call.accounts.find_by_email(email)
+    presented = call.request.cookies.get(DEVICE_COOKIE)
+    device = call.accounts.known_device(agent, presented)
     limiter = call.state.limiter
-    wait = limiter.blocked(email, address)
-    if wait > 0:
-        raise ApiError(
-            429, "too_many_attempts", f"too many failed logins; try again in {math.ceil(wait)} s"
-        )
-    agent = await call.accounts.login(email, body.password)
-    if agent is None:
-        limiter.failed(email, address)
+    # No await between the check and the count: concurrent attempts in this
+    # process are each counted before any password is checked.
+    try:
+        attempt = limiter.start(email, address, device)
+    except TooManyAttempts as refused:
+        raise ApiError(429, "too_many_attempts", str(refused)) from None
+    ok = False
+    try:
+        ok = await call.accounts.check_password(agent, body.password)
+    finally:
+        limiter.finish(attempt, ok)
+    if not ok or agent is None:
         await call.accounts.audit(None, "login.failed", email=email, address=address)
         raise ApiError(401, "bad_credentials", "wrong e-mail or password")
-    limiter.succeeded(email)
+    device_token = await call.accounts.remember_device(agent, presented)
     token, csrf, _sid = await call.accounts.open_session(agent)
     expires = utcnow() + call.accounts.session_ttl
     response = web.json_response(
@@ -95,7 +157,66 @@ async def login(call: Call) -> web.StreamResponse:
     response.set_cookie(
         CSRF_COOKIE, csrf, max_age=max_age, path="/", samesite="Strict", secure=secure
     )
+    # Marks this browser as known for the account; only the login route sees it.
+    response.set_cookie(
+        DEVICE_COOKIE,
+        device_token,
+        max_age=int(DEVICE_TTL.total_seconds()),
+        path=LOGIN_PATH,
+        httponly=True,
+        samesite="Strict",
+        secure=secure,
+    )
     return response
+
+
+def _lock_view(lock: LockView) -> dict[str, Any]:
+    backed_off = lock.wait > 0
+    return {
+        "id": lock.id,
+        "kind": lock.kind,
+        "subject": lock.subject,
+        "failures": lock.failures,
+        "locked_until": iso(utcnow() + timedelta(seconds=lock.wait)) if backed_off else None,
+        "retry_after": math.ceil(lock.wait),
+    }
+
+
+@table.route(
+    "GET",
+    "/api/auth/locks",
+    summary="Login limits of this hub process: the accounts, addresses and browsers "
+    "with recent failed logins or backed off",
+    role="admin",
+    response=LockList,
+)
+async def list_locks(call: Call) -> dict[str, Any]:
+    """Each process counts its own (LoginLimiter): behind a load balancer, this is
+    what the process that answers has seen."""
+    locks = call.state.limiter.locks()[:1000]
+    return {"items": [_lock_view(lock) for lock in locks], "next_cursor": None}
+
+
+@table.route(
+    "DELETE",
+    "/api/auth/locks/{id}",
+    summary="Clear a login limit's failures and backoff (in this hub process)",
+    role="admin",
+    response=OkOut,
+)
+async def clear_lock(call: Call) -> dict[str, Any]:
+    handle = call.param("id")
+    cleared = call.state.limiter.clear(handle)
+    if cleared is None:
+        raise not_found("lock")
+    await call.accounts.audit(
+        call.me.agent_id,
+        "login.lock_cleared",
+        target=handle,
+        kind=cleared.kind,
+        subject=cleared.subject,
+    )
+    return {"ok": True}
 
 
 @table.route("POST", "/api/auth/logout", summary="End this session", response=OkOut)

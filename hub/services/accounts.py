@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
+import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -35,6 +38,8 @@ RANK: dict[str, int] = {"agent": 0, "supervisor": 1, "admin": 2}
 
 SESSION_TTL = timedelta(hours=12)
 MIN_PASSWORD = 8
+DEVICE_TTL = timedelta(days=90)  # how long a browser's device cookie lasts
+MAX_DEVICES = 10  # known browsers kept per agent, the most recent
 
 
 class UnknownTeams(ValueError):
@@ -120,55 +125,243 @@ class Session:
         return self.inboxes is None or (inbox is not None and inbox in self.inboxes)
 
 
+class TooManyAttempts(Exception):
+    """A login refused before its password is checked; `wait` is the seconds
+    until it may be tried again."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"too many failed logins; try again in {math.ceil(wait)} s")
+        self.wait = wait
+
+
+LockKind = Literal["account", "address", "device"]
+
+
+@dataclass
+class _Counter:
+    """One limited key: its recent failures, the attempts being checked now, and
+    how long it is backed off."""
+
+    kind: LockKind
+    subject: str
+    limit: int
+    failures: deque[float] = field(default_factory=deque)
+    checking: int = 0  # attempts counted, their password not yet checked
+    until: float = 0.0  # refused until then (the limiter's clock)
+    strikes: int = 0  # backoffs so far; the next one lasts backoff * 2**strikes
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """An attempt counted by `LoginLimiter.start`, to be ended by `finish`."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LockView:
+    """A limited key as admins see it: `wait` seconds left of its backoff (0: not
+    backed off, only failures counted)."""
+
+    id: str
+    kind: LockKind
+    subject: str
+    failures: int
+    wait: float
+
+
+def lock_id(key: str) -> str:
+    """The public handle of a limited key (a key holds an e-mail or an address)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def address_subject(address: str) -> str:
+    """What the limiter counts an address as: an IPv4 address, an IPv6 address's
+    /64 (one host usually has a whole /64 to pick from), or the text as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 @dataclass
 class LoginLimiter:
-    """Failed logins, counted in this process's memory, per account and per address.
+    """Failed logins, counted in this process's memory, per account, per address
+    and per known browser, with a backoff rather than a lock-out.
 
-    After `per_account` failures within `window` seconds an account is refused
-    for `lockout` seconds (even with the right password); an address gets
-    `per_address` failures in the window. A restart forgets the counts; a
-    deployment of several processes counts in each (a known limit, said in the
-    issue note): the store-backed version is a follow-up.
+    - An attempt is counted when it starts, before its password is checked
+      (`start` checks and counts with no await in between, so concurrent
+      attempts in one process cannot all slip under the limit), and ended by
+      `finish` with whether the password was right.
+    - An attempt from a browser not known for the account counts against the
+      account (`per_account` failures in `window` seconds) and its address
+      (`per_address`). An attempt from a known browser (one that logged in to
+      this account before, `Accounts.known_device`) counts only against that
+      browser (`per_account`): someone guessing elsewhere, or sharing a proxy's
+      or an office's address, does not keep its agent out, and the browser's
+      own wrong passwords are limited all the same.
+    - A key that reaches its limit is backed off: refused for `backoff`
+      seconds, twice as long each further time, at most `lockout` seconds;
+      after that the right password goes through again. A right password
+      clears the account's (or the browser's) failures; an address's failures
+      only age out. Nothing a client sends locks anything for good, and an
+      admin sees every key (`locks`) and clears one (`clear`).
+
+    Known limits: a restart forgets the counts, and each process of a
+    deployment counts (and shows admins) its own, so N processes allow up to N
+    times the attempts; the store-backed version is a follow-up.
     """
 
     per_account: int = 5
     per_address: int = 20
     window: float = 900.0
-    lockout: float = 900.0
-    _failures: dict[str, deque[float]] = field(default_factory=dict)
-    _locked_until: dict[str, float] = field(default_factory=dict)
+    backoff: float = 60.0
+    lockout: float = 900.0  # the longest backoff
+    max_keys: int = 100_000
+    clock: Callable[[], float] = time.monotonic
+    _counters: dict[str, _Counter] = field(default_factory=dict)
 
-    def _keys(self, email: str, address: str) -> list[tuple[str, int]]:
-        return [(f"account:{email}", self.per_account), (f"address:{address}", self.per_address)]
+    def _specs(self, email: str, address: str, device: str | None) -> list[_Counter]:
+        if device is not None:
+            return [_Counter("device", f"{email} (browser {device[:12]})", self.per_account)]
+        return [
+            _Counter("account", email, self.per_account),
+            _Counter("address", address_subject(address), self.per_address),
+        ]
 
-    def blocked(self, email: str, address: str) -> float:
-        """Seconds until a login for `email` from `address` may be tried; 0 if now."""
-        now = time.monotonic()
+    @staticmethod
+    def _key(counter: _Counter) -> str:
+        return f"{counter.kind}:{counter.subject}"
+
+    def _age(self, counter: _Counter, now: float) -> None:
+        while counter.failures and now - counter.failures[0] > self.window:
+            counter.failures.popleft()
+        if counter.strikes and counter.until + self.window < now:
+            counter.strikes = 0  # a window with no backoff: start again from the shortest
+
+    def _idle(self, counter: _Counter, now: float) -> bool:
+        self._age(counter, now)
+        return (
+            not (counter.checking or counter.failures or counter.strikes) and counter.until <= now
+        )
+
+    def start(self, email: str, address: str, device: str | None = None) -> LoginAttempt:
+        """Count an attempt to log in as `email` from `address` (and, when the
+        browser is known for this account, the hash of its `device` cookie);
+        TooManyAttempts if a key it counts against is backed off or has as many
+        failures and attempts under way as its limit."""
+        now = self.clock()
+        specs = self._specs(email, address, device)
         wait = 0.0
-        for key, _ in self._keys(email, address):
-            until = self._locked_until.get(key, 0.0)
-            if until > now:
-                wait = max(wait, until - now)
-            elif key in self._locked_until:
-                del self._locked_until[key]
-        return wait
+        for spec in specs:
+            counter = self._counters.get(self._key(spec))
+            if counter is None:
+                continue
+            self._age(counter, now)
+            counter.limit = spec.limit  # the limits may have been changed
+            if counter.until > now:
+                wait = max(wait, counter.until - now)
+            elif len(counter.failures) + counter.checking >= counter.limit:
+                wait = max(wait, 1.0)  # the attempts under way decide
+        if wait > 0:
+            raise TooManyAttempts(wait)
+        keys = []
+        for spec in specs:
+            key = self._key(spec)
+            counter = self._counters.get(key)
+            if counter is None:
+                self._prune(now)
+                counter = self._counters[key] = spec
+            counter.checking += 1
+            keys.append(key)
+        return LoginAttempt(tuple(keys))
 
-    def failed(self, email: str, address: str) -> None:
-        now = time.monotonic()
-        for key, limit in self._keys(email, address):
-            times = self._failures.setdefault(key, deque())
-            times.append(now)
-            while times and now - times[0] > self.window:
-                times.popleft()
-            if len(times) >= limit:
-                self._locked_until[key] = now + self.lockout
-                times.clear()
-        if len(self._failures) > 100_000:  # a flood of made-up accounts: drop the oldest
-            for key in list(self._failures)[:50_000]:
-                del self._failures[key]
+    def finish(self, attempt: LoginAttempt, ok: bool) -> None:
+        """End a started attempt: `ok` when the password was right (and the agent
+        active); otherwise it is a failure, and a key at its limit backs off."""
+        now = self.clock()
+        for key in attempt.keys:
+            counter = self._counters.get(key)
+            if counter is None:  # pruned meanwhile
+                continue
+            counter.checking = max(0, counter.checking - 1)
+            if ok:
+                if counter.kind != "address":
+                    counter.failures.clear()
+                    counter.strikes = 0
+                if self._idle(counter, now):
+                    del self._counters[key]
+                continue
+            self._age(counter, now)
+            counter.failures.append(now)
+            if len(counter.failures) >= counter.limit:
+                counter.until = now + min(
+                    self.backoff * 2 ** min(counter.strikes, 30), self.lockout
+                )
+                counter.strikes += 1
+                counter.failures.clear()
 
-    def succeeded(self, email: str) -> None:
-        self._failures.pop(f"account:{email}", None)
+    def locks(self) -> list[LockView]:
+        """Every key backed off or with recent failures, the longest wait first."""
+        now = self.clock()
+        views = []
+        for key, counter in self._counters.items():
+            if self._idle(counter, now):
+                continue
+            wait = max(0.0, counter.until - now)
+            if wait == 0 and not counter.failures:
+                continue
+            views.append(
+                LockView(lock_id(key), counter.kind, counter.subject, len(counter.failures), wait)
+            )
+        views.sort(key=lambda v: (-v.wait, -v.failures, v.kind, v.subject))
+        return views
+
+    def clear(self, handle: str) -> LockView | None:
+        """Forget the failures and backoff of the key whose `lock_id` is `handle`;
+        the key as it was, or None if no key has it."""
+        now = self.clock()
+        for key, counter in self._counters.items():
+            if lock_id(key) != handle:
+                continue
+            if self._idle(counter, now):  # nothing to clear
+                del self._counters[key]
+                return None
+            view = LockView(
+                handle,
+                counter.kind,
+                counter.subject,
+                len(counter.failures),
+                max(0.0, counter.until - now),
+            )
+            counter.failures.clear()
+            counter.until = 0.0
+            counter.strikes = 0
+            if not counter.checking:
+                del self._counters[key]
+            return view
+        return None
+
+    def _prune(self, now: float) -> None:
+        """Bound the memory a flood of made-up accounts takes: drop the idle keys,
+        then the oldest not backed off."""
+        if len(self._counters) < self.max_keys:
+            return
+        for key, counter in list(self._counters.items()):
+            if self._idle(counter, now):
+                del self._counters[key]
+        excess = len(self._counters) - self.max_keys // 2
+        for key, counter in list(self._counters.items()):
+            if excess <= 0:
+                break
+            if not counter.checking and counter.until <= now:
+                del self._counters[key]
+                excess -= 1
 
 
 @dataclass
@@ -254,11 +447,12 @@ class Accounts:
             fields["teams"] = await self.known_teams(change.teams)
         if change.password is not None:
             fields["password_hash"] = await self.passwords.hash(change.password)
+            fields["devices"] = []  # browsers known with the old password are not
         if fields:
             await self.store.agents.update_one({"_id": agent_id}, {"$set": fields})
             if change.active is False or change.password is not None:
                 await self.store.tokens.delete_many({"agent_id": agent_id})
-            changed = sorted(k for k in fields if k != "password_hash")
+            changed = sorted(k for k in fields if k not in ("password_hash", "devices"))
             await self.audit(by, "agent.updated", target=agent_id, fields=changed)
         return {**agent, **fields}, bool(fields)
 
@@ -320,11 +514,48 @@ class Accounts:
     async def login(self, email: str, password: str) -> dict[str, Any] | None:
         """The agent whose e-mail and password these are (and active), or None."""
         agent = await self.find_by_email(email)
+        return agent if await self.check_password(agent, password) else None
+
+    async def check_password(self, agent: dict[str, Any] | None, password: str) -> bool:
+        """Whether `agent` exists, is active and has this password (as long to
+        answer when it does not exist)."""
         stored = agent.get("password_hash") if agent else None
         ok = await self.passwords.verify(stored, password)
-        if not ok or agent is None or not agent.get("active", True):
+        return ok and agent is not None and bool(agent.get("active", True))
+
+    # -- known browsers ----------------------------------------------------------------
+    #
+    # A browser that has logged in to an account is "known" for it, so that the
+    # login limits can tell its agent from someone guessing elsewhere: a right
+    # password from a known browser passes the account's and the address's
+    # backoff (LoginLimiter). On a successful login from a browser not known for
+    # the account, the hub makes a new random device token, sets it as the
+    # `hub_device` cookie (HttpOnly, SameSite=Strict, sent only to the login
+    # route) and keeps its SHA-256 in the agent's `devices` (the latest
+    # MAX_DEVICES). A token the browser brings is never adopted, so one planted
+    # in a browser becomes known to nothing. The token grants nothing by itself:
+    # the password is still needed, and its wrong passwords are limited per
+    # browser. A new password forgets the agent's known browsers.
+
+    @staticmethod
+    def known_device(agent: dict[str, Any] | None, token: str | None) -> str | None:
+        """The hash of the device `token` when it is a known browser of `agent`."""
+        if agent is None or not token or len(token) > 100:
             return None
-        return agent
+        digest = token_hash(token)
+        return digest if digest in (agent.get("devices") or []) else None
+
+    async def remember_device(self, agent: dict[str, Any], token: str | None) -> str:
+        """After a successful login: the device token the browser is to keep (the
+        one it brought when that is a known browser of `agent`, else a new one),
+        recorded as the agent's most recent known browser."""
+        if token is None or self.known_device(agent, token) is None:
+            token = secrets.token_urlsafe(32)
+        digest = token_hash(token)
+        devices = [d for d in agent.get("devices") or [] if d != digest]
+        devices = [*devices, digest][-MAX_DEVICES:]
+        await self.store.agents.update_one({"_id": agent["_id"]}, {"$set": {"devices": devices}})
+        return token
 
     async def open_session(self, agent: dict[str, Any]) -> tuple[str, str, str]:
         """Store a new session for `agent`; return its token, CSRF token and sid.
