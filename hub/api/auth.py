@@ -37,6 +37,7 @@ from hub.services.accounts import (
     DEVICE_TTL,
     AccountError,
     AgentChange,
+    LastAdmin,
     LockView,
     TooManyAttempts,
     agent_view,
@@ -306,7 +307,10 @@ async def patch_agent(call: Call) -> dict[str, Any]:
         teams=body.teams,
         password=body.password,
     )
-    agent, changed = await call.accounts.update_agent(agent, change, by=call.me.agent_id)
+    try:
+        agent, changed = await call.accounts.update_agent(agent, change, by=call.me.agent_id)
+    except LastAdmin as error:
+        raise ApiError(409, "last_admin", str(error)) from None
     if changed:
         await call.hub.publish([Event("agent.updated", {"id": agent_id})])
     return agent_view(agent)

@@ -63,6 +63,10 @@ class AccountError(ValueError):
     """A request about accounts that cannot be done (duplicate e-mail, bad role)."""
 
 
+class LastAdmin(AccountError):
+    """A change that would leave no active admin (demoting or disabling the last)."""
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -448,6 +452,8 @@ class Accounts:
         if change.password is not None:
             fields["password_hash"] = await self.passwords.hash(change.password)
             fields["devices"] = []  # browsers known with the old password are not
+        if _is_active_admin(agent) and not _is_active_admin({**agent, **fields}):
+            await self._step_down(agent, fields)
         if fields:
             await self.store.agents.update_one({"_id": agent_id}, {"$set": fields})
             if change.active is False or change.password is not None:
@@ -455,6 +461,30 @@ class Accounts:
             changed = sorted(k for k in fields if k not in ("password_hash", "devices"))
             await self.audit(by, "agent.updated", target=agent_id, fields=changed)
         return {**agent, **fields}, bool(fields)
+
+    async def _active_admins(self) -> int:
+        return await self.store.agents.count_documents({"role": "admin", "active": {"$ne": False}})
+
+    async def _step_down(self, agent: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Demote or disable the active admin `agent` (its `role`/`active` from
+        `fields`), or LastAdmin if no other active admin would remain.
+
+        Checked before, and again after the change is written, undoing it when
+        none remains: of two admins demoting each other at once, the one whose
+        change is written last sees the other's and is refused, so the store
+        never stays without an active admin (both may be refused)."""
+        others = await self.store.agents.count_documents(
+            {"role": "admin", "active": {"$ne": False}, "_id": {"$ne": agent["_id"]}}
+        )
+        if others == 0:
+            raise LastAdmin("the last active admin cannot be demoted or disabled")
+        step = {k: fields[k] for k in ("role", "active") if k in fields}
+        await self.store.agents.update_one({"_id": agent["_id"]}, {"$set": step})
+        if await self._active_admins() == 0:
+            await self.store.agents.update_one(
+                {"_id": agent["_id"]}, {"$set": {"role": "admin", "active": True}}
+            )
+            raise LastAdmin("the last active admin cannot be demoted or disabled")
 
     # -- teams -----------------------------------------------------------------------
 
@@ -608,6 +638,10 @@ class Accounts:
         await self.store.audit.insert_one(
             {"_id": new_id(), "at": utcnow(), "agent_id": agent_id, "action": action, **detail}
         )
+
+
+def _is_active_admin(agent: dict[str, Any]) -> bool:
+    return agent.get("role") == "admin" and bool(agent.get("active", True))
 
 
 def agent_view(agent: dict[str, Any]) -> dict[str, Any]:

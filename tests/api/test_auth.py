@@ -3,6 +3,7 @@ roles, and the first admin from the environment (issue 4, point 1)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -275,3 +276,78 @@ async def test_first_admin_comes_from_the_environment_only_when_no_agent_exists(
     finally:
         os.environ.pop("HUB_ADMIN_EMAIL", None)
         os.environ.pop("HUB_ADMIN_PASSWORD", None)
+
+
+# -- the last active admin -------------------------------------------------------------------
+
+
+async def test_the_last_active_admin_cannot_demote_or_deactivate_itself(api):
+    admin = await make_agent(api, "admin")
+    for change in ({"role": "supervisor"}, {"active": False}, {"role": "agent", "active": False}):
+        resp = await api.patch(f"/api/agents/{admin.id}", json=change, headers=admin.auth)
+        assert resp.status == 409, change
+        assert (await resp.json())["error"]["code"] == "last_admin"
+    doc = await hub(api).store.agents.find_one({"_id": admin.id})
+    assert doc["role"] == "admin" and doc["active"] is True
+    assert (await api.get("/api/auth/me", headers=admin.auth)).status == 200
+    # A change that leaves it an active admin is fine.
+    renamed = await api.patch(
+        f"/api/agents/{admin.id}", json={"name": "Root", "role": "admin"}, headers=admin.auth
+    )
+    assert renamed.status == 200
+
+
+async def test_an_admin_may_step_down_only_while_another_active_admin_remains(api):
+    one = await make_agent(api, "admin")
+    two = await make_agent(api, "admin")
+    resting = await accounts(api).create_agent(
+        email="resting@example.com", name="Resting", role="admin", password=PASSWORD
+    )
+    await hub(api).store.agents.update_one({"_id": resting["_id"]}, {"$set": {"active": False}})
+    demoted = await api.patch(f"/api/agents/{two.id}", json={"role": "agent"}, headers=one.auth)
+    assert demoted.status == 200
+    # A disabled admin does not count.
+    alone = await api.patch(f"/api/agents/{one.id}", json={"active": False}, headers=one.auth)
+    assert alone.status == 409
+    back = await api.patch(f"/api/agents/{resting['_id']}", json={"active": True}, headers=one.auth)
+    assert back.status == 200
+    stepped_down = await api.patch(
+        f"/api/agents/{one.id}", json={"role": "supervisor"}, headers=one.auth
+    )
+    assert stepped_down.status == 200
+
+
+async def test_no_one_demotes_or_deactivates_the_last_active_admin(api):
+    """Not a command, not another admin racing: at least one active admin stays."""
+    from hub.services.accounts import AccountError, AgentChange
+
+    admin = await accounts(api).create_agent(
+        email="only@example.com", name="Only", role="admin", password=PASSWORD
+    )
+    for change in (AgentChange(role="agent"), AgentChange(active=False)):
+        try:
+            await accounts(api).update_agent(admin, change, by=None)
+        except AccountError:
+            pass
+        else:
+            raise AssertionError(f"{change} went through")
+    store = hub(api).store
+    doc = await store.agents.find_one({"_id": admin["_id"]})
+    assert doc["role"] == "admin" and doc["active"] is True
+    # Two admins demoting each other (or themselves) at once leave one.
+    one = await make_agent(api, "admin")
+    two = await make_agent(api, "admin")
+    await store.agents.update_one({"_id": admin["_id"]}, {"$set": {"active": False}})
+    for targets in ((two, one), (one, two), (one, one), (two, two)):
+        results = await asyncio.gather(
+            api.patch(f"/api/agents/{targets[0].id}", json={"role": "agent"}, headers=one.auth),
+            api.patch(f"/api/agents/{targets[1].id}", json={"active": False}, headers=two.auth),
+        )
+        # (A disabled admin's sessions end: its own request may find it gone.)
+        assert {r.status for r in results} <= {200, 401, 403, 409}
+        active = await store.agents.count_documents({"role": "admin", "active": True})
+        assert active >= 1, targets
+        for who in (one, two):
+            await store.agents.update_one(
+                {"_id": who.id}, {"$set": {"role": "admin", "active": True}}
+            )
