@@ -34,10 +34,13 @@ async def make_contact(
     phones: tuple[str, ...] = (),
     emails: tuple[str, ...] = (),
     labels: tuple[str, ...] = (),
+    **fields: Any,
 ) -> str:
     store = store_of(ui)
     contact_id = new_id()
-    await store.contacts.insert_one(new_contact_doc(contact_id, name=name, labels=list(labels)))
+    await store.contacts.insert_one(
+        new_contact_doc(contact_id, name=name, labels=list(labels), **fields)
+    )
     for phone in phones:
         assert await add_identity(store, contact_id, IdentityRef(kind="phone", value=phone))
     for email in emails:
@@ -225,10 +228,12 @@ async def test_export_downloads_a_csv_with_the_contact(
 
 
 async def test_agent_sees_no_merge_import_or_export(ui: UiHub, pages: Pages) -> None:
-    await ui.accounts.create_agent(
+    bo = await ui.accounts.create_agent(
         email="bo@example.com", name="Bo Agent", role="agent", password=PASSWORD
     )
-    ann = await make_contact(ui, "Ann", phones=(ANN,))
+    # An agent sees the contacts it created (and those with a conversation in an
+    # inbox it sees): Bo created Ann.
+    ann = await make_contact(ui, "Ann", phones=(ANN,), created_by=bo["_id"])
     page = await pages.open()
     await log_in(page, UiHub(ui.server, ui.provider, "bo@example.com", "", ui.http))
     await expect(page.locator("#show-reports")).to_be_hidden()
