@@ -20,7 +20,7 @@ from hub.addresses import InvalidIdentity, normalize_email, normalize_phone
 from hub.model import Event, IdentityRef, utcnow
 from hub.services.events import Events
 from hub.services.paging import decode_cursor, encode_cursor, page_by_time
-from hub.store import Store, find_by_ids, identity_id, insert_new, new_id
+from hub.store import IDS_PER_COMMAND, Store, find_by_ids, identity_id, insert_new, new_id
 
 log = logging.getLogger("hub.identity")
 
@@ -122,7 +122,10 @@ async def resolve_many(store: Store, refs: Sequence[IdentityRef]) -> dict[str, s
         store.identities, [_identity_doc(key, ref, prepared[key]) for key, ref in new.items()]
     )
     if lost:
-        await store.contacts.delete_many({"_id": {"$in": [prepared[key] for key in lost]}})
+        losers = [prepared[key] for key in lost]
+        for start in range(0, len(losers), IDS_PER_COMMAND):  # the engine's `$in` limit
+            chunk = losers[start : start + IDS_PER_COMMAND]
+            await store.contacts.delete_many({"_id": {"$in": chunk}})
         winners = await find_by_ids(store.identities, list(lost))
         for key in lost:
             winner = winners.get(key)
