@@ -210,18 +210,24 @@ async def seed_store(uri: str, data_dir: Path, conversations: int, messages: int
     """Fill the fresh store at `uri` (serving `data_dir`); write the marker;
     return the seconds it took."""
     started = time.perf_counter()
-    store = await Store.open(uri=uri, database="hub", data_dir=data_dir)
+    # A generous timeout: the driver's heartbeats share the store's one thread
+    # with the bulk inserts, and one of 5,000 documents may outlast the hub's 3 s.
+    store = await Store.open(
+        uri=uri, database="hub", data_dir=data_dir, server_selection_timeout_ms=120_000
+    )
     try:
         await store.ensure_indexes()
         contacts, identities, convs, plan = seed_documents(conversations, messages)
         await insert_chunks(store.contacts, contacts)
         await insert_chunks(store.identities, identities)
-        written = 0
+        written, report = 0, 100_000
         for chunk in message_chunks(convs, plan):
             await store.messages.insert_many(chunk, ordered=False)
             written += len(chunk)
-            if written % 50_000 < CHUNK:
-                print(f"  {written:,} messages ...", flush=True)
+            if written >= report:
+                report += 100_000
+                took = time.perf_counter() - started
+                print(f"  {written:,} messages ({took:.0f} s) ...", flush=True)
         await insert_chunks(store.conversations, convs)
         counts = {
             name: await store.db[name].estimated_document_count()
