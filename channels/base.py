@@ -73,14 +73,46 @@ def validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# How deep a webhook's JSON may nest (objects and arrays); the providers' payloads
+# nest about ten levels. The API's body reader (hub.api.base) has the same cap.
+MAX_JSON_DEPTH = 64
+
+
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether parsed JSON `value` nests objects and arrays more than `limit` deep
+    (a top-level object is 1 deep). Iterative: a deep value cannot exhaust the stack."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = []
+    if isinstance(value, dict | list):
+        stack.append((value, 1))
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def json_object(body: bytes) -> dict[str, Any]:
-    """A raw body as a JSON object, or MalformedPayload saying why it is not one."""
+    """A raw body as a JSON object, or MalformedPayload saying why it is not one.
+
+    Refused too: JSON nested more than MAX_JSON_DEPTH deep (nested beyond
+    Python's recursion limit, `json.loads` raises RecursionError) and integers
+    longer than Python converts (`ValueError`, sys.get_int_max_str_digits)."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except RecursionError:
+        raise MalformedPayload(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
         raise MalformedPayload("the body is not JSON") from None
+    except ValueError:
+        raise MalformedPayload("a number in the body has too many digits") from None
     if not isinstance(payload, dict):
         raise MalformedPayload("the body must be a JSON object")
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and nests_deeper(
+        payload, MAX_JSON_DEPTH
+    ):
+        raise MalformedPayload(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
     return payload
 
 
@@ -202,6 +234,7 @@ __all__ = [
     "UnstorableEvent",
     "bad_request",
     "json_object",
+    "nests_deeper",
     "supported_events",
     "validation_message",
 ]

@@ -146,10 +146,12 @@ class RouteTable:
         return add
 
 
-def validation_message(error: ValidationError) -> str:
+def validation_message(error: ValidationError, whole: str = "body") -> str:
+    """The first errors, each after the field it is about (`whole` when the
+    error is about the body or query as a whole)."""
     parts = []
     for item in error.errors()[:5]:
-        where = ".".join(str(p) for p in item["loc"]) or "body"
+        where = ".".join(str(p) for p in item["loc"]) or whole
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
 
@@ -194,14 +196,73 @@ def check_csrf(request: web.Request, session: Session) -> None:
         raise ApiError(403, "csrf", f"a cookie session needs the {CSRF_HEADER} header")
 
 
+# The largest JSON body a route reads (the largest real one, a contact with every
+# field full, is about 150 kB), and how deep it may nest: the request models nest
+# three levels; past Python's recursion limit `json.loads` raises RecursionError.
+MAX_BODY_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 64
+
+
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether parsed JSON `value` nests objects and arrays more than `limit` deep
+    (a top-level object is 1 deep). Iterative: a deep value cannot exhaust the stack.
+    (channels.base has the webhooks' twin; the layers keep the API and the
+    channels from sharing code.)"""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = []
+    if isinstance(value, dict | list):
+        stack.append((value, 1))
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def too_large() -> ApiError:
+    return ApiError(413, "too_large", f"the body may hold at most {MAX_BODY_BYTES} bytes")
+
+
+async def read_capped(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body, or 413 once it is longer than `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise too_large()
+            chunks.append(chunk)
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large() from None
+    return b"".join(chunks)
+
+
+def parse_json(data: bytes) -> Any:
+    """`data` as JSON, or 400 saying why not: not JSON, nested more than
+    MAX_JSON_DEPTH deep, or an integer longer than Python converts (ValueError)."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise _too_deep() from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ApiError(400, "bad_request", "the body is not JSON") from None
+    except ValueError:  # int(): more digits than sys.get_int_max_str_digits()
+        raise ApiError(400, "bad_request", "a number in the body has too many digits") from None
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and nests_deeper(value, MAX_JSON_DEPTH):
+        raise _too_deep()
+    return value
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "bad_request", f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+
+
 async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    if not request.can_read_body:
-        raw: Any = {}
-    else:
-        try:
-            raw = json.loads(await request.read())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ApiError(400, "bad_request", "the body is not JSON") from None
+    raw: Any = parse_json(await read_capped(request)) if request.can_read_body else {}
     if not isinstance(raw, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     try:
@@ -220,7 +281,7 @@ def read_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(raw)
     except ValidationError as error:
-        raise ApiError(400, "invalid", validation_message(error)) from None
+        raise ApiError(400, "invalid", validation_message(error, "query")) from None
 
 
 # A service's refusal, as the API answers it: (status, code).
@@ -273,3 +334,4 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
 
     handle.__name__ = route.handler.__name__
     return handle
+

@@ -5,26 +5,40 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hub.api.base import Call, RouteTable
 from hub.api.schemas import Input, Output
 from hub.model import utcnow
-from hub.services.reports import MAX_DAYS, summary
+from hub.services.reports import FIRST_DAY, LAST_DAY, MAX_DAYS, summary
 
 table = RouteTable()
 
 
 class SummaryQuery(Input):
     from_: date | None = Field(
-        default=None, alias="from", description="first UTC day (YYYY-MM-DD); default: 6 days ago"
+        default=None,
+        alias="from",
+        description=f"first UTC day (YYYY-MM-DD, {FIRST_DAY} or later); default: 6 days "
+        "before `to`",
     )
-    to: date | None = Field(default=None, description="last UTC day, included; default: today")
+    to: date | None = Field(
+        default=None,
+        description=f"last UTC day, included ({LAST_DAY} or earlier); default: today",
+    )
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _on_the_calendar(cls, value: date | None) -> date | None:
+        # Beyond these, the bounds of the days in UTC are not datetimes.
+        if value is not None and not FIRST_DAY <= value <= LAST_DAY:
+            raise ValueError(f"must be a day from {FIRST_DAY} to {LAST_DAY}")
+        return value
 
     @model_validator(mode="after")
     def _range(self) -> SummaryQuery:
         end = self.to or utcnow().date()
-        start = self.from_ or end - timedelta(days=6)
+        start = self.from_ or end - timedelta(days=min(6, (end - FIRST_DAY).days))
         if start > end:
             raise ValueError("from must not be after to")
         if (end - start).days + 1 > MAX_DAYS:

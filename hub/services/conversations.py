@@ -12,7 +12,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from hub.model import ConversationStatus, Event, IdentityRef, utcnow
@@ -72,8 +72,14 @@ def _status_fields(doc: dict[str, Any], change: Change) -> dict[str, Any]:
         until = change.snooze_until
         if until is None:
             raise InvalidChange("snooze_until: required to snooze")
-        if until.tzinfo is None:
+        if until.utcoffset() is None:
             raise InvalidChange("snooze_until: give a time zone (Z for UTC)")
+        try:
+            # Stored (and compared) in UTC: a time in years 1-9999 there, which
+            # is what Python and, as Python reads them, the store hold.
+            until = until.astimezone(UTC)
+        except OverflowError:
+            raise InvalidChange("snooze_until: must be in years 1-9999 in UTC") from None
         if until <= utcnow():
             raise InvalidChange("snooze_until: must be in the future")
         fields.update(status="snoozed", snooze_until=until)

@@ -21,13 +21,21 @@ def encode_cursor(at: datetime | None, ident: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime | None, str]:
+    """The position (time in UTC, id) a cursor of `encode_cursor` names; BadCursor
+    for anything else. Its time has a zone (the API's have UTC) and is one that
+    exists in UTC: an offset can put a time near year 1 or 9999 past what Python
+    and the store can hold once converted, which every comparison does."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, ident = json.loads(base64.urlsafe_b64decode(padded.encode()))
         if not isinstance(ident, str) or not isinstance(stamp, str | None):
             raise ValueError("bad cursor")
         at = datetime.fromisoformat(stamp) if stamp is not None else None
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        if at is not None:
+            if at.utcoffset() is None:
+                raise ValueError("no time zone")
+            at = at.astimezone(UTC)
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
         raise BadCursor("cursor: not a cursor this API gave") from None
     return at, ident
 

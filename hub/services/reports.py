@@ -41,6 +41,11 @@ RECEIVE_SLACK = timedelta(minutes=5)
 # Conversations whose first reply came after the range, looked up one by one.
 MAX_LATE_LOOKUPS = 2000
 LOOKUP_CONCURRENCY = 16
+# The days a report can cover: its reads run from a little before the first day's
+# midnight (RECEIVE_SLACK) to the midnight after the last, and both are datetimes,
+# which end with year 9999 (so do the store's, as Python reads them).
+FIRST_DAY = date.min + timedelta(days=1)
+LAST_DAY = date.max - timedelta(days=1)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -102,7 +107,10 @@ class _Agent:
 
 
 def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
-    """The UTC instants from the start of `start` to the end of `end`."""
+    """The UTC instants from the start of `start` to the end of `end`; ValueError
+    for days outside FIRST_DAY to LAST_DAY."""
+    if start < FIRST_DAY or end > LAST_DAY:
+        raise ValueError(f"a report covers days from {FIRST_DAY} to {LAST_DAY}")
     lo = datetime(start.year, start.month, start.day, tzinfo=UTC)
     hi = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
     return lo, hi
