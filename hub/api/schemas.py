@@ -4,6 +4,11 @@ OpenAPI document are both built from these.
 Every input model forbids unknown fields and takes only plain values (strings,
 numbers, booleans, lists of strings), so nothing a client sends can become a
 query operator: an object where a string belongs is a 400.
+
+Booleans and enums are strict, where a coerced mistake is costly (`"private": 0`
+read as false sends a colleague's note to the customer): a body's booleans are
+JSON `true`/`false` (StrictBool), a query's are the strings "true"/"false"
+(QueryBool), and an enum (a Literal) takes only its exact values.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from hub.model import ConversationStatus, Medium
 
@@ -23,6 +28,21 @@ Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^$.\x00]+$
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 LOCALE = r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8})*$"
 AttributeKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\w -]+$")]
+
+
+def _query_bool(value: Any) -> Any:
+    # A query string is text: "true" and "false" are the booleans, nothing else
+    # ("1", "yes", "on" are refused, not guessed at); a non-string goes on to the
+    # strict check, which refuses it.
+    if isinstance(value, str):
+        if value not in ("true", "false"):
+            raise ValueError('give "true" or "false"')
+        return value == "true"
+    return value
+
+
+# A boolean in a query string.
+QueryBool = Annotated[StrictBool, BeforeValidator(_query_bool)]
 
 
 class Input(BaseModel):
@@ -111,7 +131,7 @@ class AgentPatch(Input):
     password: Annotated[str, Field(min_length=8, max_length=1024)] | None = None
     inboxes: list[Id] | None = Field(default=None, max_length=200)
     teams: list[Id] | None = Field(default=None, max_length=200)
-    active: bool | None = None
+    active: StrictBool | None = None
 
 
 class AgentList(Output):
@@ -233,7 +253,7 @@ class MessageList(Output):
 
 class MessageIn(Input):
     text: Annotated[str, Field(min_length=1, max_length=10_000)]
-    private: bool = False
+    private: StrictBool = False
     subject: Annotated[str, Field(max_length=500)] | None = None
 
 
@@ -294,7 +314,7 @@ class ContactPatch(_ContactFields):
     attributes: dict[AttributeKey, AttributeValue | None] | None = Field(
         default=None, max_length=100, description="a null value removes the attribute"
     )
-    opted_out: dict[Medium, bool] | None = None
+    opted_out: dict[Medium, StrictBool] | None = None
 
 
 class MergeIn(Input):
