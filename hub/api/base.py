@@ -335,3 +335,20 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
     handle.__name__ = route.handler.__name__
     return handle
 
+
+def shared_answers(route: Route) -> set[int]:
+    """The error statuses every route declared like `route` can answer, whatever
+    its handler does: make_handler's (and the app's error middleware's) part. The
+    OpenAPI document lists them; keep the two together."""
+    statuses = {503}  # the hub is starting, or the store is unavailable
+    if route.role is not None:
+        statuses.add(401)
+        # Every agent has the least role, "agent"; a cookie session needs CSRF on
+        # a state-changing method.
+        if route.role != "agent" or route.method not in SAFE_METHODS:
+            statuses.add(403)
+    if route.query is not None:
+        statuses.add(400)
+    if route.body is not None:
+        statuses |= {400, 413}
+    return statuses

@@ -7,18 +7,69 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hub.api.base import Call, Route, RouteTable
+from hub.api.base import SERVICE_ERROR_STATUS, Call, Route, RouteTable, shared_answers
 from hub.api.schemas import ErrorOut
+from hub.services.accounts import UnknownTeams
+from hub.services.canned import ShortcutTaken
+from hub.services.contacts import IdentityTaken, InvalidContact
+from hub.services.conversations import AssigneeCannotSee, InvalidChange, NotInConversation
+from hub.services.outbox import OutboxError
+from hub.services.paging import BadCursor
 
 table = RouteTable()
 
 REF = "#/components/schemas/{model}"
 ERRORS = {
-    "400": "invalid input",
-    "401": "no or an invalid token",
-    "403": "no right to this (role, inbox access or CSRF)",
-    "404": "not found",
+    400: "invalid input: the body, the query, or a value the rules refuse",
+    401: "no token or an invalid one (logging in: a wrong e-mail or password)",
+    403: "no right to this (role, inbox access or CSRF)",
+    404: "not found",
+    409: "in conflict with what is stored (taken, or refused now)",
+    413: "the body is too large",
+    415: "the body is not of a type this route reads",
+    422: "the change breaks an access rule",
+    429: "too many failed logins; the message says when to retry",
+    503: "the hub is starting or its store is unavailable; retry later",
 }
+
+Answer = int | type[Exception]
+
+# What each route's handler answers beyond what every route declared like it
+# answers (`shared_answers`: its role, query and body): the statuses it answers
+# itself, and the service errors it lets through, answered as SERVICE_ERROR_STATUS
+# says. By operationId (the handler's name). tests/api/test_openapi.py reads the
+# handlers, and what they call, to hold this to what they do.
+ANSWERS: dict[str, tuple[Answer, ...]] = {
+    "login": (401, 429),
+    "clear_lock": (404,),
+    "create_agent": (400, 409, UnknownTeams),
+    "patch_agent": (400, 404, 409, UnknownTeams),
+    "create_team": (400,),
+    "patch_team": (400, 404),
+    "list_conversations": (403, BadCursor),
+    "get_conversation": (403, 404),
+    "patch_conversation": (403, 404, InvalidChange, AssigneeCannotSee),
+    "list_messages": (403, 404, NotInConversation),
+    "post_message": (403, 404, OutboxError),
+    "import_contacts": (400, 413, 415),
+    "list_contacts": (BadCursor,),
+    "get_contact": (403, 404),
+    "create_contact": (403, 404, InvalidContact, IdentityTaken),
+    "patch_contact": (403, 404, InvalidContact, IdentityTaken),
+    "merge_contact": (400, 403, 404),
+    "websocket": (401, 403),
+    "create_canned": (ShortcutTaken,),
+    "patch_canned": (400, 404, ShortcutTaken),
+    "delete_canned": (404,),
+}
+
+
+def error_statuses(route: Route) -> list[int]:
+    """Every error status `route` can answer, in order."""
+    statuses = shared_answers(route)
+    for answer in ANSWERS.get(route.handler.__name__, ()):
+        statuses.add(answer if isinstance(answer, int) else SERVICE_ERROR_STATUS[answer][0])
+    return sorted(statuses)
 
 
 def _schema(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
@@ -74,9 +125,9 @@ def build_document(routes: list[Route]) -> dict[str, Any]:
             ok["content"] = {"application/json": {"schema": _schema(route.response, schemas)}}
         status = "101" if route.websocket else str(route.status)
         operation["responses"][status] = ok
-        for code, text in ERRORS.items():
-            operation["responses"][code] = {
-                "description": text,
+        for code in error_statuses(route):
+            operation["responses"][str(code)] = {
+                "description": ERRORS[code],
                 "content": {"application/json": {"schema": error_ref}},
             }
         paths.setdefault(route.path, {})[route.method.lower()] = operation
