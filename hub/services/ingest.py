@@ -81,6 +81,9 @@ def new_conversation_doc(
         "last_activity_at": now,
         "last_inbound_at": None,
         "snooze_until": None,
+        # Every field an inbound summary sets is here from the start: the store's
+        # quick update path applies only to fields a document already has.
+        "resolved_at": None,
         "created_at": now,
     }
 
