@@ -14,7 +14,6 @@ A bad signature is a 403 (`web.HTTPForbidden`). None of the three writes anythin
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -23,6 +22,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 from pydantic import ValidationError
 
+from hub.jsontext import UnreadableJson, parse_json
 from hub.model import OutboundMessage, SendResult
 from hub.ports import (
     ChannelContext,
@@ -73,46 +73,15 @@ def validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-# How deep a webhook's JSON may nest (objects and arrays); the providers' payloads
-# nest about ten levels. The API's body reader (hub.api.base) has the same cap.
-MAX_JSON_DEPTH = 64
-
-
-def nests_deeper(value: Any, limit: int) -> bool:
-    """Whether parsed JSON `value` nests objects and arrays more than `limit` deep
-    (a top-level object is 1 deep). Iterative: a deep value cannot exhaust the stack."""
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = []
-    if isinstance(value, dict | list):
-        stack.append((value, 1))
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
-
-
 def json_object(body: bytes) -> dict[str, Any]:
-    """A raw body as a JSON object, or MalformedPayload saying why it is not one.
-
-    Refused too: JSON nested more than MAX_JSON_DEPTH deep (nested beyond
-    Python's recursion limit, `json.loads` raises RecursionError) and integers
-    longer than Python converts (`ValueError`, sys.get_int_max_str_digits)."""
+    """A raw body as a JSON object, or MalformedPayload saying why it is not one
+    (`hub.jsontext`: not JSON, nested too deep, a number with too many digits)."""
     try:
-        payload = json.loads(body)
-    except RecursionError:
-        raise MalformedPayload(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise MalformedPayload("the body is not JSON") from None
-    except ValueError:
-        raise MalformedPayload("a number in the body has too many digits") from None
+        payload = parse_json(body)
+    except UnreadableJson as error:
+        raise MalformedPayload(str(error)) from None
     if not isinstance(payload, dict):
         raise MalformedPayload("the body must be a JSON object")
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and nests_deeper(
-        payload, MAX_JSON_DEPTH
-    ):
-        raise MalformedPayload(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
     return payload
 
 
@@ -234,7 +203,6 @@ __all__ = [
     "UnstorableEvent",
     "bad_request",
     "json_object",
-    "nests_deeper",
     "supported_events",
     "validation_message",
 ]

@@ -9,7 +9,6 @@ declaration, so they cannot disagree.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from hub.jsontext import UnreadableJson
+from hub.jsontext import parse_json as read_json
 from hub.services.accounts import Accounts, LoginLimiter, Session, UnknownTeams, token_hash
 from hub.services.canned import ShortcutTaken
 from hub.services.contacts import IdentityTaken, InvalidContact
@@ -197,27 +198,8 @@ def check_csrf(request: web.Request, session: Session) -> None:
 
 
 # The largest JSON body a route reads (the largest real one, a contact with every
-# field full, is about 150 kB), and how deep it may nest: the request models nest
-# three levels; past Python's recursion limit `json.loads` raises RecursionError.
+# field full, is about 150 kB).
 MAX_BODY_BYTES = 1024 * 1024
-MAX_JSON_DEPTH = 64
-
-
-def nests_deeper(value: Any, limit: int) -> bool:
-    """Whether parsed JSON `value` nests objects and arrays more than `limit` deep
-    (a top-level object is 1 deep). Iterative: a deep value cannot exhaust the stack.
-    (channels.base has the webhooks' twin; the layers keep the API and the
-    channels from sharing code.)"""
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = []
-    if isinstance(value, dict | list):
-        stack.append((value, 1))
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
 
 
 def too_large() -> ApiError:
@@ -242,23 +224,11 @@ async def read_capped(request: web.Request, limit: int = MAX_BODY_BYTES) -> byte
 
 
 def parse_json(data: bytes) -> Any:
-    """`data` as JSON, or 400 saying why not: not JSON, nested more than
-    MAX_JSON_DEPTH deep, or an integer longer than Python converts (ValueError)."""
+    """`data` as JSON, or 400 saying why not (`hub.jsontext.parse_json`)."""
     try:
-        value = json.loads(data)
-    except RecursionError:
-        raise _too_deep() from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ApiError(400, "bad_request", "the body is not JSON") from None
-    except ValueError:  # int(): more digits than sys.get_int_max_str_digits()
-        raise ApiError(400, "bad_request", "a number in the body has too many digits") from None
-    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and nests_deeper(value, MAX_JSON_DEPTH):
-        raise _too_deep()
-    return value
-
-
-def _too_deep() -> ApiError:
-    return ApiError(400, "bad_request", f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+        return read_json(data)
+    except UnreadableJson as error:
+        raise ApiError(400, "bad_request", str(error)) from None
 
 
 async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
