@@ -185,6 +185,31 @@ class Simulator:
         raise NotImplementedError(f"inbox {call.inbox} takes no calls")
 
 
+class HttpSimulator(Simulator):
+    """A simulator of a provider's HTTP API, which tests and benches also serve alone."""
+
+    _runner: web.AppRunner | None = None
+    url: str = ""
+
+    async def start(self) -> str:
+        """Serve `app()` alone on a free loopback port; its base URL. (In the
+        sandbox, the sandbox serves every simulator's routes on its own port.)"""
+        app = self.app()
+        assert app is not None, f"{type(self).__name__} has no HTTP routes"
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
 Step = Callable[[], Awaitable[tuple[int, str]]]
 
 

@@ -44,11 +44,11 @@ from channels.simulation import (
     Customers,
     Delivered,
     Handed,
+    HttpSimulator,
     LineOffer,
     Medium,
     Place,
     Receipt,
-    Simulator,
     Writing,
     keep_last,
     report_delivery,
@@ -88,7 +88,7 @@ class Bot:
 
 
 @dataclass
-class FakeTelegram(Simulator):
+class FakeTelegram(HttpSimulator):
     token: str | None = None  # None: any token is accepted (until a bot is attached)
     per_chat_rate: float | None = 1.0
     global_rate: float | None = 30.0
@@ -101,7 +101,6 @@ class FakeTelegram(Simulator):
     failures: deque[Failure] = field(default_factory=deque)
     webhook: dict[str, Any] = field(default_factory=dict)  # the last setWebhook's
     url: str = ""
-    runner: web.AppRunner | None = None
     bot_name: str = "Fake Support"
     bot_username: str = "fake_support_bot"
     first_message_id: int = 1  # each chat's first message id
@@ -215,20 +214,6 @@ class FakeTelegram(Simulator):
         app.router.add_route("*", "/bot{token}/{method}", self.handle)
         app.router.add_get("/file/bot{token}/{path:.+}", self.download)
         return app
-
-    async def start(self) -> str:
-        self.runner = web.AppRunner(self.app(), access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
 
     @property
     def bot_id(self) -> int:

@@ -58,12 +58,12 @@ from channels.simulation import (
     Customers,
     Delivered,
     Handed,
+    HttpSimulator,
     LineOffer,
     Medium,
     PhoneCall,
     Place,
     Receipt,
-    Simulator,
     Step,
     Writing,
     keep_last,
@@ -133,7 +133,7 @@ class Account:
 
 
 @dataclass
-class FakeTwilio(Simulator):
+class FakeTwilio(HttpSimulator):
     account_sid: str = ACCOUNT_SID  # the default account ("": none)
     auth_token: str = AUTH_TOKEN
     rate: float | None = None  # messages per second per sender (From)
@@ -157,7 +157,6 @@ class FakeTwilio(Simulator):
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Message SIDs differ from one run to the next (a store outlives the simulator).
     _run: str = field(default_factory=lambda: secrets.token_hex(4))
-    _runner: web.AppRunner | None = None
 
     def __post_init__(self) -> None:
         if self.account_sid:
@@ -368,19 +367,6 @@ class FakeTwilio(Simulator):
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.messages)
         return app
-
-    async def start(self) -> str:
-        self._runner = web.AppRunner(self.app())
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     # -- calling the hub like Twilio -------------------------------------------------
 

@@ -56,11 +56,11 @@ from channels.simulation import (
     Customers,
     Delivered,
     Handed,
+    HttpSimulator,
     LineOffer,
     Medium,
     Place,
     Receipt,
-    Simulator,
     Step,
     Writing,
     keep_last,
@@ -198,7 +198,7 @@ class Number:
 
 
 @dataclass
-class FakeWhatsApp(Simulator):
+class FakeWhatsApp(HttpSimulator):
     phone_number_id: str = "106540352242922"  # the default number ("": none)
     access_token: str = "EAAG-test-access-token"  # noqa: S105 (the simulator's own token)
     rate: float | None = None  # accepted messages per second (80 is Meta's default)
@@ -220,7 +220,6 @@ class FakeWhatsApp(Simulator):
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # wamids differ from one run to the next (a store outlives the simulator).
     _run: str = field(default_factory=lambda: secrets.token_hex(4))
-    _runner: web.AppRunner | None = None
 
     def __post_init__(self) -> None:
         if self.phone_number_id:
@@ -470,19 +469,6 @@ class FakeWhatsApp(Simulator):
         app = web.Application()
         app.router.add_post("/{phone_number_id}/messages", self.messages)
         return app
-
-    async def start(self) -> str:
-        self._runner = web.AppRunner(self.app())
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 def shown_text(body: dict[str, Any]) -> str:
