@@ -2,100 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
-import resource
 import secrets
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import StreamReader
 
 from channels import channel_class
+from hub.api import http
 from hub.metrics import Metrics
-from hub.ports import BotHook, Channel, StoreUnavailable
+from hub.ports import BotHook, Channel
 from hub.services.dispatcher import Dispatcher
 from hub.services.events import EventBus, Events
 from hub.services.ingest import Ingestor
 from hub.services.replies import Replies
 from hub.services.runtime import HUB, ChannelServices, Hub
-from hub.settings import ServerSettings, Settings
-from hub.status_page import status_response
+from hub.settings import Settings
 from hub.store import Store
 
 log = logging.getLogger("hub.app")
-
-
-def _is_store_error(error: BaseException) -> bool:
-    from pymongo.errors import PyMongoError
-
-    return isinstance(error, PyMongoError)
-
-
-def _json_error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except StoreUnavailable as error:
-        log.warning("store unavailable", extra={"path": request.path, "error": str(error)})
-        return _json_error(503, "store_unavailable", "the store is unavailable; retry later")
-    except Exception as error:
-        if isinstance(error, ConnectionError) and _client_gone(request):
-            # The connection closed before the hub had the whole request (the client
-            # hung up mid-body, or was cut off for sending too slowly): nothing broke
-            # and nobody is left to answer. 499 is nginx's "client closed request".
-            log.info("client disconnected", extra={"path": request.path, "error": str(error)})
-            return web.Response(status=499)
-        if _is_store_error(error):
-            log.warning("store error", extra={"path": request.path, "error": str(error)})
-            return _json_error(503, "store_unavailable", "the store is unavailable; retry later")
-        log.exception("unhandled error", extra={"path": request.path})
-        return _json_error(500, "internal", "internal error")
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    if hub.store is not None and await hub.store.ping():
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "store unreachable"}, status=503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    body = request.app[HUB].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
-
-
-async def status(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    store = "embedded" if hub.store is not None and hub.store.embedded else "MongoDB"
-    public_url = hub.settings.public_url
-    inboxes = [
-        (inbox_id, adapter.name, adapter.webhook_urls(public_url))
-        for inbox_id, adapter in hub.adapters.items()
-    ]
-    return status_response(inboxes, store)
 
 
 def build_adapters(hub: Hub) -> dict[str, Channel]:
@@ -111,7 +37,7 @@ def build_adapters(hub: Hub) -> dict[str, Channel]:
 
 def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Application:
     """Wire the store, channels, ingest, events and dispatcher into one aiohttp app."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=16 * 1024 * 1024)
+    app = web.Application(middlewares=[http.error_middleware], client_max_size=16 * 1024 * 1024)
     sandbox = None
     if settings.sandbox.enabled:
         from hub.sandbox import Sandbox
@@ -132,10 +58,7 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
     for adapter in hub.adapters.values():
         for route in adapter.webhook_routes():
             app.router.add_route(route.method, route.path, route.handler)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/status", status)
+    http.setup_routes(app)
     from hub import api
 
     api.setup(app)
@@ -203,265 +126,3 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
 
     app.cleanup_ctx.append(lifecycle)
     return app
-
-
-# -- the server's connections ---------------------------------------------------------------
-#
-# aiohttp itself closes a connection left idle for `keepalive_timeout`, whether it
-# never sent a request or is between two. It sets no deadline for a request that
-# trickles in (headers or body), and it takes connections until the process runs
-# out of file descriptors. `_Connections` adds both, wrapping aiohttp's
-# per-connection protocol (`RequestHandler`) and seeing each request start (the
-# server's request factory) and get its answer (`on_response_prepare`).
-
-
-class _Connection(asyncio.Protocol):
-    """One accepted connection: aiohttp's handler for it, plus what the limits need."""
-
-    def __init__(self, connections: _Connections) -> None:
-        self.connections = connections
-        self.handler: web.RequestHandler | None = None  # None: refused at the cap
-        self.deadline: asyncio.TimerHandle | None = None  # for the request arriving
-        self.handling = False  # a request has started and its answer is not ready
-        self.body_pending = False  # that request's body has not all arrived
-        self.upgraded = False  # a WebSocket: busy for as long as it is open
-
-    @property
-    def waiting_on_client(self) -> bool:
-        """Idle, or in a request that has not all arrived: closing it stops no work."""
-        return not self.upgraded and (self.body_pending or not self.handling)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self.connections.admit(self):
-            transport.close()
-            return
-        self.handler = self.connections.new_handler(self)
-        self.handler.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.handler is None:
-            return
-        self.connections.touch(self)
-        if self.deadline is None and not self.handling and not self.upgraded:
-            self._arm()  # the first bytes of a request
-        self.handler.data_received(data)
-
-    def eof_received(self) -> None:
-        if self.handler is not None:
-            self.handler.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self.connections.forget(self)
-        if self.handler is not None:
-            self.handler.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.resume_writing()
-
-    def request_started(self, body: StreamReader) -> None:
-        """The request's headers are in; aiohttp hands it to the application."""
-        self.handling = True
-        self.connections.touch(self)
-        if body.is_eof():
-            self._received()
-        else:
-            self.body_pending = True
-            if self.deadline is None:
-                self._arm()
-            body.on_eof(self._received)
-
-    def response_prepared(self, status: int) -> None:
-        self.handling = False
-        self.connections.touch(self)
-        if status == 101:
-            self.upgraded = True
-            self._disarm()
-
-    def close(self) -> None:
-        if self.handler is not None:
-            self.handler.force_close()
-
-    def _received(self) -> None:
-        self.body_pending = False
-        self._disarm()
-
-    def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.call_later(self.connections.read_timeout, self._too_slow)
-
-    def _disarm(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
-
-    def _too_slow(self) -> None:
-        self.deadline = None
-        peer = self.handler.peername if self.handler is not None else None
-        log.info(
-            "connection closed: request not received in time",
-            extra={"peer": str(peer), "read_timeout": self.connections.read_timeout},
-        )
-        self.close()
-
-
-class _Connections:
-    """The server's open connections: each request must arrive in full within
-    `read_timeout` of its first byte, and at most `max_connections` are open (a new
-    one closes the one idle longest, or is refused when none is idle)."""
-
-    def __init__(self, settings: ServerSettings) -> None:
-        self.read_timeout = settings.read_timeout
-        self.max_connections = settings.max_connections
-        self.open: OrderedDict[_Connection, None] = OrderedDict()  # idle longest first
-        self.by_handler: dict[web.RequestHandler, _Connection] = {}
-        self.server: web.Server | None = None
-        self.closed_at_cap = 0
-        self.refused_at_cap = 0
-        self.next_cap_warning = 0.0
-
-    def serve(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
-        """The protocol factory for a listening socket of `server`'s."""
-        self.server = server
-        make_request = server.request_factory
-
-        def request_factory(
-            message: RawRequestMessage,
-            payload: StreamReader,
-            protocol: web.RequestHandler,
-            writer: AbstractStreamWriter,
-            task: asyncio.Task[None],
-        ) -> web.BaseRequest:
-            connection = self.by_handler.get(protocol)
-            if connection is not None:
-                connection.request_started(payload)
-            return make_request(message, payload, protocol, writer, task)
-
-        server.request_factory = request_factory
-        return lambda: _Connection(self)
-
-    async def response_prepared(self, request: web.Request, response: web.StreamResponse) -> None:
-        """`on_response_prepare`: the application has answered the request."""
-        connection = self.by_handler.get(request.protocol)
-        if connection is not None:
-            connection.response_prepared(response.status)
-
-    def new_handler(self, connection: _Connection) -> web.RequestHandler:
-        assert self.server is not None
-        handler = self.server()
-        self.by_handler[handler] = connection
-        return handler
-
-    def admit(self, connection: _Connection) -> bool:
-        if len(self.open) >= self.max_connections:
-            idle = next((c for c in self.open if c.waiting_on_client), None)
-            if idle is None:
-                self._at_cap(refused=True)
-                return False
-            self.forget(idle)
-            idle.close()
-            self._at_cap(refused=False)
-        self.open[connection] = None
-        return True
-
-    def touch(self, connection: _Connection) -> None:
-        if connection in self.open:
-            self.open.move_to_end(connection)
-
-    def forget(self, connection: _Connection) -> None:
-        self.open.pop(connection, None)
-        if connection.handler is not None:
-            self.by_handler.pop(connection.handler, None)
-
-    def _at_cap(self, *, refused: bool) -> None:
-        if refused:
-            self.refused_at_cap += 1
-        else:
-            self.closed_at_cap += 1
-        now = time.monotonic()
-        if now >= self.next_cap_warning:  # once a minute at most: it comes in floods
-            log.warning(
-                "connection cap reached",
-                extra={
-                    "max_connections": self.max_connections,
-                    "closed_idle": self.closed_at_cap,
-                    "refused": self.refused_at_cap,
-                },
-            )
-            self.closed_at_cap = self.refused_at_cap = 0
-            self.next_cap_warning = now + 60
-
-
-def _raise_fd_limit(max_connections: int) -> None:
-    """Raise the soft file-descriptor limit to the hard one: the connection cap,
-    not running out of descriptors, is what should turn connections away."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as error:
-            log.warning("cannot raise the file-descriptor limit", extra={"error": str(error)})
-    # Room beyond the connections: the store's connections, files, the listener.
-    if soft != resource.RLIM_INFINITY and soft < max_connections + 100:
-        log.warning(
-            "server.max_connections is above what the file-descriptor limit leaves room for",
-            extra={"max_connections": max_connections, "fd_limit": soft},
-        )
-
-
-async def run_forever(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully."""
-    import signal
-
-    server_settings = settings.server
-    _raise_fd_limit(server_settings.max_connections)
-    app = build_app(settings)
-    connections = _Connections(server_settings)
-    app.on_response_prepare.append(connections.response_prepared)
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        shutdown_timeout=server_settings.shutdown_timeout,
-        keepalive_timeout=server_settings.keepalive_timeout,
-    )
-    await runner.setup()
-    assert runner.server is not None
-    loop = asyncio.get_running_loop()
-    listener: asyncio.Server | None = None
-    try:
-        # What web.TCPSite does, with the connections' protocol around aiohttp's.
-        listener = await loop.create_server(
-            connections.serve(runner.server),
-            server_settings.host,
-            server_settings.port,
-            backlog=128,
-        )
-        port = server_settings.port
-        if listener.sockets:
-            port = listener.sockets[0].getsockname()[1]
-        print(f"hub: inbox at http://{server_settings.host}:{port}/", flush=True)
-        # What start-up built lives as long as the hub: out of the collector's way,
-        # a full collection no longer walks it (tens of milliseconds each, in the
-        # middle of whatever webhook is waiting).
-        gc.freeze()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            if ready is not None:
-                ready.set()
-            await stop.wait()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        log.info("shutting down")
-    finally:
-        if listener is not None:
-            listener.close()  # take no more connections; the runner ends the open ones
-        await runner.cleanup()

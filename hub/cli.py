@@ -21,7 +21,7 @@ def _settings(path: str | None) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from pymongo.errors import PyMongoError
 
-    from hub.app import run_forever
+    from hub.server import run_forever
     from hub.store.embedded import EmbeddedStoreError
 
     settings = _settings(args.config)

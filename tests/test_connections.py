@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hub.app import run_forever
+from hub.server import run_forever
 from hub.config import Settings
 from tests.conftest import signed_form
 from tests.support.testchannel import TestChannel
