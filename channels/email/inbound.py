@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiosmtpd.smtp import SMTP as SMTPServerProtocol
 from aiosmtpd.smtp import Envelope, Session
 from pydantic import ValidationError
@@ -248,6 +249,7 @@ async def read_form(
                 )
             elif data is not None:
                 fields[name] = data
-    except (ValueError, AssertionError, RuntimeError) as error:
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as error:
+        # aiohttp refuses part headers it cannot read (InvalidHeader, BadHttpMessage).
         raise MalformedPayload(f"malformed multipart body: {error}") from None
     return fields, files

@@ -447,7 +447,9 @@ def _decode(data: bytes | None, charset: str | None) -> str | None:
         return None
     try:
         return data.decode(charset or "utf-8", errors="replace")
-    except LookupError:
+    except (LookupError, UnicodeError, ValueError):
+        # An unknown name, a codec that cannot replace (idna), a name with NUL
+        # or a surrogate: the sender's charset is no help, UTF-8 is the best guess.
         return data.decode("utf-8", errors="replace")
 
 

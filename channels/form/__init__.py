@@ -32,6 +32,7 @@ from pydantic import Field
 from channels.base import ChannelAdapter, ChannelSettings, MalformedPayload, PermanentSendError
 from channels.signing import verified_body
 from hub.addresses import InvalidIdentity, email_ref, phone_ref
+from hub.jsontext import UnreadableJson, parse_json
 from hub.model import IdentityRef, InboundText, OutboundMessage, SendResult
 
 NO_REPLY_REASON = (
@@ -85,9 +86,9 @@ def _scalar(name: str, value: Any) -> str | None:
 
 def _json_pairs(body: bytes) -> list[tuple[str, str]]:
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise FormError("the body is not JSON") from None
+        payload = parse_json(body)
+    except UnreadableJson as error:
+        raise FormError(str(error)) from None
     if not isinstance(payload, dict):
         raise FormError("the body must be a JSON object of fields")
     pairs: list[tuple[str, str]] = []
@@ -204,7 +205,10 @@ class Lead:
         # The same fields in any encoding (and any multipart boundary) are the
         # same submission.
         self.fingerprint = hashlib.sha256(
-            json.dumps(sorted(canonical.items()), ensure_ascii=False).encode()
+            # surrogatepass: a lone surrogate is a customer's typo, not a reason to fail
+            json.dumps(sorted(canonical.items()), ensure_ascii=False).encode(
+                "utf-8", "surrogatepass"
+            )
         ).hexdigest()
 
     def identities(self, region: str) -> tuple[IdentityRef, list[IdentityRef]]:

@@ -486,18 +486,12 @@ async def test_form_submission(hub, submission) -> None:
     await check_answer(response, f"form {content_type!r} {body[:300]!r}")
 
 
-# -- Known defects: the 5xx the fuzzers found, each as its smallest reproducer ---------------
-# Listed in tests/fuzz/defects.py (KNOWN_DEFECTS), which lets the fuzzers pass over
-# exactly these. Strict: once fixed, the test passes and the xfail fails the run;
-# then remove the mark here and the entry there.
+# -- Found by the fuzzers: each 5xx they found, as its smallest reproducer ------------------
+# (fixed; kept so it stays fixed). A new one goes in tests/fuzz/defects.py with a
+# strict-xfail reproducer here until it is fixed.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a form field holding a lone surrogate (JSON '\\ud800') is a 500: "
-    "Lead.__init__ encodes the fingerprint with json.dumps(...).encode() (UnicodeEncodeError)",
-)
-async def test_known_defect_form_lone_surrogate(hub) -> None:
+async def test_a_form_field_with_a_lone_surrogate_is_not_a_server_error(hub) -> None:
     body = b'{"name": "\\ud800", "email": "grace@example.com"}'
     headers = {"Content-Type": "application/json", "X-Signature": sign(FORM_SECRET, body)}
     response = await hub.post("/webhooks/forms/site", data=body, headers=headers)
@@ -505,12 +499,7 @@ async def test_known_defect_form_lone_surrogate(hub) -> None:
     assert response.status < 500, await response.text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a JSON form submission nested deeper than Python's recursion limit is "
-    "a 500: channels/form _json_pairs calls json.loads without catching RecursionError",
-)
-async def test_known_defect_form_deeply_nested_json(hub) -> None:
+async def test_a_form_submission_nested_too_deep_is_not_a_server_error(hub) -> None:
     body = b'{"name": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"  # under the 64 KB limit
     headers = {"Content-Type": "application/json", "X-Signature": sign(FORM_SECRET, body)}
     response = await hub.post("/webhooks/forms/site", data=body, headers=headers)
@@ -518,11 +507,6 @@ async def test_known_defect_form_deeply_nested_json(hub) -> None:
     assert response.status < 500, await response.text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: an inbound-parse part whose headers aiohttp refuses is a 500: "
-    "read_form does not catch aiohttp's BadHttpMessage/InvalidHeader (not ValueErrors)",
-)
 @pytest.mark.parametrize(
     "part_head",
     [
@@ -534,7 +518,7 @@ async def test_known_defect_form_deeply_nested_json(hub) -> None:
         ),
     ],
 )
-async def test_known_defect_email_part_header_control_char(hub, part_head) -> None:
+async def test_a_mail_part_header_aiohttp_refuses_is_not_a_server_error(hub, part_head) -> None:
     body = (
         b"--xYzZY\r\n"
         b'Content-Disposition: form-data; name="from"\r\n\r\n'
@@ -550,16 +534,10 @@ async def test_known_defect_email_part_header_control_char(hub, part_head) -> No
     assert response.status < 500, await response.text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: an inbound-parse `charsets` entry naming 'idna' (UnicodeError: no "
-    "'replace' handler), a name with a NUL (ValueError) or a lone surrogate "
-    "(UnicodeEncodeError) is a 500: channels/email/parse.py _decode catches LookupError only",
-)
 @pytest.mark.parametrize(
     "charset", ["idna", "utf\\u00008", "\\ud800"], ids=["idna", "nul", "surrogate"]
 )
-async def test_known_defect_email_charset_not_decodable(hub, charset) -> None:
+async def test_a_mail_charset_that_cannot_decode_is_not_a_server_error(hub, charset) -> None:
     fields = {
         "from": "Jane <jane@example.org>",
         "to": MAIL_ADDRESS,
