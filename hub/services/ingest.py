@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -85,6 +85,12 @@ def new_conversation_doc(
         # quick update path applies only to fields a document already has.
         "resolved_at": None,
         "created_at": now,
+        # How many inbound messages the summary has taken in (counted into
+        # `unread`), to tell a retry whose summary was lost from one whose was
+        # not. `counts_inbound` says the count was kept from the start: one opened
+        # by an earlier version gets `inbound` from its next summary on, short.
+        "inbound": 0,
+        "counts_inbound": True,
     }
 
 
@@ -228,6 +234,9 @@ class Ingestor:
         self.max_batch = max_batch
         # conversation id -> contact id, for conversations known to exist.
         self._conversations = _LRU(100_000)
+        # Message ids handed to the store by this process whose batch is not
+        # finished: stored, or about to be, but not in their summaries yet.
+        self._unfinished: Counter[str] = Counter()
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._lingering = False
@@ -364,6 +373,8 @@ class Ingestor:
         except Exception as error:
             self._fail(batch, error)
             return
+        finally:
+            self._release(d["_id"] for d in stored.docs if d["_id"] not in stored.refused)
         done = time.perf_counter()
         self.metrics.ingest_batch.observe(len(batch))
         for item, result in zip(batch, results, strict=True):
@@ -511,8 +522,53 @@ class Ingestor:
                 first_index[msg_id] = index
                 docs.append(inbound_message_doc(event, msg_id, conv_id))
 
-        refused = {str(i) for i in await insert_new(self.store.messages, docs)}
+        ids_sent = [d["_id"] for d in docs]
+        self._unfinished.update(ids_sent)  # before the insert: it may land before its answer
+        try:
+            refused = {str(i) for i in await insert_new(self.store.messages, docs)}
+        except BaseException:
+            self._release(ids_sent)
+            raise
+        self._release(refused)
         return _Stored(events, ids, contacts, docs, first_index, refused)
+
+    def _release(self, message_ids: Iterable[str]) -> None:
+        for message_id in message_ids:
+            self._unfinished[message_id] -= 1
+            if self._unfinished[message_id] <= 0:
+                del self._unfinished[message_id]
+
+    async def _uncounted(
+        self, summary: dict[str, Any], last: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """How many of a conversation's stored inbound messages its summary has not
+        taken in, given `last`, the newest of its messages a batch found stored
+        already (retried); and the newest message the summary may have to show.
+
+        A summary that shows `last` has it. Otherwise its `inbound` count is held
+        against the inbound messages stored (those of batches this process has
+        not finished left out): a newer message summarised before the retry came
+        (the customer wrote again; retries come late) leaves a lost one behind
+        the summary's time, so time alone cannot tell. A conversation opened
+        before the count was kept falls back on time: stored after the summary's
+        newest inbound message, not taken in."""
+        shown = (summary.get("last_message") or {}).get("id")
+        if shown == last["_id"]:
+            return 0, last
+        if not summary.get("counts_inbound") or not isinstance(summary.get("inbound"), int):
+            return int(_before(summary.get("last_inbound_at"), last["created_at"])), last
+        stored = [
+            doc
+            async for doc in self.store.messages.find(
+                {"conversation_id": summary["_id"], "direction": "in"}, {"created_at": 1}
+            )
+            if doc["_id"] not in self._unfinished
+        ]
+        missed = len(stored) - summary["inbound"]
+        newest = max(stored, key=lambda d: d["created_at"], default=last)
+        if missed > 0 and _before(last["created_at"], newest["created_at"]):
+            last = await self.store.messages.find_one({"_id": newest["_id"]}) or last
+        return max(missed, 0), last
 
     async def _finish_batch(self, stored: _Stored) -> list[IngestResult]:
         """Stage two: bring each conversation's summary up to its newest new
@@ -549,17 +605,16 @@ class Ingestor:
                             **summary_fields(last),
                             **email_thread(last),
                         },
-                        "$inc": {"unread": len(conv_docs)},
+                        "$inc": {"unread": len(conv_docs), "inbound": len(conv_docs)},
                     },
                 )
             )
         # A retry of a message already stored: if the attempt that stored it failed
         # before updating its conversation (the store went away in between, so the
-        # provider got a 5xx and retried), bring the summary up to it now. Whether
-        # the summary has it is read from `last_inbound_at`, which only inbound
-        # summaries set: on an ordinary retry it is as new as the message and
+        # provider got a 5xx and retried), bring the summary up to it now, counting
+        # every stored message it missed (`_uncounted`); on an ordinary retry
         # nothing changes. The stored copy is read (duplicates are rare; they cost
-        # this one query) because its time, not the retry's, is what counts.
+        # this query) because its time, not the retry's, is what counts.
         repaired: dict[str, dict[str, Any]] = {}
         if refused:
             for doc in (await find_by_ids(self.store.messages, sorted(refused))).values():
@@ -569,15 +624,18 @@ class Ingestor:
             summaries = await find_by_ids(self.store.conversations, list(repaired))
             for conv_id, last in repaired.items():
                 summary = summaries.get(conv_id)
-                if summary is None or not _before(
-                    summary.get("last_inbound_at"), last["created_at"]
-                ):
+                if summary is None:
+                    continue
+                missed, last = await self._uncounted(summary, last)
+                if not missed:
                     continue
                 # The newest message shown stays shown: a reply written after the
-                # lost message, or this batch's own newer ones, keep their place;
-                # the lost one is then only counted.
+                # lost message, a newer inbound one, or this batch's own newer
+                # ones, keep their place; the lost one is then only counted.
                 fields: dict[str, Any] = {}
-                if conv_id in per_conv:
+                if conv_id in per_conv or not _before(
+                    summary.get("last_inbound_at"), last["created_at"]
+                ):
                     pass
                 elif summary.get("last_message") is None or _before(
                     summary.get("last_activity_at"), last["created_at"]
@@ -585,7 +643,7 @@ class Ingestor:
                     fields = {**summary_fields(last), "status": "open", "snooze_until": None}
                 else:
                     fields = {"last_inbound_at": last["created_at"], "status": "open"}
-                change: dict[str, Any] = {"$inc": {"unread": 1}}
+                change: dict[str, Any] = {"$inc": {"unread": missed, "inbound": missed}}
                 if fields:
                     change["$set"] = fields
                 updates.append(UpdateOne({"_id": conv_id}, change))
