@@ -49,6 +49,9 @@ class StoreSettings(Section):
     database: str = Field(default="hub", pattern=r"^[A-Za-z0-9_-]{1,60}$")
     data_dir: str = "var"
     server_selection_timeout_ms: int = Field(default=3000, ge=100)
+    # How long a command waits for a connection, then for the store's answer
+    # (the driver's waitQueueTimeoutMS and socketTimeoutMS).
+    command_timeout_ms: int = Field(default=10_000, ge=100)
 
 
 class IdentitySettings(Section):

@@ -166,6 +166,7 @@ class Store:
             database=settings.store.database,
             data_dir=settings.data_dir,
             server_selection_timeout_ms=settings.store.server_selection_timeout_ms,
+            command_timeout_ms=settings.store.command_timeout_ms,
         )
 
     @classmethod
@@ -176,8 +177,23 @@ class Store:
         database: str,
         data_dir: Path,
         server_selection_timeout_ms: int = 3000,
+        command_timeout_ms: int | None = None,
     ) -> Store:
-        """Connect to `uri`, or to the embedded store in `data_dir` when it is empty."""
+        """Connect to `uri`, or to the embedded store in `data_dir` when it is empty.
+
+        `command_timeout_ms` bounds how long a command waits for a free connection
+        and then for the store's answer (the driver's `waitQueueTimeoutMS` and
+        `socketTimeoutMS`): a store that hangs fails the commands waiting on it
+        with a `PyMongoError` (a webhook answers 503) instead of holding them, and
+        everything queued behind them, until the driver's heartbeat gives up on
+        the server (up to its 10 s interval plus the connect timeout later; never,
+        for a MongoDB that answers heartbeats while a command hangs). The driver's
+        `timeoutMS` is not used: with it set, a command to a store that is down
+        waits that long to select a server, not `server_selection_timeout_ms`.
+        The hub passes `store.command_timeout_ms`; None (the default) leaves
+        commands unbounded, for bulk work outside the hub (seeding a benchmark's
+        store).
+        """
         embedded = None
         if not uri:
             from hub.store.embedded import EmbeddedStore
@@ -190,6 +206,8 @@ class Store:
             tz_aware=True,
             serverSelectionTimeoutMS=server_selection_timeout_ms,
             connectTimeoutMS=server_selection_timeout_ms,
+            socketTimeoutMS=command_timeout_ms,
+            waitQueueTimeoutMS=command_timeout_ms,
             timeoutMS=None,
             event_listeners=[counter],
             appname="hub",
