@@ -156,6 +156,7 @@ def message_chunks(
             ms(conv["created_at"] + timedelta(seconds=span * rng.random())) for _ in range(length)
         )
         last_in = None
+        inbound_count = 0
         for number, at in enumerate(times):
             inbound = number == 0 or rng.random() < 0.6
             text = rng.choice(TEXTS)
@@ -171,6 +172,7 @@ def message_chunks(
                 )
                 doc = inbound_message_doc(event, message_id_for(INBOX, provider_id), conv["_id"])
                 last_in = at
+                inbound_count += 1
             else:
                 provider_id = f"OUT{index:06d}{number:05d}"
                 doc = outbound_message_doc(
@@ -192,6 +194,7 @@ def message_chunks(
         }
         conv["last_activity_at"] = last["created_at"]
         conv["last_inbound_at"] = last_in
+        conv["inbound"] = inbound_count  # what its summary has taken in, as ingest counts
         if conv["status"] == "resolved":
             conv["resolved_at"] = last["created_at"]
         if len(chunk) >= CHUNK:
