@@ -4,6 +4,7 @@ until SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import resource
@@ -37,7 +38,10 @@ class _Connection(asyncio.Protocol):
     def __init__(self, connections: _Connections) -> None:
         self.connections = connections
         self.handler: web.RequestHandler | None = None  # None: refused at the cap
-        self.deadline: asyncio.TimerHandle | None = None  # for the request arriving
+        # When the request now arriving began (loop time), until it is all in; the
+        # connections' sweep closes the connection once it is read_timeout old. (One
+        # sweep rather than a timer per request: this runs for every webhook.)
+        self.since: float | None = None
         self.handling = False  # a request has started and its answer is not ready
         self.body_pending = False  # that request's body has not all arrived
         self.upgraded = False  # a WebSocket: busy for as long as it is open
@@ -58,7 +62,7 @@ class _Connection(asyncio.Protocol):
         if self.handler is None:
             return
         self.connections.touch(self)
-        if self.deadline is None and not self.handling and not self.upgraded:
+        if self.since is None and not self.handling and not self.upgraded:
             self._arm()  # the first bytes of a request
         self.handler.data_received(data)
 
@@ -83,12 +87,11 @@ class _Connection(asyncio.Protocol):
     def request_started(self, body: StreamReader) -> None:
         """The request's headers are in; aiohttp hands it to the application."""
         self.handling = True
-        self.connections.touch(self)
         if body.is_eof():
             self._received()
         else:
             self.body_pending = True
-            if self.deadline is None:
+            if self.since is None:
                 self._arm()
             body.on_eof(self._received)
 
@@ -108,16 +111,13 @@ class _Connection(asyncio.Protocol):
         self._disarm()
 
     def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.call_later(self.connections.read_timeout, self._too_slow)
+        self.since = self.connections.loop.time()
 
     def _disarm(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        self.since = None
 
-    def _too_slow(self) -> None:
-        self.deadline = None
+    def too_slow(self) -> None:
+        self.since = None
         peer = self.handler.peername if self.handler is not None else None
         log.info(
             "connection closed: request not received in time",
@@ -140,6 +140,29 @@ class _Connections:
         self.closed_at_cap = 0
         self.refused_at_cap = 0
         self.next_cap_warning = 0.0
+        self.loop = asyncio.get_running_loop()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Close connections whose request has not all arrived in read_timeout."""
+        self._sweeper = asyncio.create_task(self._sweep(), name="hub-connection-sweep")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _sweep(self) -> None:
+        # A quarter of the timeout between looks: a slow request is closed within
+        # 1.25 read_timeout of its first byte (a second at most past it).
+        every = min(1.0, self.read_timeout / 4)
+        while True:
+            await asyncio.sleep(every)
+            late = self.loop.time() - self.read_timeout
+            for connection in [c for c in self.open if c.since is not None and c.since < late]:
+                connection.too_slow()
 
     def serve(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
         """The protocol factory for a listening socket of `server`'s."""
@@ -258,6 +281,7 @@ async def run_forever(settings: Settings, *, ready: asyncio.Event | None = None)
             server_settings.port,
             backlog=128,
         )
+        connections.start()
         port = server_settings.port
         if listener.sockets:
             port = listener.sockets[0].getsockname()[1]
@@ -281,3 +305,4 @@ async def run_forever(settings: Settings, *, ready: asyncio.Event | None = None)
         if listener is not None:
             listener.close()  # take no more connections; the runner ends the open ones
         await runner.cleanup()
+        await connections.stop()
