@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hub.server import run_forever
 from hub.config import Settings
+from hub.server import run_forever
 from tests.conftest import signed_form
 from tests.support.testchannel import TestChannel
 from tests.support.waiting import eventually
