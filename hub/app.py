@@ -20,6 +20,7 @@ from hub.services.replies import Replies
 from hub.services.runtime import HUB, ChannelServices, Hub
 from hub.settings import Settings
 from hub.store import Store
+from scheduler.runner import SchedulerRunner
 
 log = logging.getLogger("hub.app")
 
@@ -64,6 +65,7 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
     api.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        runner: SchedulerRunner | None = None
         store = await Store.for_settings(settings)
         hub.store = store
         if store.embedded is not None:
@@ -97,6 +99,9 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
                 store, hub.events, hub.metrics, hub.adapters, settings.dispatcher, hub.instance_id
             )
             hub.dispatcher.start()
+            if settings.scheduler.enabled:
+                runner = SchedulerRunner(hub, lease_seconds=settings.scheduler.lease_seconds)
+                runner.start()
             log.info(
                 "hub started",
                 extra={"instance": hub.instance_id, "inboxes": len(hub.adapters)},
@@ -107,6 +112,8 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
             # flush what was handed to ingest, then stop the loops, then close.
             # Adapters close before ingest stops: one that takes messages by other
             # means than HTTP (the SMTP receiver) stops taking them first.
+            if runner is not None:
+                await runner.stop()  # before the dispatcher: jobs queue sends
             if hub.dispatcher is not None:
                 await hub.dispatcher.stop()
             for adapter in hub.adapters.values():

@@ -24,6 +24,7 @@ from hub.settings import (
     IngestSettings,
     LoggingSettings,
     SandboxSettings,
+    SchedulerSettings,
     Section,
     ServerSettings,
     Settings,
@@ -47,6 +48,7 @@ class _RawConfig(Section):
     events: EventsSettings = EventsSettings()
     logging: LoggingSettings = LoggingSettings()
     sandbox: SandboxSettings = SandboxSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
     inboxes: list[dict[str, Any]] = []
 
 
@@ -181,6 +183,7 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
         logging=raw.logging,
         inboxes=tuple(inboxes),
         sandbox=raw.sandbox,
+        scheduler=raw.scheduler,
         source=source,
         data_dir=data_dir.resolve(),
         secrets=frozenset(s for s in secrets | used_env if len(s) >= 4),

@@ -85,6 +85,11 @@ class EventsSettings(Section):
     retention_seconds: float = Field(default=30.0, gt=0)
 
 
+class SchedulerSettings(Section):
+    enabled: bool = True  # run the scheduled jobs (campaigns, greetings, reminders) here
+    lease_seconds: float = Field(default=30.0, gt=0)  # a dead process's jobs wait this long
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -128,6 +133,7 @@ class Settings:
     logging: LoggingSettings
     inboxes: tuple[InboxConfig, ...]
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     source: str = "<defaults>"
     data_dir: Path = field(default_factory=lambda: Path("var").resolve())
     secrets: frozenset[str] = frozenset()

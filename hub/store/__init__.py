@@ -56,7 +56,9 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "canned": [],
     "campaigns": [],
     "campaign_sends": [([("campaign_id", ASCENDING)], {})],
-    "greetings_sent": [],
+    # Greetings: one per contact, occasion and year; `due_at` only while still to send.
+    "greetings_sent": [([("due_at", ASCENDING)], {}), ([("date", ASCENDING)], {})],
+    "settings": [],  # documents of settings kept in the store (the greetings')
     "leases": [],
     "events": [([("key", ASCENDING)], {})],
     "audit": [([("at", DESCENDING)], {})],
