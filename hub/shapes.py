@@ -51,6 +51,7 @@ def conversation_view(doc: dict[str, Any], contact: dict[str, Any] | None = None
             "name": (contact or {}).get("name"),
         },
         "assignee": doc.get("assignee_id"),
+        "bot": doc.get("bot"),  # the bot serving it (status pending), else null
         "labels": doc.get("labels") or [],
         "last_message": None
         if not last

@@ -190,6 +190,7 @@ class ConversationOut(Output):
     channel: str | None
     contact: ContactRef
     assignee: str | None
+    bot: str | None = None  # the bot serving it (status pending), else null
     labels: list[str]
     last_message: LastMessage | None
     unread: int

@@ -42,6 +42,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("contact_id", ASCENDING)], {}),
         ([("last_activity_at", DESCENDING)], {}),
         ([("inbox", ASCENDING)], {}),
+        ([("assignee_id", ASCENDING)], {}),  # an agent's load (capacity), "mine"
     ],
     "messages": [
         ([("conversation_id", ASCENDING)], {}),
@@ -60,6 +61,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "greetings_sent": [([("due_at", ASCENDING)], {}), ([("date", ASCENDING)], {})],
     "settings": [],  # documents of settings kept in the store (the greetings')
     "leases": [],
+    "presence": [([("agent_id", ASCENDING)], {})],  # open inbox WebSockets (assignment)
+    "assignment": [],  # the round-robin turn of each inbox
     "events": [([("key", ASCENDING)], {})],
     "audit": [([("at", DESCENDING)], {})],
 }

@@ -1,0 +1,122 @@
+"""Auto-assignment: the inbox key `assignment` ("none" or "round_robin").
+
+With `round_robin`, a conversation handed to people (`hub.services.handoff`) and a
+new conversation with people (an inbox without a bot) is assigned, in turn, to one
+of the agents who
+
+- may see the inbox (any role),
+- are `online` (their availability, `hub.services.availability`),
+- have an inbox WebSocket open, in any hub process (`hub.services.presence`),
+- and have fewer open conversations assigned than their `capacity` (null: no limit).
+
+The turn is kept in the store (the `assignment` collection, one document per inbox
+holding the agent assigned last), changed by compare-and-set, so two hub
+processes assigning at once give consecutive agents, never the same turn twice.
+Nobody eligible: the conversation stays unassigned, seen by all who see the inbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import DuplicateKeyError
+
+from hub.services import presence
+from hub.services.accounts import Accounts
+from hub.store import Store
+
+if TYPE_CHECKING:
+    from hub.services.runtime import Hub
+
+log = logging.getLogger("hub.assignment")
+
+MODES = ("none", "round_robin")
+CAS_ATTEMPTS = 8
+
+
+def mode_of(hub: Hub, inbox: str | None) -> str:
+    config = hub.settings.inbox(str(inbox)) if inbox else None
+    return str(getattr(config, "assignment", "none")) if config is not None else "none"
+
+
+async def eligible(store: Store, inbox: str) -> list[str]:
+    """The ids of the agents a conversation of `inbox` may go to now, sorted."""
+    agents = await store.agents.find(
+        {"active": {"$ne": False}, "availability": {"$nin": ["busy", "offline"]}},
+        {"role": 1, "inboxes": 1, "teams": 1, "capacity": 1},
+    ).to_list(1000)
+    if not agents:
+        return []
+    accounts = Accounts(store)
+    seeing = []
+    for agent in agents:
+        inboxes = await accounts.visible_inboxes(agent)
+        if inboxes is None or inbox in inboxes:
+            seeing.append(agent)
+    connected = await presence.connected(store, [str(a["_id"]) for a in seeing])
+    chosen = []
+    for agent in seeing:
+        agent_id = str(agent["_id"])
+        if agent_id not in connected:
+            continue
+        capacity = agent.get("capacity")
+        if isinstance(capacity, int) and capacity >= 0:
+            load = await store.conversations.count_documents(
+                {"assignee_id": agent_id, "status": "open"}, limit=capacity
+            )
+            if load >= capacity:
+                continue
+        chosen.append(agent_id)
+    return sorted(chosen)
+
+
+async def next_in_turn(store: Store, inbox: str) -> str | None:
+    """Take the turn: the eligible agent after the one assigned last in `inbox`
+    (kept in the store), or None when nobody is eligible."""
+    for _ in range(CAS_ATTEMPTS):
+        candidates = await eligible(store, inbox)
+        if not candidates:
+            return None
+        turn = await store.assignment.find_one({"_id": inbox})
+        last = None if turn is None else turn.get("last")
+        pick = next((a for a in candidates if last is not None and a > last), candidates[0])
+        if turn is None:
+            try:
+                await store.assignment.insert_one({"_id": inbox, "last": pick})
+            except DuplicateKeyError:
+                continue  # another process took the first turn
+            return pick
+        taken = await store.assignment.update_one(
+            {"_id": inbox, "last": last}, {"$set": {"last": pick}}
+        )
+        if taken.matched_count:
+            return pick
+    log.warning("round robin: the turn kept changing; left unassigned", extra={"inbox": inbox})
+    return None
+
+
+async def assign(hub: Hub, conversation: dict[str, Any]) -> str | None:
+    """Assign `conversation` by its inbox's `assignment` when it is with people
+    (`bot` null) and unassigned; returns the agent it went to, or None."""
+    if conversation.get("assignee_id") or conversation.get("bot"):
+        return None
+    inbox = conversation.get("inbox")
+    if mode_of(hub, inbox) != "round_robin":
+        return None
+    store = hub.store
+    assert store is not None
+    agent_id = await next_in_turn(store, str(inbox))
+    if agent_id is None:
+        return None
+    done = await store.conversations.update_one(
+        {"_id": conversation["_id"], "assignee_id": None, "bot": None},
+        {"$set": {"assignee_id": agent_id}},
+    )
+    if not done.matched_count:
+        return None  # assigned or taken by a bot meanwhile
+    log.info(
+        "conversation assigned",
+        extra={"conversation_id": conversation["_id"], "inbox": inbox, "agent": agent_id},
+    )
+    return agent_id
