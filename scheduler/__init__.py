@@ -13,7 +13,13 @@ import importlib
 
 from hub.ports import ScheduledJob
 
-BUILTIN_JOBS: dict[str, str] = {}
+BUILTIN_JOBS: dict[str, str] = {
+    "greetings": "scheduler.greetings:GreetingJob",
+    "send_later": "scheduler.agents:SendLaterJob",
+    "snooze": "scheduler.agents:SnoozeJob",
+    "reminders": "scheduler.agents:RemindersJob",
+    "sla": "scheduler.agents:SlaJob",
+}
 
 
 def job_class(name: str) -> type[ScheduledJob] | None:

@@ -1,0 +1,552 @@
+"""The greeting job: birthdays and holidays at `local_hour` in each contact's zone.
+
+Every guarantee comes from the store, not from this process's memory:
+
+- **Planning.** For each local date that can be "today" somewhere (the UTC date
+  before, of and two after `now`), once per date and settings, every contact with
+  an occasion that day gets a record in `greetings_sent` whose `_id` is
+  `<contact>:<occasion>:<year>` (`occasion` is `birthday` or `holiday:MM-DD`). Its
+  `due_at` is `local_hour` on that date in the contact's zone (`contact_timezone`),
+  moved to the end of the quiet hours when it falls in them; its channel is the
+  conversation the contact wrote in last. Contacts that cannot be greeted get the
+  record too, `skipped` with the reason (invalid birthday or time zone, no
+  conversation): counted once, never a crash. Inserting an `_id` that exists is
+  refused by the store, so planning twice (two processes) changes nothing.
+- **Sending.** A run takes the records whose `due_at` has come, claims them (an
+  atomic update that moves `due_at` 5 minutes on and stamps a claim token; of two
+  processes each record goes to one), re-checks opt-out, quiet hours and the
+  channel's reply rules, and queues the messages in the outbox with
+  `at_most_once` and a message id derived from the record's `_id`: queueing the
+  same greeting again is a no-op, so a process killed between claim and queue is
+  caught up by the next run after the claim's 5 minutes, without a duplicate.
+- **Missing the day.** A greeting still unsent when its local date is over is
+  `missed`; `hub greetings run --date D` (`catch_up`) sends those, and those never
+  planned because the hub was down, at once (quiet hours do not hold it).
+
+29 February birthdays go on 28 February in other years.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time as clock
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from pymongo import UpdateOne
+
+from hub.model import utcnow
+from hub.services.greetings import (
+    GreetingSettings,
+    InvalidTimezone,
+    contact_timezone,
+    load_greeting_settings,
+)
+from hub.services.outbox import Draft, enqueue_many
+from hub.services.placeholders import fill
+from hub.store import IDS_PER_COMMAND, VALUES_PER_IN, Store, derived_id, find_by_ids, insert_new
+from hub.store import new_id as new_token
+
+if TYPE_CHECKING:
+    from hub.services.runtime import Hub
+
+log = logging.getLogger("hub.greetings")
+
+CLAIM_HOLD = timedelta(minutes=5)  # a claimed greeting not queued by then is retried
+BATCH = 500
+SENDER = {"type": "system", "id": None}
+CONTACT_FIELDS = {
+    "name": 1,
+    "phones": 1,
+    "timezone": 1,
+    "locale": 1,
+    "birthday": 1,
+    "attributes": 1,
+    "opted_out": 1,
+}
+
+
+@dataclass
+class GreetingCounts:
+    """What one run did."""
+
+    planned: int = 0  # records written for greetings to come
+    sent: int = 0  # greetings queued in the outbox
+    held: int = 0  # due, but in the contact's quiet hours: moved to their end
+    missed: int = 0  # their local day ended unsent (left for `hub greetings run`)
+    already: int = 0  # catch-up: sent before
+    skipped: Counter[str] = field(default_factory=Counter)  # by reason
+
+    def add(self, other: GreetingCounts) -> None:
+        self.planned += other.planned
+        self.sent += other.sent
+        self.held += other.held
+        self.missed += other.missed
+        self.already += other.already
+        self.skipped.update(other.skipped)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "sent": self.sent,
+            "held": self.held,
+            "missed": self.missed,
+            "already_sent": self.already,
+            "skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(sorted(self.skipped.items())),
+        }
+
+
+def birthday_of(value: Any) -> tuple[int, int] | None:
+    """(month, day) of a stored birthday, None when it is not a real date."""
+    if not isinstance(value, Mapping):
+        return None
+    month, day = value.get("month"), value.get("day")
+    if isinstance(month, bool) or isinstance(day, bool):
+        return None
+    if not isinstance(month, int) or not isinstance(day, int):
+        return None
+    try:
+        date(2000, month, day)  # a leap year: 29 February is a birthday
+    except ValueError:
+        return None
+    year = value.get("year")
+    if year is not None and (isinstance(year, bool) or not isinstance(year, int)):
+        return None
+    return month, day
+
+
+def is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def birthday_on(month: int, day: int, on: date) -> bool:
+    """Whether a birthday is greeted on the date `on` (29 Feb on 28 Feb in other years)."""
+    if (month, day) == (on.month, on.day):
+        return True
+    return (month, day) == (2, 29) and (on.month, on.day) == (2, 28) and not is_leap(on.year)
+
+
+def pick_template(templates: Mapping[str, str], locale: Any) -> str:
+    """The template for a locale: exact, else its language (`pt` for `pt-BR`), else
+    English, else the first."""
+    if isinstance(locale, str) and locale:
+        wanted = locale.replace("_", "-")
+        for key, text in templates.items():
+            if key.replace("_", "-").lower() == wanted.lower():
+                return text
+        language = wanted.split("-")[0].lower()
+        for key, text in templates.items():
+            if key.replace("_", "-").split("-")[0].lower() == language:
+                return text
+    if "en" in templates:
+        return templates["en"]
+    return next(iter(templates.values()))
+
+
+def due_instant(on: date, zone: ZoneInfo, settings: GreetingSettings) -> tuple[datetime, datetime]:
+    """(due_at, expires_at) in UTC: `local_hour` on `on` in `zone`, moved past quiet
+    hours; it expires when that local day is over (or 12 hours after a due moved
+    into the next day)."""
+    local = datetime.combine(on, time(settings.local_hour), tzinfo=zone)
+    local = settings.quiet_until(local)
+    end_of_day = datetime.combine(on + timedelta(days=1), time(0), tzinfo=zone)
+    due = local.astimezone(UTC)
+    expires = max(end_of_day.astimezone(UTC), due + timedelta(hours=12))
+    return due, expires
+
+
+class GreetingJob:
+    """Sends the birthday and holiday greetings (`hub.ports.ScheduledJob`)."""
+
+    name = "greetings"
+    every = 1.0  # seconds; a greeting due sooner than this is waited for in the run
+
+    def __init__(self, hub: Hub, *, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.hub = hub
+        self.sleep = sleep
+        self.last = GreetingCounts()
+        self._planned: set[tuple[str, str]] = set()  # (date, settings) planned here
+
+    @property
+    def store(self) -> Store:
+        assert self.hub.store is not None
+        return self.hub.store
+
+    async def run(self, now: datetime) -> None:
+        self.last = await self.run_once(now)
+
+    async def run_once(self, now: datetime, *, lookahead: bool = True) -> GreetingCounts:
+        """Send what is due at `now`, plan the days around it, and wait for a
+        greeting due within `every` seconds (so each leaves at its instant)."""
+        counts = GreetingCounts()
+        settings = await load_greeting_settings(self.store)
+        if not settings.enabled:
+            return counts
+        started = clock.monotonic()
+
+        def moving_now() -> datetime:  # `now`, advanced by the time this run took
+            return now + timedelta(seconds=clock.monotonic() - started)
+
+        counts.add(await self.send_due(now, settings))
+        today = now.astimezone(UTC).date()
+        for offset in (-1, 0, 1, 2):
+            planned = await self.plan_date(today + timedelta(days=offset), settings, moving_now)
+            counts.add(planned)
+            if planned.planned:  # some may be due already (the first run of the day)
+                counts.add(await self.send_due(moving_now(), settings))
+        if lookahead:
+            current = moving_now()
+            nxt = await self.store.greetings_sent.find_one(
+                {"due_at": {"$gt": current}}, {"due_at": 1}, sort=[("due_at", 1)]
+            )
+            if nxt is not None:
+                wait = (_aware(nxt["due_at"]) - current).total_seconds()
+                if 0 < wait <= self.every:
+                    await self.sleep(wait)
+                    counts.add(await self.send_due(current + timedelta(seconds=wait), settings))
+        return counts
+
+    # -- planning ---------------------------------------------------------------------
+
+    async def plan_date(
+        self,
+        on: date,
+        settings: GreetingSettings,
+        moving_now: Callable[[], datetime] | None = None,
+        *,
+        force: bool = False,
+    ) -> GreetingCounts:
+        """Write the records of every greeting of the local date `on` (once per date
+        and settings; `force` plans again, adding only what is missing). Between
+        batches, greetings that came due meanwhile are sent (`moving_now`)."""
+        counts = GreetingCounts()
+        version = _version(settings)
+        marker = f"greetings-plan:{on.isoformat()}"
+        if not force:
+            if (on.isoformat(), version) in self._planned:
+                return counts
+            done = await self.store.settings.find_one({"_id": marker}, {"version": 1})
+            if done is not None and done.get("version") == version:
+                self._planned.add((on.isoformat(), version))
+                return counts
+        holidays = [h for h in settings.holidays if (h.month, h.day) == (on.month, on.day)]
+        # A holiday concerns every contact; otherwise only birthdays in this month.
+        query: dict[str, Any] = {} if holidays else {"birthday.month": on.month}
+        batch: list[dict[str, Any]] = []
+        async for contact in self.store.contacts.find(query, CONTACT_FIELDS).batch_size(BATCH):
+            batch.append(contact)
+            if len(batch) >= BATCH:
+                counts.add(await self._plan_batch(batch, on, settings, holidays))
+                batch = []
+                if moving_now is not None:
+                    counts.add(await self.send_due(moving_now(), settings))
+        if batch:
+            counts.add(await self._plan_batch(batch, on, settings, holidays))
+        await self.store.settings.replace_one(
+            {"_id": marker},
+            {"_id": marker, "version": version, "planned_at": utcnow()},
+            upsert=True,
+        )
+        self._planned.add((on.isoformat(), version))
+        return counts
+
+    async def _plan_batch(
+        self,
+        contacts: list[dict[str, Any]],
+        on: date,
+        settings: GreetingSettings,
+        holidays: list[Any],
+    ) -> GreetingCounts:
+        counts = GreetingCounts()
+        wanted: list[tuple[dict[str, Any], str, str | None]] = []  # contact, occasion, name
+        records: list[dict[str, Any]] = []
+        year = on.year
+        for contact in contacts:
+            raw_birthday = contact.get("birthday")
+            if raw_birthday is not None:
+                parsed = birthday_of(raw_birthday)
+                if parsed is None:
+                    if _month_of(raw_birthday) == on.month or holidays:
+                        records.append(_skipped(contact, "birthday", year, on, "invalid birthday"))
+                elif birthday_on(parsed[0], parsed[1], on):
+                    wanted.append((contact, "birthday", None))
+            for holiday in holidays:
+                wanted.append((contact, f"holiday:{holiday.key}", holiday.name))
+        if not wanted and not records:
+            return counts
+        preferred = await self._preferred_conversations([c["_id"] for c, _, _ in wanted])
+        now = utcnow()
+        for contact, occasion, name in wanted:
+            try:
+                zone = contact_timezone(contact, settings.default_timezone)
+            except InvalidTimezone:
+                records.append(_skipped(contact, occasion, year, on, "invalid time zone"))
+                continue
+            conversation = preferred.get(contact["_id"])
+            if conversation is None:
+                records.append(_skipped(contact, occasion, year, on, "no conversation"))
+                continue
+            due, expires = due_instant(on, zone, settings)
+            records.append(
+                {
+                    "_id": f"{contact['_id']}:{occasion}:{year}",
+                    "contact_id": contact["_id"],
+                    "occasion": occasion,
+                    "name": name,
+                    "year": year,
+                    "date": on.isoformat(),
+                    "timezone": zone.key,
+                    "status": "planned",
+                    "due_at": due,
+                    "expires_at": expires,
+                    "conversation_id": conversation["_id"],
+                    "inbox": conversation.get("inbox"),
+                    "channel": conversation.get("channel"),
+                    "planned_at": now,
+                }
+            )
+        refused = await insert_new(self.store.greetings_sent, records)
+        for record in records:
+            if record["_id"] in refused:
+                continue
+            if record["status"] == "planned":
+                counts.planned += 1
+            else:
+                counts.skipped[record["reason"]] += 1
+        return counts
+
+    async def _preferred_conversations(self, contact_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each contact's conversation it wrote in last (its preferred channel)."""
+        best: dict[str, dict[str, Any]] = {}
+        unique = list(dict.fromkeys(contact_ids))
+        for start in range(0, len(unique), VALUES_PER_IN):
+            chunk = unique[start : start + VALUES_PER_IN]
+            cursor = self.store.conversations.find(
+                {"contact_id": {"$in": chunk}},
+                {"contact_id": 1, "inbox": 1, "channel": 1, "last_inbound_at": 1},
+            )
+            async for conv in cursor:
+                at = conv.get("last_inbound_at")
+                if at is None:
+                    continue
+                current = best.get(conv["contact_id"])
+                if current is None or _aware(at) > _aware(current["last_inbound_at"]):
+                    best[conv["contact_id"]] = conv
+        return best
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def send_due(self, now: datetime, settings: GreetingSettings) -> GreetingCounts:
+        """Send every greeting whose `due_at` has come (held by quiet hours, or
+        `missed` when its local day is over)."""
+        counts = GreetingCounts()
+        while True:
+            due = await (
+                self.store.greetings_sent.find({"due_at": {"$lte": now}})
+                .sort("due_at", 1)
+                .limit(BATCH)
+                .to_list()
+            )
+            if not due:
+                return counts
+            ready: list[dict[str, Any]] = []
+            moves: list[UpdateOne] = []
+            for record in due:
+                if _aware(record["expires_at"]) <= now:
+                    moves.append(_settle(record, "missed"))
+                    counts.missed += 1
+                    continue
+                zone = ZoneInfo(record["timezone"])
+                local = now.astimezone(zone)
+                if settings.in_quiet_hours(local):
+                    until = settings.quiet_until(local).astimezone(UTC)
+                    moves.append(UpdateOne({"_id": record["_id"]}, {"$set": {"due_at": until}}))
+                    counts.held += 1
+                    continue
+                ready.append(record)
+            if moves:
+                await self.store.greetings_sent.bulk_write(moves, ordered=False)
+            counts.add(await self._claim_and_send(ready, now, settings))
+            if len(due) < BATCH:
+                return counts
+
+    async def catch_up(self, on: date, now: datetime | None = None) -> GreetingCounts:
+        """`hub greetings run --date`: plan `on` (adding what is missing) and send now
+        every greeting of that date not sent yet, quiet hours or not."""
+        now = now or utcnow()
+        settings = await load_greeting_settings(self.store)
+        await self.plan_date(on, settings, force=True)
+        counts = GreetingCounts()
+        cursor = self.store.greetings_sent.find({"date": on.isoformat()})
+        records = await cursor.to_list()
+        pending = [r for r in records if r["status"] in ("planned", "missed", "claimed")]
+        counts.already = sum(1 for r in records if r["status"] == "sent")
+        for record in records:
+            if record["status"] == "skipped":
+                counts.skipped[record.get("reason") or "skipped"] += 1
+        for start in range(0, len(pending), BATCH):
+            chunk = pending[start : start + BATCH]
+            counts.add(await self._claim_and_send(chunk, now, settings, catch_up=True))
+        return counts
+
+    async def _claim_and_send(
+        self,
+        records: list[dict[str, Any]],
+        now: datetime,
+        settings: GreetingSettings,
+        *,
+        catch_up: bool = False,
+    ) -> GreetingCounts:
+        counts = GreetingCounts()
+        if not records:
+            return counts
+        token = new_token()
+        ids = [r["_id"] for r in records]
+        claim_filter: dict[str, Any] = {"_id": {"$in": ids}}
+        if catch_up:
+            claim_filter["status"] = {"$in": ["planned", "missed", "claimed"]}
+        else:
+            claim_filter["status"] = {"$in": ["planned", "claimed"]}
+            claim_filter["due_at"] = {"$lte": now}
+        for start in range(0, len(ids), IDS_PER_COMMAND):
+            part = dict(claim_filter, _id={"$in": ids[start : start + IDS_PER_COMMAND]})
+            await self.store.greetings_sent.update_many(
+                part,
+                {
+                    "$set": {
+                        "status": "claimed",
+                        "claim": token,
+                        "claimed_at": now,
+                        "due_at": now + CLAIM_HOLD,
+                    }
+                },
+            )
+        mine = [
+            r
+            for r in (await find_by_ids(self.store.greetings_sent, ids)).values()
+            if r.get("claim") == token
+        ]
+        if not mine:
+            return counts
+        contacts = await find_by_ids(self.store.contacts, [r["contact_id"] for r in mine])
+        conversations = await find_by_ids(
+            self.store.conversations, [r["conversation_id"] for r in mine]
+        )
+        drafts: list[Draft] = []
+        queued: list[dict[str, Any]] = []
+        settles: list[UpdateOne] = []
+        for record in mine:
+            contact = contacts.get(record["contact_id"])
+            conversation = conversations.get(record["conversation_id"])
+            reason = self._refusal(record, contact, conversation)
+            if reason is not None:
+                settles.append(_settle(record, "skipped", reason=reason))
+                counts.skipped[reason] += 1
+                continue
+            assert contact is not None
+            template = pick_template(self._templates(record, settings), contact.get("locale"))
+            text = fill(template, contact)
+            message_id = derived_id("keyed", record["conversation_id"], record["_id"])
+            drafts.append(
+                Draft(
+                    conversation_id=record["conversation_id"],
+                    text=text,
+                    sender=SENDER,
+                    at_most_once=True,
+                    message_id=message_id,
+                )
+            )
+            queued.append(record | {"message_id": message_id})
+        if drafts:
+            assert self.hub.events is not None
+            await enqueue_many(self.store, self.hub.events, drafts)
+            sent_at = utcnow()
+            for record in queued:
+                settles.append(
+                    _settle(record, "sent", message_id=record["message_id"], sent_at=sent_at)
+                )
+            counts.sent += len(queued)
+            self.hub.wake_dispatcher()
+        if settles:
+            await self.store.greetings_sent.bulk_write(settles, ordered=False)
+        return counts
+
+    def _templates(self, record: Mapping[str, Any], settings: GreetingSettings) -> dict[str, str]:
+        occasion = str(record["occasion"])
+        if occasion == "birthday":
+            return settings.birthday_templates
+        key = occasion.removeprefix("holiday:")
+        for holiday in settings.holidays:
+            if holiday.key == key:
+                return holiday.templates
+        return {"en": str(record.get("name") or "")}  # a holiday removed since: its name
+
+    def _refusal(
+        self,
+        record: Mapping[str, Any],
+        contact: Mapping[str, Any] | None,
+        conversation: Mapping[str, Any] | None,
+    ) -> str | None:
+        if contact is None:
+            return "contact removed"
+        if conversation is None:
+            return "no conversation"
+        channel = str(record.get("channel") or conversation.get("channel"))
+        if (contact.get("opted_out") or {}).get(channel):
+            return "opted out"
+        adapter = self.hub.adapters.get(str(conversation.get("inbox")))
+        if adapter is None:
+            return "inbox not configured"
+        refusal = adapter.reply_refusal(conversation.get("last_inbound_at"), False)
+        if refusal:
+            return "channel refuses: " + refusal
+        return None
+
+
+def _version(settings: GreetingSettings) -> str:
+    return derived_id(json.dumps(settings.raw, sort_keys=True, ensure_ascii=False))
+
+
+def _month_of(value: Any) -> Any:
+    return value.get("month") if isinstance(value, Mapping) else None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _skipped(
+    contact: Mapping[str, Any], occasion: str, year: int, on: date, reason: str
+) -> dict[str, Any]:
+    return {
+        "_id": f"{contact['_id']}:{occasion}:{year}",
+        "contact_id": contact["_id"],
+        "occasion": occasion,
+        "year": year,
+        "date": on.isoformat(),
+        "status": "skipped",
+        "reason": reason,
+        "planned_at": utcnow(),
+    }
+
+
+def _settle(record: Mapping[str, Any], status: str, **fields: Any) -> UpdateOne:
+    update = {"$set": {"status": status, **fields}, "$unset": {"claim": "", "due_at": ""}}
+    return UpdateOne({"_id": record["_id"]}, update)
+
+
+__all__ = [
+    "GreetingCounts",
+    "GreetingJob",
+    "birthday_of",
+    "birthday_on",
+    "due_instant",
+    "pick_template",
+]
