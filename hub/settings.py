@@ -78,6 +78,9 @@ class DispatcherSettings(Section):
     backoff_base: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=300.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
+    # How long one process holds an inbox's sending; another takes over this long
+    # after its holder died (at once after a clean stop, which hands it back).
+    inbox_lease_seconds: float = Field(default=15.0, ge=1, le=600)
 
 
 class EventsSettings(Section):

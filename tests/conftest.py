@@ -26,7 +26,9 @@ from tests.support.fakeprovider import FakeProvider
 from tests.support.testchannel import sign
 
 # The tests choose their own store and config: the developer's environment must
-# not point them at another (a real MongoDB, a production config).
+# not point them at another (a real MongoDB, a production config). Only the tests
+# marked `store` (tests/multihub, `./dev test -m store`) use a MongoDB named here.
+STORE_TEST_URI = os.environ.get("MONGODB_URI", "")
 for _name in ("HUB_CONFIG", "MONGODB_URI"):
     os.environ.pop(_name, None)
 

@@ -48,11 +48,12 @@ MESSAGE_GRACE = timedelta(seconds=60)
 MESSAGE_RECHECK = timedelta(seconds=0.05)
 # One claim takes about this many seconds of an inbox's pace (see `_batch_cap`).
 CLAIM_HORIZON = 1.0
-# How long this process holds an inbox's sending, how often it renews the lease,
-# and how much of it must be left for it to start a new batch.
-INBOX_LEASE = 15.0
-INBOX_LEASE_RENEW = 3.0
-INBOX_LEASE_MARGIN = 5.0
+# How long this process holds an inbox's sending (`dispatcher.inbox_lease_seconds`,
+# 15 s by default), and, as shares of it, how often it renews the lease (every
+# fifth: 3 s) and how much of it must be left for it to start a new batch (a
+# third: 5 s).
+INBOX_LEASE_RENEW_SHARE = 1 / 5
+INBOX_LEASE_MARGIN_SHARE = 1 / 3
 
 
 def outbound_message(
@@ -148,7 +149,8 @@ class Dispatcher:
         self._inbox_leases: dict[str, float] = {}  # inbox -> monotonic expiry
         # (inbox, recipient) -> the last turn promised to a deferred message.
         self._promised: dict[tuple[str, str], float] = {}
-        self._leases_renewed = -INBOX_LEASE
+        self.inbox_lease = settings.inbox_lease_seconds
+        self._leases_renewed = -self.inbox_lease
 
     def wake(self) -> None:
         """Look for work now (an item was just queued)."""
@@ -246,7 +248,7 @@ class Dispatcher:
 
     def _sending_for(self) -> list[str]:
         """The inboxes whose lease this process holds with time to spare."""
-        horizon = time.monotonic() + INBOX_LEASE_MARGIN
+        horizon = time.monotonic() + self.inbox_lease * INBOX_LEASE_MARGIN_SHARE
         return [inbox for inbox, until in self._inbox_leases.items() if until > horizon]
 
     async def _hold_inboxes(self, force: bool = False) -> None:
@@ -259,16 +261,17 @@ class Dispatcher:
         started = time.monotonic()
         # Held leases are renewed now and then; one held elsewhere is tried again
         # sooner, so a clean stop of its holder is taken over within a second.
-        every = INBOX_LEASE_RENEW if len(self._inbox_leases) == len(self.adapters) else 1.0
+        renew = self.inbox_lease * INBOX_LEASE_RENEW_SHARE
+        every = renew if len(self._inbox_leases) == len(self.adapters) else min(1.0, renew)
         if not force and started - self._leases_renewed < every:
             return
         self._leases_renewed = started
         now = utcnow()
         for inbox in self.adapters:
             if await take_lease(
-                self.store, f"outbox:{inbox}", self.instance_id, INBOX_LEASE, now=now
+                self.store, f"outbox:{inbox}", self.instance_id, self.inbox_lease, now=now
             ):
-                self._inbox_leases[inbox] = started + INBOX_LEASE
+                self._inbox_leases[inbox] = started + self.inbox_lease
             else:
                 self._inbox_leases.pop(inbox, None)  # another process holds it
 
@@ -444,7 +447,13 @@ class Dispatcher:
         became of it."""
         adapter = self.adapters[item["inbox"]]
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._pause(wait)
+            if self._stopping:
+                # A clean stop: a send still waiting for its turn goes back to the
+                # queue at once, for whichever process sends for the inbox next,
+                # rather than holding the stop up or sitting in a lease left to
+                # run out.
+                return _Outcome(item, "deferred", retry_in=0.0)
         # The wake-up from the slot's sleep varies: keep the sends (and each
         # recipient's) spaced as they actually go out, recording the send in the
         # inbox's limiter and the recipient's at the moment it goes.

@@ -44,10 +44,23 @@ _RUN_HUB = (
 
 
 def write_config(
-    folder: Path, *, command_timeout_ms: int = 10_000, server_selection_timeout_ms: int = 3000
+    folder: Path,
+    *,
+    command_timeout_ms: int = 10_000,
+    server_selection_timeout_ms: int = 3000,
+    uri: str = "",
+    database: str = DATABASE,
+    data_dir: str = "data",
+    inbox_lines: str = "",
+    sections: str = "",
 ) -> Path:
+    """A hub.toml in `folder`. `uri`: a MongoDB (empty: the embedded store in
+    `data_dir`, relative to the file or absolute, so hubs can share one);
+    `inbox_lines`: more keys of the test inbox (its `api_base`, `rate`);
+    `sections`: more TOML (`[dispatcher]`, `[events]`)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "hub.toml"
+    store_uri = f'uri = "{uri}"\n' if uri else ""
     config.write_text(
         f"""
 [server]
@@ -56,21 +69,21 @@ port = 0
 shutdown_timeout = 2
 
 [store]
-database = "{DATABASE}"
-data_dir = "data"
+{store_uri}database = "{database}"
+data_dir = "{data_dir}"
 server_selection_timeout_ms = {server_selection_timeout_ms}
 command_timeout_ms = {command_timeout_ms}
 
 [logging]
 level = "WARNING"
 format = "text"
-
+{sections}
 [[inboxes]]
 id = "{INBOX}"
 channel = "testchan"
 secret = "{SECRET}"
 medium = "sms"
-"""
+{inbox_lines}"""
     )
     return config
 
@@ -453,3 +466,53 @@ class StoreProxy:
                     await writer.drain()
             finally:
                 writer.close()
+
+
+@dataclass
+class SharedStore:
+    """The embedded store's server run on its own (`python -m
+    hub.store.embedded_server`), for several hubs to attach to as the contract
+    says a second `hub serve` on a `data_dir` does, outliving any one of them.
+    It watches its stdin, held by the test: it ends with the test, however that
+    ends."""
+
+    data_dir: Path
+    process: asyncio.subprocess.Process | None = None
+    port: int = 0
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    async def start(self) -> SharedStore:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hub.store.embedded_server",
+            "--data-dir",
+            str(self.data_dir),
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        async with asyncio.timeout(DEADLINE):
+            line = (await self.process.stdout.readline()).decode().strip()
+        assert line.startswith("READY "), f"the embedded store did not start: {line!r}"
+        self.port = int(line.split()[1])
+        return self
+
+    async def stop(self) -> None:
+        """Close its stdin (its stop signal) and wait for it to exit."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), DEADLINE)
+        except TimeoutError:
+            kill_if_alive(self.process.pid)
+            await self.process.wait()
