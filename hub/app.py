@@ -13,6 +13,7 @@ from channels import channel_class
 from hub.api import http
 from hub.metrics import Metrics
 from hub.ports import BotHook, Channel
+from hub.services.assignment import AssigningHook
 from hub.services.dispatcher import Dispatcher
 from hub.services.events import EventBus, Events
 from hub.services.ingest import Ingestor
@@ -87,6 +88,8 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
             hub.ingestor = Ingestor(
                 store, hub.events, hub.metrics, bot=bot, max_batch=settings.ingest.max_batch
             )
+            # Then new conversations with people go round robin where an inbox says so.
+            hub.ingestor.bot = AssigningHook(hub, hub.ingestor.bot)
             hub.ingestor.start()
             hub.replies = Replies(
                 store, hub.events, hub.ingestor, hub.adapters, hub.wake_dispatcher

@@ -154,13 +154,23 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
                 f"{source}: {_loc((*where, 'channel'))}: unknown channel {channel!r} "
                 f"(available: {', '.join(known_channels()) or 'none'})"
             )
-        fields = {k: v for k, v in entry.items() if k not in ("id", "channel")}
+        fields = {k: v for k, v in entry.items() if k not in ("id", "channel", "assignment")}
         try:
             channel_settings = cls.Settings.model_validate(fields)
         except ValidationError as error:
             raise ConfigError(_validation_message(source, where, error)) from None
         secrets |= _secret_values(channel_settings)
-        inboxes.append(InboxConfig(id=inbox_id, channel=channel, settings=channel_settings))
+        assignment = entry.get("assignment", "none")
+        if assignment not in ("none", "round_robin"):
+            raise ConfigError(
+                f"{source}: {_loc((*where, 'assignment'))}: must be \"none\" or "
+                f"\"round_robin\", not {assignment!r}"
+            )
+        inboxes.append(
+            InboxConfig(
+                id=inbox_id, channel=channel, settings=channel_settings, assignment=assignment
+            )
+        )
 
     for index, name in enumerate(raw.sandbox.inboxes):
         if name not in seen:

@@ -18,6 +18,7 @@ from hub.api import (
     contacts,
     contacts_io,
     conversations,
+    handoff,
     openapi,
     realtime,
     reports,
@@ -32,6 +33,7 @@ log = logging.getLogger("hub.api")
 ROUTES: list[Route] = [
     *auth.table.routes,
     *conversations.table.routes,
+    *handoff.table.routes,
     *contacts_io.table.routes,  # before contacts: /api/contacts/export is not an {id}
     *contacts.table.routes,
     *realtime.table.routes,

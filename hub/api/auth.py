@@ -288,7 +288,7 @@ async def create_agent(call: Call) -> dict[str, Any]:
 @table.route(
     "PATCH",
     "/api/agents/{id}",
-    summary="Change an agent's name, role, password, inboxes, teams or activity",
+    summary="Change an agent's name, role, password, inboxes, teams, activity or capacity",
     role="admin",
     body=AgentPatch,
     response=AgentOut,
@@ -306,6 +306,8 @@ async def patch_agent(call: Call) -> dict[str, Any]:
         inboxes=None if body.inboxes is None else _known_inboxes(call, body.inboxes),
         teams=body.teams,
         password=body.password,
+        capacity=body.capacity,
+        capacity_given="capacity" in body.model_fields_set,
     )
     try:
         agent, changed = await call.accounts.update_agent(agent, change, by=call.me.agent_id)

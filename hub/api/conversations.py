@@ -19,7 +19,7 @@ from hub.api.schemas import (
     MessageOut,
     MessageQuery,
 )
-from hub.services import conversations
+from hub.services import conversations, handoff
 from hub.shapes import message_view
 from hub.store import Store
 
@@ -59,6 +59,8 @@ async def list_conversations(call: Call) -> dict[str, Any]:
     if query.assignee is not None:
         assignee = {"me": call.me.agent_id, "none": None}.get(query.assignee, query.assignee)
         filters["assignee"] = assignee
+    if query.bot is not None:
+        filters["bot"] = query.bot
     contact_ids = await matching_contact_ids(call, query.q, limit=200) if query.q else []
     items, next_cursor = await conversations.page(
         _store(call),
@@ -144,5 +146,8 @@ async def post_message(call: Call) -> dict[str, Any]:
             _store(call), call.hub.events, conversation, body.text, sender
         )
         return message_view(note)
+    if conversation.get("bot"):
+        # An agent's reply takes a bot's conversation over at once (the bot stops).
+        await handoff.take_over(call.hub, conversation_id, call.me.agent_id)
     doc = await call.hub.reply(conversation_id, text=body.text, sender=sender, subject=body.subject)
     return message_view(doc)

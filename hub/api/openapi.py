@@ -51,6 +51,8 @@ ANSWERS: dict[str, tuple[Answer, ...]] = {
     "patch_conversation": (403, 404, InvalidChange, AssigneeCannotSee),
     "list_messages": (403, 404, NotInConversation),
     "post_message": (403, 404, OutboxError),
+    "take_over": (403, 404, 409),
+    "put_availability": (404,),
     "import_contacts": (400, 413, 415),
     "list_contacts": (BadCursor,),
     "get_contact": (403, 404),

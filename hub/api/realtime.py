@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 
 from hub.api.base import SESSION_COOKIE, ApiError, ApiState, Call, RouteTable
 from hub.model import Event, utcnow
+from hub.services import presence
 from hub.services.accounts import Accounts, Session, agent_view
 from hub.services.events import Subscription
 from hub.services.visibility import Audience, audience_of
@@ -155,9 +156,18 @@ async def websocket(call: Call) -> web.StreamResponse:
     # client sees the connection open is missed.
     sub = call.hub.bus.subscribe(maxsize=5_000)
     pump: asyncio.Task[None] | None = None
+    present: asyncio.Task[None] | None = None
     try:
         await ws.prepare(request)
         state.sockets.add(ws)
+        if call.hub.store is not None:
+            # An open inbox socket makes its agent one round robin may pick.
+            present = asyncio.create_task(
+                _keep_present(call.hub.store, session.agent_id, call.hub.instance_id),
+                name="ws-presence",
+            )
+            state.tasks.add(present)
+            present.add_done_callback(state.tasks.discard)
         await ws.send_json(
             {
                 "type": "hello",
@@ -179,6 +189,10 @@ async def websocket(call: Call) -> web.StreamResponse:
     finally:
         sub.close()
         state.sockets.discard(ws)
+        if present is not None:
+            present.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await present
         if pump is not None:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -225,6 +239,26 @@ async def _pump(
                 await ws.send_json(message)
     except (ConnectionResetError, RuntimeError):
         return  # the client went away mid-send
+
+
+async def _keep_present(store: Store, agent_id: str, instance_id: str) -> None:
+    """Keep this socket's presence (hub.services.presence) while it is open, and
+    remove it when the socket closes."""
+    presence_id: str | None = None
+    try:
+        while True:
+            try:
+                if presence_id is None:
+                    presence_id = await presence.opened(store, agent_id, instance_id)
+                else:
+                    await presence.renew(store, presence_id, agent_id)
+            except PyMongoError as error:
+                log.warning("presence not recorded", extra={"error": str(error)})
+            await asyncio.sleep(presence.RENEW_SECONDS)
+    finally:
+        if presence_id is not None:
+            with contextlib.suppress(PyMongoError):
+                await asyncio.shield(presence.closed(store, presence_id))
 
 
 async def _recheck(accounts: Accounts, token: str, session: Session) -> Session | None:

@@ -16,11 +16,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+)
 
 from hub.model import ConversationStatus, Medium
 
 RoleName = Literal["admin", "supervisor", "agent"]
+Availability = Literal["online", "busy", "offline"]
+Capacity = Annotated[StrictInt, Field(ge=1, le=100_000)]
 
 # Ids are the hub's own: hex ObjectIds and derived ids, never anything with `$` or `.`.
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_:-]{1,64}$")]
@@ -81,6 +91,10 @@ class AgentOut(Output):
     inboxes: list[str]
     teams: list[str]
     active: bool
+    availability: Availability = "online"
+    capacity: int | None = Field(
+        default=None, description="open conversations at most (round robin); null: no limit"
+    )
 
 
 class LoginOut(Output):
@@ -132,6 +146,13 @@ class AgentPatch(Input):
     inboxes: list[Id] | None = Field(default=None, max_length=200)
     teams: list[Id] | None = Field(default=None, max_length=200)
     active: StrictBool | None = None
+    capacity: Capacity | None = Field(
+        default=None, description="open conversations at most (round robin); null: no limit"
+    )
+
+
+class AvailabilityIn(Input):
+    availability: Availability
 
 
 class AgentList(Output):
@@ -167,6 +188,9 @@ class ConversationQuery(Input):
     status: ConversationStatus | None = None
     inbox: Id | None = None
     assignee: Id | None = Field(default=None, description='an agent id, "me" or "none"')
+    bot: QueryBool | None = Field(
+        default=None, description="true: only conversations a bot serves; false: only people's"
+    )
     q: Annotated[str, Field(max_length=200)] | None = None
     limit: Annotated[int, Field(ge=1, le=100)] = 25
     cursor: Annotated[str, Field(max_length=300)] | None = None

@@ -57,6 +57,10 @@ class AgentChange:
     inboxes: list[str] | None = None
     teams: list[str] | None = None
     password: str | None = None
+    # Open conversations at most (round-robin assignment); None: no limit. Only
+    # changed when `capacity_given`.
+    capacity: int | None = None
+    capacity_given: bool = False
 
 
 class AccountError(ValueError):
@@ -449,6 +453,8 @@ class Accounts:
                 fields[name] = value
         if change.teams is not None:
             fields["teams"] = await self.known_teams(change.teams)
+        if change.capacity_given:
+            fields["capacity"] = change.capacity
         if change.password is not None:
             fields["password_hash"] = await self.passwords.hash(change.password)
             fields["devices"] = []  # browsers known with the old password are not
@@ -654,6 +660,8 @@ def agent_view(agent: dict[str, Any]) -> dict[str, Any]:
         "inboxes": list(agent.get("inboxes") or []),
         "teams": list(agent.get("teams") or []),
         "active": bool(agent.get("active", True)),
+        "availability": agent.get("availability") or "online",
+        "capacity": agent.get("capacity"),
     }
 
 

@@ -22,8 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError
 
+from hub.model import Event
+from hub.ports import BotHook
 from hub.services import presence
 from hub.services.accounts import Accounts
+from hub.services.conversations import view_of
 from hub.store import Store
 
 if TYPE_CHECKING:
@@ -120,3 +123,43 @@ async def assign(hub: Hub, conversation: dict[str, Any]) -> str | None:
         extra={"conversation_id": conversation["_id"], "inbox": inbox, "agent": agent_id},
     )
     return agent_id
+
+
+async def assign_inbound(hub: Hub, message: dict[str, Any]) -> str | None:
+    """After a new inbound message: a conversation with people (no bot) in a
+    round-robin inbox that nobody has is assigned now (`conversation.updated`).
+    Costs nothing in an inbox without round robin."""
+    if mode_of(hub, message.get("inbox")) != "round_robin":
+        return None
+    store, events = hub.store, hub.events
+    assert store is not None and events is not None
+    conversation = await store.conversations.find_one({"_id": message["conversation_id"]})
+    if conversation is None or conversation.get("status") != "open":
+        return None
+    agent_id = await assign(hub, conversation)
+    if agent_id is not None:
+        fresh = await store.conversations.find_one({"_id": conversation["_id"]}) or conversation
+        view = await view_of(store, fresh)
+        await events.publish([Event("conversation.updated", {**view, "changed_by": None})])
+    return agent_id
+
+
+class AssigningHook:
+    """The hub's bot hook with round-robin assignment of new conversations with
+    people after it (`hub.ports.BotHook`): wraps whatever bot hook ingest has."""
+
+    def __init__(self, hub: Hub, inner: BotHook) -> None:
+        self.hub = hub
+        self.inner = inner
+
+    async def on_inbound(self, message: dict[str, Any], conversation: dict[str, Any]) -> None:
+        try:
+            await self.inner.on_inbound(message, conversation)
+        finally:
+            try:
+                await assign_inbound(self.hub, message)
+            except Exception:
+                log.exception(
+                    "round-robin assignment failed",
+                    extra={"conversation_id": message.get("conversation_id")},
+                )

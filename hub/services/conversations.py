@@ -152,10 +152,12 @@ async def page(
     contact_ids: Sequence[str] = (),
     cursor: str | None,
     limit: int,
+    bot: bool | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the inbox list, newest activity first: conversations in
     `inboxes` (None: all), of `status`, assigned to `assignee`, and whose contact
-    is one of `contact_ids` or whose last message contains `text`."""
+    is one of `contact_ids` or whose last message contains `text`; with `bot`,
+    only those a bot serves (True) or only people's (False)."""
     clauses: list[dict[str, Any]] = []
     if status is not None:
         clauses.append({"status": status})
@@ -166,6 +168,8 @@ async def page(
         clauses.append({"inbox": names[0] if len(names) == 1 else {"$in": names}})
     if assignee is not _UNSET:
         clauses.append({"assignee_id": assignee})
+    if bot is not None:
+        clauses.append({"bot": {"$ne": None}} if bot else {"bot": None})
     if text:
         matched = {"last_message.text": {"$regex": re.escape(text), "$options": "i"}}
         ids = list(contact_ids)[:VALUES_PER_IN]  # the embedded engine's `$in` limit

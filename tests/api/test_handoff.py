@@ -94,11 +94,28 @@ async def bot_conversation(client: Client, inbox: str = "rr", bot: str = "shop")
     """A conversation a bot serves: a customer's message, then `bot` set, pending."""
     sid = f"SM{os.urandom(6).hex()}"
     phone = f"+1555{int.from_bytes(os.urandom(3)) % 10_000_000:07d}"
+    store = _store(client)
+    turn = await store.assignment.find_one({"_id": inbox})
     conv_id = await conversation_of(client, await inbound(client, inbox, sid, phone, "hello"))
-    await _store(client).conversations.update_one(
+    await settled(client)
+    # As if the inbox's bot had it from the start: a bot's new conversation is never
+    # assigned, so the round-robin turn its message took is given back.
+    await store.conversations.update_one(
         {"_id": conv_id}, {"$set": {"bot": bot, "status": "pending", "assignee_id": None}}
     )
+    if turn is None:
+        await store.assignment.delete_one({"_id": inbox})
+    else:
+        await store.assignment.replace_one({"_id": inbox}, turn)
     return conv_id
+
+
+async def settled(client: Client) -> None:
+    """Wait until ingest's hooks after the new messages (bot, assignment) are done."""
+    ingestor = hub(client).ingestor
+    assert ingestor is not None
+    while ingestor._bot_tasks:
+        await asyncio.sleep(0.01)
 
 
 async def online(client: Client, agent: Agent) -> str:
@@ -205,3 +222,239 @@ async def test_presence_expires(api: Client) -> None:
     await presence.closed(store, pid)
     assert await presence.connected(store, [agent.id]) == set()
     assert await assignment.eligible(store, "rr") == []
+
+
+# -- takeover -----------------------------------------------------------------------
+
+
+async def test_an_agent_reply_takes_a_bot_conversation_over(api: Client) -> None:
+    agent = await make_agent(api, "agent", inboxes=["t1"])
+    conv_id = await bot_conversation(api, inbox="t1")
+    sub = hub(api).bus.subscribe()
+    try:
+        resp = await api.post(
+            f"/api/conversations/{conv_id}/messages", json={"text": "Hi, I am Ann"}, headers=agent.auth
+        )
+        assert resp.status == 201, await resp.text()
+        updates = await events_of(sub, "conversation.updated")
+    finally:
+        sub.close()
+    doc = await _store(api).conversations.find_one({"_id": conv_id})
+    assert doc["bot"] is None and doc["status"] == "open" and doc["assignee_id"] == agent.id
+    assert [(u["bot"], u["assignee"], u["status"]) for u in updates] == [(None, agent.id, "open")]
+    resp = await api.get(f"/api/conversations/{conv_id}", headers=agent.auth)
+    assert (await resp.json())["bot"] is None
+
+
+async def test_a_private_note_does_not_take_over(api: Client) -> None:
+    agent = await make_agent(api, "agent", inboxes=["t1"])
+    conv_id = await bot_conversation(api, inbox="t1")
+    resp = await api.post(
+        f"/api/conversations/{conv_id}/messages",
+        json={"text": "the bot is doing fine", "private": True},
+        headers=agent.auth,
+    )
+    assert resp.status == 201, await resp.text()
+    doc = await _store(api).conversations.find_one({"_id": conv_id})
+    assert doc["bot"] == "shop" and doc["status"] == "pending" and doc["assignee_id"] is None
+
+
+async def test_take_over_button_route(api: Client) -> None:
+    agent = await make_agent(api, "agent", inboxes=["t1"])
+    stranger = await make_agent(api, "agent", inboxes=["t2"])
+    conv_id = await bot_conversation(api, inbox="t1")
+    resp = await api.post(f"/api/conversations/{conv_id}/takeover", headers=stranger.auth)
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "forbidden"
+    resp = await api.post(f"/api/conversations/{conv_id}/takeover")
+    assert resp.status == 401
+    resp = await api.post(f"/api/conversations/{conv_id}/takeover", headers=agent.auth)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["bot"] is None and body["status"] == "open" and body["assignee"] == agent.id
+    resp = await api.post(f"/api/conversations/{conv_id}/takeover", headers=agent.auth)
+    assert resp.status == 409
+    assert (await resp.json())["error"]["code"] == "conflict"
+    resp = await api.post("/api/conversations/nope/takeover", headers=agent.auth)
+    assert resp.status == 404
+
+
+async def test_takeover_and_handoff_at_once_change_it_once(api: Client, second: Client) -> None:
+    agent = await make_agent(api, "agent", inboxes=["rr"])
+    conv_id = await bot_conversation(api)
+    taken, handed = await asyncio.gather(
+        handoff.take_over(hub(api), conv_id, agent.id),
+        handoff.hand_off(hub(second), conv_id, reason="the customer asked for a person"),
+    )
+    assert (taken is not None) != handed
+    doc = await _store(api).conversations.find_one({"_id": conv_id})
+    assert doc["bot"] is None and doc["status"] == "open"
+
+
+async def test_the_bot_never_answers_after_a_takeover(api: Client, provider: FakeProvider) -> None:
+    """The bot's reply queued before the takeover is taken back; one queued after
+    it is refused; the agent's reply is the one the customer gets."""
+    agent = await make_agent(api, "agent", inboxes=["t1"])
+    conv_id = await bot_conversation(api, inbox="t1")
+    dispatcher = hub(api).dispatcher
+    assert dispatcher is not None
+    await dispatcher.stop()  # hold sends: the bot's reply stays queued
+    queued = await handoff.reply_as_bot(hub(api), conv_id, "shop", text="Our menu: ...")
+    assert queued is not None and queued["sender"] == {"type": "bot", "id": "shop"}
+    resp = await api.post(
+        f"/api/conversations/{conv_id}/messages", json={"text": "I am Ann"}, headers=agent.auth
+    )
+    assert resp.status == 201
+    late = await handoff.reply_as_bot(hub(api), conv_id, "shop", text="Anything else?")
+    assert late is None
+    bot_message = await _store(api).messages.find_one({"_id": queued["_id"]})
+    assert bot_message["status"] == "cancelled"
+    assert await _store(api).outbox.find_one({"_id": queued["_id"]}) is None
+    texts = [m["text"] async for m in _store(api).messages.find({"conversation_id": conv_id})]
+    assert "Anything else?" not in texts
+    assert not await handoff.still_bot(hub(api), conv_id, "shop")
+
+
+async def test_the_list_filters_bot_conversations(api: Client) -> None:
+    admin = await make_agent(api, "admin")
+    bots = {await bot_conversation(api, inbox="t1") for _ in range(2)}
+    people = await conversation_of(api, await inbound(api, "t1", "SMppl", "+15550002222", "hi"))
+    async def ids(query: str) -> set[str]:
+        resp = await api.get(f"/api/conversations?inbox=t1&{query}", headers=admin.auth)
+        assert resp.status == 200, await resp.text()
+        return {c["id"] for c in (await resp.json())["items"]}
+
+    assert await ids("bot=true") == bots
+    assert people in await ids("bot=false") and not bots & await ids("bot=false")
+    assert not bots & await ids("status=open")
+    resp = await api.get("/api/conversations?bot=maybe", headers=admin.auth)
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid"
+    resp = await api.get("/api/conversations?inbox=t1&bot=true", headers=admin.auth)
+    assert {c["bot"] for c in (await resp.json())["items"]} == {"shop"}
+
+
+# -- round robin --------------------------------------------------------------------
+
+
+async def _team(client: Client, n: int, inbox: str = "rr") -> list[Agent]:
+    agents = [await make_agent(client, "agent", inboxes=[inbox]) for _ in range(n)]
+    for agent in agents:
+        await online(client, agent)
+    return sorted(agents, key=lambda a: a.id)
+
+
+async def _handed(client: Client, n: int, inbox: str = "rr", via: Client | None = None) -> list[Any]:
+    """Hand off `n` new bot conversations one after another; their assignees."""
+    assignees = []
+    for _ in range(n):
+        conv_id = await bot_conversation(client, inbox=inbox)
+        assert await handoff.hand_off(hub(via or client), conv_id, reason=None)
+        doc = await _store(client).conversations.find_one({"_id": conv_id})
+        assignees.append(doc.get("assignee_id"))
+    return assignees
+
+
+async def test_round_robin_assigns_in_turn(api: Client) -> None:
+    a, b, c = await _team(api, 3)
+    await make_agent(api, "agent", inboxes=["t1"])  # does not see rr: never picked
+    assert await _handed(api, 7) == [a.id, b.id, c.id, a.id, b.id, c.id, a.id]
+
+
+async def test_round_robin_skips_busy_offline_unconnected_and_full(api: Client) -> None:
+    store = _store(api)
+    a, b, c, d, e = await _team(api, 5)
+    await store.agents.update_one({"_id": b.id}, {"$set": {"availability": "busy"}})
+    await store.agents.update_one({"_id": c.id}, {"$set": {"availability": "offline"}})
+    await store.presence.delete_many({"agent_id": d.id})  # no inbox socket open
+    await store.agents.update_one({"_id": e.id}, {"$set": {"capacity": 1}})
+    first = await _handed(api, 3)
+    # e takes one and is then full (one open conversation, capacity 1).
+    assert first == [a.id, e.id, a.id]
+    # A resolved conversation does not count toward capacity.
+    await store.conversations.update_many({"assignee_id": e.id}, {"$set": {"status": "resolved"}})
+    assert await _handed(api, 2) == [e.id, a.id]
+
+
+async def test_round_robin_with_nobody_online_leaves_it_unassigned(api: Client) -> None:
+    agent = await make_agent(api, "agent", inboxes=["rr"])  # no socket
+    assert await _handed(api, 1) == [None]
+    await online(api, agent)
+    await _store(api).agents.update_one({"_id": agent.id}, {"$set": {"availability": "offline"}})
+    assert await _handed(api, 1) == [None]
+    # Unassigned: every agent who sees the inbox sees it in the list.
+    resp = await api.get("/api/conversations?inbox=rr&assignee=none", headers=agent.auth)
+    assert len((await resp.json())["items"]) == 2
+
+
+async def test_assignment_none_leaves_handoffs_unassigned(api: Client) -> None:
+    await _team(api, 2, inbox="t1")
+    assert await _handed(api, 2, inbox="t1") == [None, None]
+
+
+async def test_the_turn_is_kept_per_inbox(api: Client) -> None:
+    a, b = await _team(api, 2)
+    for agent in (a, b):
+        await _store(api).agents.update_one(
+            {"_id": agent.id}, {"$set": {"inboxes": ["rr", "other"]}}
+        )
+    assert await _handed(api, 1) == [a.id]
+    assert await _handed(api, 1, inbox="other") == [a.id]
+    assert await _handed(api, 1) == [b.id]
+
+
+async def test_two_hub_processes_share_the_turn(api: Client, second: Client) -> None:
+    a, b, c = await _team(api, 3)
+    order = []
+    for via in (api, second, second, api, second, api):
+        order += await _handed(api, 1, via=via)
+    assert order == [a.id, b.id, c.id, a.id, b.id, c.id]
+    # At once, from both: every agent gets its turn, none twice.
+    conv_ids = [await bot_conversation(api) for _ in range(6)]
+    results = await asyncio.gather(
+        *(
+            handoff.hand_off(hub(api if i % 2 else second), conv_id, reason=None)
+            for i, conv_id in enumerate(conv_ids)
+        )
+    )
+    assert all(results)
+    docs = await _store(api).conversations.find({"_id": {"$in": conv_ids}}).to_list()
+    counts = {agent.id: 0 for agent in (a, b, c)}
+    for doc in docs:
+        counts[doc["assignee_id"]] += 1
+    assert counts == {a.id: 2, b.id: 2, c.id: 2}
+
+
+async def test_a_new_conversation_with_people_is_assigned_round_robin(api: Client) -> None:
+    a, b = await _team(api, 2)
+    convs = []
+    for n in range(3):
+        message_id = await inbound(api, "rr", f"SMnew{n}", f"+1555000300{n}", "hello")
+        convs.append(await conversation_of(api, message_id))
+    await settled(api)
+    docs = {d["_id"]: d for d in await _store(api).conversations.find({"inbox": "rr"}).to_list()}
+    assert [docs[c]["assignee_id"] for c in convs] == [a.id, b.id, a.id]
+    # The customer's next message does not assign it again.
+    await inbound(api, "rr", "SMnew9", "+15550003000", "still there?")
+    await settled(api)
+    doc = await _store(api).conversations.find_one({"_id": convs[0]})
+    assert doc["assignee_id"] == a.id
+
+
+async def test_an_inbox_websocket_makes_its_agent_present(api: Client) -> None:
+    agent = await make_agent(api, "agent", inboxes=["rr"])
+    store = _store(api)
+    async with api.ws_connect(f"/api/ws?token={agent.token}") as ws:
+        hello = await ws.receive_json(timeout=5)
+        assert hello["type"] == "hello"
+        for _ in range(100):
+            if await presence.connected(store, [agent.id]):
+                break
+            await asyncio.sleep(0.02)
+        assert await presence.connected(store, [agent.id]) == {agent.id}
+        assert await _handed(api, 1) == [agent.id]
+    for _ in range(100):
+        if not await presence.connected(store, [agent.id]):
+            break
+        await asyncio.sleep(0.02)
+    assert await presence.connected(store, [agent.id]) == set()
+    assert await _handed(api, 1) == [None]
