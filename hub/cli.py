@@ -208,6 +208,78 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hub.store.backup import BackupError, backup_embedded
+
+    settings = _settings(args.config)
+    if settings.store.uri:
+        print(
+            f"hub: backup copies the embedded store; the store here is "
+            f"{_shown_uri(settings.store.uri)}: use mongodump (docs/operations.md, Backups)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = backup_embedded(settings.data_dir, Path(args.out))
+    except BackupError as error:
+        print(f"hub: backup failed: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"hub: backup of {report.source} written to {report.target}: {report.total} "
+        f"document(s) in {len(report.documents)} collection(s), "
+        f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s"
+    )
+    print(f"hub: to restore, make it the only file of a data_dir, named {report.source.name}")
+    return 0
+
+
+async def _dump(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hub.store import Store
+    from hub.store.dump import DumpError, export_database, import_database
+
+    def progress(name: str) -> ProgressBar:
+        return ProgressBar(f"{args.command}ing {name}")
+
+    store = await Store.for_settings(settings)
+    try:
+        if args.command == "export":
+            report = await export_database(store.db, Path(args.out), progress)
+        else:
+            report = await import_database(store.db, Path(args.dir), progress)
+    except DumpError as error:
+        print(f"hub: {args.command} failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    done = "exported from" if args.command == "export" else "imported into"
+    print(
+        f"hub: {report.total} document(s) in {len(report.documents)} collection(s) "
+        f"and {report.indexes} index(es) {done} database {report.database} "
+        f"({'to' if args.command == 'export' else 'from'} {report.directory})"
+    )
+    for name, count in report.documents.items():
+        print(f"  {name}: {count}")
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
+    from hub.store.embedded import EmbeddedStoreError
+
+    settings = _settings(args.config)
+    redactor = setup_logging("WARNING", settings.logging.format, settings.secrets)
+    try:
+        return asyncio.run(_dump(settings, args))
+    except (PyMongoError, EmbeddedStoreError) as error:
+        print(f"hub: store: {redactor.text(str(error))}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hub", description="Omnichannel communication hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("file", metavar="FILE.csv")
     imp.add_argument("--config", help="config file (default: $HUB_CONFIG)")
     imp.set_defaults(func=cmd_contacts_import)
+    backup = sub.add_parser("backup", help="a consistent copy of the embedded store, while it runs")
+    backup.add_argument("--out", required=True, metavar="FILE")
+    backup.add_argument("--config", help="config file (default: $HUB_CONFIG)")
+    backup.set_defaults(func=cmd_backup)
+    export = sub.add_parser("export", help="every collection as extended-JSON lines")
+    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--config", help="config file (default: $HUB_CONFIG)")
+    export.set_defaults(func=cmd_dump)
+    load = sub.add_parser("import", help="load an export into an empty store")
+    load.add_argument("dir", metavar="DIR")
+    load.add_argument("--config", help="config file (default: $HUB_CONFIG)")
+    load.set_defaults(func=cmd_dump)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
