@@ -35,6 +35,7 @@ SCRIPT_MODULES = (
     "contacts.js",
     "reports.js",
     "realtime.js",
+    "handoff.js",
 )
 
 # The files the page may load, by name: nothing else under /ui/ is served.

@@ -11,6 +11,7 @@
 // auth.js (login), pages.js (inbox / contacts / reports), conversations.js (the
 // list), thread.js (the open conversation), messages.js (drawing one message),
 // composer.js (the reply box), labels.js, contact-panel.js, callpop.js,
+// handoff.js (take over, availability, the agents page),
 // contacts.js (the contacts page), reports.js, realtime.js (the WebSocket).
 // They import each other's functions freely; import cycles are harmless as no
 // module runs anything when loaded except this one, once all are loaded.
@@ -21,6 +22,7 @@ import { wireCallPop } from './callpop.js';
 import { wireComposer } from './composer.js';
 import { wireContactsPage } from './contacts.js';
 import { wireConversationList } from './conversations.js';
+import { wireHandoff } from './handoff.js';
 import { wirePages } from './pages.js';
 import { wireReports } from './reports.js';
 import { wireThread } from './thread.js';
@@ -39,6 +41,7 @@ function wire() {
   wireThread();
   wireComposer();
   wireCallPop();
+  wireHandoff();
 }
 
 async function boot() {

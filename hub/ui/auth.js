@@ -5,6 +5,7 @@ import { api } from './api.js';
 import { renderContactEditor } from './contacts.js';
 import { loadConversations } from './conversations.js';
 import { $ } from './dom.js';
+import { renderAvailability } from './handoff.js';
 import { showPage } from './pages.js';
 import { closeSocket, connectSocket } from './realtime.js';
 import { contactsPage, state } from './state.js';
@@ -26,6 +27,8 @@ export async function startApp(me) {
   $('#app').hidden = false;
   $('#me-name').textContent = `${me.agent.name || me.agent.email} · ${me.agent.role}`;
   $('#show-reports').hidden = !['supervisor', 'admin'].includes(me.agent.role);
+  $('#show-agents').hidden = !['supervisor', 'admin'].includes(me.agent.role);
+  renderAvailability();
   connectSocket();
   await loadConversations();
 }

@@ -10,8 +10,9 @@ import { openConversation, renderThreadHead, scheduleMarkRead } from './thread.j
 
 function listQuery(cursor) {
   const params = new URLSearchParams({ limit: '50' });
-  const { assignee, status, q } = state.filter;
+  const { assignee, status, q, bot } = state.filter;
   if (assignee) params.set('assignee', assignee);
+  if (bot) params.set('bot', bot);
   if (status) params.set('status', status);
   if (q) params.set('q', q);
   if (cursor) params.set('cursor', cursor);
@@ -39,6 +40,7 @@ function matchesFilter(conv) {
   if (f.assignee === 'none' && conv.assignee) return false;
   if (f.channel && conv.channel !== f.channel) return false;
   if (f.label && !(conv.labels || []).includes(f.label)) return false;
+  if (f.bot && Boolean(conv.bot) !== (f.bot === 'true')) return false;
   return true;
 }
 
@@ -86,6 +88,7 @@ function conversationItem(conv) {
         h('time', { class: 'conv-time', datetime: conv.last_activity_at || '' }, shortTime(conv.last_activity_at))),
       h('span', { class: 'conv-bottom' },
         h('span', { class: `badge ch-${conv.channel}` }, channelName(conv.channel)),
+        conv.bot ? h('span', { class: 'badge bot-badge', title: `A bot (${conv.bot}) answers` }, 'Bot') : null,
         h('span', { class: 'conv-preview' }, preview),
         unread ? h('span', { class: 'unread', title: `${unread} unread` }, String(unread)) : null),
       (conv.labels || []).length
@@ -143,6 +146,15 @@ export function wireConversationList() {
   $('#filter-status').addEventListener('change', (e) => { state.filter.status = e.target.value; loadConversations(); });
   $('#filter-channel').addEventListener('change', (e) => { state.filter.channel = e.target.value; renderList(); });
   $('#filter-label').addEventListener('change', (e) => { state.filter.label = e.target.value; renderList(); });
+  $('#filter-bot').addEventListener('change', (e) => {
+    state.filter.bot = e.target.value;
+    // A bot's conversations are pending: "open" would show none of them.
+    if (state.filter.bot === 'true' && state.filter.status === 'open') {
+      state.filter.status = '';
+      $('#filter-status').value = '';
+    }
+    loadConversations();
+  });
   let searchTimer = null;
   $('#search').addEventListener('input', (e) => {
     clearTimeout(searchTimer);

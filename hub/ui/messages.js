@@ -108,7 +108,7 @@ function extraNode(message) {
 function senderLabel(message) {
   const type = message.sender && message.sender.type;
   if (message.kind === 'note') return 'Private note';
-  if (type === 'bot') return 'Bot';
+  if (type === 'bot') return message.sender.id ? `Bot · ${message.sender.id}` : 'Bot';
   if (type === 'system') return 'System';
   if (type === 'agent') return state.me && message.sender.id === state.me.id ? 'You' : 'Agent';
   return null;
@@ -120,6 +120,7 @@ export function messageItem(message) {
   const kind = message.kind || 'text';
   if (kind === 'event' || (type === 'system' && message.direction !== 'out')) {
     return h('li', { class: 'msg system', dataset: { id: message.id, kind } },
+      type === 'system' ? h('span', { class: 'who' }, 'System') : null,
       h('span', { class: 'text' }, message.text || ''), h('time', { datetime: message.created_at || '' }, shortTime(message.created_at)));
   }
   const classes = ['msg', message.direction === 'out' ? 'out' : 'in', `kind-${kind}`];

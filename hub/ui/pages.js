@@ -3,23 +3,29 @@
 
 import { showContactsPage } from './contacts.js';
 import { $ } from './dom.js';
+import { showAgentsPage } from './handoff.js';
 import { showReportsPage } from './reports.js';
 
 export function showPage(name) {
   const reports = name === 'reports';
   const contacts = name === 'contacts';
+  const agents = name === 'agents';
   $('#reports').hidden = !reports;
   $('#contacts-page').hidden = !contacts;
-  document.querySelector('main.panes').hidden = reports || contacts;
+  $('#agents-page').hidden = !agents;
+  document.querySelector('main.panes').hidden = reports || contacts || agents;
   $('#show-reports').setAttribute('aria-pressed', String(reports));
   $('#show-contacts').setAttribute('aria-pressed', String(contacts));
-  $('#show-inbox').setAttribute('aria-pressed', String(!reports && !contacts));
+  $('#show-agents').setAttribute('aria-pressed', String(agents));
+  $('#show-inbox').setAttribute('aria-pressed', String(!reports && !contacts && !agents));
   if (contacts) showContactsPage();
   if (reports) showReportsPage();
+  if (agents) showAgentsPage();
 }
 
 export function wirePages() {
   $('#show-inbox').addEventListener('click', () => showPage('inbox'));
   $('#show-reports').addEventListener('click', () => showPage('reports'));
   $('#show-contacts').addEventListener('click', () => showPage('contacts'));
+  $('#show-agents').addEventListener('click', () => showPage('agents'));
 }

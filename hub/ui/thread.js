@@ -8,6 +8,7 @@ import { loadContact } from './contact-panel.js';
 import { renderList } from './conversations.js';
 import { $, fail, toast } from './dom.js';
 import { channelName, DAY, displayName, longTime } from './format.js';
+import { renderBotState } from './handoff.js';
 import { renderLabelsEditor } from './labels.js';
 import { keepBottom, messageItem } from './messages.js';
 import { currentConv, state } from './state.js';
@@ -73,6 +74,7 @@ export function renderThreadHead() {
   $('#resolve').textContent = conv.status === 'resolved' ? 'Reopen' : 'Resolve';
   renderLabelsEditor($('#thread-labels'), conv.labels || [], (labels) => patchConversation({ labels }));
   $('#reply-subject').hidden = conv.channel !== 'email';
+  renderBotState();
   renderWindowState();
 }
 
