@@ -14,6 +14,7 @@ import importlib
 from hub.ports import ScheduledJob
 
 BUILTIN_JOBS: dict[str, str] = {
+    "campaigns": "scheduler.campaigns:CampaignJob",
     "greetings": "scheduler.greetings:GreetingJob",
     "send_later": "scheduler.agents:SendLaterJob",
     "snooze": "scheduler.agents:SnoozeJob",

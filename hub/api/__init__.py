@@ -14,6 +14,7 @@ from aiohttp import web
 
 from hub.api import (
     auth,
+    campaigns,
     canned,
     contacts,
     contacts_io,
@@ -38,6 +39,7 @@ ROUTES: list[Route] = [
     *contacts.table.routes,
     *realtime.table.routes,
     *reports.table.routes,
+    *campaigns.table.routes,
     *canned.table.routes,
     *openapi.table.routes,
 ]

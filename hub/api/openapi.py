@@ -63,6 +63,14 @@ ANSWERS: dict[str, tuple[Answer, ...]] = {
     "create_canned": (ShortcutTaken,),
     "patch_canned": (400, 404, ShortcutTaken),
     "delete_canned": (404,),
+    "list_campaigns": (BadCursor,),
+    "create_campaign": (422,),
+    "count_audience": (422,),
+    "get_campaign": (404,),
+    "start_campaign": (404, 409, 422),
+    "pause_campaign": (404, 409),
+    "cancel_campaign": (404, 409),
+    "list_recipients": (404, BadCursor),
 }
 
 
