@@ -21,6 +21,7 @@ from hub.settings import (
     EventsSettings,
     IdentitySettings,
     InboxConfig,
+    InboxSla,
     IngestSettings,
     LoggingSettings,
     SandboxSettings,
@@ -29,6 +30,7 @@ from hub.settings import (
     ServerSettings,
     Settings,
     StoreSettings,
+    parse_duration,
 )
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -114,6 +116,23 @@ def uri_password(uri: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _inbox_sla(entry: dict[str, Any], source: str, where: tuple[Any, ...]) -> InboxSla:
+    """An inbox's `first_response` and `escalate_after` durations."""
+    seconds: dict[str, float] = {}
+    for key in InboxSla.KEYS:
+        if key in entry:
+            try:
+                seconds[key] = parse_duration(entry[key])
+            except ValueError as error:
+                raise ConfigError(f"{source}: {_loc((*where, key))}: {error}") from None
+    if "escalate_after" in seconds and "first_response" not in seconds:
+        raise ConfigError(
+            f"{source}: {_loc((*where, 'escalate_after'))}: needs first_response "
+            "(it counts from the breach)"
+        )
+    return InboxSla(**seconds)
+
+
 def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: Path) -> Settings:
     """Validate raw TOML data (already parsed) into Settings."""
     used_env: set[str] = set()
@@ -154,12 +173,17 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
                 f"{source}: {_loc((*where, 'channel'))}: unknown channel {channel!r} "
                 f"(available: {', '.join(known_channels()) or 'none'})"
             )
-        fields = {k: v for k, v in entry.items() if k not in ("id", "channel", "assignment")}
+        fields = {
+            k: v
+            for k, v in entry.items()
+            if k not in ("id", "channel", "assignment", *InboxSla.KEYS)
+        }
         try:
             channel_settings = cls.Settings.model_validate(fields)
         except ValidationError as error:
             raise ConfigError(_validation_message(source, where, error)) from None
         secrets |= _secret_values(channel_settings)
+        sla = _inbox_sla(entry, source, where)
         assignment = entry.get("assignment", "none")
         if assignment not in ("none", "round_robin"):
             raise ConfigError(
@@ -168,7 +192,11 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
             )
         inboxes.append(
             InboxConfig(
-                id=inbox_id, channel=channel, settings=channel_settings, assignment=assignment
+                id=inbox_id,
+                channel=channel,
+                settings=channel_settings,
+                sla=sla,
+                assignment=assignment,
             )
         )
 

@@ -7,6 +7,7 @@ Reading and checking a config file (and the channels' own settings) is
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -116,6 +117,28 @@ class SandboxSettings(Section):
     demo_admin_password: str = ""
 
 
+def parse_duration(value: object) -> float:
+    """Seconds in a duration written as a number and a unit: "90s", "15m", "2h"."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh])\s*", value)
+        if match:
+            seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+            if 0 < seconds <= 30 * 86400:
+                return seconds
+    raise ValueError(f'{value!r} is not a duration such as "90s", "15m" or "2h" (at most 30 days)')
+
+
+@dataclass(frozen=True)
+class InboxSla:
+    """An inbox's first-response SLA, in seconds (None: no SLA; `escalate_after`
+    counts from the breach)."""
+
+    first_response: float | None = None
+    escalate_after: float | None = None
+
+    KEYS = ("first_response", "escalate_after")
+
+
 @dataclass(frozen=True)
 class InboxConfig:
     """One configured inbox: its id, its channel name and the channel's own settings."""
@@ -123,6 +146,7 @@ class InboxConfig:
     id: str
     channel: str
     settings: ChannelSettings
+    sla: InboxSla = field(default_factory=InboxSla)
 
 
 @dataclass(frozen=True)

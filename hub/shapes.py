@@ -36,6 +36,7 @@ def message_view(doc: dict[str, Any]) -> dict[str, Any]:
         "contact": doc.get("contact"),
         "button": doc.get("button"),
         "created_at": iso(doc.get("created_at")),
+        "send_at": iso(doc.get("send_at")),  # a scheduled reply's time (send later)
     }
 
 

@@ -21,7 +21,7 @@ from hub.config import Settings, parse_settings
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 # The keys of an `[[inboxes]]` table that are the hub's, not the channel's.
-INBOX_KEYS = ("id", "channel", "assignment")
+INBOX_KEYS = ("id", "channel", "assignment", "first_response", "escalate_after")
 
 # Values for the variables the page's examples read with ${VAR}; any other gets
 # DEFAULT_ENV, which passes every secret's checks but a bot token's.

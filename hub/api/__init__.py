@@ -23,6 +23,7 @@ from hub.api import (
     openapi,
     realtime,
     reports,
+    scheduled,
     ui,
 )
 from hub.api.base import API, ApiState, Route, make_handler
@@ -39,6 +40,7 @@ ROUTES: list[Route] = [
     *contacts.table.routes,
     *realtime.table.routes,
     *reports.table.routes,
+    *scheduled.table.routes,  # send later, reminders
     *campaigns.table.routes,
     *canned.table.routes,
     *openapi.table.routes,

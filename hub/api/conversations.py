@@ -19,7 +19,7 @@ from hub.api.schemas import (
     MessageOut,
     MessageQuery,
 )
-from hub.services import conversations, handoff
+from hub.services import conversations, handoff, send_later
 from hub.shapes import message_view
 from hub.store import Store
 
@@ -61,6 +61,8 @@ async def list_conversations(call: Call) -> dict[str, Any]:
         filters["assignee"] = assignee
     if query.bot is not None:
         filters["bot"] = query.bot
+    if query.overdue is not None:
+        filters["overdue"] = query.overdue
     contact_ids = await matching_contact_ids(call, query.q, limit=200) if query.q else []
     items, next_cursor = await conversations.page(
         _store(call),
@@ -140,6 +142,23 @@ async def post_message(call: Call) -> dict[str, Any]:
     conversation_id = call.param("id")
     conversation = await visible_conversation(call, conversation_id)
     sender = {"type": "agent", "id": call.me.agent_id}
+    if body.send_at is not None:  # send later: scheduled, sent by the scheduler
+        if body.private:
+            raise ApiError(400, "invalid", "send_at: a private note is not sent")
+        assert call.hub.events is not None
+        try:
+            doc = await send_later.schedule(
+                _store(call),
+                call.hub.events,
+                conversation,
+                text=body.text,
+                sender=sender,
+                send_at=body.send_at,
+                subject=body.subject,
+            )
+        except send_later.InvalidSendAt as error:
+            raise ApiError(422, "invalid_send_at", str(error)) from None
+        return message_view(doc)
     if body.private:
         assert call.hub.events is not None
         note = await conversations.add_note(

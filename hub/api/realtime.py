@@ -27,6 +27,7 @@ from hub.model import Event, utcnow
 from hub.services import presence
 from hub.services.accounts import Accounts, Session, agent_view
 from hub.services.events import Subscription
+from hub.services.notify import NOTICES, addressed_to, without_address
 from hub.services.visibility import Audience, audience_of
 from hub.shapes import iso
 from hub.store import Store
@@ -105,6 +106,12 @@ def narrowed(session: Session, data: dict[str, Any]) -> dict[str, Any]:
 
 async def shown(store: Store | None, session: Session, event: Event) -> dict[str, Any] | None:
     """What this session is sent of `event`, or None when it is not for it."""
+    if event.type in NOTICES:  # for the agents it names (hub.services.notify)
+        if addressed_to(event.data, session.agent_id, session.role) and session.sees(
+            event.data.get("inbox")
+        ):
+            return {"type": event.type, "data": without_address(event.data)}
+        return None
     if event.type not in CONTACT_EVENTS:
         return event.as_dict() if may_see(session, event.type, event.data) else None
     if session.inboxes is None:
@@ -132,7 +139,8 @@ def _same_origin(request: web.Request) -> bool:
     "GET",
     "/api/ws",
     summary="WebSocket of events (message.created, message.updated, conversation.updated, "
-    "call.incoming, contact.updated); authenticate with ?token=",
+    "call.incoming, contact.updated, sla.breached, reminder.due, snooze.ended); "
+    "authenticate with ?token=",
     role=None,
     websocket=True,
 )

@@ -88,6 +88,18 @@ class AgentReport(Output):
     resolution: Timing
 
 
+class SlaCounts(Output):
+    breaches: int = Field(description="first responses late (stage assignee)")
+    escalations: int = Field(description="still unanswered escalate_after later (supervisors)")
+
+
+class SlaReport(SlaCounts):
+    by_inbox: dict[str, SlaCounts]
+    by_agent: dict[str, SlaCounts] = Field(
+        description="by the assignee when it breached (agent id, or unassigned)"
+    )
+
+
 class SummaryOut(Output):
     from_: str = Field(alias="from")
     to: str
@@ -97,6 +109,7 @@ class SummaryOut(Output):
     first_response: FirstResponse
     resolution: Resolution
     agents: list[AgentReport]
+    sla: SlaReport | None = None
 
 
 @table.route(

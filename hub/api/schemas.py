@@ -191,6 +191,9 @@ class ConversationQuery(Input):
     bot: QueryBool | None = Field(
         default=None, description="true: only conversations a bot serves; false: only people's"
     )
+    overdue: QueryBool | None = Field(
+        default=None, description="true: only those past the first-response SLA, unanswered"
+    )
     q: Annotated[str, Field(max_length=200)] | None = None
     limit: Annotated[int, Field(ge=1, le=100)] = 25
     cursor: Annotated[str, Field(max_length=300)] | None = None
@@ -221,6 +224,8 @@ class ConversationOut(Output):
     last_activity_at: str | None
     created_at: str | None
     snooze_until: str | None = None
+    sla_breached_at: str | None = None
+    overdue: bool = Field(default=False, description="past the first-response SLA, unanswered")
 
 
 class ConversationList(Output):
@@ -269,6 +274,7 @@ class MessageOut(Output):
     attachments: list[dict[str, Any]]
     call: CallOut | None
     created_at: str | None
+    send_at: str | None = Field(default=None, description="when a scheduled reply goes")
 
 
 class MessageList(Output):
@@ -280,6 +286,9 @@ class MessageIn(Input):
     text: Annotated[str, Field(min_length=1, max_length=10_000)]
     private: StrictBool = False
     subject: Annotated[str, Field(max_length=500)] | None = None
+    send_at: datetime | None = Field(
+        default=None, description="send later: a future time (201 with status scheduled)"
+    )
 
 
 # -- contacts ----------------------------------------------------------------------

@@ -51,6 +51,8 @@ def full_view(doc: dict[str, Any], contact: dict[str, Any] | None) -> dict[str, 
     """The conversation as the API and the realtime feed show it."""
     view = conversation_view(doc, contact)
     view["snooze_until"] = iso(doc.get("snooze_until"))
+    view["sla_breached_at"] = iso(doc.get("sla_breached_at"))
+    view["overdue"] = bool(doc.get("sla_overdue"))
     return view
 
 
@@ -153,6 +155,7 @@ async def page(
     cursor: str | None,
     limit: int,
     bot: bool | None = None,
+    overdue: bool | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the inbox list, newest activity first: conversations in
     `inboxes` (None: all), of `status`, assigned to `assignee`, and whose contact
@@ -170,6 +173,8 @@ async def page(
         clauses.append({"assignee_id": assignee})
     if bot is not None:
         clauses.append({"bot": {"$ne": None}} if bot else {"bot": None})
+    if overdue is not None:  # past the first-response SLA, unanswered (hub.services.sla)
+        clauses.append({"sla_overdue": True} if overdue else {"sla_overdue": {"$ne": True}})
     if text:
         matched = {"last_message.text": {"$regex": re.escape(text), "$options": "i"}}
         ids = list(contact_ids)[:VALUES_PER_IN]  # the embedded engine's `$in` limit

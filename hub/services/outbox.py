@@ -209,6 +209,8 @@ async def enqueue(
         now=now,
     )
     await store.messages.insert_one(doc)
+    # An agent's reply answers the customer: the first-response SLA (hub.services.sla).
+    answered = {"last_agent_reply_at": now, "sla_overdue": False}
     await store.conversations.update_one(
         {"_id": conversation_id},
         {
@@ -221,6 +223,7 @@ async def enqueue(
                     "at": now,
                 },
                 "last_activity_at": now,
+                **(answered if sender.get("type") == "agent" else {}),
             }
         },
     )

@@ -33,6 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from hub.model import utcnow
+from hub.services import sla
 from hub.store import Store, find_by_ids
 
 MAX_DAYS = 366
@@ -214,6 +215,7 @@ async def summary(
         "first_response": {**timing(first_response), "unanswered": unanswered},
         "resolution": {**timing(resolution), "estimated": estimated},
         "agents": await _agent_rows(store, agents),
+        "sla": await sla.report(store, lo, hi),
     }
 
 

@@ -43,6 +43,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("last_activity_at", DESCENDING)], {}),
         ([("inbox", ASCENDING)], {}),
         ([("assignee_id", ASCENDING)], {}),  # an agent's load (capacity), "mine"
+        ([("snooze_until", ASCENDING)], {}),  # waking snoozed conversations
     ],
     "messages": [
         ([("conversation_id", ASCENDING)], {}),
@@ -63,6 +64,12 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "leases": [],
     "presence": [([("agent_id", ASCENDING)], {})],  # open inbox WebSockets (assignment)
     "assignment": [],  # the round-robin turn of each inbox
+    # Send-later: only messages still scheduled (as `outbox` holds only work to do).
+    "scheduled_sends": [([("send_at", ASCENDING)], {})],
+    # Reminders: `due_at` is set only while one is still to fire.
+    "reminders": [([("due_at", ASCENDING)], {}), ([("agent_id", ASCENDING)], {})],
+    # First-response SLA: one document per breach and stage (its `_id` makes it once).
+    "sla_breaches": [([("at", ASCENDING)], {})],
     "events": [([("key", ASCENDING)], {})],
     "audit": [([("at", DESCENDING)], {})],
 }
