@@ -27,8 +27,10 @@ from pymongo.errors import DuplicateKeyError
 
 from hub.model import Event, utcnow
 from hub.ports import Channel
+from hub.services.contacts import opted_out_of
 from hub.services.events import Events
 from hub.services.messages import outbound_message_doc
+from hub.services.outbox import OutboxError
 from hub.shapes import message_view
 from hub.store import Store, new_id
 
@@ -44,6 +46,13 @@ class InvalidSendAt(ValueError):
 
 class NotScheduled(ValueError):
     """The message is no longer scheduled (sent, queued or cancelled): 409."""
+
+
+# As `hub.services.replies` refuses an agent's reply there (carriers block it).
+OPTED_OUT_SMS = (
+    "the contact opted out of SMS (it sent a stop word): carriers block texts to it "
+    "until it sends a start word"
+)
 
 
 class NoSuchMessage(LookupError):
@@ -76,9 +85,12 @@ async def schedule(
     subject: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Store a reply to be sent at `send_at` (status `scheduled`); its document."""
+    """Store a reply to be sent at `send_at` (status `scheduled`); its document.
+    OutboxError when it could never go (an SMS contact who opted out)."""
     now = now or utcnow()
     at = check_send_at(send_at, now)
+    if await _opted_out_sms(store, conversation):
+        raise OutboxError(OPTED_OUT_SMS)
     message_id = new_id()
     # The row first: a message is never scheduled without the row that sends it.
     await store.scheduled_sends.insert_one(
@@ -224,6 +236,8 @@ async def queue_due(
             continue
         conversation = await store.conversations.find_one({"_id": doc["conversation_id"]})
         refusal = _refusal(conversation, channels, doc)
+        if refusal is None and await _opted_out_sms(store, conversation):
+            refusal = OPTED_OUT_SMS
         if refusal is not None:
             failed = {"status": "failed", "error": refusal}
             await store.messages.update_one({"_id": message_id}, {"$set": failed})
@@ -261,6 +275,12 @@ def _refusal(
     if channel is None:
         return f"inbox {conversation.get('inbox')} is not configured"
     return channel.reply_refusal(conversation.get("last_inbound_at"), bool(doc.get("template")))
+
+
+async def _opted_out_sms(store: Store, conversation: dict[str, Any] | None) -> bool:
+    if conversation is None or conversation.get("channel") != "sms":
+        return False
+    return await opted_out_of(store, str(conversation.get("contact_id")), "sms")
 
 
 async def _settle_row(store: Store, row: dict[str, Any], now: datetime) -> None:

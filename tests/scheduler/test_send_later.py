@@ -230,3 +230,31 @@ async def test_service_refuses_a_time_without_zone():
 
     with pytest.raises(send_later.InvalidSendAt):
         send_later.check_send_at(utcnow().replace(tzinfo=None) + timedelta(hours=1), utcnow())
+
+
+async def test_an_sms_contact_who_opted_out_is_refused_now_and_at_its_time(api, provider):
+    agent = await make_agent(api, "admin")
+    conv = await _conversation(api, sid="SLO")
+    store = hub(api).store
+    assert store is not None
+    doc = await store.conversations.find_one({"_id": conv})
+    assert doc is not None and doc["channel"] == "sms"
+    at = later(60)
+    message = await _schedule(api, agent, conv, "before the stop", at)
+
+    contact = {"_id": doc["contact_id"]}
+    await store.contacts.update_one(contact, {"$set": {"opted_out": {"sms": True}}})
+    resp = await api.post(
+        f"/api/conversations/{conv}/messages",
+        json={"text": "after the stop", "send_at": iso(later(60))},
+        headers=agent.auth,
+    )
+    assert resp.status == 409
+    assert "opted out" in (await resp.json())["error"]["message"]
+
+    await SendLaterJob(hub(api)).run(at)
+    failed = await store.messages.find_one({"_id": message["id"]})
+    assert failed is not None and failed["status"] == "failed"
+    assert "opted out" in failed["error"]
+    await asyncio.sleep(0.3)
+    assert _sent(provider, "before the stop") == []
