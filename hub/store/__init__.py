@@ -57,7 +57,9 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "teams": [],
     "canned": [],
     "campaigns": [],
-    "campaign_sends": [([("campaign_id", ASCENDING)], {})],
+    # One record per campaign and recipient; `stage` ("<campaign>:<status>") finds a
+    # campaign's pending, queued or sent ones without reading the others.
+    "campaign_sends": [([("campaign_id", ASCENDING)], {}), ([("stage", ASCENDING)], {})],
     # Greetings: one per contact, occasion and year; `due_at` only while still to send.
     "greetings_sent": [([("due_at", ASCENDING)], {}), ([("date", ASCENDING)], {})],
     "settings": [],  # documents of settings kept in the store (the greetings')
