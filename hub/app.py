@@ -118,7 +118,8 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
             if runner is not None:
                 await runner.stop()  # before the dispatcher: jobs queue sends
             if hub.dispatcher is not None:
-                await hub.dispatcher.stop()
+                # Sends in flight get as long as requests did (docs/operations.md).
+                await hub.dispatcher.stop(grace=settings.server.shutdown_timeout)
             for adapter in hub.adapters.values():
                 try:
                     await adapter.close()
