@@ -16,6 +16,10 @@ export function renderBotState() {
   badge.hidden = !bot;
   badge.textContent = bot ? `Bot: ${bot}` : '';
   $('#take-over').hidden = !bot;
+  $('#assign-me').hidden = Boolean(bot); // taking over assigns it
+  $('#reply-text').placeholder = bot
+    ? `A bot (${bot}) is answering; your reply takes the conversation over`
+    : 'Reply… (Enter sends, Shift+Enter new line, /shortcut for canned responses)';
 }
 
 async function takeOver() {

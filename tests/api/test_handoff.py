@@ -114,8 +114,9 @@ async def settled(client: Client) -> None:
     """Wait until ingest's hooks after the new messages (bot, assignment) are done."""
     ingestor = hub(client).ingestor
     assert ingestor is not None
-    while ingestor._bot_tasks:
-        await asyncio.sleep(0.01)
+    tasks = list(ingestor._bot_tasks)
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def online(client: Client, agent: Agent) -> str:
@@ -233,7 +234,9 @@ async def test_an_agent_reply_takes_a_bot_conversation_over(api: Client) -> None
     sub = hub(api).bus.subscribe()
     try:
         resp = await api.post(
-            f"/api/conversations/{conv_id}/messages", json={"text": "Hi, I am Ann"}, headers=agent.auth
+            f"/api/conversations/{conv_id}/messages",
+            json={"text": "Hi, I am Ann"},
+            headers=agent.auth,
         )
         assert resp.status == 201, await resp.text()
         updates = await events_of(sub, "conversation.updated")
@@ -277,6 +280,20 @@ async def test_take_over_button_route(api: Client) -> None:
     assert (await resp.json())["error"]["code"] == "conflict"
     resp = await api.post("/api/conversations/nope/takeover", headers=agent.auth)
     assert resp.status == 404
+
+
+async def test_two_agents_taking_over_at_once_one_gets_it(api: Client, second: Client) -> None:
+    ann = await make_agent(api, "agent", inboxes=["t1"])
+    bob = await make_agent(api, "agent", inboxes=["t1"])
+    conv_id = await bot_conversation(api, inbox="t1")
+    url = f"/api/conversations/{conv_id}/takeover"
+    answers = await asyncio.gather(
+        api.post(url, headers=ann.auth), second.post(url, headers=bob.auth)
+    )
+    assert sorted(r.status for r in answers) == [200, 409]
+    winner = ann if answers[0].status == 200 else bob
+    doc = await _store(api).conversations.find_one({"_id": conv_id})
+    assert doc["assignee_id"] == winner.id and doc["bot"] is None
 
 
 async def test_takeover_and_handoff_at_once_change_it_once(api: Client, second: Client) -> None:
@@ -343,7 +360,9 @@ async def _team(client: Client, n: int, inbox: str = "rr") -> list[Agent]:
     return sorted(agents, key=lambda a: a.id)
 
 
-async def _handed(client: Client, n: int, inbox: str = "rr", via: Client | None = None) -> list[Any]:
+async def _handed(
+    client: Client, n: int, inbox: str = "rr", via: Client | None = None
+) -> list[Any]:
     """Hand off `n` new bot conversations one after another; their assignees."""
     assignees = []
     for _ in range(n):

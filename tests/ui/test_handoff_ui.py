@@ -73,11 +73,16 @@ async def test_a_bot_conversation_is_marked_filtered_and_taken_over(
 
     take_over = page.locator("#take-over")
     await expect(take_over).to_be_visible()
+    await expect(page.locator("#assign-me")).to_be_hidden()
+    await expect(page.locator("#reply-text")).to_have_attribute(
+        "placeholder", re.compile("your reply takes the conversation over")
+    )
     await take_over.click()
     await expect(take_over).to_be_hidden()
     await expect(page.locator("#thread-bot")).to_be_hidden()
     await expect(page.locator("#thread-assignee")).to_have_text("· assigned to me")
     await expect(page.locator("#thread-status")).to_have_text("open")
+    await expect(page.locator("#assign-me")).to_have_text("Unassign")
     store = ui.hub.store
     assert store is not None
     doc = await store.conversations.find_one({"_id": conversation_id})
