@@ -6,8 +6,9 @@ last message, for one a bot handed over). When it has waited `first_response`,
 it is breached: `sla_breached_at` (the moment it breached), `overdue` (until an
 agent replies: `hub.services.outbox.enqueue` clears it), and `sla.breached`
 `{conversation_id, stage: "assignee"}` to its assignee, or to supervisors and
-admins when it has none. Still unanswered `escalate_after` after the breach:
-`stage: "supervisors"` to supervisors and admins.
+admins when it has none (and `conversation.updated`, for the badge). Still
+unanswered `escalate_after` after the breach: `stage: "supervisors"` to
+supervisors and admins.
 
 `check` is run by the scheduler's SLA job. Each stage of a wait happens once:
 it is one conditional update of the conversation (the wait it breaches not yet
@@ -27,6 +28,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from hub.model import Event
+from hub.services.conversations import view_of
 from hub.services.events import Events
 from hub.services.notify import SUPERVISORS, notice
 from hub.settings import InboxSla
@@ -174,6 +176,10 @@ async def check(
             if result.modified_count == 0:
                 continue  # answered meanwhile, or another run did it
             await _record(store, conv, "assignee", since, breached)
+            fresh = await store.conversations.find_one({"_id": conv["_id"]})
+            if fresh is not None:  # the overdue badge, for everyone who sees it
+                view = await view_of(store, fresh)
+                published.append(Event("conversation.updated", {**view, "changed_by": None}))
             assignee = conv.get("assignee_id")
             data = _data(conv, "assignee", since, breached)
             published.append(
