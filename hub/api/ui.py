@@ -36,6 +36,8 @@ SCRIPT_MODULES = (
     "reports.js",
     "realtime.js",
     "handoff.js",
+    "scheduling.js",
+    "campaigns.js",
 )
 
 # The files the page may load, by name: nothing else under /ui/ is served.

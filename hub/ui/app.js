@@ -11,7 +11,8 @@
 // auth.js (login), pages.js (inbox / contacts / reports), conversations.js (the
 // list), thread.js (the open conversation), messages.js (drawing one message),
 // composer.js (the reply box), labels.js, contact-panel.js, callpop.js,
-// handoff.js (take over, availability, the agents page),
+// handoff.js (take over, availability, the agents page), scheduling.js (send
+// later, reminders, the SLA's and reminders' notices),
 // contacts.js (the contacts page), reports.js, realtime.js (the WebSocket).
 // They import each other's functions freely; import cycles are harmless as no
 // module runs anything when loaded except this one, once all are loaded.
@@ -25,6 +26,7 @@ import { wireConversationList } from './conversations.js';
 import { wireHandoff } from './handoff.js';
 import { wirePages } from './pages.js';
 import { wireReports } from './reports.js';
+import { wireScheduling } from './scheduling.js';
 import { wireThread } from './thread.js';
 
 // What the page's module used to export, for whoever imports it.
@@ -42,6 +44,7 @@ function wire() {
   wireComposer();
   wireCallPop();
   wireHandoff();
+  wireScheduling();
 }
 
 async function boot() {

@@ -10,8 +10,9 @@ import { openConversation, renderThreadHead, scheduleMarkRead } from './thread.j
 
 function listQuery(cursor) {
   const params = new URLSearchParams({ limit: '50' });
-  const { assignee, status, q, bot } = state.filter;
+  const { assignee, status, q, bot, overdue } = state.filter;
   if (assignee) params.set('assignee', assignee);
+  if (overdue) params.set('overdue', 'true');
   if (bot) params.set('bot', bot);
   if (status) params.set('status', status);
   if (q) params.set('q', q);
@@ -41,6 +42,7 @@ function matchesFilter(conv) {
   if (f.channel && conv.channel !== f.channel) return false;
   if (f.label && !(conv.labels || []).includes(f.label)) return false;
   if (f.bot && Boolean(conv.bot) !== (f.bot === 'true')) return false;
+  if (f.overdue && !conv.overdue) return false;
   return true;
 }
 
@@ -89,6 +91,7 @@ function conversationItem(conv) {
       h('span', { class: 'conv-bottom' },
         h('span', { class: `badge ch-${conv.channel}` }, channelName(conv.channel)),
         conv.bot ? h('span', { class: 'badge bot-badge', title: `A bot (${conv.bot}) answers` }, 'Bot') : null,
+        conv.overdue ? h('span', { class: 'badge overdue-badge', title: 'First response overdue' }, 'Overdue') : null,
         h('span', { class: 'conv-preview' }, preview),
         unread ? h('span', { class: 'unread', title: `${unread} unread` }, String(unread)) : null),
       (conv.labels || []).length
@@ -146,6 +149,7 @@ export function wireConversationList() {
   $('#filter-status').addEventListener('change', (e) => { state.filter.status = e.target.value; loadConversations(); });
   $('#filter-channel').addEventListener('change', (e) => { state.filter.channel = e.target.value; renderList(); });
   $('#filter-label').addEventListener('change', (e) => { state.filter.label = e.target.value; renderList(); });
+  $('#filter-overdue').addEventListener('change', (e) => { state.filter.overdue = e.target.checked; loadConversations(); });
   $('#filter-bot').addEventListener('change', (e) => {
     state.filter.bot = e.target.value;
     // A bot's conversations are pending: "open" would show none of them.

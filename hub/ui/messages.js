@@ -4,11 +4,13 @@
 
 import { $, h, safeUrl } from './dom.js';
 import { duration, longTime, shortTime } from './format.js';
+import { scheduledNode } from './scheduling.js';
 import { state } from './state.js';
 
 const TICKS = {
   queued: ['◷', 'Queued'], sending: ['◷', 'Sending'], sent: ['✓', 'Sent'],
   delivered: ['✓✓', 'Delivered'], read: ['✓✓', 'Read'], unknown: ['?', 'Status unknown'],
+  scheduled: ['⏲', 'Scheduled'], cancelled: ['⊘', 'Cancelled'],
 };
 
 /** Keep the newest message in view while the thread is stuck to its bottom. */
@@ -139,6 +141,7 @@ export function messageItem(message) {
       body,
       attachments.length ? h('div', { class: 'attachments' }, attachments.map(attachmentNode)) : null,
       extraNode(message),
+      scheduledNode(message),
       h('div', { class: 'meta' },
         h('time', { datetime: message.created_at || '', title: longTime(message.created_at) }, shortTime(message.created_at)),
         ticks(message))));

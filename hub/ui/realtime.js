@@ -8,6 +8,7 @@ import { contactRenamed, loadContact, renderContact } from './contact-panel.js';
 import { openContact, renderContactList } from './contacts.js';
 import { fetchConversation, loadConversations, renderList, upsertConversation } from './conversations.js';
 import { $ } from './dom.js';
+import { onNotice, renderOverdue } from './scheduling.js';
 import { contactsPage, state } from './state.js';
 import { loadMessages, scheduleMarkRead, upsertMessage } from './thread.js';
 
@@ -70,6 +71,11 @@ function onEvent(type, data) {
     case 'call.incoming':
       showCallPop(data);
       break;
+    case 'reminder.due':
+    case 'sla.breached':
+    case 'snooze.ended':
+      onNotice(type, data);
+      break;
     case 'contact.updated':
       // Not while the agent is editing it: the save answers with the new contact.
       if (state.contact && data.id === state.contact.id && !$('#contact').contains(document.activeElement)) {
@@ -95,7 +101,12 @@ function onEvent(type, data) {
 function onMessage(type, message) {
   if (!message.id) return;
   const conv = state.convs.get(message.conversation_id);
-  if (type === 'message.created' && message.kind !== 'note') {
+  if (type === 'message.created' && message.kind !== 'note' && message.status !== 'scheduled') {
+    // An agent's reply answers the customer: no longer overdue (the first-response SLA).
+    if (conv && message.direction === 'out' && message.sender && message.sender.type === 'agent') {
+      conv.overdue = false;
+      if (conv.id === state.current) renderOverdue(conv);
+    }
     if (conv) {
       conv.last_message = { text: message.text, direction: message.direction, at: message.created_at };
       if (!conv.last_activity_at || message.created_at > conv.last_activity_at) conv.last_activity_at = message.created_at;

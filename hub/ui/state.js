@@ -7,7 +7,7 @@ export const state = {
   me: null,              // the logged-in agent ({id, name, email, role}), null when logged out
   convs: new Map(),      // id -> conversation
   nextCursor: null,      // cursor of the list's next page
-  filter: { assignee: '', status: 'open', channel: '', label: '', q: '', bot: '' },
+  filter: { assignee: '', status: 'open', channel: '', label: '', q: '', bot: '', overdue: false },
   current: null,         // open conversation id
   messages: new Map(),   // id -> message of the open conversation
   olderCursor: null,     // cursor of the open conversation's older messages

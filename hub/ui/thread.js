@@ -11,6 +11,7 @@ import { channelName, DAY, displayName, longTime } from './format.js';
 import { renderBotState } from './handoff.js';
 import { renderLabelsEditor } from './labels.js';
 import { keepBottom, messageItem } from './messages.js';
+import { renderOverdue } from './scheduling.js';
 import { currentConv, state } from './state.js';
 
 export async function openConversation(id) {
@@ -75,6 +76,7 @@ export function renderThreadHead() {
   renderLabelsEditor($('#thread-labels'), conv.labels || [], (labels) => patchConversation({ labels }));
   $('#reply-subject').hidden = conv.channel !== 'email';
   renderBotState();
+  renderOverdue(conv);
   renderWindowState();
 }
 
