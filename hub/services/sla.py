@@ -51,6 +51,7 @@ FIELDS = {
     "sla_breached_at": 1,
     "sla_escalated_at": 1,
     "sla_overdue": 1,
+    "created_at": 1,
 }
 
 
@@ -154,6 +155,18 @@ async def check(
             and (escalated or not rule.escalate_after)
             and recorded >= (_aware(conv.get("last_agent_reply_at")) or recorded)
         ):
+            continue
+        # The wait began after the conversation opened and after the last reply:
+        # while that is not `first_response` ago, nothing can be due (no read).
+        earliest = max(
+            (
+                t
+                for t in (_aware(conv.get("created_at")), _aware(conv.get("last_agent_reply_at")))
+                if t
+            ),
+            default=None,
+        )
+        if earliest is not None and now < earliest + timedelta(seconds=rule.first_response):
             continue
         since = await waiting_since(store, conv)
         if since is None:

@@ -116,3 +116,29 @@ async def test_delete_and_bad_input(api):
     sub = hub(api).bus.subscribe()
     await RemindersJob(hub(api)).run(later(120))
     assert [e for e in drain(sub) if e.type == "reminder.due"] == []
+
+
+async def test_a_reminder_survives_a_restart(sched_settings):
+    from tests.scheduler.agents_support import _client
+
+    first = await _client(sched_settings())
+    try:
+        agent = await make_agent(first, "admin")
+        conv = await _conversation(first, "RM4")
+        at = later(300)
+        resp = await first.post(
+            f"/api/conversations/{conv}/reminders", json={"at": iso(at)}, headers=agent.auth
+        )
+        assert resp.status == 201
+    finally:
+        await first.close()
+
+    again = await _client(sched_settings())
+    try:
+        sub = hub(again).bus.subscribe()
+        await RemindersJob(hub(again)).run(at)
+        await RemindersJob(hub(again)).run(at + timedelta(seconds=5))
+        due = [e for e in drain(sub) if e.type == "reminder.due"]
+        assert [e.data["conversation_id"] for e in due] == [conv]
+    finally:
+        await again.close()
