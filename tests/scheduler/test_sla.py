@@ -249,3 +249,18 @@ def test_durations_are_read(tmp_path: Path):
     settings = parse_settings(data, source="hub.toml", base_dir=tmp_path)
     assert settings.inboxes[0].sla == InboxSla(first_response=90, escalate_after=5400)
     assert settings.inboxes[1].sla == InboxSla()
+
+
+async def test_the_overdue_filter_refuses_bad_values_and_keeps_to_the_agents_inboxes(api):
+    outsider = await make_agent(api, "agent", inboxes=["t2"])
+    insider = await make_agent(api, "agent", inboxes=["t1"])
+    conv, t0 = await _waiting(api, "SLA8", phone="+15551230011")
+    await SlaJob(hub(api)).run(t0 + 16 * MIN)
+    for bad in ("yes", "1", ""):
+        resp = await api.get(f"/api/conversations?overdue={bad}", headers=insider.auth)
+        assert resp.status == 400, bad
+        assert (await resp.json())["error"]["code"] == "invalid"
+    mine = await (await api.get("/api/conversations?overdue=true", headers=insider.auth)).json()
+    assert [c["id"] for c in mine["items"]] == [conv]
+    theirs = await (await api.get("/api/conversations?overdue=true", headers=outsider.auth)).json()
+    assert theirs["items"] == []
