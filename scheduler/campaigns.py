@@ -99,9 +99,7 @@ class CampaignJob:
             # Claimed, but their message never reached the outbox (the process
             # stopped in between): queue them now, under the same message id.
             await self.send(campaign, missing)
-        queued = await store.campaign_sends.count_documents(
-            {"stage": campaigns.stage_of(cid, "queued")}
-        )
+        queued = await campaigns.count_stage(store, cid, "queued")
         room = self.backlog(campaign, media_of) - queued
         while room > 0:
             due = await campaigns.due_records(store, cid, now, min(room, 1000))

@@ -124,6 +124,7 @@ class RecipientQuery(Input):
 
 class RecipientOut(Output):
     contact_id: str
+    contact_name: str | None
     channel: str | None
     status: str
     reason: str | None
@@ -291,4 +292,8 @@ async def list_recipients(call: Call) -> dict[str, Any]:
     docs, next_cursor = await campaigns.recipients(
         _store(call), str(doc["_id"]), status=query.status, cursor=query.cursor, limit=query.limit
     )
-    return {"items": [campaigns.recipient_view(d) for d in docs], "next_cursor": next_cursor}
+    names = await campaigns.contact_names(_store(call), docs)
+    return {
+        "items": [campaigns.recipient_view(d, names.get(d["contact_id"])) for d in docs],
+        "next_cursor": next_cursor,
+    }

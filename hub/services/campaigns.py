@@ -807,14 +807,19 @@ async def _move(
 # -- reading -----------------------------------------------------------------------
 
 
+async def count_stage(store: Store, campaign_id: str, status: str) -> int:
+    """How many of a campaign's records have `status`. The `count` command, not
+    `count_documents`: the embedded engine runs the latter as an aggregation that
+    refuses to hold 100,000 matches; both engines answer `count` from the index."""
+    answer = await store.db.command(
+        "count", "campaign_sends", query={"stage": stage_of(campaign_id, status)}
+    )
+    return int(answer.get("n", 0))
+
+
 async def counts(store: Store, campaign_id: str) -> dict[str, int]:
     """Records per status."""
-    out = dict.fromkeys(RECIPIENT_STATUSES, 0)
-    for status in RECIPIENT_STATUSES:
-        out[status] = await store.campaign_sends.count_documents(
-            {"stage": stage_of(campaign_id, status)}
-        )
-    return out
+    return {s: await count_stage(store, campaign_id, s) for s in RECIPIENT_STATUSES}
 
 
 async def stats(store: Store, campaign: Mapping[str, Any]) -> dict[str, int]:
@@ -876,9 +881,15 @@ def _iso(value: Any) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def recipient_view(doc: Mapping[str, Any]) -> dict[str, Any]:
+async def contact_names(store: Store, records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    found = await find_by_ids(store.contacts, [r["contact_id"] for r in records])
+    return {cid: str(doc.get("name") or "") for cid, doc in found.items()}
+
+
+def recipient_view(doc: Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
     return {
         "contact_id": doc.get("contact_id"),
+        "contact_name": name,
         "channel": doc.get("channel"),
         "status": doc.get("status"),
         "reason": doc.get("reason"),

@@ -28,6 +28,7 @@ export async function startApp(me) {
   $('#me-name').textContent = `${me.agent.name || me.agent.email} · ${me.agent.role}`;
   $('#show-reports').hidden = !['supervisor', 'admin'].includes(me.agent.role);
   $('#show-agents').hidden = !['supervisor', 'admin'].includes(me.agent.role);
+  $('#show-campaigns').hidden = !['supervisor', 'admin'].includes(me.agent.role);
   renderAvailability();
   connectSocket();
   await loadConversations();

@@ -1,6 +1,7 @@
 // Which page shows: the inbox (list, thread and contact panes), the contacts
 // page or the reports, switched by the buttons in the top bar.
 
+import { showCampaignsPage } from './campaigns.js';
 import { showContactsPage } from './contacts.js';
 import { $ } from './dom.js';
 import { showAgentsPage } from './handoff.js';
@@ -10,17 +11,21 @@ export function showPage(name) {
   const reports = name === 'reports';
   const contacts = name === 'contacts';
   const agents = name === 'agents';
+  const campaigns = name === 'campaigns';
+  $('#campaigns-page').hidden = !campaigns;
+  $('#show-campaigns').setAttribute('aria-pressed', String(campaigns));
   $('#reports').hidden = !reports;
   $('#contacts-page').hidden = !contacts;
   $('#agents-page').hidden = !agents;
-  document.querySelector('main.panes').hidden = reports || contacts || agents;
+  document.querySelector('main.panes').hidden = reports || contacts || agents || campaigns;
   $('#show-reports').setAttribute('aria-pressed', String(reports));
   $('#show-contacts').setAttribute('aria-pressed', String(contacts));
   $('#show-agents').setAttribute('aria-pressed', String(agents));
-  $('#show-inbox').setAttribute('aria-pressed', String(!reports && !contacts && !agents));
+  $('#show-inbox').setAttribute('aria-pressed', String(!reports && !contacts && !agents && !campaigns));
   if (contacts) showContactsPage();
   if (reports) showReportsPage();
   if (agents) showAgentsPage();
+  if (campaigns) showCampaignsPage();
 }
 
 export function wirePages() {
@@ -28,4 +33,5 @@ export function wirePages() {
   $('#show-reports').addEventListener('click', () => showPage('reports'));
   $('#show-contacts').addEventListener('click', () => showPage('contacts'));
   $('#show-agents').addEventListener('click', () => showPage('agents'));
+  $('#show-campaigns').addEventListener('click', () => showPage('campaigns'));
 }
