@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +328,20 @@ def test_the_image_is_multi_stage_slim_non_root_and_stops_gracefully(
     assert steps["EXPOSE"] == str(settings.server.port)
     assert steps["VOLUME"] == f'["{settings.store.data_dir}"]'
     assert _stop_budget(settings) <= 30  # `docker stop -t 30` in docs/operations.md
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_the_base_with_its_labels_and_image() -> None:
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None
+    rendered = subprocess.run(  # noqa: S603 (a fixed command on the repository's own files)
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    assert sorted(d["kind"] for d in docs) == sorted(
+        ["ConfigMap", "Deployment", "Service", "Ingress", "PodDisruptionBudget"]
+    )
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "omnichannel-hub"
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE}:latest"

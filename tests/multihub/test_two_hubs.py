@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+from pymongo.errors import PyMongoError
 
 from tests.faults.harness import (
+    DATABASE,
     INBOX,
     HubProcess,
     Provider,
@@ -32,6 +34,7 @@ from tests.faults.harness import (
     write_config,
 )
 from tests.multihub.conftest import Cluster
+from tests.support.fakeprovider import FakeProvider
 from tests.support.waiting import eventually
 
 
@@ -263,3 +266,68 @@ def _children(pid: int) -> list[int]:
         text = (task / "children").read_text().split()
         found += [int(c) for c in text]
     return found
+
+
+async def test_kill_9_of_the_hub_that_runs_the_store_and_holds_the_lease(tmp_path: Path) -> None:
+    """One machine, two hubs, the embedded store the first one started: `kill -9`
+    of that hub takes the store down with it. The other starts the store again
+    on the same port and, once the lease has run out, sends everything."""
+    lease = 4.0
+    provider = FakeProvider(delay=0.3)
+    await provider.start()
+    async with aiohttp.ClientSession() as session:
+        cluster = Cluster(
+            root=tmp_path,
+            uri="",
+            data_dir=tmp_path / "store",
+            database=DATABASE,
+            reader_uri="",
+            provider=provider,
+            session=session,
+        )
+        try:
+            a = await cluster.start(cluster.hub("a", inbox_lease=lease, lease_seconds=5, rate=20))
+            info = json.loads((cluster.data_dir / "store.json").read_text())
+            assert _parent_of(int(info["pid"])) == a.pid  # A runs the store
+            cluster.reader_uri = f"mongodb://127.0.0.1:{info['port']}/?directConnection=true"
+            owner_a = await eventually(cluster.lease_owner, lambda o: o is not None)
+            b = await cluster.start(cluster.hub("b", inbox_lease=lease, lease_seconds=5, rate=20))
+            await _inbound(cluster, a, 5, "SMs")
+            conversations = await cluster.conversations()
+            ids = await _replies(cluster, [(b, await cluster.login(b))], conversations, 60)
+            await eventually(lambda: _count(cluster), lambda n: n >= 10, deadline=20)
+
+            await a.kill()  # and with it the store
+            killed = time.monotonic()
+            store = await cluster.store()
+            # B starts the store again on the same port; A's claims are still its own.
+            in_flight = await eventually(
+                lambda: _claims(cluster, owner_a), lambda c: c is not None, deadline=10
+            )
+            restarted = json.loads((cluster.data_dir / "store.json").read_text())
+            assert restarted["port"] == info["port"]
+            assert _parent_of(int(restarted["pid"])) == b.pid
+            await _owner_other_than(cluster, owner_a, deadline=lease + 10)
+            takeover = time.monotonic() - killed
+            assert takeover < lease + lease / 5 + 3.0, f"B took over after {takeover:.2f} s"
+
+            await _all_sent(cluster, ids)
+            sends = await _settled_sends(cluster, ids)
+            again = {i for i, n in sends.items() if n > 1}
+            assert again <= in_flight, f"sent twice, not in flight at the kill: {again - in_flight}"
+            assert await store.messages.count_documents({"direction": "in"}) == 5
+        finally:
+            await cluster.close()
+            await provider.stop()
+
+
+async def _claims(cluster: Cluster, owner: str) -> set[str] | None:
+    """The sends `owner` had claimed (None while the store does not answer)."""
+    store = await cluster.store()
+    try:
+        return {
+            str(item["_id"])
+            async for item in store.outbox.find({"state": "sending", "lease_owner": owner})
+        }
+    except PyMongoError:
+        return None
