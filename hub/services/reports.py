@@ -179,7 +179,8 @@ async def summary(
             _note_for_first_response(conv, msg, at)
         if at < lo:
             continue
-        is_note = msg.get("kind") == "note"
+        # Notes and the hub's own lines in a thread (a handoff's reason) were never sent.
+        is_note = msg.get("kind") in ("note", "event")
         if not is_note:
             key = "messages_in" if msg.get("direction") == "in" else "messages_out"
             bucket(at, str(msg.get("channel") or "unknown"))[key] += 1

@@ -477,3 +477,14 @@ async def test_an_inbox_websocket_makes_its_agent_present(api: Client) -> None:
         await asyncio.sleep(0.02)
     assert await presence.connected(store, [agent.id]) == set()
     assert await _handed(api, 1) == [None]
+
+
+async def test_a_handoffs_line_in_the_thread_is_not_counted_as_sent(api: Client) -> None:
+    boss = await make_agent(api, "supervisor")
+    conv_id = await bot_conversation(api, inbox="t1")
+    assert await handoff.hand_off(hub(api), conv_id, reason="the bot could not help")
+    today = utcnow().date().isoformat()
+    resp = await api.get(f"/api/reports/summary?from={today}&to={today}", headers=boss.auth)
+    assert resp.status == 200, await resp.text()
+    totals = (await resp.json())["totals"]
+    assert (totals["messages_in"], totals["messages_out"]) == (1, 0)
