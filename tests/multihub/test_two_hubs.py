@@ -215,7 +215,8 @@ async def test_graceful_stop_of_the_lease_holder_hands_the_inbox_over_at_once(
     started = time.monotonic()
     assert await a.stop() == 0  # SIGTERM
     stopped = time.monotonic()
-    assert stopped - started < 2 + 2 + 3, "the stop took longer than documented"
+    # docs/operations.md: at most 2 x server.shutdown_timeout (2 s here) + 5 s.
+    assert stopped - started < 2 * 2 + 5, f"the stop took {stopped - started:.1f} s"
     await _owner_other_than(cluster, owner_a, deadline=lease)
     handed = time.monotonic() - stopped
     assert handed < 2.0, f"B took the inbox {handed:.2f} s after A stopped (lease {lease} s)"
