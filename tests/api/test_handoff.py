@@ -488,3 +488,15 @@ async def test_a_handoffs_line_in_the_thread_is_not_counted_as_sent(api: Client)
     assert resp.status == 200, await resp.text()
     totals = (await resp.json())["totals"]
     assert (totals["messages_in"], totals["messages_out"]) == (1, 0)
+
+
+async def test_a_socket_open_on_another_hub_process_counts(api: Client, second: Client) -> None:
+    agent = await make_agent(api, "agent", inboxes=["rr"])
+    async with second.ws_connect(f"/api/ws?token={agent.token}") as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "hello"
+        for _ in range(100):
+            if await presence.connected(_store(api), [agent.id]):
+                break
+            await asyncio.sleep(0.02)
+        # The handoff runs on the first process; the socket is open on the second.
+        assert await _handed(api, 1) == [agent.id]
