@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hub.handoff")
 
+MAX_REASON = 1000  # characters of a handoff's reason kept in the thread (a bot's text)
+
 # What a conversation becomes when people take it from its bot.
 _TO_PEOPLE = {"bot": None, "status": "open", "snooze_until": None, "resolved_at": None}
 
@@ -89,7 +91,7 @@ async def hand_off(
         doc["assignee_id"] = assignee
     published: list[Event] = []
     if reason:
-        message = system_message_doc(doc, reason)
+        message = system_message_doc(doc, reason[:MAX_REASON])
         await store.messages.insert_one(message)
         published.append(Event("message.created", message_view(message)))
     fresh = await store.conversations.find_one({"_id": conversation_id}) or doc
