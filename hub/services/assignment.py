@@ -49,19 +49,16 @@ async def eligible(store: Store, inbox: str) -> list[str]:
         {"active": {"$ne": False}, "availability": {"$nin": ["busy", "offline"]}},
         {"role": 1, "inboxes": 1, "teams": 1, "capacity": 1},
     ).to_list(1000)
-    if not agents:
-        return []
+    # Who has a socket open first (one read): only they are worth the rest.
+    connected = await presence.connected(store, [str(a["_id"]) for a in agents])
     accounts = Accounts(store)
-    seeing = []
-    for agent in agents:
-        inboxes = await accounts.visible_inboxes(agent)
-        if inboxes is None or inbox in inboxes:
-            seeing.append(agent)
-    connected = await presence.connected(store, [str(a["_id"]) for a in seeing])
     chosen = []
-    for agent in seeing:
+    for agent in agents:
         agent_id = str(agent["_id"])
         if agent_id not in connected:
+            continue
+        inboxes = await accounts.visible_inboxes(agent)
+        if inboxes is not None and inbox not in inboxes:
             continue
         capacity = agent.get("capacity")
         if isinstance(capacity, int) and capacity >= 0:
