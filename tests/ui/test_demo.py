@@ -42,7 +42,7 @@ async def test_demo_inbox_renders_every_kind_of_message_and_the_contact(
 
     await maria.locator("button").click()
     thread = page.locator("#messages")
-    await expect(thread.locator("li.bot .sender")).to_have_text("Bot")
+    await expect(thread.locator("li.bot .sender")).to_have_text("Bot · faq")  # and which bot
     await expect(thread.locator("li.kind-media img.media-img")).to_have_attribute(
         "src", re.compile(r"^data:image/png;base64,")
     )
