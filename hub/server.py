@@ -254,8 +254,32 @@ def _raise_fd_limit(max_connections: int) -> None:
         )
 
 
+# The graceful stop: requests in flight get `shutdown_timeout`, then sends in flight
+# as long again, then the store is flushed and closed. Whatever is still running
+# at 2 x shutdown_timeout + STOP_SLACK is cut off, so the stop fits the grace
+# period the deployment files give it (docs/operations.md, "Graceful stop").
+STOP_SLACK = 5.0
+
+
+def stop_budget(settings: ServerSettings) -> float:
+    """The most seconds a graceful stop takes, from SIGTERM to exit."""
+    return 2 * settings.shutdown_timeout + STOP_SLACK
+
+
+async def _clean_up(runner: web.AppRunner, budget: float) -> None:
+    """Stop the application (in-flight requests, then its parts), within `budget`."""
+    try:
+        async with asyncio.timeout(budget):
+            await runner.cleanup()
+    except TimeoutError:
+        # Cut short like a SIGKILL at the end of the grace period would, but at
+        # a known point, said in the log: sends still in flight are sent again
+        # by another hub (at-least-once), webhooks not answered are retried.
+        log.error("graceful stop cut short", extra={"after_seconds": budget})
+
+
 async def run_forever(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+    """Serve until SIGINT/SIGTERM, then shut down gracefully (within `stop_budget`)."""
     import signal
 
     server_settings = settings.server
@@ -304,5 +328,5 @@ async def run_forever(settings: Settings, *, ready: asyncio.Event | None = None)
     finally:
         if listener is not None:
             listener.close()  # take no more connections; the runner ends the open ones
-        await runner.cleanup()
+        await _clean_up(runner, stop_budget(server_settings))
         await connections.stop()

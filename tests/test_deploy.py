@@ -28,18 +28,17 @@ import yaml
 import channels  # noqa: F401  (the channel registry, as `hub serve` has it)
 from hub.app import build_app
 from hub.config import Settings, load_settings
+from hub.server import stop_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 IMAGE = "omnichannel-hub"
-# The graceful stop: in-flight requests, then in-flight sends, each up to
-# server.shutdown_timeout, then ingest, events and the store flushed (docs/operations.md).
-STOP_SLACK = 5
 
 
 def _stop_budget(settings: Settings) -> float:
-    return 2 * settings.server.shutdown_timeout + STOP_SLACK
+    """The most a graceful stop takes (hub.server cuts it off there)."""
+    return stop_budget(settings.server)
 
 
 def _env_read_by_the_hub() -> set[str]:
