@@ -528,7 +528,12 @@ async def count_audience(store: Store, raw_audience: Mapping[str, Any]) -> int:
 
 
 def record_id(campaign_id: str, contact_id: str) -> str:
-    return derived_id("campaign", campaign_id, contact_id)
+    """`<campaign id>:<derived>`: unique per campaign and contact, and a campaign's
+    records are one range of the primary key (its recipient list pages walk it)."""
+    return f"{campaign_id}:{derived_id('campaign', campaign_id, contact_id)}"
+
+
+_RECORD_ID = re.compile(r"[0-9a-f]{24}:[0-9a-f]{24}")
 
 
 def message_key(campaign_id: str) -> str:
@@ -920,13 +925,14 @@ async def recipients(
     store: Store, campaign_id: str, *, status: str | None, cursor: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A campaign's per-recipient records, by record id."""
-    if cursor is not None and not re.fullmatch(r"[0-9a-f]{24}", cursor):
+    if cursor is not None and (
+        not _RECORD_ID.fullmatch(cursor) or not cursor.startswith(campaign_id + ":")
+    ):
         raise BadCursor("cursor: not a cursor this API gave")
-    filt: dict[str, Any] = (
-        {"stage": stage_of(campaign_id, status)} if status else {"campaign_id": campaign_id}
-    )
-    if cursor is not None:
-        filt["_id"] = {"$gt": cursor}
+    # The campaign's range of the primary key, in order (`;` follows `:`).
+    filt: dict[str, Any] = {"_id": {"$gt": cursor or f"{campaign_id}:", "$lt": f"{campaign_id};"}}
+    if status:
+        filt["stage"] = stage_of(campaign_id, status)
     docs = await store.campaign_sends.find(filt).sort("_id", 1).limit(limit + 1).to_list()
     more = len(docs) > limit
     docs = docs[:limit]
