@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import sqlite3
 import sys
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from bson import Binary, Int64, ObjectId
 from pymongo import AsyncMongoClient
 
 from hub.store.embedded import EmbeddedStore
+from tests.conftest import STORE_TEST_URI
 from tests.faults.harness import (
     DATABASE,
     ROOT,
@@ -61,11 +64,11 @@ async def hub_command(*args: str, cwd: Path) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def _collections(uri: str) -> dict[str, list[dict[str, Any]]]:
+async def _collections(uri: str, database: str = DATABASE) -> dict[str, list[dict[str, Any]]]:
     """Every document of every collection of the hub's database, by `_id`."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
     try:
-        db = client[DATABASE]
+        db = client[database]
         return {
             name: sorted(await db[name].find({}).to_list(), key=lambda d: str(d["_id"]))
             for name in sorted(await db.list_collection_names())
@@ -74,10 +77,12 @@ async def _collections(uri: str) -> dict[str, list[dict[str, Any]]]:
         await client.close()
 
 
-async def _indexes(uri: str) -> dict[str, list[tuple[str, list[Any], bool]]]:
+async def _indexes(
+    uri: str, database: str = DATABASE
+) -> dict[str, list[tuple[str, list[Any], bool]]]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
     try:
-        db = client[DATABASE]
+        db = client[database]
         found = {}
         for name in sorted(await db.list_collection_names()):
             found[name] = sorted(
@@ -307,3 +312,58 @@ async def test_backup_refuses_a_mongodb_and_a_data_dir_without_a_store(tmp_path:
     )
     assert code == 1 and "no embedded store here" in err
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.store
+@pytest.mark.skipif(not STORE_TEST_URI, reason="set MONGODB_URI to move data into a MongoDB")
+async def test_export_from_the_embedded_store_imports_into_mongodb_and_back(
+    tmp_path: Path,
+) -> None:
+    """The move the guide describes, both ways: embedded -> MongoDB -> embedded."""
+    source = write_config(tmp_path / "source")
+    hub = await HubProcess(source).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            await hub.ready(session)
+            provider = Provider(session, hub.webhook)
+            await provider.deliver([provider.message(f"SMm{n:03d}", n % 5)[0] for n in range(30)])
+    finally:
+        await hub.stop()
+    shared = await SharedStore(source.parent / "data").start()
+    try:
+        there = tmp_path / "there"
+        code, _, err = await hub_command(
+            "export", "--config", str(source), "--out", str(there), cwd=tmp_path
+        )
+        assert code == 0, err
+        before = await _collections(shared.uri)
+        before_indexes = await _indexes(shared.uri)
+    finally:
+        await shared.stop()
+    database = "hubmove" + secrets.token_hex(4)
+    mongo = write_config(tmp_path / "mongo", uri=STORE_TEST_URI, database=database)
+    try:
+        code, _, err = await hub_command("import", str(there), "--config", str(mongo), cwd=tmp_path)
+        assert code == 0, err
+        assert await _collections(STORE_TEST_URI, database) == before
+        assert await _indexes(STORE_TEST_URI, database) == before_indexes
+        back = tmp_path / "back"
+        code, _, err = await hub_command(
+            "export", "--config", str(mongo), "--out", str(back), cwd=tmp_path
+        )
+        assert code == 0, err
+    finally:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(STORE_TEST_URI)
+        try:
+            await client.drop_database(database)
+        finally:
+            await client.close()
+    home = write_config(tmp_path / "home")
+    code, _, err = await hub_command("import", str(back), "--config", str(home), cwd=tmp_path)
+    assert code == 0, err
+    store = EmbeddedStore(home.parent / "data")
+    uri = await store.start()
+    try:
+        assert await _collections(uri) == before
+    finally:
+        await store.stop()
