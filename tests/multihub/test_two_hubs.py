@@ -190,6 +190,10 @@ async def test_kill_9_of_the_lease_holder_the_other_takes_over_within_the_lease_
     again = {i for i, n in sends.items() if n > 1}
     assert not again & recorded, f"recorded as sent, then sent again: {again & recorded}"
     assert again <= in_flight, f"sent twice though not in flight at the kill: {again - in_flight}"
+    print(  # shown with -s: the figures the guide quotes
+        f"kill -9: takeover {takeover:.2f} s (lease {lease} s), {len(in_flight)} in flight, "
+        f"{len(again)} sent twice"
+    )
     assert await cluster.lease_owner() == owner_b
     assert b.process is not None and b.process.returncode is None
 
@@ -220,6 +224,7 @@ async def test_graceful_stop_of_the_lease_holder_hands_the_inbox_over_at_once(
     await _owner_other_than(cluster, owner_a, deadline=lease)
     handed = time.monotonic() - stopped
     assert handed < 2.0, f"B took the inbox {handed:.2f} s after A stopped (lease {lease} s)"
+    print(f"SIGTERM: stop {stopped - started:.2f} s, handed over {handed:.2f} s later")
 
     await _all_sent(cluster, ids)
     sends = await _settled_sends(cluster, ids)
@@ -316,6 +321,10 @@ async def test_kill_9_of_the_hub_that_runs_the_store_and_holds_the_lease(tmp_pat
             sends = await _settled_sends(cluster, ids)
             again = {i for i, n in sends.items() if n > 1}
             assert again <= in_flight, f"sent twice, not in flight at the kill: {again - in_flight}"
+            print(
+                f"kill -9 with the store: takeover {takeover:.2f} s (lease {lease} s), "
+                f"{len(in_flight)} in flight, {len(again)} sent twice"
+            )
             assert await store.messages.count_documents({"direction": "in"}) == 5
         finally:
             await cluster.close()
