@@ -182,8 +182,8 @@ async def test_kill_9_of_the_lease_holder_the_other_takes_over_within_the_lease_
     takeover = time.monotonic() - killed
     assert owner_b != owner_a
     # The lease runs out at most `lease` after A's last renewal, and B looks again
-    # every fifth of it; a second of slack for the machine.
-    assert takeover < lease + lease / 5 + 1.0, f"B took over after {takeover:.2f} s"
+    # every fifth of it; two seconds of slack for a busy machine.
+    assert takeover < lease + lease / 5 + 2.0, f"B took over after {takeover:.2f} s"
 
     await _all_sent(cluster, ids)
     sends = await _settled_sends(cluster, ids)
@@ -223,7 +223,8 @@ async def test_graceful_stop_of_the_lease_holder_hands_the_inbox_over_at_once(
     assert stopped - started < 2 * 2 + 5, f"the stop took {stopped - started:.1f} s"
     await _owner_other_than(cluster, owner_a, deadline=lease)
     handed = time.monotonic() - stopped
-    assert handed < 2.0, f"B took the inbox {handed:.2f} s after A stopped (lease {lease} s)"
+    # B looks every second while another holds the lease: far inside the 10 s.
+    assert handed < 3.0, f"B took the inbox {handed:.2f} s after A stopped (lease {lease} s)"
     print(f"SIGTERM: stop {stopped - started:.2f} s, handed over {handed:.2f} s later")
 
     await _all_sent(cluster, ids)
