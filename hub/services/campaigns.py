@@ -29,6 +29,7 @@ filter built here from the label names only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -75,16 +76,6 @@ PROVIDER_MEDIA: dict[str, tuple[str, ...]] = {
     "whatsapp": ("whatsapp",),
     "telegram": ("telegram",),
     "email": ("email",),
-}
-CONTACT_FIELDS = {
-    "name": 1,
-    "phones": 1,
-    "emails": 1,
-    "telegram": 1,
-    "labels": 1,
-    "attributes": 1,
-    "opted_out": 1,
-    "timezone": 1,
 }
 # How long statuses are still followed once a campaign has completed
 # (delivery receipts come late).
@@ -467,7 +458,7 @@ async def _conversations_of(store: Store, contact_ids: Sequence[str]) -> Any:
     fields = {"contact_id": 1, "inbox": 1, "channel": 1, "identity": 1, "last_inbound_at": 1}
     if len(contact_ids) > 2000:
         wanted = set(contact_ids)
-        async for conv in store.conversations.find({}, fields):
+        async for conv in store.conversations.find({}):  # whole: see `audience`
             if conv.get("contact_id") in wanted:
                 yield conv
         return
@@ -484,7 +475,8 @@ async def audience(store: Store, campaign: Mapping[str, Any]) -> list[dict[str, 
     conditions = parse_conditions(spec.get("attributes"))
     found = [
         c
-        async for c in store.contacts.find(_label_filter(spec.get("labels") or []), CONTACT_FIELDS)
+        # Whole documents: the embedded engine reads them faster than a projection.
+        async for c in store.contacts.find(_label_filter(spec.get("labels") or []))
         if matches(c, conditions)
     ]
     window = spec.get("last_activity")
@@ -696,7 +688,25 @@ async def plan(
     needs_zone = _needs_zone(campaign)
     channels = campaign["audience"].get("channels") or []
     records: list[dict[str, Any]] = []
-    written = 0
+    writing: asyncio.Task[set[Any]] | None = None
+    # Zones by the contact's own `timezone` (ZoneInfo keeps only a few loaded).
+    zones: dict[str, ZoneInfo | InvalidTimezone] = {}
+
+    def zone_of_contact(contact: Mapping[str, Any]) -> ZoneInfo:
+        own = contact.get("timezone")
+        if not isinstance(own, str) or not own:
+            return contact_timezone(contact, default_zone)
+        found = zones.get(own)
+        if found is None:
+            try:
+                found = contact_timezone(contact, default_zone)
+            except InvalidTimezone as error:
+                found = error
+            zones[own] = found
+        if isinstance(found, InvalidTimezone):
+            raise found
+        return found
+
     for contact in contacts:
         contact_id = str(contact["_id"])
         convs = sorted(by_contact.get(contact_id, []), key=recency, reverse=True)
@@ -706,7 +716,7 @@ async def plan(
         zone: ZoneInfo | None = None
         if route is not None and needs_zone:
             try:
-                zone = contact_timezone(contact, default_zone)
+                zone = zone_of_contact(contact)
             except InvalidTimezone as error:
                 route, reason = None, f"invalid time zone: {error}"
         record: dict[str, Any] = {
@@ -736,9 +746,13 @@ async def plan(
             )
         records.append(record)
         if len(records) >= batch:
-            await insert_new(store.campaign_sends, records)
-            written += len(records)
+            # One batch is written while the next is made.
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(insert_new(store.campaign_sends, records))
             records = []
+    if writing is not None:
+        await writing
     if records:
         await insert_new(store.campaign_sends, records)
     await store.campaigns.update_one(
