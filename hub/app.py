@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from bots import build_bots
+from bots.runtime import BotRuntime
 from channels import channel_class
 from hub.api import http
 from hub.metrics import Metrics
@@ -56,6 +58,8 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
     )
     app[HUB] = hub
     hub.adapters = build_adapters(hub)
+    # The `[[bots]]` (flow files and knowledge read now); one runtime gives them their messages.
+    bots = BotRuntime(hub, build_bots(hub)) if settings.bots and bot is None else None
 
     for adapter in hub.adapters.values():
         for route in adapter.webhook_routes():
@@ -86,7 +90,12 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
             )
             hub.events.start()
             hub.ingestor = Ingestor(
-                store, hub.events, hub.metrics, bot=bot, max_batch=settings.ingest.max_batch
+                store,
+                hub.events,
+                hub.metrics,
+                bot=bot or bots,
+                max_batch=settings.ingest.max_batch,
+                bot_inboxes={i: b.id for b in settings.bots for i in b.inboxes},
             )
             # Then new conversations with people go round robin where an inbox says so.
             hub.ingestor.bot = AssigningHook(hub, hub.ingestor.bot)
@@ -102,6 +111,8 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
                 store, hub.events, hub.metrics, hub.adapters, settings.dispatcher, hub.instance_id
             )
             hub.dispatcher.start()
+            if bots is not None:
+                bots.start()  # the sweep: turns a crash interrupted
             if settings.scheduler.enabled:
                 runner = SchedulerRunner(hub, lease_seconds=settings.scheduler.lease_seconds)
                 runner.start()
@@ -117,6 +128,8 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
             # means than HTTP (the SMTP receiver) stops taking them first.
             if runner is not None:
                 await runner.stop()  # before the dispatcher: jobs queue sends
+            if bots is not None:
+                await bots.stop()
             if hub.dispatcher is not None:
                 # Sends in flight get as long as requests did (docs/operations.md).
                 await hub.dispatcher.stop(grace=settings.server.shutdown_timeout)

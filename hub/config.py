@@ -17,6 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from channels import channel_class, known_channels
 from hub.settings import (
+    BOT_KINDS,
+    BotSettings,
     DispatcherSettings,
     EventsSettings,
     IdentitySettings,
@@ -52,6 +54,7 @@ class _RawConfig(Section):
     sandbox: SandboxSettings = SandboxSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     inboxes: list[dict[str, Any]] = []
+    bots: list[dict[str, Any]] = []
 
 
 def _loc(parts: tuple[Any, ...]) -> str:
@@ -133,6 +136,67 @@ def _inbox_sla(entry: dict[str, Any], source: str, where: tuple[Any, ...]) -> In
     return InboxSla(**seconds)
 
 
+def _bots(
+    entries: list[dict[str, Any]], source: str, base_dir: Path, inbox_ids: set[str]
+) -> tuple[tuple[BotSettings, ...], set[str]]:
+    """The `[[bots]]` entries, checked: kind, keys, inboxes (one bot each), and the
+    flow and knowledge files (read now, so an error stops `hub check` and `hub serve`)."""
+    from bots.flow import FlowError, load_flow
+
+    bots: list[BotSettings] = []
+    secrets: set[str] = set()
+    ids: set[str] = set()
+    served: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        where: tuple[Any, ...] = ("bots", index)
+        kind = entry.get("kind")
+        cls = BOT_KINDS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            problem = "required key is missing" if kind is None else f"unknown kind {kind!r}"
+            raise ConfigError(
+                f"{source}: {_loc((*where, 'kind'))}: {problem} (available: {', '.join(BOT_KINDS)})"
+            )
+        try:
+            bot = cls.model_validate(entry)
+        except ValidationError as error:
+            raise ConfigError(_validation_message(source, where, error)) from None
+        if bot.id in ids:
+            raise ConfigError(f"{source}: {_loc((*where, 'id'))}: duplicate bot id {bot.id!r}")
+        ids.add(bot.id)
+        for number, inbox in enumerate(bot.inboxes):
+            at = _loc((*where, "inboxes", number))
+            if inbox not in inbox_ids:
+                raise ConfigError(f"{source}: {at}: no inbox {inbox!r}")
+            if inbox in served:
+                raise ConfigError(
+                    f"{source}: {at}: inbox {inbox!r} already has bot {served[inbox]!r} "
+                    "(an inbox has at most one bot)"
+                )
+            served[inbox] = bot.id
+        update: dict[str, Any] = {}
+        if bot.kind == "flow":
+            flow = Path(bot.flow)
+            update["flow"] = str(flow if flow.is_absolute() else base_dir / flow)
+            try:
+                load_flow(update["flow"])
+            except FlowError as error:
+                raise ConfigError(f"{source}: {_loc((*where, 'flow'))}: {error}") from None
+        elif bot.kind == "llm":
+            files = []
+            for number, name in enumerate(bot.knowledge):
+                file = Path(name) if Path(name).is_absolute() else base_dir / name
+                if not file.is_file():
+                    raise ConfigError(
+                        f"{source}: {_loc((*where, 'knowledge', number))}: "
+                        f"no such file {str(file)!r}"
+                    )
+                files.append(str(file))
+            update["knowledge"] = files
+        secrets |= _secret_values(bot)
+        bots.append(bot.model_copy(update=update) if update else bot)
+    return tuple(bots), secrets
+
+
 def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: Path) -> Settings:
     """Validate raw TOML data (already parsed) into Settings."""
     used_env: set[str] = set()
@@ -204,6 +268,9 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
         if name not in seen:
             raise ConfigError(f"{source}: sandbox.inboxes[{index}]: no inbox {name!r}")
 
+    bots, bot_secrets = _bots(raw.bots, source, base_dir, seen)
+    secrets |= bot_secrets
+
     password = uri_password(store.uri)
     if password:  # a password written in the file is as secret as one from the environment
         secrets |= {password, urllib.parse.unquote(password)}
@@ -222,6 +289,7 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
         inboxes=tuple(inboxes),
         sandbox=raw.sandbox,
         scheduler=raw.scheduler,
+        bots=bots,
         source=source,
         data_dir=data_dir.resolve(),
         secrets=frozenset(s for s in secrets | used_env if len(s) >= 4),

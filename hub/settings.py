@@ -149,6 +149,48 @@ class InboxConfig:
     sla: InboxSla = field(default_factory=InboxSla)
 
 
+class _BotBase(Section):
+    """What every `[[bots]]` entry has: its id and the inboxes it serves."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    inboxes: list[str] = []
+
+
+class FlowBotSettings(_BotBase):
+    """A flow file run inside the hub (bots.flow)."""
+
+    kind: Literal["flow"]
+    flow: str  # the flow file, relative to the config file
+
+
+class HttpBotSettings(_BotBase):
+    """An external bot the hub POSTs each new inbound message to (bots.external)."""
+
+    kind: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    secret: str = Field(min_length=8, json_schema_extra={"secret": True})
+    timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+
+
+class LlmBotSettings(_BotBase):
+    """An OpenAI-compatible chat-completions endpoint answering from `knowledge` (bots.llm)."""
+
+    kind: Literal["llm"]
+    api_base: str = Field(pattern=r"^https?://")
+    model: str = Field(min_length=1)
+    api_key: str = Field(default="", json_schema_extra={"secret": True})
+    knowledge: list[str] = []  # files, relative to the config file
+    timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+
+
+BotSettings = FlowBotSettings | HttpBotSettings | LlmBotSettings
+BOT_KINDS: dict[str, type[BotSettings]] = {
+    "flow": FlowBotSettings,
+    "http": HttpBotSettings,
+    "llm": LlmBotSettings,
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings
@@ -160,6 +202,7 @@ class Settings:
     logging: LoggingSettings
     inboxes: tuple[InboxConfig, ...]
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    bots: tuple[BotSettings, ...] = ()
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     source: str = "<defaults>"
     data_dir: Path = field(default_factory=lambda: Path("var").resolve())
@@ -173,3 +216,7 @@ class Settings:
 
     def inbox(self, inbox_id: str) -> InboxConfig | None:
         return next((i for i in self.inboxes if i.id == inbox_id), None)
+
+    def bot_of_inbox(self, inbox_id: str) -> str | None:
+        """The id of the bot that serves `inbox_id` first, or None."""
+        return next((b.id for b in self.bots if inbox_id in b.inboxes), None)

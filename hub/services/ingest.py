@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -64,16 +64,26 @@ def _store_failed(error: BaseException) -> bool:
 
 
 def new_conversation_doc(
-    conv_id: str, inbox: str, medium: str, identity: str, contact_id: str, now: Any
+    conv_id: str,
+    inbox: str,
+    medium: str,
+    identity: str,
+    contact_id: str,
+    now: Any,
+    bot: str | None = None,
 ) -> dict[str, Any]:
-    """A conversation as it is opened: open, unassigned, nothing in it yet."""
+    """A conversation as it is opened: open, unassigned, nothing in it yet; or,
+    on an inbox with a bot, `pending` with the bot serving it (`bot_since` tells
+    the bot's turns apart from those of an earlier time the conversation was its)."""
     return {
         "_id": conv_id,
         "inbox": inbox,
         "channel": medium,
         "contact_id": contact_id,
         "identity": identity,
-        "status": "open",
+        "status": "pending" if bot else "open",
+        "bot": bot,
+        "bot_since": now if bot else None,
         "assignee_id": None,
         "labels": [],
         "unread": 0,
@@ -226,11 +236,15 @@ class Ingestor:
         *,
         bot: BotHook | None = None,
         max_batch: int = 256,
+        bot_inboxes: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.events = events
         self.metrics = metrics
         self.bot = bot or NoBot()
+        # inbox -> the bot that serves its new (and resolved, written to again)
+        # conversations; calls are for people.
+        self.bot_inboxes = dict(bot_inboxes or {})
         self.max_batch = max_batch
         # conversation id -> contact id, for conversations known to exist.
         self._conversations = _LRU(100_000)
@@ -446,7 +460,10 @@ class Ingestor:
             for conv_id in missing:
                 inbox, medium, sender = wanted[conv_id]
                 key = identity_id(sender.kind, sender.value)
-                docs.append(new_conversation_doc(conv_id, inbox, medium, key, owners[key], now))
+                bot = self._bot_for(inbox, medium)
+                docs.append(
+                    new_conversation_doc(conv_id, inbox, medium, key, owners[key], now, bot)
+                )
             taken = await insert_new(self.store.conversations, docs)
             for doc in docs:
                 if doc["_id"] not in taken:
@@ -459,6 +476,10 @@ class Ingestor:
         for conv_id, contact_id in opened.items():
             self._conversations.put(conv_id, contact_id)
         return opened
+
+    def _bot_for(self, inbox: str, medium: str) -> str | None:
+        """The bot that serves the inbox's conversations on `medium`, or None."""
+        return None if medium == "voice" else self.bot_inboxes.get(inbox)
 
     async def _hinted_conversation(
         self, event: InboundEvent, contacts: dict[str, str]
@@ -594,17 +615,31 @@ class Ingestor:
         updates = []
         for conv_id, conv_docs in per_conv.items():
             last = newest[conv_id]
+            new_summary: dict[str, Any] = {
+                "status": "open",
+                "snooze_until": None,
+                "resolved_at": None,
+                **summary_fields(last),
+                **email_thread(last),
+            }
+            bot = self._bot_for(last["inbox"], last["channel"])
+            if bot is not None:
+                # On a bot's inbox the status depends on who has the conversation:
+                # the bot's stays pending, people's open; a resolved one goes back
+                # to the bot (conditional updates: nothing is read first).
+                del new_summary["status"]
+                back_to_bot = {"status": "pending", "bot": bot, "bot_since": last["created_at"]}
+                updates.append(
+                    UpdateOne({"_id": conv_id, "status": "resolved"}, {"$set": back_to_bot})
+                )
+                updates.append(
+                    UpdateOne({"_id": conv_id, "status": "snoozed"}, {"$set": {"status": "open"}})
+                )
             updates.append(
                 UpdateOne(
                     {"_id": conv_id},
                     {
-                        "$set": {
-                            "status": "open",
-                            "snooze_until": None,
-                            "resolved_at": None,
-                            **summary_fields(last),
-                            **email_thread(last),
-                        },
+                        "$set": new_summary,
                         "$inc": {"unread": len(conv_docs), "inbound": len(conv_docs)},
                     },
                 )
@@ -643,20 +678,21 @@ class Ingestor:
                     fields = {**summary_fields(last), "status": "open", "snooze_until": None}
                 else:
                     fields = {"last_inbound_at": last["created_at"], "status": "open"}
+                if self._bot_for(last["inbox"], last["channel"]) is not None:
+                    fields.pop("status", None)  # the bot's stays pending (see above)
                 change: dict[str, Any] = {"$inc": {"unread": missed, "inbound": missed}}
                 if fields:
                     change["$set"] = fields
                 updates.append(UpdateOne({"_id": conv_id}, change))
         published: list[Event] = [Event("message.created", message_view(d)) for d in new_docs]
         for conv_id, conv_docs in per_conv.items():
-            published.append(
-                Event(
-                    "conversation.updated",
-                    conversation_change(
-                        conv_id, contacts[conv_id], newest[conv_id], len(conv_docs)
-                    ),
-                )
+            change_view = conversation_change(
+                conv_id, contacts[conv_id], newest[conv_id], len(conv_docs)
             )
+            if self._bot_for(newest[conv_id]["inbox"], newest[conv_id]["channel"]) is not None:
+                del change_view["status"]  # pending or open: not read here
+                del change_view["bot"]
+            published.append(Event("conversation.updated", change_view))
         # The summaries and the event document that reports them go to the store
         # together, the summaries first; events are delivered once both are in.
         summary_write = (
