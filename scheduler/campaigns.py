@@ -30,7 +30,8 @@ log = logging.getLogger("hub.campaigns")
 BACKLOG_SECONDS = 20.0  # queued ahead of the dispatcher, in seconds of the inboxes' pace
 MIN_BACKLOG = 100
 MAX_BACKLOG = 5000
-FOLLOW_SENT_EVERY = 15.0  # seconds between looks at sent records (for delivery receipts)
+FOLLOW_SENT_EVERY = 5.0  # seconds between looks at sent records (for delivery receipts)
+FOLLOW_SENT_PAGE = 2000  # sent records looked at each time
 CONCURRENCY = 16  # replies queued at once
 
 
@@ -43,6 +44,7 @@ class CampaignJob:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self._sent_followed: dict[str, float] = {}
+        self._sent_after: dict[str, str | None] = {}
 
     def _media(self) -> dict[str, tuple[str, ...]]:
         return {inbox: campaigns.inbox_media(ch) for inbox, ch in self.hub.adapters.items()}
@@ -87,12 +89,15 @@ class CampaignJob:
                     {"_id": cid, "status": "scheduled"}, {"$set": {"status": "running"}}
                 )
                 status = "running"
-        follow = ["queued"]
+        missing, _, _ = await campaigns.follow(store, cid, ["queued"])
         clock = time.monotonic()
         if clock - self._sent_followed.get(cid, 0.0) >= FOLLOW_SENT_EVERY:
-            follow.append("sent")
+            # Delivery receipts for sent ones: a page at a time, from where the
+            # last look stopped.
             self._sent_followed[cid] = clock
-        missing, _ = await campaigns.follow(store, cid, follow)
+            _, _, self._sent_after[cid] = await campaigns.follow(
+                store, cid, ["sent"], limit=FOLLOW_SENT_PAGE, after=self._sent_after.get(cid)
+            )
         if status != "running":
             return
         if missing:

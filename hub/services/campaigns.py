@@ -1050,19 +1050,29 @@ FOLLOW = {
 
 
 async def follow(
-    store: Store, campaign_id: str, statuses: Sequence[str]
-) -> tuple[list[dict[str, Any]], int]:
+    store: Store,
+    campaign_id: str,
+    statuses: Sequence[str],
+    *,
+    limit: int | None = None,
+    after: str | None = None,
+) -> tuple[list[dict[str, Any]], int, str | None]:
     """Copy message statuses to the campaign's records in `statuses`; return the
-    queued records whose message is not in the store (never reached the outbox)
-    and how many records changed."""
+    queued records whose message is not in the store (never reached the outbox),
+    how many records changed, and, with a `limit`, the last record id looked at
+    when there may be more (pass it back as `after` to go on; None: done)."""
     missing: list[dict[str, Any]] = []
     changed = 0
+    last: str | None = None
     for status in statuses:
-        records = await store.campaign_sends.find(
-            {"stage": stage_of(campaign_id, status)},
-            {"message_id": 1, "status": 1, "queued_at": 1, "conversation_id": 1, "contact_id": 1,
-             "inbox": 1, "channel": 1, "identity": 1},
-        ).to_list()
+        filt: dict[str, Any] = {"stage": stage_of(campaign_id, status)}
+        cursor = store.campaign_sends.find(filt)
+        if limit is not None:
+            filt["_id"] = {"$gt": after or f"{campaign_id}:", "$lt": f"{campaign_id};"}
+            cursor = store.campaign_sends.find(filt).sort("_id", 1).limit(limit)
+        records = await cursor.to_list()
+        if limit is not None and len(records) == limit:
+            last = str(records[-1]["_id"])
         for start in range(0, len(records), IDS_PER_COMMAND):
             chunk = records[start : start + IDS_PER_COMMAND]
             messages = await find_by_ids(store.messages, [r["message_id"] for r in chunk])
@@ -1088,7 +1098,7 @@ async def follow(
                 updates.append((record["_id"], new, fields))
             await settle(store, campaign_id, updates)
             changed += len(updates)
-    return missing, changed
+    return missing, changed, last
 
 
 async def active(store: Store, now: datetime) -> list[dict[str, Any]]:

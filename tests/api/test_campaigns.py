@@ -152,6 +152,15 @@ async def settle(client: Client, job: CampaignJob, now: datetime, cid: str) -> N
     await eventually(outstanding, lambda n: n == 0)
 
 
+async def post_inbound_status(client: Client, provider_id: str, status: str) -> None:
+    """The provider's delivery callback for a message it took."""
+    from tests.conftest import signed_form
+
+    body, headers = signed_form({"MessageSid": provider_id, "MessageStatus": status})
+    resp = await client.post("/webhooks/testchan/t1/status", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+
+
 def sent_to(provider: FakeProvider) -> list[str]:
     return [m["to"] for m in provider.sent]
 
@@ -204,12 +213,20 @@ async def test_a_campaign_reaches_each_contact_once_with_its_placeholders(
     assert stats["targeted"] == 3 and stats["skipped"] == 1 and stats["failed"] == 0
     assert stats["sent"] == 2 and stats["queued"] == 0 and stats["unknown"] == 0
 
+    # A delivery receipt for one of them reaches its record (a fresh job looks
+    # at the sent ones at once).
+    await post_inbound_status(capi, provider.sent[0]["id"], "delivered")
+    await CampaignJob(hub(capi)).run(NOON + timedelta(minutes=3))
+    stats = (await details(capi, boss, cid))["stats"]
+    assert stats["delivered"] == 1 and stats["sent"] == 2
+
     records = await recipients(capi, boss, cid)
     assert len(records) == 3
     by_contact = {r["contact_id"]: r for r in records}
     assert by_contact[carl]["status"] == "skipped"
     assert by_contact[carl]["reason"] == "opted out of sms"
-    assert by_contact[ann]["status"] == "sent" and by_contact[ann]["channel"] == "sms"
+    assert by_contact[ann]["status"] in ("sent", "delivered")
+    assert by_contact[ann]["channel"] == "sms"
     assert by_contact[ann]["message_id"] and by_contact[ann]["sent_at"]
     assert [r["contact_id"] for r in await recipients(capi, boss, cid, "skipped")] == [carl]
 
