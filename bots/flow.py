@@ -296,10 +296,16 @@ def normalize(text: str) -> str:
 
 
 def _has_phrase(message: str, phrase: str) -> bool:
-    """Whether the normalized `phrase` is the message or whole words of it."""
+    """Whether the normalized `phrase` is the message or whole words of it; a
+    single word of four letters or more also matches the words it begins
+    ("price" prices, "оператор" оператора: endings change in many languages)."""
     if not phrase:
         return False
-    return message == phrase or f" {phrase} " in f" {message} "
+    if message == phrase or f" {phrase} " in f" {message} ":
+        return True
+    if " " in phrase or len(phrase) < 4:
+        return False
+    return any(word.startswith(phrase) for word in message.split())
 
 
 def localized(text: Text, locale: str | None) -> str:

@@ -110,9 +110,11 @@ class LlmBot:
         return Decision([{"type": "reply", "text": answer[:MAX_TEXT]}])
 
     async def _messages(self, ctx: TurnContext) -> list[dict[str, str]]:
-        history = await ctx.history(HISTORY) if ctx.history is not None else [ctx.message]
-        if not any(m.get("_id") == ctx.message.get("_id") for m in history):
-            history = [*history, ctx.message]
+        history = await ctx.history(HISTORY) if ctx.history is not None else []
+        # The message answered comes last (a provider's time, to the second, may
+        # sort it before the bot's previous answer).
+        history = [m for m in history if m.get("_id") != ctx.message.get("_id")]
+        history.append(ctx.message)
         messages = [{"role": "system", "content": self.system}]
         for doc in history:
             text = str(doc.get("text") or "").strip()

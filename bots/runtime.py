@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from bots.actions import BadAnswer, BotFailure, Decision, TurnContext
@@ -487,8 +488,15 @@ class BotRuntime:
     async def _resolve(self, conversation_id: str) -> None:
         store, events = self.hub.store, self.hub.events
         assert store is not None and events is not None
-        doc = await store.conversations.find_one({"_id": conversation_id})
-        if doc is None or not doc.get("bot"):
+        # The bot lets go first (only if it still has it), so the event of the change
+        # shows `bot` null; the next message the customer writes goes to the bot
+        # again, afresh.
+        doc = await store.conversations.find_one_and_update(
+            {"_id": conversation_id, "bot": {"$ne": None}},
+            {"$set": {"bot": None}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
             return
         await conversations.update(
             store,
@@ -497,10 +505,6 @@ class BotRuntime:
             conversations.Change(status="resolved"),
             by=None,
             inboxes_of=_sees_all,
-        )
-        # The next message the customer writes goes to the bot again, afresh.
-        await store.conversations.update_one(
-            {"_id": conversation_id, "status": "resolved"}, {"$set": {"bot": None}}
         )
 
 
