@@ -17,6 +17,7 @@ from hub.sandbox.core import Sandbox
 from hub.sandbox.page import SANDBOX
 from hub.services.runtime import HUB, Hub
 from hub.store import Store
+from tests.multihub.conftest import cluster  # noqa: F401  (two hubs on one store)
 from tests.sandbox.conftest import free_port, sandbox_inboxes
 from tests.support.waiting import eventually
 
