@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from hub.model import IdentityRef
 from hub.services import campaigns
-from hub.services.outbox import OutboxError
+from hub.services.outbox import Draft, enqueue_many
 from hub.store import find_by_ids
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ MIN_BACKLOG = 100
 MAX_BACKLOG = 5000
 FOLLOW_SENT_EVERY = 5.0  # seconds between looks at sent records (for delivery receipts)
 FOLLOW_SENT_PAGE = 2000  # sent records looked at each time
-CONCURRENCY = 16  # replies queued at once
 
 
 class CampaignJob:
@@ -120,48 +120,75 @@ class CampaignJob:
         await campaigns.complete_if_done(store, cid, now)
 
     async def send(self, campaign: Mapping[str, Any], records: Sequence[dict[str, Any]]) -> None:
-        """Queue the messages of claimed records; settle those that cannot go."""
+        """Queue the messages of claimed records; settle those that cannot go.
+
+        In bulk: one read of the contacts, one of the conversations (those not yet
+        open are opened together), then the messages are queued in a few writes
+        (`enqueue_many`) under the ids planning gave them, which are the ids
+        `Hub.reply` would give them with the campaign's key: queueing one again,
+        by either way, queues nothing. Each inbox's reply rule (a closed WhatsApp
+        window refuses a text, not a template) is asked first, as `Hub.reply` does.
+        """
         if not records:
             return
-        store = self.hub.store
-        assert store is not None
+        store, events, ingestor = self.hub.store, self.hub.events, self.hub.ingestor
+        assert store is not None and events is not None and ingestor is not None
         cid = str(campaign["_id"])
         contacts = await find_by_ids(store.contacts, [r["contact_id"] for r in records])
         settled: list[tuple[str, str, dict[str, Any]]] = []
-        gate = asyncio.Semaphore(CONCURRENCY)
-
-        async def one(record: dict[str, Any]) -> None:
+        going: list[tuple[dict[str, Any], str | None, dict[str, Any] | None]] = []
+        for record in records:
             contact = contacts.get(record["contact_id"])
             medium = str(record.get("channel"))
             if contact is None:
                 settled.append((record["_id"], "skipped", {"reason": "the contact is gone"}))
-                return
+                continue
             if (contact.get("opted_out") or {}).get(medium):
                 settled.append((record["_id"], "skipped", {"reason": f"opted out of {medium}"}))
-                return
+                continue
+            if record.get("inbox") not in self.hub.adapters:
+                reason = f"inbox {record.get('inbox')} is not configured"
+                settled.append((record["_id"], "failed", {"reason": reason}))
+                continue
             text, template = campaigns.personal(campaign, contact, medium)
             if not text and template is None:
-                settled.append(
-                    (record["_id"], "skipped", {"reason": f"no text to send on {medium}"})
+                reason = f"no text to send on {medium}"
+                settled.append((record["_id"], "skipped", {"reason": reason}))
+                continue
+            going.append((record, text, template))
+        wanted: dict[str, tuple[str, str, IdentityRef]] = {}
+        for record, _, _ in going:
+            try:
+                ref = campaigns.identity_ref(str(record["identity"]))
+            except ValueError as error:
+                settled.append((record["_id"], "failed", {"reason": str(error)}))
+                continue
+            wanted[record["conversation_id"]] = (str(record["inbox"]), str(record["channel"]), ref)
+        if wanted:
+            await ingestor.open_conversations(wanted)
+        conversations = await find_by_ids(store.conversations, list(wanted))
+        drafts: list[Draft] = []
+        for record, text, template in going:
+            conv = conversations.get(record["conversation_id"])
+            if conv is None:
+                continue  # its identity was refused above
+            channel = self.hub.adapters[str(record["inbox"])]
+            refusal = channel.reply_refusal(conv.get("last_inbound_at"), template is not None)
+            if refusal:
+                settled.append((record["_id"], "failed", {"reason": refusal}))
+                continue
+            drafts.append(
+                Draft(
+                    conversation_id=record["conversation_id"],
+                    text=text,
+                    sender={"type": "system", "id": None},
+                    at_most_once=True,
+                    campaign_id=cid,
+                    template=template,
+                    message_id=record["message_id"],
                 )
-                return
-            async with gate:
-                try:
-                    assert self.hub.ingestor is not None
-                    conv_id, _ = await self.hub.ingestor.open_conversation(
-                        str(record["inbox"]), medium, campaigns.identity_ref(record["identity"])
-                    )
-                    await self.hub.reply(
-                        conv_id,
-                        text=text,
-                        sender={"type": "system", "id": None},
-                        template=template,
-                        at_most_once=True,
-                        campaign_id=cid,
-                        key=campaigns.message_key(cid),
-                    )
-                except (OutboxError, ValueError) as error:
-                    settled.append((record["_id"], "failed", {"reason": str(error)}))
-
-        await asyncio.gather(*(one(r) for r in records))
+            )
+        if drafts:
+            await enqueue_many(store, events, drafts)
+            self.hub.wake_dispatcher()
         await campaigns.settle(store, cid, settled)

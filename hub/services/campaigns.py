@@ -77,6 +77,11 @@ PROVIDER_MEDIA: dict[str, tuple[str, ...]] = {
     "telegram": ("telegram",),
     "email": ("email",),
 }
+# What planning keeps of a contact.
+CONTACT_FIELDS = (
+    "_id", "name", "phones", "emails", "telegram", "labels", "attributes", "opted_out",
+    "timezone",
+)
 # How long statuses are still followed once a campaign has completed
 # (delivery receipts come late).
 FOLLOW_AFTER_COMPLETION = timedelta(days=1)
@@ -460,7 +465,7 @@ async def _conversations_of(store: Store, contact_ids: Sequence[str]) -> Any:
         wanted = set(contact_ids)
         async for conv in store.conversations.find({}):  # whole: see `audience`
             if conv.get("contact_id") in wanted:
-                yield conv
+                yield {k: conv.get(k) for k in fields}
         return
     ids = list(contact_ids)
     for start in range(0, len(ids), VALUES_PER_IN):
@@ -474,7 +479,7 @@ async def audience(store: Store, campaign: Mapping[str, Any]) -> list[dict[str, 
     spec = campaign["audience"]
     conditions = parse_conditions(spec.get("attributes"))
     found = [
-        c
+        {k: c.get(k) for k in CONTACT_FIELDS}  # kept small: 100,000 of them
         # Whole documents: the embedded engine reads them faster than a projection.
         async for c in store.contacts.find(_label_filter(spec.get("labels") or []))
         if matches(c, conditions)
@@ -1121,9 +1126,9 @@ async def set_fields(store: Store, campaign_id: str, fields: dict[str, Any]) -> 
 
 
 async def complete_if_done(store: Store, campaign_id: str, now: datetime) -> bool:
-    per = await counts(store, campaign_id)
-    if per["pending"] or per["queued"]:
-        return False
+    for status in ("pending", "queued"):
+        if await count_stage(store, campaign_id, status):
+            return False
     result = await store.campaigns.update_one(
         {"_id": campaign_id, "status": "running"},
         {"$set": {"status": "completed", "completed_at": now}},

@@ -423,6 +423,14 @@ class Ingestor:
             if not item.future.done():
                 item.future.set_exception(error)
 
+    async def open_conversations(
+        self, wanted: dict[str, tuple[str, str, IdentityRef]]
+    ) -> dict[str, str]:
+        """Find or open many conversations at once (conversation id -> its inbox,
+        medium and identity), for messages the hub starts in bulk (a campaign's);
+        their contact ids."""
+        return await self._open_conversations(wanted)
+
     async def open_conversation(self, inbox: str, medium: str, ref: IdentityRef) -> tuple[str, str]:
         """Find or open the conversation of `ref` on `inbox` and `medium`; return
         its id and its contact's id (for messages the hub starts, not the customer)."""
