@@ -19,6 +19,7 @@ from hub.services.assignment import AssigningHook
 from hub.services.dispatcher import Dispatcher
 from hub.services.events import EventBus, Events
 from hub.services.ingest import Ingestor
+from hub.services.optout import OptOut
 from hub.services.replies import Replies
 from hub.services.runtime import HUB, ChannelServices, Hub
 from hub.settings import Settings
@@ -99,6 +100,7 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
             )
             # Then new conversations with people go round robin where an inbox says so.
             hub.ingestor.bot = AssigningHook(hub, hub.ingestor.bot)
+            hub.ingestor.opt_out = OptOut(store, hub.events, settings.opt_out, hub.wake_dispatcher)
             hub.ingestor.start()
             hub.replies = Replies(
                 store, hub.events, hub.ingestor, hub.adapters, hub.wake_dispatcher

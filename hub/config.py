@@ -26,6 +26,7 @@ from hub.settings import (
     InboxSla,
     IngestSettings,
     LoggingSettings,
+    OptOutSettings,
     SandboxSettings,
     SchedulerSettings,
     Section,
@@ -53,6 +54,7 @@ class _RawConfig(Section):
     logging: LoggingSettings = LoggingSettings()
     sandbox: SandboxSettings = SandboxSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    opt_out: OptOutSettings = OptOutSettings()
     inboxes: list[dict[str, Any]] = []
     bots: list[dict[str, Any]] = []
 
@@ -289,6 +291,7 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
         inboxes=tuple(inboxes),
         sandbox=raw.sandbox,
         scheduler=raw.scheduler,
+        opt_out=raw.opt_out,
         bots=bots,
         source=source,
         data_dir=data_dir.resolve(),

@@ -89,9 +89,39 @@ class EventsSettings(Section):
     retention_seconds: float = Field(default=30.0, gt=0)
 
 
+DEFAULT_STOP_WORDS = (
+    "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT",
+    "СТОП", "ОТПИСАТЬСЯ", "ОТПИСКА", "ΣΤΟΠ", "ΔΙΑΓΡΑΦΗ", "STOPP",
+)
+DEFAULT_START_WORDS = ("START", "UNSTOP", "СТАРТ")  # noqa: RUF001
+DEFAULT_STOP_REPLY = (
+    "You are unsubscribed and will get no more messages here. Reply START to subscribe again."
+)
+DEFAULT_START_REPLY = "You are subscribed again. Reply STOP to unsubscribe."
+
+
 class SchedulerSettings(Section):
     enabled: bool = True  # run the scheduled jobs (campaigns, greetings, reminders) here
     lease_seconds: float = Field(default=30.0, gt=0)  # a dead process's jobs wait this long
+
+
+class OptOutSettings(Section):
+    """Stop and start words (hub.services.optout): a message that is only one of
+    them opts its sender out of (back into) the channel, with one confirmation."""
+
+    stop_words: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP_WORDS))
+    start_words: list[str] = Field(default_factory=lambda: list(DEFAULT_START_WORDS))
+    stop_reply: str = Field(default=DEFAULT_STOP_REPLY, min_length=1, max_length=1000)
+    start_reply: str = Field(default=DEFAULT_START_REPLY, min_length=1, max_length=1000)
+
+    @field_validator("stop_words", "start_words")
+    @classmethod
+    def _words(cls, value: list[str]) -> list[str]:
+        for word in value:
+            if not word.strip() or len(word) > 40:
+                raise ValueError(f"not a word: {word!r}")
+        return value
+
 
 
 class LoggingSettings(Section):
@@ -204,6 +234,7 @@ class Settings:
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     bots: tuple[BotSettings, ...] = ()
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    opt_out: OptOutSettings = field(default_factory=OptOutSettings)
     source: str = "<defaults>"
     data_dir: Path = field(default_factory=lambda: Path("var").resolve())
     secrets: frozenset[str] = frozenset()

@@ -262,6 +262,8 @@ class Ingestor:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._bot_tasks: set[asyncio.Task[None]] = set()
+        # Consumes stop and start words before the bot (hub.services.optout.OptOut).
+        self.opt_out: Callable[[dict[str, Any]], Awaitable[bool]] | None = None
         # A merge (here or in another hub process) moves conversations to another
         # contact: what this process remembers of them is then stale.
         events.bus.listen("contact.merged", lambda _event: self.forget_conversations())
@@ -726,6 +728,8 @@ class Ingestor:
     async def _call_bot(self, doc: dict[str, Any]) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             try:
+                if self.opt_out is not None and await self.opt_out(doc):
+                    return  # a stop or start word: answered by the opt-out, not the bot
                 await self.bot.on_inbound(doc, {"_id": doc["conversation_id"]})
             except Exception:
                 log.exception("bot hook failed", extra={"message_id": doc["_id"]})

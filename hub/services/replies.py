@@ -17,6 +17,11 @@ from hub.store import Store
 
 log = logging.getLogger("hub.replies")
 
+OPTED_OUT_SMS = (
+    "the contact opted out of SMS (it sent a stop word): carriers block texts to it "
+    "until it sends a start word"
+)
+
 
 class Replies:
     """Queue replies in conversations, by the reply rules of each inbox's channel."""
@@ -52,7 +57,8 @@ class Replies:
         """Queue an outbound message in a conversation (an agent's reply, a bot's, a
         campaign's); raise OutboxError when it cannot be sent there now."""
         conversation = await self.store.conversations.find_one(
-            {"_id": conversation_id}, {"inbox": 1, "last_inbound_at": 1}
+            {"_id": conversation_id},
+            {"inbox": 1, "last_inbound_at": 1, "channel": 1, "contact_id": 1},
         )
         if conversation is None:
             raise OutboxError(f"no conversation {conversation_id}")
@@ -62,6 +68,10 @@ class Replies:
         refusal = channel.reply_refusal(conversation.get("last_inbound_at"), bool(template))
         if refusal:
             raise OutboxError(refusal)
+        # Carriers block texts to a number that sent STOP: refuse up front.
+        sms = conversation.get("channel") == "sms" and sender.get("type") != "system"
+        if sms and await opted_out_of(self.store, str(conversation.get("contact_id")), "sms"):
+            raise OutboxError(OPTED_OUT_SMS)
         doc = await enqueue(
             self.store,
             self.events,
