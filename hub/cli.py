@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import date
 
 from hub.config import ConfigError, Settings, load_settings, uri_password
 from hub.logs import Redactor, setup_logging
@@ -280,6 +281,60 @@ def cmd_dump(args: argparse.Namespace) -> int:
         return 1
 
 
+async def _greetings_run(settings: Settings, on: date) -> int:
+    import secrets
+
+    from hub.app import build_adapters
+    from hub.metrics import Metrics
+    from hub.services.events import EventBus, Events
+    from hub.services.runtime import Hub
+    from hub.store import Store
+    from scheduler.greetings import GreetingJob
+
+    store = await Store.for_settings(settings)
+    hub = Hub(
+        settings=settings,
+        instance_id="cli-" + secrets.token_hex(4),
+        metrics=Metrics(),
+        bus=EventBus(),
+        store=store,
+    )
+    try:
+        await store.ensure_indexes()
+        hub.events = Events(store, hub.bus, hub.instance_id)
+        hub.adapters = build_adapters(hub)  # not started: only their reply rules are asked
+        counts = await GreetingJob(hub).catch_up(on)
+    finally:
+        await store.close()
+    skipped = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.skipped.items()))
+    print(
+        f"hub: greetings of {on.isoformat()}: {counts.sent} sent, {counts.already} already sent, "
+        f"{sum(counts.skipped.values())} skipped" + (f" ({skipped})" if skipped else "")
+    )
+    if counts.sent:
+        print("hub: queued in the outbox; a running `hub serve` sends them now")
+    return 0
+
+
+def cmd_greetings_run(args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
+    from hub.store.embedded import EmbeddedStoreError
+
+    try:
+        on = date.fromisoformat(args.date)
+    except ValueError:
+        print(f"hub: --date: not a date (YYYY-MM-DD): {args.date!r}", file=sys.stderr)
+        return 2
+    settings = _settings(args.config)
+    redactor = setup_logging("WARNING", settings.logging.format, settings.secrets)
+    try:
+        return asyncio.run(_greetings_run(settings, on))
+    except (PyMongoError, EmbeddedStoreError) as error:
+        print(f"hub: store: {redactor.text(str(error))}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hub", description="Omnichannel communication hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("file", metavar="FILE.csv")
     imp.add_argument("--config", help="config file (default: $HUB_CONFIG)")
     imp.set_defaults(func=cmd_contacts_import)
+    greetings = sub.add_parser("greetings", help="birthday and holiday greetings").add_subparsers(
+        dest="greetings_command", required=True
+    )
+    run = greetings.add_parser("run", help="send the greetings of a date not sent yet (catch-up)")
+    run.add_argument("--date", required=True, help="the date, YYYY-MM-DD")
+    run.add_argument("--config", help="config file (default: $HUB_CONFIG)")
+    run.set_defaults(func=cmd_greetings_run)
     backup = sub.add_parser("backup", help="a consistent copy of the embedded store, while it runs")
     backup.add_argument("--out", required=True, metavar="FILE")
     backup.add_argument("--config", help="config file (default: $HUB_CONFIG)")

@@ -19,6 +19,7 @@ from hub.api import (
     contacts,
     contacts_io,
     conversations,
+    greetings,
     handoff,
     openapi,
     realtime,
@@ -43,6 +44,7 @@ ROUTES: list[Route] = [
     *scheduled.table.routes,  # send later, reminders
     *campaigns.table.routes,
     *canned.table.routes,
+    *greetings.table.routes,
     *openapi.table.routes,
 ]
 

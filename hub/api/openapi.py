@@ -68,6 +68,7 @@ ANSWERS: dict[str, tuple[Answer, ...]] = {
     "create_canned": (ShortcutTaken,),
     "patch_canned": (400, 404, ShortcutTaken),
     "delete_canned": (404,),
+    "put_greetings": (422,),
     "list_campaigns": (BadCursor,),
     "create_campaign": (422,),
     "count_audience": (422,),

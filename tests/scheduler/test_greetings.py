@@ -178,7 +178,8 @@ async def test_locale_picks_the_template_with_english_as_fallback(client):
     hub = hub_of(client)
     await enable(hub, holidays=[])
     birthday = {"month": 6, "day": 15}
-    ru = await contact(client, "+15550001031", birthday=birthday, locale="ru-RU", name="Иван Петров")
+    ivan = "Иван Петров"
+    ru = await contact(client, "+15550001031", birthday=birthday, locale="ru-RU", name=ivan)
     de = await contact(client, "+15550001032", birthday=birthday, locale="de")
     fr = await contact(client, "+15550001033", birthday=birthday, locale="fr")
     await GreetingJob(hub).run_once(at("2026-06-15T10:00:01+00:00"), lookahead=False)
