@@ -24,6 +24,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     field_validator,
+    model_validator,
 )
 
 from hub.model import ConversationStatus, Medium
@@ -298,6 +299,18 @@ class Birthday(Input):
     month: Annotated[int, Field(ge=1, le=12)]
     day: Annotated[int, Field(ge=1, le=31)]
     year: Annotated[int, Field(ge=1900, le=2100)] | None = None
+
+    @model_validator(mode="after")
+    def _a_real_day(self) -> Birthday:
+        import calendar
+
+        # 29 February is a birthday (greeted on the 28th in other years) unless the
+        # year is given and is not a leap year.
+        leap_ok = self.year is None or calendar.isleap(self.year)
+        days = calendar.monthrange(2000 if leap_ok else 2001, self.month)[1]
+        if self.day > days:
+            raise ValueError(f"no such day: month {self.month} has no day {self.day}")
+        return self
 
 
 class ContactQuery(Input):

@@ -38,6 +38,7 @@ SCRIPT_MODULES = (
     "handoff.js",
     "scheduling.js",
     "campaigns.js",
+    "greetings.js",
 )
 
 # The files the page may load, by name: nothing else under /ui/ is served.

@@ -13,7 +13,8 @@
 // composer.js (the reply box), labels.js, contact-panel.js, callpop.js,
 // handoff.js (take over, availability, the agents page), scheduling.js (send
 // later, reminders, the SLA's and reminders' notices),
-// contacts.js (the contacts page), reports.js, realtime.js (the WebSocket).
+// contacts.js (the contacts page), greetings.js (the greetings settings page),
+// reports.js, realtime.js (the WebSocket).
 // They import each other's functions freely; import cycles are harmless as no
 // module runs anything when loaded except this one, once all are loaded.
 

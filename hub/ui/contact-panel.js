@@ -1,8 +1,10 @@
 // The inbox's contact panel beside the thread: who the customer is (identities,
-// birthday, time zone, opt-outs, attributes), renaming and labelling them, and
+// birthday, time zone, opt-outs, attributes), renaming and labelling them, their
+// birthday, time zone and locale (for greetings), and
 // their earlier conversations.
 
 import { api } from './api.js';
+import { parseBirthday } from './contacts.js';
 import { renderList } from './conversations.js';
 import { $, fail, h, row, toast } from './dom.js';
 import { birthdayText, channelName, displayName, initials, localTime, shortTime } from './format.js';
@@ -57,6 +59,8 @@ export function renderContact(contact) {
         : 'subscribed everywhere'),
       attributes.length ? row('Attributes', h('dl', { class: 'attributes' },
         attributes.map(([k, v]) => [h('dt', null, k), h('dd', null, String(v))]))) : null),
+    h('h3', null, 'Birthday, time zone, locale'),
+    greetingFields(contact),
     h('h3', null, 'Labels'),
     labels,
     h('h3', null, 'Earlier conversations'),
@@ -66,6 +70,36 @@ export function renderContact(contact) {
           `${channelName(c.channel)} · ${c.inbox || ''} · ${c.status || ''} · ${shortTime(c.last_activity_at)}`))))
       : h('p', { class: 'empty' }, 'None.'),
   );
+}
+
+/** Birthday, time zone and locale (what greetings use), edited in place. */
+function greetingFields(contact) {
+  const b = contact.birthday;
+  const pad = (n) => String(n).padStart(2, '0');
+  const birthdayValue = b && b.month && b.day ? `${b.year ? `${b.year}-` : ''}${pad(b.month)}-${pad(b.day)}` : '';
+  const birthday = h('input', { id: 'contact-birthday', type: 'text', value: birthdayValue, placeholder: 'YYYY-MM-DD or MM-DD', maxlength: '10' });
+  let zoneNames = [];
+  try { zoneNames = Intl.supportedValuesOf('timeZone'); } catch { zoneNames = []; }
+  const zone = h('input', { id: 'contact-timezone', type: 'text', list: 'contact-zones', value: contact.timezone || '', placeholder: 'e.g. Europe/Berlin', maxlength: '64' });
+  const locale = h('input', { id: 'contact-locale', type: 'text', value: contact.locale || '', placeholder: 'e.g. en, ru, pt-BR', maxlength: '35' });
+  const error = h('span', { id: 'contact-greeting-error', class: 'error', role: 'alert' });
+  return h('form', { class: 'contact-greeting-form', onsubmit: (event) => {
+    event.preventDefault();
+    const parsed = parseBirthday(birthday.value);
+    if (parsed === undefined) { error.textContent = 'Birthday: write YYYY-MM-DD or MM-DD'; return; }
+    error.textContent = '';
+    patchContact(contact.id, {
+      birthday: parsed,
+      timezone: zone.value.trim() || null,
+      locale: locale.value.trim() || null,
+    });
+  } },
+  h('label', null, 'Birthday', birthday),
+  h('label', null, 'Time zone', zone),
+  h('datalist', { id: 'contact-zones' }, zoneNames.map((name) => h('option', { value: name }))),
+  h('label', null, 'Locale', locale),
+  error,
+  h('button', { type: 'submit', id: 'contact-greeting-save' }, 'Save birthday, zone, locale'));
 }
 
 async function patchContact(id, fields) {

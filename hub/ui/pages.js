@@ -3,6 +3,7 @@
 
 import { showCampaignsPage } from './campaigns.js';
 import { showContactsPage } from './contacts.js';
+import { showGreetingsPage } from './greetings.js';
 import { $ } from './dom.js';
 import { showAgentsPage } from './handoff.js';
 import { showReportsPage } from './reports.js';
@@ -12,20 +13,24 @@ export function showPage(name) {
   const contacts = name === 'contacts';
   const agents = name === 'agents';
   const campaigns = name === 'campaigns';
+  const greetings = name === 'greetings';
+  $('#greetings-page').hidden = !greetings;
+  $('#show-greetings').setAttribute('aria-pressed', String(greetings));
   $('#campaigns-page').hidden = !campaigns;
   $('#show-campaigns').setAttribute('aria-pressed', String(campaigns));
   $('#reports').hidden = !reports;
   $('#contacts-page').hidden = !contacts;
   $('#agents-page').hidden = !agents;
-  document.querySelector('main.panes').hidden = reports || contacts || agents || campaigns;
+  document.querySelector('main.panes').hidden = reports || contacts || agents || campaigns || greetings;
   $('#show-reports').setAttribute('aria-pressed', String(reports));
   $('#show-contacts').setAttribute('aria-pressed', String(contacts));
   $('#show-agents').setAttribute('aria-pressed', String(agents));
-  $('#show-inbox').setAttribute('aria-pressed', String(!reports && !contacts && !agents && !campaigns));
+  $('#show-inbox').setAttribute('aria-pressed', String(!reports && !contacts && !agents && !campaigns && !greetings));
   if (contacts) showContactsPage();
   if (reports) showReportsPage();
   if (agents) showAgentsPage();
   if (campaigns) showCampaignsPage();
+  if (greetings) showGreetingsPage();
 }
 
 export function wirePages() {
@@ -34,4 +39,5 @@ export function wirePages() {
   $('#show-contacts').addEventListener('click', () => showPage('contacts'));
   $('#show-agents').addEventListener('click', () => showPage('agents'));
   $('#show-campaigns').addEventListener('click', () => showPage('campaigns'));
+  $('#show-greetings').addEventListener('click', () => showPage('greetings'));
 }

@@ -181,3 +181,31 @@ secret = "unused-secret-123"
     bad = run_cli(config, "--date", "2026-02-30")
     assert bad.returncode == 2
     assert "--date" in bad.stderr
+
+
+# -- the contact's greeting fields --------------------------------------------------------
+
+
+async def test_contact_patch_takes_birthday_time_zone_and_locale_and_refuses_bad_ones(api):
+    admin = await make_agent(api, "admin")
+    await inbound(api, "t1", "SMbd1", "+15550007101", "hi")
+    store = hub(api).store
+    assert store is not None
+    contact = await store.contacts.find_one({"phones": "+15550007101"})
+    assert contact is not None
+    path = f"/api/contacts/{contact['_id']}"
+    for bad in (
+        {"birthday": {"month": 2, "day": 30}},
+        {"birthday": {"month": 2, "day": 29, "year": 2001}},
+        {"birthday": {"month": 13, "day": 1}},
+        {"timezone": "Mars/Olympus_Mons"},
+        {"locale": "not a locale!"},
+    ):
+        resp = await api.patch(path, json=bad, headers=admin.auth)
+        assert resp.status == 400, (bad, await resp.text())
+    good = {"birthday": {"month": 2, "day": 29}, "timezone": "Asia/Tokyo", "locale": "ja"}
+    resp = await api.patch(path, json=good, headers=admin.auth)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["birthday"] == {"month": 2, "day": 29, "year": None}
+    assert (body["timezone"], body["locale"]) == ("Asia/Tokyo", "ja")
