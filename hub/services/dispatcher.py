@@ -48,6 +48,8 @@ MESSAGE_GRACE = timedelta(seconds=60)
 MESSAGE_RECHECK = timedelta(seconds=0.05)
 # One claim takes about this many seconds of an inbox's pace (see `_batch_cap`).
 CLAIM_HORIZON = 1.0
+# How long before its turn an at-most-once send is marked as handed to the provider.
+HANDED_LEAD = 0.25
 # How long this process holds an inbox's sending (`dispatcher.inbox_lease_seconds`,
 # 15 s by default), and, as shares of it, how often it renews the lease (every
 # fifth: 3 s) and how much of it must be left for it to start a new batch (a
@@ -227,6 +229,8 @@ class Dispatcher:
                             "state": "sending",
                             "lease_owner": self.instance_id,
                             "lease_until": lease_until,
+                            # Not yet handed to the provider (see `_deliver`).
+                            "handed": False,
                         },
                         "$inc": {"attempts": 1},
                     },
@@ -298,8 +302,11 @@ class Dispatcher:
             if message is not None and message.get("status") in SETTLED:
                 # The send was recorded; only the clean-up was cut off.
                 await self.store.outbox.delete_one({"_id": item["_id"]})
-            elif item.get("at_most_once"):
+            elif item.get("at_most_once") and item.get("handed") is not False:
                 # It may or may not have reached the provider: never send it twice.
+                # (An item claimed but never handed to the provider, `handed`
+                # false, waited for its turn when its hub died: it goes back to the
+                # queue below like a reply.)
                 await self._apply(
                     [_Outcome(item, "unknown", error="the hub stopped while sending")]
                 )
@@ -446,14 +453,33 @@ class Dispatcher:
         """Wait for the send's booked slot, send through the adapter, and say what
         became of it."""
         adapter = self.adapters[item["inbox"]]
-        if wait > 0:
-            await self._pause(wait)
+        at_most_once = bool(item.get("at_most_once"))
+        turn = time.monotonic() + wait
+        # An at-most-once send is marked handed to the provider a moment before its
+        # turn (HANDED_LEAD, so the write does not delay the pace): a crash after
+        # that leaves it `unknown`; one before (a claim still waiting for its turn)
+        # leaves it to be sent by the next holder of the inbox.
+        lead = HANDED_LEAD if at_most_once else 0.0
+        if wait > lead:
+            await self._pause(wait - lead)
             if self._stopping:
                 # A clean stop: a send still waiting for its turn goes back to the
                 # queue at once, for whichever process sends for the inbox next,
                 # rather than holding the stop up or sitting in a lease left to
                 # run out.
                 return _Outcome(item, "deferred", retry_in=0.0)
+        if at_most_once:
+            try:
+                await self.store.outbox.update_one(
+                    {"_id": item["_id"]}, {"$set": {"handed": True}}
+                )
+            except PyMongoError:
+                return _Outcome(item, "deferred", retry_in=1.0)
+            rest = turn - time.monotonic()
+            if rest > 0:
+                await self._pause(rest)
+                if self._stopping:
+                    return _Outcome(item, "deferred", retry_in=0.0)
         # The wake-up from the slot's sleep varies: keep the sends (and each
         # recipient's) spaced as they actually go out, recording the send in the
         # inbox's limiter and the recipient's at the moment it goes.
