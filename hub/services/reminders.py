@@ -130,5 +130,6 @@ async def fire_due(store: Store, events: Events, now: datetime, *, limit: int = 
         if doc is None:
             continue  # fired by another process, or deleted
         published.append(notice("reminder.due", reminder_view(doc), agents=[doc["agent_id"]]))
-    await events.publish(published)
+    if published:
+        await events.publish(published)
     return len(published)

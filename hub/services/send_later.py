@@ -262,7 +262,8 @@ async def queue_due(
         await store.scheduled_sends.delete_one({"_id": message_id})
         published.append(Event("message.updated", message_view(doc)))
         queued += 1
-    await events.publish(published)
+    if published:
+        await events.publish(published)
     return queued
 
 

@@ -217,7 +217,8 @@ async def check(
         data = _data(conv, "supervisors", since, breached)
         published.append(notice("sla.breached", data, roles=SUPERVISORS))
         done.append((str(conv["_id"]), "supervisors"))
-    await events.publish(published)
+    if published:
+        await events.publish(published)
     return done
 
 
