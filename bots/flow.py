@@ -471,6 +471,8 @@ def _saved(field: str, value: Any) -> dict[str, Any]:
 class FlowBot:
     """A bot that runs a flow file (`kind = "flow"`)."""
 
+    pure = True  # decide computes only (bots.runtime asks it before claiming the turn)
+
     def __init__(self, bot_id: str, flow: Flow) -> None:
         self.id = bot_id
         self.flow = flow

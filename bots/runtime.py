@@ -26,16 +26,16 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from bots.actions import BadAnswer, BotFailure, Decision, TurnContext
 from hub.model import ButtonReply, utcnow
 from hub.services import contacts as contact_service
 from hub.services import conversations
-from hub.services.handoff import hand_off, reply_as_bot
-from hub.services.outbox import OutboxError
-from hub.store import find_by_ids
+from hub.services.handoff import hand_off, still_bot, withdraw_bot_replies
+from hub.services.outbox import Draft, OutboxError, enqueue_many
+from hub.store import VALUES_PER_IN, derived_id, find_by_ids, insert_new
 
 if TYPE_CHECKING:
     from hub.services.runtime import Hub
@@ -47,11 +47,16 @@ UNANSWERED_KINDS = ("call", "voicemail", "event", "note")
 # Telegram's callback data holds at most 64 bytes; WhatsApp's reply-button titles
 # 20 characters and a list's rows 24, at most 10 choices.
 TELEGRAM_PAYLOAD_BYTES = 64
+FLUSH_EVERY = 0.2  # seconds between writes marking finished turns done
+BATCH_LINGER = 0.005  # seconds a batch of turns waits for more before it runs
+BATCH_MAX = 200  # turns in one batch at most
 WHATSAPP_MAX_CHOICES = 10
 
 
 class Bot(Protocol):
-    """One configured bot: answers one customer message with a Decision."""
+    """One configured bot: answers one customer message with a Decision. A bot
+    whose `decide` only computes, calling nothing outside (a flow), may say so
+    with a `pure = True` attribute: it is then asked before its turn is claimed."""
 
     id: str
 
@@ -126,6 +131,15 @@ class BotRuntime:
         self._locks = _Locks()
         self._sweeper: asyncio.Task[None] | None = None
         self._turns: set[asyncio.Task[None]] = set()
+        self._finished: list[tuple[str, str]] = []  # turns done, not yet marked so
+        # inbox -> its bot's id (a conversation's own `bot` decides; this routes).
+        self.inbox_bots = {i: b.id for b in hub.settings.bots for i in b.inboxes}
+        self._batch_queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._batch_wake = asyncio.Event()
+        self._busy: set[str] = set()  # conversations with a batch running
+        self._stopping = False
+        self._batcher: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self.answered = 0  # turns this process finished (the benchmark reads it)
 
     # -- the hook ------------------------------------------------------------------------
@@ -133,11 +147,16 @@ class BotRuntime:
     async def on_inbound(self, message: dict[str, Any], conversation: dict[str, Any]) -> None:
         if message.get("kind") in UNANSWERED_KINDS or message.get("direction") != "in":
             return
-        conversation_id = str(message["conversation_id"])
-        # Taken before anything is awaited: the turns of a conversation run in the
-        # order ingest handed them over.
-        async with self._locks.hold(conversation_id):
-            await self._turn(message, claim=True)
+        if str(message.get("inbox")) not in self.inbox_bots or self._stopping:
+            return  # no bot on this inbox (or stopping: the next start's sweep answers)
+        # Turns go in batches (a few store commands for many), the turns of one
+        # conversation one after another, in the order ingest handed them over.
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch_queue.append((message, done))
+        self._batch_wake.set()
+        if self._batcher is None:
+            self._batcher = asyncio.create_task(self._batch_loop(), name="bot-batches")
+        await done
 
     # -- the sweep -----------------------------------------------------------------------
 
@@ -146,6 +165,17 @@ class BotRuntime:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name="bot-sweep")
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+            self._batcher = None
+        # Not started: left for the sweep of the next start (or another process).
+        for _, done in self._batch_queue:
+            if not done.done():
+                done.set_result(None)
+        self._batch_queue = []
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,6 +183,7 @@ class BotRuntime:
             self._sweeper = None
         if self._turns:
             await asyncio.gather(*self._turns, return_exceptions=True)
+        await self._flush()
 
     async def _sweep_loop(self) -> None:
         window = max(self.sweep_window, 3600.0)  # at start: what a restart left behind
@@ -189,12 +220,14 @@ class BotRuntime:
                 continue
             message = await store.messages.find_one({"_id": turn["_id"]})
             if message is None:
-                await self._finish_turn(str(turn["_id"]), "message gone")
+                self._done(str(turn["_id"]), "message gone")
                 continue
             log.info(
                 "resuming an interrupted bot turn",
                 extra={"message_id": turn["_id"], "conversation_id": turn.get("conversation_id")},
             )
+            if str(message["conversation_id"]) in self._busy:
+                continue  # a batch has it now
             async with self._locks.hold(str(message["conversation_id"])):
                 await self._turn(message, claim=False)
             ran += 1
@@ -220,6 +253,7 @@ class BotRuntime:
             if c.get("bot") in self.bots and (c.get("last_message") or {}).get("id")
         }
         if not last_ids:
+            await self._flush()
             return ran
         known = await find_by_ids(store.bot_turns, list(last_ids))
         for message_id in last_ids:
@@ -234,10 +268,221 @@ class BotRuntime:
                 "answering a message no bot turn took",
                 extra={"message_id": message_id, "conversation_id": message["conversation_id"]},
             )
+            if str(message["conversation_id"]) in self._busy:
+                continue  # a batch has it now
             async with self._locks.hold(str(message["conversation_id"])):
                 await self._turn(message, claim=True)
             ran += 1
+        await self._flush()
         return ran
+
+    # -- turns in batches (bots that only compute) ---------------------------------------
+
+    async def _batch_loop(self) -> None:
+        """Start a batch of the messages waiting whose conversations have no turn
+        running; one message per conversation at a time (the next one's turn
+        starts from the state this one's leaves). Batches run side by side: an
+        external bot's slow answer holds only its own batch."""
+        while True:
+            await self._batch_wake.wait()
+            self._batch_wake.clear()
+            await asyncio.sleep(BATCH_LINGER)  # let the messages stored together gather
+            while True:
+                batch: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+                later: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+                seen: set[str] = set()
+                for item in self._batch_queue:
+                    conversation_id = str(item[0]["conversation_id"])
+                    if (
+                        conversation_id in seen
+                        or conversation_id in self._busy
+                        or len(batch) >= BATCH_MAX
+                    ):
+                        later.append(item)
+                    else:
+                        seen.add(conversation_id)
+                        batch.append(item)
+                    seen.add(conversation_id)
+                self._batch_queue = later
+                if not batch:
+                    break
+                self._busy |= {str(m["conversation_id"]) for m, _ in batch}
+                task = asyncio.create_task(self._batch_task(batch))
+                self._turns.add(task)
+                task.add_done_callback(self._turns.discard)
+
+    async def _batch_task(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        try:
+            await self._run_batch([message for message, _ in batch])
+        except Exception:
+            # Those turns stay `working` (or unclaimed): the sweep takes them up.
+            log.exception("bot batch failed", extra={"messages": len(batch)})
+        finally:
+            self._busy -= {str(m["conversation_id"]) for m, _ in batch}
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+            if self._batch_queue:
+                self._batch_wake.set()
+
+    async def _run_batch(self, messages: list[dict[str, Any]]) -> None:
+        """The turns of many messages of different conversations in a few commands:
+        their conversations and contacts read together, the turns claimed with
+        their decisions in one insert, the bots' states kept in one bulk write, the
+        replies queued together (`enqueue_many`, keyed as one by one); a turn that
+        does more than reply (and hand off) is carried out alone."""
+        store, events = self.hub.store, self.hub.events
+        assert store is not None and events is not None
+        conversations = await find_by_ids(
+            store.conversations, [str(m["conversation_id"]) for m in messages]
+        )
+        served = []
+        for message in messages:
+            conversation = conversations.get(str(message["conversation_id"]))
+            bot = self.bots.get(str((conversation or {}).get("bot")))
+            if conversation is not None and bot is not None:
+                served.append((message, conversation, bot))
+        if not served:
+            return
+        contacts = await find_by_ids(
+            store.contacts, list({c.get("contact_id") for _, c, _ in served})
+        )
+        turns: list[tuple[dict[str, Any], dict[str, Any], Bot, dict[str, Any]]] = []
+        now = utcnow()
+        for message, conversation, bot in served:
+            turn: dict[str, Any] = {
+                "_id": str(message["_id"]),
+                "conversation_id": str(conversation["_id"]),
+                "bot": bot.id,
+                "state": "working",
+                "owner": self.hub.instance_id,
+                "at": now,
+                "actions": None,
+                "next": None,
+            }
+            if getattr(bot, "pure", False):
+                # A bot that only computes (a flow) decides before the turn is
+                # claimed: the claim carries the decision, one write for both.
+                contact = contacts.get(conversation.get("contact_id")) or {}
+                decision = await self._decide_with(bot, message, conversation, contact)
+                if decision is None:
+                    continue
+                turn.update(actions=decision.actions, next=decision.state)
+            turns.append((message, conversation, bot, turn))
+        if not turns:
+            return
+        taken = await insert_new(store.bot_turns, [t for *_, t in turns])
+        turns = [item for item in turns if item[3]["_id"] not in taken]
+        asking = [item for item in turns if item[3]["actions"] is None]
+        if asking:
+            # The others (external bots) are asked now, side by side; each decision
+            # is kept in its turn before anything is done.
+            decisions = await asyncio.gather(
+                *(
+                    self._decide_with(
+                        bot,
+                        message,
+                        conversation,
+                        contacts.get(conversation.get("contact_id")) or {},
+                    )
+                    for message, conversation, bot, _ in asking
+                )
+            )
+            recorded = []
+            for (message, _, _, turn), decision in zip(asking, decisions, strict=True):
+                if decision is None:
+                    self._done(str(message["_id"]), "failed")
+                    continue
+                turn.update(actions=decision.actions, next=decision.state)
+                recorded.append(
+                    UpdateOne(
+                        {"_id": turn["_id"]},
+                        {"$set": {"actions": decision.actions, "next": decision.state}},
+                    )
+                )
+            if recorded:
+                await store.bot_turns.bulk_write(recorded, ordered=False)
+            turns = [item for item in turns if item[3]["actions"] is not None]
+            # People may have taken a conversation while its bot was asked: its
+            # turn then ends here, nothing sent.
+            fresh = await find_by_ids(store.conversations, [str(c["_id"]) for _, c, _, _ in asking])
+            lost = {
+                str(c["_id"])
+                for _, c, b, _ in asking
+                if (fresh.get(str(c["_id"])) or {}).get("bot") != b.id
+            }
+            for message, conversation, _, _ in turns:
+                if str(conversation["_id"]) in lost:
+                    self._done(str(message["_id"]), "done")
+            turns = [item for item in turns if str(item[1]["_id"]) not in lost]
+        states = [
+            UpdateOne({"_id": c["_id"]}, {"$set": {"bot_state": self._kept(c, t.get("next"))}})
+            for _, c, _, t in turns
+            if t.get("next") is not None or c.get("bot_state")
+        ]
+        if states:
+            await store.conversations.bulk_write(states, ordered=False)
+        drafts: list[Draft] = []
+        alone = []
+        handoffs = []
+        for message, conversation, bot, turn in turns:
+            actions = list(turn["actions"] or [])
+            tail = actions[-1:] if actions and actions[-1].get("type") == "handoff" else []
+            replies = actions[: len(actions) - len(tail)]
+            if any(a.get("type") != "reply" for a in replies):
+                alone.append((message, conversation, bot, actions))
+                continue
+            drafts += self._drafts(bot.id, str(message["_id"]), conversation, replies)
+            if tail:
+                handoffs.append((str(conversation["_id"]), tail[0], bot.id))
+        if drafts:
+            await enqueue_many(store, events, drafts)
+            self.hub.wake_dispatcher()
+            # Taken over while they were queued: taken back (hub.services.handoff).
+            queued = list({d.conversation_id for d in drafts})
+            still = await find_by_ids(store.conversations, queued)
+            for conversation_id in queued:
+                if not (still.get(conversation_id) or {}).get("bot"):
+                    await withdraw_bot_replies(self.hub, conversation_id)
+        for conversation_id, action, bot_id in handoffs:
+            await hand_off(
+                self.hub,
+                conversation_id,
+                reason=action.get("reason") or f"The bot {bot_id} handed over.",
+            )
+        for message, conversation, bot, actions in alone:
+            await self._apply(bot, str(message["_id"]), conversation, actions)
+        for message, *_ in turns:
+            self._done(str(message["_id"]), "done")
+        self.answered += len(turns)
+
+    def _drafts(
+        self,
+        bot_id: str,
+        message_id: str,
+        conversation: dict[str, Any],
+        replies: list[dict[str, Any]],
+    ) -> list[Draft]:
+        inbox = self.hub.settings.inbox(str(conversation.get("inbox")))
+        channel = inbox.channel if inbox is not None else None
+        medium = str(conversation.get("channel"))
+        drafts = []
+        for index, action in enumerate(replies):
+            text, buttons = rendered_reply(
+                str(action["text"]), list(action.get("buttons") or []), channel, medium
+            )
+            conversation_id = str(conversation["_id"])
+            drafts.append(
+                Draft(
+                    conversation_id=conversation_id,
+                    text=text,
+                    sender={"type": "bot", "id": bot_id},
+                    # As `enqueue` keys it: queued once, however often the turn runs.
+                    message_id=derived_id("keyed", conversation_id, f"bot:{message_id}:{index}"),
+                    buttons=tuple(buttons),
+                )
+            )
+        return drafts
 
     # -- one turn ------------------------------------------------------------------------
 
@@ -266,46 +511,73 @@ class BotRuntime:
         bot = self.bots.get(str(bot_id)) if bot_id else None
         if bot is None:
             return  # people have it (or a bot of another config)
-        if claim:
-            try:
-                await store.bot_turns.insert_one(
-                    {
-                        "_id": message_id,
-                        "conversation_id": conversation_id,
-                        "bot": bot.id,
-                        "state": "working",
-                        "owner": self.hub.instance_id,
-                        "at": utcnow(),
-                        "actions": None,
-                    }
-                )
-            except DuplicateKeyError:
-                return  # another process (or an earlier attempt) has this message
-            turn: dict[str, Any] = {"actions": None}
-        else:
-            turn = await store.bot_turns.find_one({"_id": message_id}) or {"actions": None}
-
-        actions = turn.get("actions")
-        if actions is None:
+        pure = bool(getattr(bot, "pure", False))
+        turn: dict[str, Any] = {
+            "_id": message_id,
+            "conversation_id": conversation_id,
+            "bot": bot.id,
+            "state": "working",
+            "owner": self.hub.instance_id,
+            "at": utcnow(),
+            "actions": None,
+        }
+        if not claim:  # resuming a turn a crash interrupted: its decision, if it was made
+            turn = await store.bot_turns.find_one({"_id": message_id}) or turn
+        decided = turn.get("actions") is not None
+        if not decided and pure:
+            # A bot that only computes (a flow) decides before the turn is claimed:
+            # the claim then carries the decision, one write for both.
             decision = await self._decide(bot, message, conversation)
             if decision is None:
-                await self._finish_turn(message_id, "failed")
                 return
-            actions = decision.actions
-            # The decision is kept before anything is done, so a turn resumed after
-            # a crash does the same (its replies are keyed: each is sent once).
-            await store.bot_turns.update_one({"_id": message_id}, {"$set": {"actions": actions}})
-            await self._keep_state(conversation, decision.state)
-        await self._apply(bot.id, message_id, conversation, actions)
-        await self._finish_turn(message_id, "done")
+            turn.update(actions=decision.actions, next=decision.state)
+            decided = True
+        if claim:
+            try:
+                await store.bot_turns.insert_one(turn)
+            except DuplicateKeyError:
+                return  # another process (or an earlier attempt) has this message
+        if not decided:
+            decision = await self._decide(bot, message, conversation)
+            if decision is None:
+                self._done(message_id, "failed")
+                return
+            turn.update(actions=decision.actions, next=decision.state)
+            # Kept before anything is done, so a turn resumed after a crash does the
+            # same (its replies are keyed: each is queued once).
+            await store.bot_turns.update_one(
+                {"_id": message_id}, {"$set": {"actions": turn["actions"], "next": turn["next"]}}
+            )
+        await self._keep_state(conversation, turn.get("next"))
+        await self._apply(bot, message_id, conversation, list(turn["actions"] or []))
+        self._done(message_id, "done")
         self.answered += 1
 
-    async def _finish_turn(self, message_id: str, outcome: str) -> None:
+    def _done(self, message_id: str, outcome: str) -> None:
+        """Mark a turn finished; written in batches (`_flush`), a turn left `working`
+        by a crash is only taken up again after `stale_after`."""
+        self._finished.append((message_id, outcome))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(FLUSH_EVERY)
+        await self._flush()
+
+    async def _flush(self) -> None:
         store = self.hub.store
         assert store is not None
-        await store.bot_turns.update_one(
-            {"_id": message_id}, {"$set": {"state": outcome, "done_at": utcnow()}}
-        )
+        while self._finished:
+            batch, self._finished = self._finished[:VALUES_PER_IN], self._finished[VALUES_PER_IN:]
+            now = utcnow()
+            for outcome in {o for _, o in batch}:
+                ids = [i for i, o in batch if o == outcome]
+                try:
+                    await store.bot_turns.update_many(
+                        {"_id": {"$in": ids}}, {"$set": {"state": outcome, "done_at": now}}
+                    )
+                except PyMongoError as error:
+                    log.warning("bot turns not marked done", extra={"error": str(error)})
 
     async def _decide(
         self, bot: Bot, message: dict[str, Any], conversation: dict[str, Any]
@@ -314,15 +586,22 @@ class BotRuntime:
         people with a `system` message saying why)."""
         store = self.hub.store
         assert store is not None
-        conversation_id = str(conversation["_id"])
         contact = await store.contacts.find_one({"_id": conversation.get("contact_id")}) or {}
-        kept = await store.bot_states.find_one({"_id": conversation_id})
+        return await self._decide_with(bot, message, conversation, contact)
+
+    async def _decide_with(
+        self,
+        bot: Bot,
+        message: dict[str, Any],
+        conversation: dict[str, Any],
+        contact: dict[str, Any],
+    ) -> Decision | None:
+        store = self.hub.store
+        assert store is not None
+        conversation_id = str(conversation["_id"])
+        kept = conversation.get("bot_state") or {}
         state = None
-        if (
-            kept is not None
-            and kept.get("bot") == bot.id
-            and kept.get("since") == conversation.get("bot_since")
-        ):
+        if kept.get("bot") == bot.id and kept.get("since") == conversation.get("bot_since"):
             state = kept.get("state")
 
         async def history(limit: int) -> list[dict[str, Any]]:
@@ -360,38 +639,40 @@ class BotRuntime:
             conversation_id,
             reason=f"The bot {bot.id} could not answer: {reason}. Handed to people.",
         )
-        await store.bot_states.delete_one({"_id": conversation_id})
         return None
 
     async def _keep_state(self, conversation: dict[str, Any], state: dict[str, Any] | None) -> None:
+        """The bot's state for the conversation, kept on it (`bot_state`) with the
+        bot and the time it took the conversation: a conversation that comes back
+        to the bot later (`bot_since` changes) starts afresh."""
         store = self.hub.store
         assert store is not None
-        conversation_id = conversation["_id"]
-        if state is None:
-            await store.bot_states.delete_one({"_id": conversation_id})
-            return
-        await store.bot_states.update_one(
-            {"_id": conversation_id},
-            {
-                "$set": {
-                    "bot": conversation.get("bot"),
-                    "since": conversation.get("bot_since"),
-                    "state": state,
-                    "at": utcnow(),
-                }
-            },
-            upsert=True,
+        if state is None and not conversation.get("bot_state"):
+            return  # nothing kept, nothing to keep (an external bot)
+        await store.conversations.update_one(
+            {"_id": conversation["_id"]}, {"$set": {"bot_state": self._kept(conversation, state)}}
         )
+
+    @staticmethod
+    def _kept(conversation: dict[str, Any], state: dict[str, Any] | None) -> dict[str, Any] | None:
+        if state is None:
+            return None
+        return {"bot": conversation.get("bot"), "since": conversation.get("bot_since"),
+                "state": state}  # fmt: skip
 
     # -- actions -------------------------------------------------------------------------
 
     async def _apply(
         self,
-        bot_id: str,
+        bot: Bot,
         message_id: str,
         conversation: dict[str, Any],
         actions: list[dict[str, Any]],
     ) -> None:
+        bot_id = bot.id
+        # A bot that took its time (an external one) may have lost the conversation
+        # meanwhile: its replies are then not even queued.
+        checked = bool(getattr(bot, "pure", False))
         conversation_id = str(conversation["_id"])
         inbox = self.hub.settings.inbox(str(conversation.get("inbox")))
         channel = inbox.channel if inbox is not None else None
@@ -403,14 +684,20 @@ class BotRuntime:
                     text, buttons = rendered_reply(
                         str(action["text"]), list(action.get("buttons") or []), channel, medium
                     )
-                    await reply_as_bot(
-                        self.hub,
+                    if not checked and not await still_bot(self.hub, conversation_id, bot_id):
+                        return
+                    checked = True
+                    await self.hub.reply(
                         conversation_id,
-                        bot_id,
                         text=text,
+                        sender={"type": "bot", "id": bot_id},
                         buttons=buttons or None,
                         key=f"bot:{message_id}:{index}",
                     )
+                    # Taken over while it was queued: taken back (hub.services.handoff).
+                    if not await still_bot(self.hub, conversation_id, bot_id):
+                        await withdraw_bot_replies(self.hub, conversation_id)
+                        return
                 elif kind == "set_contact":
                     await self._set_contact(conversation, action)
                 elif kind == "add_labels":
@@ -421,10 +708,8 @@ class BotRuntime:
                         conversation_id,
                         reason=action.get("reason") or f"The bot {bot_id} handed over.",
                     )
-                    await self._forget(conversation_id)
                 elif kind == "resolve":
                     await self._resolve(conversation_id)
-                    await self._forget(conversation_id)
             except OutboxError as error:
                 log.warning(
                     "bot reply not queued",
@@ -435,10 +720,6 @@ class BotRuntime:
                     "bot's contact change not made",
                     extra={"conversation_id": conversation_id, "error": str(error)},
                 )
-
-    async def _forget(self, conversation_id: str) -> None:
-        assert self.hub.store is not None
-        await self.hub.store.bot_states.delete_one({"_id": conversation_id})
 
     async def _set_contact(self, conversation: dict[str, Any], action: dict[str, Any]) -> None:
         store = self.hub.store

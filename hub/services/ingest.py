@@ -84,6 +84,7 @@ def new_conversation_doc(
         "status": "pending" if bot else "open",
         "bot": bot,
         "bot_since": now if bot else None,
+        "bot_state": None,  # the bot's own (bots.runtime), e.g. the flow's step
         "assignee_id": None,
         "labels": [],
         "unread": 0,

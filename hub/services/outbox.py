@@ -84,6 +84,7 @@ class Draft:
     template: dict[str, Any] | None = None
     # A stable id (per campaign and contact) makes queueing it again a no-op.
     message_id: str | None = None
+    buttons: tuple[ButtonReply, ...] = ()  # a bot's choices (the channel's own buttons)
 
 
 async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) -> list[str]:
@@ -113,6 +114,7 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
                 sender=draft.sender,
                 campaign_id=draft.campaign_id,
                 template=draft.template,
+                buttons=list(draft.buttons) or None,
                 now=now,
             )
         )

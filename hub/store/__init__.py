@@ -73,10 +73,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     # First-response SLA: one document per breach and stage (its `_id` makes it once).
     "sla_breaches": [([("at", ASCENDING)], {})],
     # Bots: one turn per inbound message a bot answers (its `_id` is the message's,
-    # so of two processes one answers; `state` "working" finds an interrupted one),
-    # and each conversation's flow state.
+    # so of two processes one answers; `state` "working" finds an interrupted one).
     "bot_turns": [([("state", ASCENDING)], {})],
-    "bot_states": [],
     "events": [([("key", ASCENDING)], {})],
     "audit": [([("at", DESCENDING)], {})],
 }

@@ -86,7 +86,7 @@ async def test_an_interrupted_turn_is_finished_with_its_replies_sent_once(shop: 
             "actions": actions,
         }
     )
-    await runtime._apply("shop", message["_id"], conversation, actions[:1])
+    await runtime._apply(runtime.bots["shop"], message["_id"], conversation, actions[:1])
     assert len(await bot_messages(shop, conversation["_id"])) == 2
 
     assert await runtime.sweep() == 1
