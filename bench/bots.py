@@ -229,7 +229,7 @@ async def drive(url: str, provider: Provider, rate: float, seconds: float, settl
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
         end = time.monotonic() + settle
-        while time.monotonic() < end and not acked <= provider.answered.keys():
+        while time.monotonic() < end and not acked <= provider.answered.keys():  # noqa: ASYNC110
             await asyncio.sleep(0.2)
     latencies = [provider.answered[n] - scheduled[n] for n in acked if n in provider.answered]
     return {
