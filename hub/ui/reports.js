@@ -1,5 +1,6 @@
 // The reports page (supervisors and admins): totals, response and resolution
-// times, stacked bar charts per channel per day (SVG), and a table per agent.
+// times, first-response SLA breaches, stacked bar charts per channel per day
+// (SVG), and a table per agent.
 
 import { api } from './api.js';
 import { $, h } from './dom.js';
@@ -87,24 +88,30 @@ function renderReports(report) {
   const first = report.first_response || {};
   const resolution = report.resolution || {};
   const days = report.days || [];
+  const sla = report.sla || {};
+  const slaOf = (id) => ((sla.by_agent || {})[id] || {});
+  const perInbox = Object.entries(sla.by_inbox || {}).map(([inbox, n]) => `${inbox} ${n.breaches}`).join(', ');
   $('#reports-body').replaceChildren(
     h('div', { class: 'stats' },
       statCard('Conversations', String(totals.conversations ?? 0)),
       statCard('Messages in / out', `${totals.messages_in ?? 0} / ${totals.messages_out ?? 0}`),
       statCard('First response', seconds(first.median), `median · p90 ${seconds(first.p90)} · ${first.unanswered ?? 0} unanswered`),
-      statCard('Resolution', seconds(resolution.median), `median · p90 ${seconds(resolution.p90)} · ${resolution.count ?? 0} resolved`)),
+      statCard('Resolution', seconds(resolution.median), `median · p90 ${seconds(resolution.p90)} · ${resolution.count ?? 0} resolved`),
+      statCard('First-response SLA breaches', String(sla.breaches ?? 0),
+        `${sla.escalations ?? 0} escalated${perInbox ? ` · by inbox: ${perInbox}` : ''}`)),
     h('div', { class: 'charts' },
       dayChart('Conversations per channel per day', days, (v) => v.conversations || 0),
       dayChart('Messages per channel per day', days, (v) => (v.messages_in || 0) + (v.messages_out || 0))),
     h('div', { class: 'card' }, h('h2', null, 'Per agent'),
       h('table', { class: 'agents-table' },
-        h('thead', null, h('tr', null, ['Agent', 'Replies', 'Notes', 'Assigned', 'Resolved', 'First response (median / p90)', 'Resolution (median / p90)'].map((t) => h('th', null, t)))),
+        h('thead', null, h('tr', null, ['Agent', 'Replies', 'Notes', 'Assigned', 'Resolved', 'First response (median / p90)', 'Resolution (median / p90)', 'SLA breaches'].map((t) => h('th', null, t)))),
         h('tbody', null, (report.agents || []).map((a) => h('tr', null,
           h('td', null, a.name || a.email || a.id),
           h('td', null, String(a.replies)), h('td', null, String(a.notes)),
           h('td', null, String(a.conversations_assigned)), h('td', null, String(a.conversations_resolved)),
           h('td', null, `${seconds(a.first_response && a.first_response.median)} / ${seconds(a.first_response && a.first_response.p90)}`),
-          h('td', null, `${seconds(a.resolution && a.resolution.median)} / ${seconds(a.resolution && a.resolution.p90)}`))))))
+          h('td', null, `${seconds(a.resolution && a.resolution.median)} / ${seconds(a.resolution && a.resolution.p90)}`),
+          h('td', { class: 'sla-breaches' }, String(slaOf(a.id).breaches ?? 0)))))))
   );
 }
 
