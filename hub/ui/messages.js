@@ -10,7 +10,7 @@ import { state } from './state.js';
 const TICKS = {
   queued: ['◷', 'Queued'], sending: ['◷', 'Sending'], sent: ['✓', 'Sent'],
   delivered: ['✓✓', 'Delivered'], read: ['✓✓', 'Read'], unknown: ['?', 'Status unknown'],
-  scheduled: ['⏲', 'Scheduled'], cancelled: ['⊘', 'Cancelled'],
+  scheduled: ['◷', 'Scheduled'], cancelled: ['✕', 'Cancelled'],
 };
 
 /** Keep the newest message in view while the thread is stuck to its bottom. */

@@ -69,7 +69,7 @@ export function scheduledNode(message) {
   }
   if (message.status !== 'scheduled') return null;
   return h('div', { class: 'schedule-info' },
-    h('span', { class: 'scheduled-at', title: message.send_at || '' }, `⏲ Scheduled for ${longTime(message.send_at)}`),
+    h('span', { class: 'scheduled-at', title: message.send_at || '' }, `Scheduled for ${longTime(message.send_at)}`),
     h('button', { type: 'button', class: 'linkish', dataset: { action: 'edit-scheduled', id: message.id } }, 'Edit'),
     h('button', { type: 'button', class: 'linkish danger', dataset: { action: 'cancel-scheduled', id: message.id } }, 'Cancel'));
 }

@@ -1,11 +1,19 @@
 """Time in the inbox, in headless Chromium: a reply scheduled from the composer,
 edited and cancelled in the thread, one that the running scheduler sends at its
 time; a reminder set on a conversation and its toast when due; a breached
-first-response SLA's badge, toast and the "Overdue" filter."""
+first-response SLA's badge, toast and the "Overdue" filter. With HUB_SCREENSHOTS
+set to a folder, the overdue thread with a scheduled reply is photographed there
+(docs/screenshots/ in the README):
+
+    HUB_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest tests/ui/test_scheduling.py
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from playwright.async_api import expect
@@ -132,6 +140,19 @@ async def test_a_breached_first_response_shows_a_badge_a_toast_and_the_overdue_f
     await expect(conv(page, late).locator(".overdue-badge")).to_be_visible()
     await expect(conv(page, fine).locator(".overdue-badge")).to_have_count(0)
     await expect(page.locator("#thread-overdue")).to_be_visible()
+
+    # A reply scheduled for later shows in the thread with its time (and is no answer yet).
+    await page.fill("#reply-text", "I will call you at ten.")
+    await page.click("#send-later summary")
+    await page.fill("#send-later-at", await page.evaluate(LOCAL_IN, 3600))
+    await page.click("#send-later-go")
+    scheduled = page.locator("#messages li.out").filter(has_text="I will call you at ten.")
+    await expect(scheduled.locator(".schedule-info")).to_contain_text("Scheduled for")
+    await expect(page.locator("#thread-overdue")).to_be_visible()
+    shots = os.environ.get("HUB_SCREENSHOTS")
+    if shots:
+        await asyncio.to_thread(Path(shots).mkdir, parents=True, exist_ok=True)
+        await page.screenshot(path=str(Path(shots) / "overdue-and-send-later.png"))
 
     await page.check("#filter-overdue")
     await expect(page.locator("#conversations li")).to_have_count(1)
