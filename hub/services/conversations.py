@@ -26,6 +26,9 @@ from hub.shapes import conversation_view, iso, message_view
 from hub.store import VALUES_PER_IN, Store, find_by_ids, new_id
 
 _UNSET: Any = object()
+# The statuses in which a conversation waits for an agent's first response
+# (hub.services.sla): resolved or snoozed, it is not overdue.
+SLA_WAITING = ("open", "pending")
 
 
 class InvalidChange(ValueError):
@@ -52,7 +55,7 @@ def full_view(doc: dict[str, Any], contact: dict[str, Any] | None) -> dict[str, 
     view = conversation_view(doc, contact)
     view["snooze_until"] = iso(doc.get("snooze_until"))
     view["sla_breached_at"] = iso(doc.get("sla_breached_at"))
-    view["overdue"] = bool(doc.get("sla_overdue"))
+    view["overdue"] = bool(doc.get("sla_overdue")) and doc.get("status") in SLA_WAITING
     return view
 
 
@@ -174,7 +177,12 @@ async def page(
     if bot is not None:
         clauses.append({"bot": {"$ne": None}} if bot else {"bot": None})
     if overdue is not None:  # past the first-response SLA, unanswered (hub.services.sla)
-        clauses.append({"sla_overdue": True} if overdue else {"sla_overdue": {"$ne": True}})
+        waiting = {"$in": list(SLA_WAITING)}
+        clauses.append(
+            {"sla_overdue": True, "status": waiting}
+            if overdue
+            else {"$or": [{"sla_overdue": {"$ne": True}}, {"status": {"$nin": list(SLA_WAITING)}}]}
+        )
     if text:
         matched = {"last_message.text": {"$regex": re.escape(text), "$options": "i"}}
         ids = list(contact_ids)[:VALUES_PER_IN]  # the embedded engine's `$in` limit

@@ -28,7 +28,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from hub.model import Event
-from hub.services.conversations import view_of
+from hub.services.conversations import SLA_WAITING, view_of
 from hub.services.events import Events
 from hub.services.notify import SUPERVISORS, notice
 from hub.settings import InboxSla
@@ -38,7 +38,6 @@ from hub.store import Store, derived_id
 # Conversations are looked at while their last activity is this recent, beyond
 # the longest first_response + escalate_after (a hub down longer misses them).
 LOOKBACK_SLACK = timedelta(hours=6)
-WAITING = ("open", "pending")
 MOST_MESSAGES_READ = 500
 FIELDS = {
     "inbox": 1,
@@ -83,7 +82,7 @@ async def waiting_since(store: Store, conv: dict[str, Any]) -> datetime | None:
 
 
 def _awaiting(conv: dict[str, Any]) -> bool:
-    if conv.get("bot") is not None or conv.get("status") not in WAITING:
+    if conv.get("bot") is not None or conv.get("status") not in SLA_WAITING:
         return False
     last_in = _aware(conv.get("last_inbound_at"))
     if last_in is None:

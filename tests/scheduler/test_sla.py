@@ -264,3 +264,22 @@ async def test_the_overdue_filter_refuses_bad_values_and_keeps_to_the_agents_inb
     assert [c["id"] for c in mine["items"]] == [conv]
     theirs = await (await api.get("/api/conversations?overdue=true", headers=outsider.auth)).json()
     assert theirs["items"] == []
+
+
+async def test_a_resolved_conversation_is_not_overdue(api):
+    supervisor = await make_agent(api, "supervisor")
+    conv, t0 = await _waiting(api, "SLA9", phone="+15551230012")
+    await SlaJob(hub(api)).run(t0 + 16 * MIN)
+    url = f"/api/conversations/{conv}"
+    assert (await (await api.get(url, headers=supervisor.auth)).json())["overdue"] is True
+    resp = await api.patch(url, json={"status": "resolved"}, headers=supervisor.auth)
+    assert resp.status == 200
+    assert (await resp.json())["overdue"] is False
+    listed = await (
+        await api.get("/api/conversations?overdue=true&status=resolved", headers=supervisor.auth)
+    ).json()
+    assert listed["items"] == []
+    others = await (
+        await api.get("/api/conversations?overdue=false&status=resolved", headers=supervisor.auth)
+    ).json()
+    assert [c["id"] for c in others["items"]] == [conv]
