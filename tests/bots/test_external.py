@@ -87,7 +87,7 @@ async def hub(bot_settings: Callable[..., Settings], fake_bot: FakeBot) -> Async
         {
             "id": "ext",
             "kind": "http",
-            "inboxes": ["tg", "sms"],
+            "inboxes": ["tg", "sms", "wa"],
             "url": fake_bot.url,
             "secret": SECRET,
             "timeout_seconds": 0.5,
@@ -280,3 +280,41 @@ async def test_handoff_and_resolve_actions(hub: Client, fake_bot: FakeBot) -> No
     system = await handed_to_people(hub, conversation["_id"])
     assert system["text"] == "wants a refund"
     assert [m["text"] for m in await bot_messages(hub, conversation["_id"])] == ["Bye!"]
+
+
+async def test_whatsapp_reply_buttons_and_the_pressed_buttons_text(
+    hub: Client, fake_bot: FakeBot
+) -> None:
+    from channels.whatsapp.simulator import FakeWhatsApp, post_notification
+    from tests.bots.conftest import sandbox_of
+    from tests.bots.test_channels import list_reply
+
+    fake_bot.answers += [
+        Answer(
+            body={
+                "actions": [{"type": "reply", "text": "Deliver today?", "buttons": ["Yes", "No"]}]
+            }
+        ),
+        Answer(body={"actions": [{"type": "reply", "text": "Done!"}]}),
+    ]
+    digits = "15551230607"
+    await write(hub, "wa:whatsapp", f"+{digits}", "I ordered a cake")
+    simulator = sandbox_of(hub).simulators["whatsapp"]
+    assert isinstance(simulator, FakeWhatsApp)
+
+    async def interactive() -> list[dict[str, Any]]:
+        return [s for s in simulator.sent if s.get("type") == "interactive"]
+
+    (sent,) = await eventually(interactive, lambda found: len(found) == 1)
+    assert sent["interactive"]["type"] == "button"  # up to three: WhatsApp's reply buttons
+    buttons = [b["reply"] for b in sent["interactive"]["action"]["buttons"]]
+    assert [b["title"] for b in buttons] == ["Yes", "No"]
+    payload = list_reply(digits, "wamid.button-1", buttons[0])
+    message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+    message["interactive"] = {"type": "button_reply", "button_reply": buttons[0]}
+    response = await post_notification(hub, "/webhooks/whatsapp/wa", payload, "sandbox-app-secret")
+    assert response.status == 200
+    conversation = await only_conversation(hub, "wa")
+    replies = await bot_replies(hub, conversation["_id"], 2)
+    assert replies[1]["text"] == "Done!"
+    assert json.loads(fake_bot.requests[1][1])["message"]["text"] == "Yes"
