@@ -19,7 +19,7 @@ from hub.api.schemas import (
     MessageOut,
     MessageQuery,
 )
-from hub.services import conversations, handoff, send_later
+from hub.services import conversations, handoff, search, send_later
 from hub.shapes import message_view
 from hub.store import Store
 
@@ -64,6 +64,18 @@ async def list_conversations(call: Call) -> dict[str, Any]:
     if query.overdue is not None:
         filters["overdue"] = query.overdue
     contact_ids = await matching_contact_ids(call, query.q, limit=200) if query.q else []
+    if query.q and query.q.strip():  # any message's words, or the contact (hub.services.search)
+        items, next_cursor = await search.page(
+            _store(call),
+            text=query.q,
+            status=query.status,
+            inboxes=inboxes,
+            contact_ids=contact_ids,
+            cursor=query.cursor,
+            limit=query.limit,
+            **filters,
+        )
+        return {"items": items, "next_cursor": next_cursor}
     items, next_cursor = await conversations.page(
         _store(call),
         status=query.status,

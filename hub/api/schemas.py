@@ -211,6 +211,11 @@ class LastMessage(Output):
     at: str | None
 
 
+class SearchMatch(Output):
+    message_id: str
+    text: str | None
+
+
 class ConversationOut(Output):
     id: str
     status: ConversationStatus | None
@@ -227,6 +232,9 @@ class ConversationOut(Output):
     snooze_until: str | None = None
     sla_breached_at: str | None = None
     overdue: bool = Field(default=False, description="past the first-response SLA, unanswered")
+    match: SearchMatch | None = Field(
+        default=None, description="with q: the newest message holding the words (null: the contact)"
+    )
 
 
 class ConversationList(Output):

@@ -33,8 +33,17 @@ log = logging.getLogger("hub.store")
 
 Doc = dict[str, Any]
 
+# The fields searched by words (`$text`), per collection: on MongoDB one text index
+# of them (whole words, any case, no stemming: `default_language` "none"); the
+# embedded engine answers the same query from SQLite FTS5 (hub.store.engine.text).
+TEXT_INDEXES: dict[str, tuple[str, ...]] = {"messages": ("text", "email.subject")}
+TEXT_INDEX_OPTIONS = {"default_language": "none", "name": "words"}
+# The date field each one's matches are listed by (newest first), which the
+# embedded engine keeps beside its words.
+TEXT_ORDER: dict[str, str] = {"messages": "created_at"}
+
 # Every collection the hub uses and the indexes it needs: (keys, options).
-INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+INDEXES: dict[str, list[tuple[list[tuple[str, Any]], dict[str, Any]]]] = {
     "contacts": [([("created_at", DESCENDING)], {}), ([("created_by", ASCENDING)], {})],
     "identities": [([("contact_id", ASCENDING)], {})],
     "inboxes": [],
@@ -49,6 +58,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("conversation_id", ASCENDING)], {}),
         ([("provider_key", ASCENDING)], {}),
         ([("email.message_id", ASCENDING)], {}),
+        ([(f, "text") for f in TEXT_INDEXES["messages"]], TEXT_INDEX_OPTIONS),
     ],
     "outbox": [([("state", ASCENDING)], {})],
     "early_statuses": [],
@@ -76,7 +86,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     # so of two processes one answers; `state` "working" finds an interrupted one).
     "bot_turns": [([("state", ASCENDING)], {})],
     "events": [([("key", ASCENDING)], {})],
-    "audit": [([("at", DESCENDING)], {})],
+    "audit": [([("at", DESCENDING)], {}), ([("agent_id", ASCENDING)], {})],
 }
 
 

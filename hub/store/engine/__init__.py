@@ -17,7 +17,8 @@ Each is explained, and made, in the module of its concern:
   question answered from the query's operands;
 - `codec` and `wire`: a document checked once and encoded in one walk, and plain
   wire values kept as they are;
-- `checkpoint`: the write-ahead log checkpointed from a thread of its own.
+- `checkpoint`: the write-ahead log checkpointed from a thread of its own;
+- `text`: `$text` answered from SQLite FTS5, kept in step by triggers.
 
 They rely on private names of mongoeco (subclassed methods, patched module
 attributes, SQL rewritten by its text), so the package is written for one minor
@@ -38,6 +39,7 @@ from hub.store.engine.checkpoint import AUTOCHECKPOINT_PAGES, WalCheckpointer  #
 from hub.store.engine.codec import patch_codec_validation, plain_encode  # noqa: E402
 from hub.store.engine.layout import HubLayoutEngine  # noqa: E402
 from hub.store.engine.reads import HubReadsEngine  # noqa: E402
+from hub.store.engine.text import HubTextEngine  # noqa: E402
 from hub.store.engine.wire import patch_wire_decoding  # noqa: E402
 from hub.store.engine.writes import (  # noqa: E402
     HubWritesEngine,
@@ -63,7 +65,7 @@ __all__ = [
 ]
 
 
-class HubSQLiteEngine(HubReadsEngine, HubWritesEngine, HubLayoutEngine):
+class HubSQLiteEngine(HubTextEngine, HubReadsEngine, HubWritesEngine, HubLayoutEngine):
     """mongoeco's SQLite engine with every adjustment of this package.
 
     The order of the bases matters where two of them adjust one method: a new
