@@ -50,7 +50,7 @@ from hub.services.greetings import (
 )
 from hub.services.outbox import Draft, enqueue_many
 from hub.services.placeholders import fill
-from hub.store import IDS_PER_COMMAND, VALUES_PER_IN, Store, derived_id, find_by_ids, insert_new
+from hub.store import IDS_PER_COMMAND, Store, derived_id, find_by_ids, insert_new
 from hub.store import new_id as new_token
 
 if TYPE_CHECKING:
@@ -60,16 +60,9 @@ log = logging.getLogger("hub.greetings")
 
 CLAIM_HOLD = timedelta(minutes=5)  # a claimed greeting not queued by then is retried
 BATCH = 500
+LOOKUP_CHUNK = 25
+PLAN_BATCH = 2000
 SENDER = {"type": "system", "id": None}
-CONTACT_FIELDS = {
-    "name": 1,
-    "phones": 1,
-    "timezone": 1,
-    "locale": 1,
-    "birthday": 1,
-    "attributes": 1,
-    "opted_out": 1,
-}
 
 
 @dataclass
@@ -239,16 +232,20 @@ class GreetingJob:
         holidays = [h for h in settings.holidays if (h.month, h.day) == (on.month, on.day)]
         # A holiday concerns every contact; otherwise only birthdays in this month.
         query: dict[str, Any] = {} if holidays else {"birthday.month": on.month}
+        # Every contact's conversation at once for a holiday (one scan is far
+        # quicker than looking 100,000 contacts up); a birthday's few are looked up.
+        everyone = await self._all_preferred() if holidays else None
         batch: list[dict[str, Any]] = []
-        async for contact in self.store.contacts.find(query, CONTACT_FIELDS).batch_size(BATCH):
+        # Whole documents: the embedded engine reads them faster than a projection.
+        async for contact in self.store.contacts.find(query).batch_size(PLAN_BATCH):
             batch.append(contact)
-            if len(batch) >= BATCH:
-                counts.add(await self._plan_batch(batch, on, settings, holidays))
+            if len(batch) >= PLAN_BATCH:
+                counts.add(await self._plan_batch(batch, on, settings, holidays, everyone))
                 batch = []
                 if moving_now is not None:
                     counts.add(await self.send_due(moving_now(), settings))
         if batch:
-            counts.add(await self._plan_batch(batch, on, settings, holidays))
+            counts.add(await self._plan_batch(batch, on, settings, holidays, everyone))
         await self.store.settings.replace_one(
             {"_id": marker},
             {"_id": marker, "version": version, "planned_at": utcnow()},
@@ -263,6 +260,7 @@ class GreetingJob:
         on: date,
         settings: GreetingSettings,
         holidays: list[Any],
+        everyone: dict[str, dict[str, Any]] | None = None,
     ) -> GreetingCounts:
         counts = GreetingCounts()
         wanted: list[tuple[dict[str, Any], str, str | None]] = []  # contact, occasion, name
@@ -281,7 +279,10 @@ class GreetingJob:
                 wanted.append((contact, f"holiday:{holiday.key}", holiday.name))
         if not wanted and not records:
             return counts
-        preferred = await self._preferred_conversations([c["_id"] for c, _, _ in wanted])
+        if everyone is not None:
+            preferred = everyone
+        else:
+            preferred = await self._preferred_conversations([c["_id"] for c, _, _ in wanted])
         now = utcnow()
         for contact, occasion, name in wanted:
             try:
@@ -326,19 +327,18 @@ class GreetingJob:
         """Each contact's conversation it wrote in last (its preferred channel)."""
         best: dict[str, dict[str, Any]] = {}
         unique = list(dict.fromkeys(contact_ids))
-        for start in range(0, len(unique), VALUES_PER_IN):
-            chunk = unique[start : start + VALUES_PER_IN]
-            cursor = self.store.conversations.find(
-                {"contact_id": {"$in": chunk}},
-                {"contact_id": 1, "inbox": 1, "channel": 1, "last_inbound_at": 1},
-            )
-            async for conv in cursor:
-                at = conv.get("last_inbound_at")
-                if at is None:
-                    continue
-                current = best.get(conv["contact_id"])
-                if current is None or _aware(at) > _aware(current["last_inbound_at"]):
-                    best[conv["contact_id"]] = conv
+        # Small `$in` lists: the embedded engine's cost grows fast with their length.
+        for start in range(0, len(unique), LOOKUP_CHUNK):
+            chunk = unique[start : start + LOOKUP_CHUNK]
+            async for conv in self.store.conversations.find({"contact_id": {"$in": chunk}}):
+                _keep_latest(best, conv)
+        return best
+
+    async def _all_preferred(self) -> dict[str, dict[str, Any]]:
+        """Every contact's conversation it wrote in last, from one scan."""
+        best: dict[str, dict[str, Any]] = {}
+        async for conv in self.store.conversations.find({}).batch_size(5000):
+            _keep_latest(best, conv)
         return best
 
     # -- sending ----------------------------------------------------------------------
@@ -508,6 +508,21 @@ class GreetingJob:
         if refusal:
             return "channel refuses: " + refusal
         return None
+
+
+def _keep_latest(best: dict[str, dict[str, Any]], conv: Mapping[str, Any]) -> None:
+    at = conv.get("last_inbound_at")
+    if not isinstance(at, datetime):
+        return
+    contact_id = str(conv.get("contact_id"))
+    current = best.get(contact_id)
+    if current is None or _aware(at) > current["last_inbound_at"]:
+        best[contact_id] = {
+            "_id": conv["_id"],
+            "inbox": conv.get("inbox"),
+            "channel": conv.get("channel"),
+            "last_inbound_at": _aware(at),
+        }
 
 
 def _version(settings: GreetingSettings) -> str:
