@@ -142,6 +142,18 @@ async def resolve_many(store: Store, refs: Sequence[IdentityRef]) -> dict[str, s
     return owners
 
 
+async def name_from_channel(store: Store, names: Mapping[str, str]) -> None:
+    """Give each contact (id -> a profile name a channel gave) that name if it
+    has none and no agent chose it (`name_by` "agent": an agent's edit, even to
+    no name, always wins); the first name a channel gives stays."""
+    for contact_id, name in names.items():
+        if name:
+            await store.contacts.update_one(
+                {"_id": contact_id, "name": None, "name_by": {"$ne": "agent"}},
+                {"$set": {"name": name, "name_by": "channel"}},
+            )
+
+
 async def add_identity(store: Store, contact_id: str, ref: IdentityRef) -> bool:
     """Attach `ref` to a contact; False if it already belongs to another contact."""
     key = identity_id(ref.kind, ref.value)
@@ -259,9 +271,7 @@ async def update_from_channel(
                 extra={"contact_id": contact_id, "identity_kind": other.kind},
             )
     if name:
-        contact = await store.contacts.find_one({"_id": contact_id}, {"name": 1})
-        if contact is not None and not contact.get("name"):
-            await store.contacts.update_one({"_id": contact_id}, {"$set": {"name": name}})
+        await name_from_channel(store, {contact_id: name})
     fields = {f"attributes.{attribute_key(k)}": str(v) for k, v in (attributes or {}).items()}
     if fields:
         await store.contacts.update_one({"_id": contact_id}, {"$set": fields})
@@ -505,6 +515,8 @@ async def update(
         value = getattr(change, name)
         if value is not _UNSET:
             sets[name] = value
+    if "name" in sets:
+        sets["name_by"] = "agent"  # a channel's profile name never replaces it
     if change.labels is not None:
         sets["labels"] = list(dict.fromkeys(change.labels))
     for key, value in (change.attributes or {}).items():

@@ -209,14 +209,16 @@ async def messages(
         anchor = await store.messages.find_one({"_id": before})
         if anchor is None or anchor.get("conversation_id") != conversation_id:
             raise NotInConversation("before: not a message of this conversation")
-        at = anchor.get("created_at")
-        filt["$or"] = [
-            {"created_at": {"$lt": at}},
-            {"created_at": at, "_id": {"$lt": anchor["_id"]}},
-        ]
+        # Arrival order (`seq`) breaks ties of the provider's time; a message
+        # stored before it was kept has none, which sorts first.
+        at, seq = anchor.get("created_at"), anchor.get("seq")
+        tied = [{"created_at": at, "seq": seq, "_id": {"$lt": anchor["_id"]}}]
+        if seq is not None:
+            tied += [{"created_at": at, "seq": {"$lt": seq}}, {"created_at": at, "seq": None}]
+        filt["$or"] = [{"created_at": {"$lt": at}}, *tied]
     docs = (
         await store.messages.find(filt)
-        .sort([("created_at", -1), ("_id", -1)])
+        .sort([("created_at", -1), ("seq", -1), ("_id", -1)])
         .limit(limit + 1)
         .to_list()
     )

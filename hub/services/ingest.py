@@ -26,7 +26,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 from bson.errors import BSONError
@@ -36,7 +36,7 @@ from pymongo.errors import PyMongoError
 from hub.metrics import Metrics
 from hub.model import Event, IdentityRef, InboundEvent, utcnow
 from hub.ports import BotHook, IngestResult, NoBot, StoreUnavailable, UnstorableEvent
-from hub.services.contacts import resolve_many
+from hub.services.contacts import name_from_channel, resolve_many
 from hub.services.events import Events
 from hub.services.messages import inbound_message_doc
 from hub.shapes import conversation_view, message_view
@@ -475,6 +475,15 @@ class Ingestor:
                 docs.append(
                     new_conversation_doc(conv_id, inbox, medium, key, owners[key], now, bot)
                 )
+            # A contact known by another channel (an SMS number) that had no name
+            # takes the first profile name a channel gives (WhatsApp's, Telegram's).
+            named = {
+                owners[identity_id(sender.kind, sender.value)]: sender.name
+                for sender in (wanted[conv_id][2] for conv_id in missing)
+                if sender.name
+            }
+            if named:
+                await name_from_channel(self.store, named)
             taken = await insert_new(self.store.conversations, docs)
             for doc in docs:
                 if doc["_id"] not in taken:
@@ -620,7 +629,7 @@ class Ingestor:
         for doc in new_docs:
             per_conv.setdefault(doc["conversation_id"], []).append(doc)
         newest = {
-            conv_id: max(conv_docs, key=lambda d: d["created_at"])
+            conv_id: max(conv_docs, key=lambda d: (d["created_at"], d.get("seq") or 0))
             for conv_id, conv_docs in per_conv.items()
         }
         updates = []
@@ -646,6 +655,15 @@ class Ingestor:
                 updates.append(
                     UpdateOne({"_id": conv_id, "status": "snoozed"}, {"$set": {"status": "open"}})
                 )
+            # The last message only moves forward: an inbound message older than
+            # the inbound one shown (a provider's late retry, in a later batch)
+            # leaves it shown. The provider's times are compared with each other
+            # only (never with the hub's clock, which stamps replies); the same
+            # whole second counts as later, as it arrived later.
+            shown = {k: new_summary.pop(k) for k in ("last_message", "last_activity_at")}
+            later = {"$lt": last["created_at"] + timedelta(seconds=1)}
+            moves = [{"last_message.direction": {"$ne": "in"}}, {"last_activity_at": later}]
+            updates.append(UpdateOne({"_id": conv_id, "$or": moves}, {"$set": shown}))
             updates.append(
                 UpdateOne(
                     {"_id": conv_id},

@@ -3,10 +3,22 @@ inbound (from a channel's event), outbound (queued in the outbox) and private no
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
 from hub.model import KIND_OF_INBOUND, Attachment, ButtonReply, InboundEvent
+
+_last_arrival = [0]
+
+
+def arrival_seq() -> int:
+    """The arrival order of a message this process stores: microseconds since
+    the epoch on the hub's clock, strictly growing in the process. Messages whose
+    provider times tie (Telegram and WhatsApp give whole seconds) are shown in
+    this order (`created_at`, then `seq`, then `_id`)."""
+    _last_arrival[0] = max(time.time_ns() // 1000, _last_arrival[0] + 1)
+    return _last_arrival[0]
 
 
 def inbound_message_doc(
@@ -26,6 +38,7 @@ def inbound_message_doc(
         "error": None,
         "provider_id": event.provider_id,
         "created_at": event.received_at,
+        "seq": arrival_seq(),
         "attachments": [a.model_dump() for a in getattr(event, "attachments", ())],
     }
     for name in ("location", "contact", "button", "call", "email"):
@@ -68,6 +81,7 @@ def outbound_message_doc(
         "provider_key": None,
         "campaign_id": campaign_id,
         "created_at": now,
+        "seq": arrival_seq(),
     }
     if template:
         doc["template"] = template
@@ -102,4 +116,5 @@ def note_doc(
         "provider_id": None,
         "provider_key": None,
         "created_at": now,
+        "seq": arrival_seq(),
     }
