@@ -429,7 +429,9 @@ class BotRuntime:
             actions = list(turn["actions"] or [])
             tail = actions[-1:] if actions and actions[-1].get("type") == "handoff" else []
             replies = actions[: len(actions) - len(tail)]
-            if any(a.get("type") != "reply" for a in replies):
+            # Queued together, messages get one time: a turn with several replies
+            # queues them one by one, so they are stored and sent in order.
+            if len(replies) > 1 or any(a.get("type") != "reply" for a in replies):
                 alone.append((message, conversation, bot, actions))
                 continue
             drafts += self._drafts(bot.id, str(message["_id"]), conversation, replies)
