@@ -15,7 +15,7 @@ A bad signature is a 403 (`web.HTTPForbidden`). None of the three writes anythin
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -27,6 +27,7 @@ from hub.model import OutboundMessage, SendResult
 from hub.ports import (
     ChannelContext,
     ChannelSettings,
+    MessageTemplate,
     PermanentSendError,
     RateLimit,
     SendError,
@@ -185,6 +186,23 @@ class ChannelAdapter:
         """Why a reply cannot be queued now (None when it can); the API shows it."""
         return None
 
+    def reply_refusal_on(
+        self, medium: str | None, last_inbound_at: datetime | None, template: bool
+    ) -> str | None:
+        """`reply_refusal` for a conversation on `medium`; the same for every medium
+        unless the adapter serves several with different rules."""
+        return self.reply_refusal(last_inbound_at, template)
+
+    async def templates(self, medium: str | None) -> list[MessageTemplate] | None:
+        """The inbox's approved templates on `medium`; None: it has no templates."""
+        return None
+
+    def template_message(
+        self, template: MessageTemplate, parameters: Sequence[str]
+    ) -> dict[str, Any]:
+        """What `OutboundMessage.template` holds to send `template` with `parameters`."""
+        raise PermanentSendError(f"channel {self.name} sends no templates", code="no_templates")
+
     async def send(self, message: OutboundMessage) -> SendResult:
         raise PermanentSendError(f"channel {self.name} cannot send messages")
 
@@ -195,6 +213,7 @@ __all__ = [
     "ChannelSettings",
     "IgnoredEvent",
     "MalformedPayload",
+    "MessageTemplate",
     "PermanentSendError",
     "RateLimit",
     "SendError",

@@ -109,6 +109,30 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class MessageTemplate:
+    """An approved message template of an inbox (WhatsApp): what the agent picks
+    and fills. `body` holds placeholders `{{1}}`, `{{2}}`, ... (or named ones);
+    `parameters` names them in the order the agent fills them; `ref` is the
+    provider's own id of it (Twilio's content SID), empty where the name is enough."""
+
+    name: str
+    language: str
+    category: str
+    body: str
+    parameters: tuple[str, ...] = ()
+    ref: str = ""
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "language": self.language,
+            "category": self.category,
+            "body": self.body,
+            "parameters": list(self.parameters),
+        }
+
+
+@dataclass(frozen=True)
 class WebhookRoute:
     """One route an inbox serves: its method, its full path and its handler."""
 
@@ -192,6 +216,24 @@ class Channel(Protocol):
     ) -> None: ...
 
     def reply_refusal(self, last_inbound_at: datetime | None, template: bool) -> str | None: ...
+
+    def reply_refusal_on(
+        self, medium: str | None, last_inbound_at: datetime | None, template: bool
+    ) -> str | None:
+        """`reply_refusal` for a conversation on `medium` (an adapter serving several
+        media, such as Twilio's SMS and WhatsApp, answers per medium)."""
+        ...
+
+    async def templates(self, medium: str | None) -> list[MessageTemplate] | None:
+        """The approved templates the inbox may send on `medium`; None when it has
+        none (not a template channel). Raises SendError when the provider fails."""
+        ...
+
+    def template_message(
+        self, template: MessageTemplate, parameters: Sequence[str]
+    ) -> dict[str, Any]:
+        """The `OutboundMessage.template` that sends `template` filled with `parameters`."""
+        ...
 
     async def start(self) -> None: ...
 

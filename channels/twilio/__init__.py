@@ -24,8 +24,9 @@ an empty body) and logged as ignored. An event absent from `EVENTS` is a 400.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
 from aiohttp import web
 from twilio.request_validator import RequestValidator
@@ -36,14 +37,15 @@ from channels.base import (
     ChannelSettings,
     IgnoredEvent,
     MalformedPayload,
+    MessageTemplate,
     RateLimit,
 )
 from channels.base import supported_events as events_of
-from channels.twilio import messaging, rest, voice
+from channels.twilio import content, messaging, rest, voice
 from channels.twilio.rest import retry_after_seconds
 from channels.twilio.settings import TwilioSettings
 from channels.twilio.webhook import Acknowledge, Classifier, Handler, empty, verified_form
-from hub.model import OutboundMessage, SendResult
+from hub.model import OutboundMessage, SendResult, utcnow
 
 # Each route and its classifier, in the order they are served.
 ROUTES: dict[str, Classifier] = {**messaging.ROUTES, **voice.ROUTES}
@@ -57,6 +59,13 @@ ACKNOWLEDGE: dict[str, Acknowledge] = {**messaging.ACKNOWLEDGE, **voice.ACKNOWLE
 CONSOLE_ROUTES = ("/messages", "/voice", "/status")
 
 Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# WhatsApp (through Twilio too) takes free-form messages only within 24 hours of
+# the customer's last one; outside it only an approved template (error 63016).
+WHATSAPP_WINDOW = timedelta(hours=24)
+WHATSAPP_WINDOW_REASON = (
+    "outside WhatsApp's 24-hour customer-service window: send an approved template"
+)
 
 
 def classify(route: str, form: Mapping[str, str]) -> str:
@@ -132,6 +141,31 @@ class TwilioChannel(ChannelAdapter):
         return endpoint
 
     # -- sending ---------------------------------------------------------------------
+
+    def reply_refusal_on(
+        self, medium: str | None, last_inbound_at: datetime | None, template: bool
+    ) -> str | None:
+        """On WhatsApp, free text only within 24 hours of the customer's last message."""
+        if medium != "whatsapp" or template:
+            return None
+        if last_inbound_at is None:
+            return WHATSAPP_WINDOW_REASON
+        if last_inbound_at.tzinfo is None:  # the store hands back naive UTC
+            last_inbound_at = last_inbound_at.replace(tzinfo=UTC)
+        if utcnow() - last_inbound_at >= WHATSAPP_WINDOW:
+            return WHATSAPP_WINDOW_REASON
+        return None
+
+    async def templates(self, medium: str | None) -> list[MessageTemplate] | None:
+        """The Content API's approved WhatsApp templates (a WhatsApp sender only)."""
+        if medium not in (None, "whatsapp") or not self.settings.whatsapp_number:
+            return None
+        return await content.approved(self.settings, self._authorization, self.ctx.http())
+
+    def template_message(
+        self, template: MessageTemplate, parameters: Sequence[str]
+    ) -> dict[str, Any]:
+        return content.template_message(template, parameters)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         return await rest.send(self, message, self._authorization)

@@ -121,10 +121,12 @@ def message_fields(inbox: TwilioInbox, message: OutboundMessage) -> list[tuple[s
     """The form fields of the Messages API call that sends `message`."""
     sender, to = _addresses(inbox, message)
     fields = [("To", to), ("From", sender)]
-    if message.text:
+    template = message.template or {}
+    # With a template the text is its filled body, kept for the thread: Twilio
+    # sends the content itself.
+    if message.text and not template.get("content_sid"):
         fields.append(("Body", message.text))
     fields += [("MediaUrl", attachment.url) for attachment in message.attachments]
-    template = message.template or {}
     if template.get("content_sid"):
         # An approved WhatsApp template (Twilio Content API).
         fields.append(("ContentSid", str(template["content_sid"])))

@@ -30,6 +30,9 @@ class TwilioSettings(ChannelSettings):
     number: str | None = None  # the SMS (and voice) number, E.164
     whatsapp_number: str | None = None  # the WhatsApp sender, E.164
     api_base: str = "https://api.twilio.com"
+    # Twilio's Content API (the WhatsApp templates). Unset: content.twilio.com, or
+    # `api_base` itself when that is not Twilio's (a proxy or a test double).
+    content_api_base: str | None = None
     # Ask Twilio to report delivery of what we send to this inbox's /status route.
     status_callback: bool = True
     # Messages per second this inbox sends. Default: 1 when `number` is set (a US
@@ -57,12 +60,23 @@ class TwilioSettings(ChannelSettings):
     def _agent_numbers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_e164(number) for number in value)
 
-    @field_validator("api_base")
+    @field_validator("api_base", "content_api_base")
     @classmethod
-    def _api_base(cls, value: str) -> str:
+    def _api_base(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @property
+    def content_base(self) -> str:
+        """Where the Content API is served."""
+        if self.content_api_base:
+            return self.content_api_base
+        if self.api_base == "https://api.twilio.com":
+            return "https://content.twilio.com"
+        return self.api_base
 
     @model_validator(mode="after")
     def _sms_needs_a_number(self) -> TwilioSettings:

@@ -39,6 +39,8 @@ import base64
 import binascii
 import hmac
 import itertools
+import json
+import re
 import secrets
 import time
 import urllib.parse
@@ -95,12 +97,80 @@ ERRORS: dict[int, tuple[int, str]] = {
     21606: (400, "The From phone number is not a valid number of yours."),
     21610: (400, "Attempt to send to unsubscribed recipient"),
     21619: (400, "A text message body or media url must be specified."),
+    21655: (400, "The ContentSid is Invalid."),
+    21656: (400, "The ContentVariables Parameter is invalid."),
     63016: (
         400,
         "Failed to send freeform message because you are outside the allowed window. "
         "If you are using WhatsApp, please use a Message Template.",
     ),
 }
+
+
+# The account's contents as the Content API lists them (`GET /v1/ContentAndApprovals`);
+# only those approved for WhatsApp may be sent with `ContentSid`.
+DEFAULT_CONTENTS: tuple[dict[str, Any], ...] = (
+    {
+        "sid": "HX0123456789abcdef0123456789abcdef",
+        "friendly_name": "welcome",
+        "language": "en",
+        "variables": {"1": "Ann"},
+        "types": {"twilio/text": {"body": "Welcome, {{1}}!"}},
+        "approval_requests": {
+            "name": "welcome",
+            "category": "UTILITY",
+            "status": "approved",
+            "content_type": "twilio/text",
+            "rejection_reason": "",
+        },
+    },
+    {
+        "sid": "HX" + "1" * 32,
+        "friendly_name": "order_update",
+        "language": "en",
+        "variables": {"1": "Ann", "2": "A-1"},
+        "types": {"twilio/text": {"body": "Hello {{1}}, your order {{2}} has shipped."}},
+        "approval_requests": {
+            "name": "order_update",
+            "category": "UTILITY",
+            "status": "approved",
+            "content_type": "twilio/text",
+            "rejection_reason": "",
+        },
+    },
+    {
+        "sid": "HX" + "2" * 32,
+        "friendly_name": "follow_up",
+        "language": "en",
+        "variables": {},
+        "types": {
+            "twilio/text": {
+                "body": "We have not heard from you. Reply to pick up where we left off."
+            }
+        },
+        "approval_requests": {
+            "name": "follow_up",
+            "category": "MARKETING",
+            "status": "approved",
+            "content_type": "twilio/text",
+            "rejection_reason": "",
+        },
+    },
+    {
+        "sid": "HX" + "3" * 32,
+        "friendly_name": "summer_sale",
+        "language": "en",
+        "variables": {"1": "Ann"},
+        "types": {"twilio/text": {"body": "Everything half price, {{1}}!"}},
+        "approval_requests": {
+            "name": "summer_sale",
+            "category": "MARKETING",
+            "status": "rejected",
+            "content_type": "twilio/text",
+            "rejection_reason": "promotional",
+        },
+    },
+)
 
 
 def error_body(code: int, message: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -153,6 +223,12 @@ class FakeTwilio(HttpSimulator):
     history: int | None = None  # requests and sent kept (None: all)
     customers: Customers | None = None  # the sandbox's customer side
     accounts: dict[str, Account] = field(default_factory=dict)
+    # The Content API's contents (`GET /v1/ContentAndApprovals`); a send naming a
+    # `ContentSid` must name an approved one with a variable for each placeholder.
+    contents: list[dict[str, Any]] = field(
+        default_factory=lambda: [dict(c) for c in DEFAULT_CONTENTS]
+    )
+    content_reads: int = 0  # Content API list requests answered
     _windows: dict[str, deque[float]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Message SIDs differ from one run to the next (a store outlives the simulator).
@@ -285,6 +361,10 @@ class FakeTwilio(HttpSimulator):
             return answer(*error_body(21603))
         if not (form.get("Body") or form.get("MediaUrl") or form.get("ContentSid")):
             return answer(*error_body(21619))
+        if form.get("ContentSid"):
+            refused = self._check_content(str(form["ContentSid"]), form.get("ContentVariables"))
+            if refused:
+                return answer(*error_body(refused))
         if not account.owns(str(form.get("From") or "")):
             return answer(*error_body(21606))
         if self._over_rate(str(form.get("From") or form.get("MessagingServiceSid")), now):
@@ -299,6 +379,54 @@ class FakeTwilio(HttpSimulator):
         if account.inbox is not None:
             self._show(account, form, sid)
         return answer(201, resource)
+
+    def _check_content(self, content_sid: str, variables: str | None) -> int | None:
+        """Twilio's error code for a `ContentSid` send it would refuse, else None."""
+        found = next((c for c in self.contents if c["sid"] == content_sid), None)
+        approval = (found or {}).get("approval_requests") or {}
+        if found is None or approval.get("status") != "approved":
+            return 21655
+        body = str((found.get("types", {}).get("twilio/text") or {}).get("body", ""))
+        wanted = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", body))
+        try:
+            given = json.loads(variables) if variables else {}
+        except ValueError:
+            return 21656
+        if not isinstance(given, dict) or set(given) != wanted:
+            return 21656
+        return None
+
+    async def content_and_approvals(self, request: web.Request) -> web.Response:
+        """`GET /v1/ContentAndApprovals?PageSize=&Page=`: one page of the contents."""
+        header = request.headers.get("Authorization", "")
+        try:
+            user, _, password = (
+                base64.b64decode(header.removeprefix("Basic ")).decode().partition(":")
+            )
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            user = password = ""
+        account = self.accounts.get(user)
+        if account is None or not hmac.compare_digest(
+            password.encode(), account.auth_token.encode()
+        ):
+            status, payload = error_body(20003)
+            return web.json_response(payload, status=status)
+        self.content_reads += 1
+        size = max(1, min(int(request.query.get("PageSize", "50") or 50), 1000))
+        number = int(request.query.get("Page", "0") or 0)
+        items = self.contents[number * size : (number + 1) * size]
+        base = str(request.url.with_query(None))
+        more = (number + 1) * size < len(self.contents)
+        meta = {
+            "page": number,
+            "page_size": size,
+            "first_page_url": f"{base}?PageSize={size}&Page=0",
+            "previous_page_url": f"{base}?PageSize={size}&Page={number - 1}" if number else None,
+            "url": f"{base}?PageSize={size}&Page={number}",
+            "next_page_url": f"{base}?PageSize={size}&Page={number + 1}" if more else None,
+            "key": "contents",
+        }
+        return web.json_response({"contents": items, "meta": meta})
 
     def resource(
         self, sid: str, form: MultiDict[str], account_sid: str | None = None
@@ -366,6 +494,7 @@ class FakeTwilio(HttpSimulator):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.messages)
+        app.router.add_get("/v1/ContentAndApprovals", self.content_and_approvals)
         return app
 
     # -- calling the hub like Twilio -------------------------------------------------

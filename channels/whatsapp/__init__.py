@@ -37,13 +37,14 @@ The package:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from aiohttp import web
 
-from channels.base import ChannelAdapter, RateLimit
-from channels.whatsapp import inbound, outbound
+from channels.base import ChannelAdapter, MessageTemplate, RateLimit
+from channels.whatsapp import inbound, outbound, templates
 from channels.whatsapp.inbound import (
     CHANGE_FIELDS,
     IGNORED_MESSAGE_TYPES,
@@ -105,6 +106,14 @@ class WhatsAppChannel(ChannelAdapter):
 
     def reply_refusal(self, last_inbound_at: datetime | None, template: bool) -> str | None:
         return outbound.reply_refusal(last_inbound_at, template)
+
+    async def templates(self, medium: str | None) -> list[MessageTemplate] | None:
+        return await templates.approved(self.settings, self.ctx.http())
+
+    def template_message(
+        self, template: MessageTemplate, parameters: Sequence[str]
+    ) -> dict[str, Any]:
+        return templates.template_message(template, parameters)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         return await outbound.send(message, self.settings, self.ctx.http())

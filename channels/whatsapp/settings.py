@@ -18,6 +18,9 @@ class WhatsAppSettings(ChannelSettings):
     # The token typed into the app's webhook settings; Meta echoes it on verification.
     verify_token: str = Field(min_length=8, json_schema_extra={"secret": True})
     api_base: str = "https://graph.facebook.com/v21.0"
+    # The WhatsApp Business Account's id (optional): its approved templates are
+    # listed to agents (GET /api/inboxes/{id}/templates).
+    business_account_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")
     # Messages per second for this phone number (Cloud API: 80 by default, up to 1000).
     rate: float = Field(default=80.0, gt=0, le=1000)
     # Larger notification bodies are refused (413) before they are parsed.

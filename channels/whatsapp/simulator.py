@@ -43,6 +43,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 import secrets
 import time
 from collections import defaultdict, deque
@@ -93,6 +94,81 @@ PAIR_RATE_ERROR = graph_error(
     "Message failed to send because there were too many messages sent from this phone "
     "number to the same phone number in a short period of time.",
 )
+
+
+# The account's templates as Graph lists them (`GET /{waba_id}/message_templates`);
+# only APPROVED ones may be sent.
+DEFAULT_TEMPLATES: tuple[dict[str, Any], ...] = (
+    {
+        "id": "594425479261595",
+        "name": "hello_world",
+        "language": "en_US",
+        "status": "APPROVED",
+        "category": "UTILITY",
+        "components": [
+            {"type": "HEADER", "format": "TEXT", "text": "Hello World"},
+            {
+                "type": "BODY",
+                "text": "Welcome and congratulations!! This message demonstrates your "
+                "ability to send a WhatsApp message notification from the Cloud API, hosted "
+                "by Meta. Thank you for taking the time to test with us.",
+            },
+        ],
+    },
+    {
+        "id": "594425479261596",
+        "name": "order_update",
+        "language": "en_US",
+        "status": "APPROVED",
+        "category": "UTILITY",
+        "components": [{"type": "BODY", "text": "Your order {{1}} has shipped."}],
+    },
+    {
+        "id": "594425479261600",
+        "name": "appointment_reminder",
+        "language": "en_US",
+        "status": "APPROVED",
+        "category": "UTILITY",
+        "components": [
+            {"type": "BODY", "text": "Hello {{1}}, your appointment is on {{2}}."},
+        ],
+    },
+    {
+        "id": "594425479261597",
+        "name": "follow_up",
+        "language": "en_US",
+        "status": "APPROVED",
+        "category": "MARKETING",
+        "components": [
+            {"type": "HEADER", "format": "TEXT", "text": "Still there?"},
+            {
+                "type": "BODY",
+                "text": "We have not heard from you. Reply to pick up where we left off.",
+            },
+            {"type": "FOOTER", "text": "Reply STOP to opt out"},
+        ],
+    },
+    {
+        "id": "594425479261598",
+        "name": "follow_up",
+        "language": "ru",
+        "status": "APPROVED",
+        "category": "MARKETING",
+        "components": [
+            {"type": "BODY", "text": "Мы давно не слышали от вас. Ответьте, чтобы продолжить."},
+        ],
+    },
+    {
+        "id": "594425479261599",
+        "name": "summer_sale",
+        "language": "en_US",
+        "status": "REJECTED",
+        "category": "MARKETING",
+        "components": [{"type": "BODY", "text": "Everything half price, {{1}}!"}],
+    },
+)
+TEMPLATE_MISSING = 132001
+TEMPLATE_PARAMS = 132000
 
 
 class ShapeError(Exception):
@@ -215,6 +291,14 @@ class FakeWhatsApp(HttpSimulator):
     history: int | None = None  # requests and sent kept (None: all)
     customers: Customers | None = None  # the sandbox's customer side
     numbers: dict[str, Number] = field(default_factory=dict)
+    # The business account's templates (Graph's shape); a template send must name
+    # an approved one with as many body parameters as its placeholders.
+    templates: list[dict[str, Any]] = field(
+        default_factory=lambda: [dict(t) for t in DEFAULT_TEMPLATES]
+    )
+    template_reads: int = 0  # GET .../message_templates requests answered
+    # Uploaded media (`POST /{phone_number_id}/media`): id -> {bytes, type, filename}.
+    media: dict[str, dict[str, Any]] = field(default_factory=dict)
     _window: deque[float] = field(default_factory=deque)
     _pairs: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -378,6 +462,8 @@ class FakeWhatsApp(HttpSimulator):
             return self._answer(record, status, payload, headers)
         try:
             digits = check_message(body)
+            if body.get("type") == "template":
+                self._check_template(body["template"])
         except ShapeError as error:
             return self._answer(record, 400, error.body, None)
         if self.rate is not None:
@@ -409,6 +495,92 @@ class FakeWhatsApp(HttpSimulator):
             "messages": [message],
         }
         return self._answer(record, 200, answer, None)
+
+    def _check_template(self, part: dict[str, Any]) -> None:
+        """Graph's checks of a template send: an approved template of that name
+        and language, and a body parameter for each of its placeholders."""
+        code = (part.get("language") or {}).get("code")
+        found = next(
+            (
+                t
+                for t in self.templates
+                if t["name"] == part.get("name")
+                and t["language"] == code
+                and t.get("status") == "APPROVED"
+            ),
+            None,
+        )
+        if found is None:
+            raise ShapeError(
+                TEMPLATE_MISSING,
+                "(#132001) Template name does not exist in the translation",
+                f"template name ({part.get('name')}) does not exist in {code}",
+            )
+        body_text = next(
+            (c.get("text", "") for c in found["components"] if c["type"] == "BODY"), ""
+        )
+        wanted = len(set(re.findall(r"\{\{\s*(\w+)\s*\}\}", body_text)))
+        given = sum(
+            len(c.get("parameters") or [])
+            for c in part.get("components") or []
+            if str(c.get("type", "")).lower() == "body"
+        )
+        if wanted != given:
+            raise ShapeError(
+                TEMPLATE_PARAMS,
+                "(#132000) Number of parameters does not match the expected number of params",
+                f"body: number of localizable_params ({given}) does not match the expected "
+                f"number of params ({wanted})",
+            )
+
+    def _authorised(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        return any(
+            hmac.compare_digest(given, f"Bearer {n.access_token}".encode())
+            for n in self.numbers.values()
+        )
+
+    async def message_templates(self, request: web.Request) -> web.Response:
+        """`GET /{waba_id}/message_templates?status=&limit=&after=`: one page."""
+        if not self._authorised(request):
+            return web.json_response(
+                graph_error(190, "Invalid OAuth access token - Cannot parse access token"),
+                status=401,
+            )
+        self.template_reads += 1
+        wanted = request.query.get("status", "").upper()
+        items = [t for t in self.templates if not wanted or t.get("status") == wanted]
+        limit = max(1, min(int(request.query.get("limit", "25") or 25), 250))
+        start = int(request.query.get("after", "0") or 0)
+        page = items[start : start + limit]
+        paging: dict[str, Any] = {"cursors": {"before": str(start), "after": str(start + limit)}}
+        if start + limit < len(items):
+            query = {**request.query, "after": str(start + limit)}
+            paging["next"] = str(request.url.with_query(query))
+        return web.json_response({"data": page, "paging": paging})
+
+    async def upload_media(self, request: web.Request) -> web.Response:
+        """`POST /{phone_number_id}/media` (multipart: messaging_product, type, file):
+        the bytes are kept under a new media id."""
+        if not self._authorised(request):
+            return web.json_response(
+                graph_error(190, "Invalid OAuth access token - Cannot parse access token"),
+                status=401,
+            )
+        form = await request.post()
+        upload = form.get("file")
+        if form.get("messaging_product") != "whatsapp":
+            return web.json_response(_missing("messaging_product").body, status=400)
+        if not isinstance(upload, web.FileField):
+            return web.json_response(_missing("file").body, status=400)
+        data = upload.file.read()
+        media_id = str(10**15 + len(self.media) + 1)
+        self.media[media_id] = {
+            "bytes": data,
+            "type": str(form.get("type") or upload.content_type),
+            "filename": upload.filename,
+        }
+        return web.json_response({"id": media_id})
 
     def new_wamid(self, digits: str) -> str:
         serial = next(self._ids)
@@ -468,6 +640,8 @@ class FakeWhatsApp(HttpSimulator):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/{phone_number_id}/messages", self.messages)
+        app.router.add_post("/{phone_number_id}/media", self.upload_media)
+        app.router.add_get("/{waba_id}/message_templates", self.message_templates)
         return app
 
 

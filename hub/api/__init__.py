@@ -25,6 +25,7 @@ from hub.api import (
     realtime,
     reports,
     scheduled,
+    templates,
     ui,
 )
 from hub.api.base import API, ApiState, Route, make_handler
@@ -45,6 +46,7 @@ ROUTES: list[Route] = [
     *campaigns.table.routes,
     *canned.table.routes,
     *greetings.table.routes,
+    *templates.table.routes,
     *openapi.table.routes,
 ]
 

@@ -19,6 +19,7 @@ from hub.api.schemas import (
     MessageOut,
     MessageQuery,
 )
+from hub.api.templates import template_send
 from hub.services import conversations, handoff, search, send_later
 from hub.shapes import message_view
 from hub.store import Store
@@ -158,6 +159,7 @@ async def post_message(call: Call) -> dict[str, Any]:
         if body.private:
             raise ApiError(400, "invalid", "send_at: a private note is not sent")
         assert call.hub.events is not None
+        assert body.text is not None  # MessageIn: a text unless a template
         try:
             doc = await send_later.schedule(
                 _store(call),
@@ -172,13 +174,18 @@ async def post_message(call: Call) -> dict[str, Any]:
             raise ApiError(422, "invalid_send_at", str(error)) from None
         return message_view(doc)
     if body.private:
-        assert call.hub.events is not None
+        assert call.hub.events is not None and body.text is not None
         note = await conversations.add_note(
             _store(call), call.hub.events, conversation, body.text, sender
         )
         return message_view(note)
+    template, text = None, body.text
+    if body.template is not None:  # WhatsApp: checked against the approved list first
+        template, text = await template_send(call, conversation, body.template)
     if conversation.get("bot"):
         # An agent's reply takes a bot's conversation over at once (the bot stops).
         await handoff.take_over(call.hub, conversation_id, call.me.agent_id)
-    doc = await call.hub.reply(conversation_id, text=body.text, sender=sender, subject=body.subject)
+    doc = await call.hub.reply(
+        conversation_id, text=text, sender=sender, template=template, subject=body.subject
+    )
     return message_view(doc)

@@ -29,6 +29,7 @@ ERRORS = {
     415: "the body is not of a type this route reads",
     422: "the change breaks an access rule",
     429: "too many failed logins; the message says when to retry",
+    502: "the provider failed to answer (e.g. its template list); retry later",
     503: "the hub is starting or its store is unavailable; retry later",
 }
 
@@ -50,7 +51,8 @@ ANSWERS: dict[str, tuple[Answer, ...]] = {
     "get_conversation": (403, 404),
     "patch_conversation": (403, 404, InvalidChange, AssigneeCannotSee),
     "list_messages": (403, 404, NotInConversation),
-    "post_message": (400, 403, 404, 422, OutboxError),
+    "post_message": (400, 403, 404, 422, 502, OutboxError),
+    "list_templates": (403, 404, 409, 502, BadCursor),
     "patch_scheduled": (400, 403, 404, 409, 422),
     "cancel_scheduled": (403, 404, 409),
     "create_reminder": (403, 404, 422),

@@ -291,12 +291,54 @@ class MessageList(Output):
     next_cursor: str | None
 
 
+class TemplateIn(Input):
+    name: Annotated[str, Field(min_length=1, max_length=512)]
+    language: Annotated[str, Field(min_length=2, max_length=16, description='e.g. "en_US"')]
+    parameters: Annotated[
+        list[Annotated[str, Field(max_length=1024)]], Field(max_length=20)
+    ] = Field(default_factory=list, description="the placeholders' values, in order")
+
+
 class MessageIn(Input):
-    text: Annotated[str, Field(min_length=1, max_length=10_000)]
+    text: Annotated[str, Field(min_length=1, max_length=10_000)] | None = None
     private: StrictBool = False
     subject: Annotated[str, Field(max_length=500)] | None = None
     send_at: datetime | None = Field(
         default=None, description="send later: a future time (201 with status scheduled)"
+    )
+    template: TemplateIn | None = Field(
+        default=None,
+        description="WhatsApp: an approved template (GET /api/inboxes/{id}/templates); "
+        "the stored text is its filled body; it goes outside the 24-hour window too",
+    )
+
+    @model_validator(mode="after")
+    def _text_or_template(self) -> MessageIn:
+        if self.template is None and self.text is None:
+            raise ValueError("text: Field required")
+        if self.template is not None and (self.private or self.send_at is not None):
+            raise ValueError("template: a template is sent now, not as a note or later")
+        return self
+
+
+class TemplateOut(Output):
+    name: str
+    language: str
+    category: str
+    body: str
+    parameters: list[str]
+
+
+class TemplateList(Output):
+    items: list[TemplateOut]
+    next_cursor: str | None
+
+
+class TemplateQuery(Input):
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+    cursor: Annotated[str, Field(max_length=300)] | None = None
+    medium: Medium | None = Field(
+        default=None, description="for an inbox on several media (Twilio): whatsapp"
     )
 
 

@@ -65,7 +65,9 @@ class Replies:
         channel = self.channels.get(str(conversation["inbox"]))
         if channel is None:
             raise OutboxError(f"inbox {conversation['inbox']} is not configured")
-        refusal = channel.reply_refusal(conversation.get("last_inbound_at"), bool(template))
+        refusal = channel.reply_refusal_on(
+            conversation.get("channel"), conversation.get("last_inbound_at"), bool(template)
+        )
         if refusal:
             raise OutboxError(refusal)
         # Carriers block texts to a number that sent STOP: refuse up front.
