@@ -374,47 +374,69 @@ class BotRuntime:
         taken = await insert_new(store.bot_turns, [t for *_, t in turns])
         turns = [item for item in turns if item[3]["_id"] not in taken]
         asking = [item for item in turns if item[3]["actions"] is None]
-        if asking:
-            # The others (external bots) are asked now, side by side; each decision
-            # is kept in its turn before anything is done.
-            decisions = await asyncio.gather(
-                *(
-                    self._decide_with(
-                        bot,
-                        message,
-                        conversation,
-                        contacts.get(conversation.get("contact_id")) or {},
-                    )
-                    for message, conversation, bot, _ in asking
+        ready = [item for item in turns if item[3]["actions"] is not None]
+        if ready:
+            await self._carry_out(ready)
+        if not asking:
+            return
+        # The others (external bots) are asked side by side; the answers that are
+        # in are carried out together, so a slow or failing bot holds up only its
+        # own conversation.
+        pending = {
+            asyncio.ensure_future(
+                self._decide_with(
+                    bot, message, conversation, contacts.get(conversation.get("contact_id")) or {}
                 )
-            )
-            recorded = []
-            for (message, _, _, turn), decision in zip(asking, decisions, strict=True):
+            ): (message, conversation, bot, turn)
+            for message, conversation, bot, turn in asking
+        }
+        while pending:
+            finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            answered = []
+            for task in finished:
+                message, conversation, bot, turn = pending.pop(task)
+                decision = task.result()
                 if decision is None:
                     self._done(str(message["_id"]), "failed")
                     continue
                 turn.update(actions=decision.actions, next=decision.state)
-                recorded.append(
+                answered.append((message, conversation, bot, turn))
+            if answered:
+                await self._carry_out(answered, asked=True)
+
+    async def _carry_out(
+        self,
+        turns: list[tuple[dict[str, Any], dict[str, Any], Bot, dict[str, Any]]],
+        *,
+        asked: bool = False,
+    ) -> None:
+        """Do what the bots decided, for turns of different conversations: their
+        states in one bulk write, replies queued together, then handoffs, and a
+        turn that does more alone. `asked`: the decisions were just made (an
+        external bot's), kept in their turns first, and a conversation people
+        took meanwhile gets nothing."""
+        store, events = self.hub.store, self.hub.events
+        assert store is not None and events is not None
+        if asked:
+            await store.bot_turns.bulk_write(
+                [
                     UpdateOne(
-                        {"_id": turn["_id"]},
-                        {"$set": {"actions": decision.actions, "next": decision.state}},
+                        {"_id": t["_id"]}, {"$set": {"actions": t["actions"], "next": t["next"]}}
                     )
-                )
-            if recorded:
-                await store.bot_turns.bulk_write(recorded, ordered=False)
-            turns = [item for item in turns if item[3]["actions"] is not None]
-            # People may have taken a conversation while its bot was asked: its
-            # turn then ends here, nothing sent.
-            fresh = await find_by_ids(store.conversations, [str(c["_id"]) for _, c, _, _ in asking])
-            lost = {
-                str(c["_id"])
-                for _, c, b, _ in asking
-                if (fresh.get(str(c["_id"])) or {}).get("bot") != b.id
-            }
-            for message, conversation, _, _ in turns:
-                if str(conversation["_id"]) in lost:
-                    self._done(str(message["_id"]), "done")
-            turns = [item for item in turns if str(item[1]["_id"]) not in lost]
+                    for *_, t in turns
+                ],
+                ordered=False,
+            )
+            fresh = await find_by_ids(store.conversations, [str(c["_id"]) for _, c, _, _ in turns])
+            kept = []
+            for message, conversation, bot, turn in turns:
+                if (fresh.get(str(conversation["_id"])) or {}).get("bot") == bot.id:
+                    kept.append((message, conversation, bot, turn))
+                else:
+                    self._done(str(message["_id"]), "done")  # people have it now
+            turns = kept
+            if not turns:
+                return
         states = [
             UpdateOne({"_id": c["_id"]}, {"$set": {"bot_state": self._kept(c, t.get("next"))}})
             for _, c, _, t in turns
