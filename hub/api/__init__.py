@@ -13,6 +13,7 @@ import os
 from aiohttp import web
 
 from hub.api import (
+    audit,
     auth,
     campaigns,
     canned,
@@ -47,6 +48,7 @@ ROUTES: list[Route] = [
     *canned.table.routes,
     *greetings.table.routes,
     *templates.table.routes,
+    *audit.table.routes,
     *openapi.table.routes,
 ]
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
+from hub.api.addressing import client_address
 from hub.api.base import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -51,45 +51,6 @@ table = RouteTable()
 
 DEVICE_COOKIE = "hub_device"
 LOGIN_PATH = "/api/auth/login"
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """`text` as an IP address (an IPv4-mapped IPv6 one as IPv4; a port after an
-    IPv4 address or a bracketed IPv6 one dropped), or None."""
-    text = text.strip()
-    if text.startswith("[") and "]" in text:
-        text = text[1 : text.index("]")]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def client_address(peer: str | None, forwarded: list[str], trusted: list[str]) -> str:
-    """The client's address: the `peer`'s, unless the peer is one of the `trusted`
-    proxies, then the right-most address of its X-Forwarded-For headers
-    (`forwarded`, in order) that is not itself a trusted proxy. The addresses to
-    the left of that one are whatever the client wrote, so they are not believed.
-    A hop that is not an IP address, or no hop, leaves the peer's address."""
-    peer_ip = _ip(peer or "")
-    if peer_ip is None:
-        return peer or "unknown"
-    proxies = {ip for ip in (_ip(t) for t in trusted) if ip is not None}
-    if peer_ip not in proxies:
-        return str(peer_ip)
-    hops = [hop for header in forwarded for hop in header.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        ip = _ip(hop)
-        if ip is None:
-            break
-        if ip not in proxies:
-            return str(ip)
-    return str(peer_ip)
 
 
 def _client_address(call: Call) -> str:
@@ -139,6 +100,7 @@ async def login(call: Call) -> web.StreamResponse:
         raise ApiError(401, "bad_credentials", "wrong e-mail or password")
     device_token = await call.accounts.remember_device(agent, presented)
     token, csrf, _sid = await call.accounts.open_session(agent)
+    await call.accounts.audit(str(agent["_id"]), "login", address=address)
     expires = utcnow() + call.accounts.session_ttl
     response = web.json_response(
         {"token": token, "csrf_token": csrf, "agent": agent_view(agent), "expires_at": iso(expires)}
@@ -223,6 +185,7 @@ async def clear_lock(call: Call) -> dict[str, Any]:
 @table.route("POST", "/api/auth/logout", summary="End this session", response=OkOut)
 async def logout(call: Call) -> web.StreamResponse:
     await call.accounts.close_session(call.me)
+    await call.accounts.audit(call.me.agent_id, "logout")
     # Every hub process closes the WebSockets of this session.
     await call.hub.publish([Event("session.ended", {"sid": call.me.sid})])
     response = web.json_response({"ok": True})

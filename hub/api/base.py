@@ -17,8 +17,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from hub.api.addressing import client_address
 from hub.jsontext import UnreadableJson
 from hub.jsontext import parse_json as read_json
+from hub.services import audit
 from hub.services.accounts import Accounts, LoginLimiter, Session, UnknownTeams, token_hash
 from hub.services.canned import ShortcutTaken
 from hub.services.contacts import IdentityTaken, InvalidContact
@@ -288,6 +290,14 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
                 if not session.may(route.role):
                     raise forbidden(f"this needs the {route.role} role")
             call = Call(request, request.app[HUB], state, state.accounts, session)
+            # Where the request came from, for the audit log of what it changes.
+            audit.ORIGIN.set(
+                client_address(
+                    request.remote,
+                    request.headers.getall("X-Forwarded-For", []),
+                    call.hub.settings.server.trusted_proxies,
+                )
+            )
             if route.query is not None:
                 call.query = read_query(request, route.query)
             if route.body is not None:

@@ -172,6 +172,7 @@ async def create_contact(call: Call) -> dict[str, Any]:
         )
     except IdentityTaken as error:
         raise await _taken(call, error) or error from None
+    await call.accounts.audit(call.me.agent_id, "contact.created", target=contact_id)
     view = await _full_view(call, contact_id)
     await call.hub.publish([Event("contact.updated", view)])
     return view
@@ -204,6 +205,9 @@ async def patch_contact(call: Call) -> dict[str, Any]:
         )
     except IdentityTaken as error:
         raise await _taken(call, error) or error from None
+    await call.accounts.audit(
+        call.me.agent_id, "contact.updated", target=contact_id, fields=sorted(body.model_fields_set)
+    )
     view = await _full_view(call, contact_id)
     await call.hub.publish([Event("contact.updated", view)])
     return view

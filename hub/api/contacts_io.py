@@ -98,6 +98,7 @@ async def import_contacts(call: Call) -> dict[str, Any]:
 )
 async def export_contacts(call: Call) -> web.Response:
     text = await export_csv(_store(call))
+    await call.accounts.audit(call.me.agent_id, "contacts.exported")
     stamp = datetime.now(UTC).strftime("%Y%m%d")
     return web.Response(
         body=text.encode(),

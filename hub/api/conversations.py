@@ -115,7 +115,7 @@ async def patch_conversation(call: Call) -> dict[str, Any]:
         **({"assignee_id": body.assignee_id} if "assignee_id" in given else {}),
     )
     assert call.hub.events is not None
-    return await conversations.update(
+    view = await conversations.update(
         _store(call),
         call.hub.events,
         doc,
@@ -123,6 +123,15 @@ async def patch_conversation(call: Call) -> dict[str, Any]:
         by=call.me.agent_id,
         inboxes_of=call.accounts.visible_inboxes,
     )
+    audited: dict[str, tuple[str, dict[str, Any]]] = {
+        "status": ("conversation.status", {"status": body.status, "until": body.snooze_until}),
+        "assignee_id": ("conversation.assigned", {"assignee_id": body.assignee_id}),
+        "labels": ("conversation.labels", {"labels": body.labels}),
+    }
+    for field, (action, detail) in audited.items():
+        if field in given:
+            await call.accounts.audit(call.me.agent_id, action, target=doc["_id"], **detail)
+    return view
 
 
 @table.route(
@@ -172,11 +181,17 @@ async def post_message(call: Call) -> dict[str, Any]:
             )
         except send_later.InvalidSendAt as error:
             raise ApiError(422, "invalid_send_at", str(error)) from None
+        await call.accounts.audit(
+            call.me.agent_id, "message.replied", target=conversation_id, message=doc["_id"]
+        )
         return message_view(doc)
     if body.private:
         assert call.hub.events is not None and body.text is not None
         note = await conversations.add_note(
             _store(call), call.hub.events, conversation, body.text, sender
+        )
+        await call.accounts.audit(
+            call.me.agent_id, "note.added", target=conversation_id, message=note["_id"]
         )
         return message_view(note)
     template, text = None, body.text
@@ -187,5 +202,8 @@ async def post_message(call: Call) -> dict[str, Any]:
         await handoff.take_over(call.hub, conversation_id, call.me.agent_id)
     doc = await call.hub.reply(
         conversation_id, text=text, sender=sender, template=template, subject=body.subject
+    )
+    await call.accounts.audit(
+        call.me.agent_id, "message.replied", target=conversation_id, message=doc["_id"]
     )
     return message_view(doc)

@@ -91,4 +91,5 @@ async def put_greetings(call: Call) -> dict[str, Any]:
         saved = await save_greeting_settings(_store(call), raw, agent_id=call.me.agent_id)
     except GreetingSettingsError as error:
         raise ApiError(422, "invalid", str(error)) from None
+    await call.accounts.audit(call.me.agent_id, "greetings.updated")
     return settings_view(saved)

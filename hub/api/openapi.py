@@ -48,6 +48,7 @@ ANSWERS: dict[str, tuple[Answer, ...]] = {
     "create_team": (400,),
     "patch_team": (400, 404),
     "list_conversations": (403, BadCursor),
+    "list_audit": (400, BadCursor),
     "get_conversation": (403, 404),
     "patch_conversation": (403, 404, InvalidChange, AssigneeCannotSee),
     "list_messages": (403, 404, NotInConversation),

@@ -28,6 +28,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from hub.model import utcnow
+from hub.services.audit import record as audit_record
 from hub.store import Store, find_by_ids, new_id
 
 log = logging.getLogger("hub.accounts")
@@ -640,10 +641,8 @@ class Accounts:
         await self.store.tokens.delete_one({"_id": session.token_id})
 
     async def audit(self, agent_id: str | None, action: str, **detail: Any) -> None:
-        """Record who did what (admin actions, merges, logins)."""
-        await self.store.audit.insert_one(
-            {"_id": new_id(), "at": utcnow(), "agent_id": agent_id, "action": action, **detail}
-        )
+        """Record who did what, when and from where (`hub.services.audit`)."""
+        await audit_record(self.store, agent_id, action, **detail)
 
 
 def _is_active_admin(agent: dict[str, Any]) -> bool:
