@@ -60,7 +60,10 @@ async def test_every_kind_of_change_is_in_the_log(api):
     )
     assert resp.status == 200
     assert (await api.post("/api/contacts", json={"name": "New One"}, headers=h)).status == 201
-    csv = "name,phone,email,telegram,birthday,timezone,locale,labels,attributes,opted_out\nCsv,+15551260009,,,,,,,,\n"
+    csv = (
+        "name,phone,email,telegram,birthday,timezone,locale,labels,attributes,opted_out\n"
+        "Csv,+15551260009,,,,,,,,\n"
+    )
     resp = await api.post(
         "/api/contacts/import", data=csv.encode(), headers={**h, "Content-Type": "text/csv"}
     )
