@@ -316,7 +316,7 @@ async def bench_send(n: int, kill_at: float) -> dict[str, Any]:
                 "audience": {"labels": ["promo"], "channels": ["whatsapp"]},
                 "message": {
                     "template": {
-                        "name": "spring_offer",
+                        "name": "order_update",
                         "language": "en_US",
                         "parameters": ["{first_name}"],
                     }

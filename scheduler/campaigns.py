@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from hub.model import IdentityRef
 from hub.services import campaigns
 from hub.services.outbox import Draft, enqueue_many
+from hub.services.templates import TemplateRefused
 from hub.store import find_by_ids
 
 if TYPE_CHECKING:
@@ -146,11 +147,16 @@ class CampaignJob:
             if (contact.get("opted_out") or {}).get(medium):
                 settled.append((record["_id"], "skipped", {"reason": f"opted out of {medium}"}))
                 continue
-            if record.get("inbox") not in self.hub.adapters:
+            channel = self.hub.adapters.get(str(record.get("inbox")))
+            if channel is None:
                 reason = f"inbox {record.get('inbox')} is not configured"
                 settled.append((record["_id"], "failed", {"reason": reason}))
                 continue
-            text, template = campaigns.personal(campaign, contact, medium)
+            try:
+                text, template = await campaigns.personal(campaign, contact, medium, channel)
+            except TemplateRefused as error:
+                settled.append((record["_id"], "failed", {"reason": str(error)}))
+                continue
             if not text and template is None:
                 reason = f"no text to send on {medium}"
                 settled.append((record["_id"], "skipped", {"reason": reason}))

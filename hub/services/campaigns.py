@@ -42,7 +42,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pymongo import UpdateOne
 
 from hub.model import IdentityRef, utcnow
-from hub.ports import Channel
+from hub.ports import Channel, SendError
+from hub.services import templates
 from hub.services.greetings import (
     InvalidTimezone,
     contact_timezone,
@@ -372,6 +373,8 @@ async def parse_campaign(
         )
     if channels == ["whatsapp"] and template is None and not text:
         raise CampaignError("message.template", "a WhatsApp campaign needs a template or a text")
+    if template is not None:
+        await check_template(inboxes, inbox, template)
     wanted = used - BUILTIN
     if wanted:
         known = await known_attributes(store, wanted)
@@ -433,6 +436,57 @@ async def parse_campaign(
         "cancelled_at": None,
         "targeted": None,
     }
+
+
+async def check_template(
+    inboxes: Mapping[str, Channel], inbox: str | None, template: Mapping[str, Any]
+) -> None:
+    """Refuse a WhatsApp template that no inbox the campaign may use has approved
+    (name, language, number of parameters), by the inboxes' own lists
+    (`hub.services.templates`). Inboxes that keep no list, or whose provider
+    cannot be asked now, are not held against it."""
+    boxes = [inbox] if inbox is not None else list(inboxes)
+    refusals: list[str] = []
+    for box in boxes:
+        channel = inboxes.get(box)
+        if channel is None or "whatsapp" not in inbox_media(channel):
+            continue
+        try:
+            await templates.prepare(
+                channel,
+                "whatsapp",
+                str(template["name"]),
+                str(template["language"]),
+                list(template.get("parameters") or []),
+            )
+        except templates.TemplateRefused as error:
+            refusals.append(str(error))
+            continue
+        except (templates.NoTemplates, SendError, AttributeError, NotImplementedError):
+            continue
+        return  # approved in this inbox
+    if refusals:
+        raise CampaignError("message.template", refusals[0])
+
+
+async def whatsapp_template(
+    channel: Channel, template: Mapping[str, Any], parameters: Sequence[str]
+) -> tuple[dict[str, Any], str | None]:
+    """The outbound template (and its filled body) for one recipient on a WhatsApp
+    inbox: the inbox's own form of it (`hub.services.templates`) when it keeps a
+    list; else Graph's `components` with the parameters in the body.
+    TemplateRefused when the inbox's list refuses it."""
+    try:
+        return await templates.prepare(
+            channel, "whatsapp", str(template["name"]), str(template["language"]), parameters
+        )
+    except (templates.NoTemplates, SendError, AttributeError, NotImplementedError):
+        out: dict[str, Any] = {"name": template["name"], "language": template["language"]}
+        if parameters:
+            out["components"] = [
+                {"type": "body", "parameters": [{"type": "text", "text": p} for p in parameters]}
+            ]
+        return out, None
 
 
 async def create(store: Store, doc: dict[str, Any], *, agent_id: str | None) -> dict[str, Any]:
@@ -1023,10 +1077,12 @@ async def settle(
         await store.campaign_sends.bulk_write(ops, ordered=False)
 
 
-def personal(campaign: Mapping[str, Any], contact: Mapping[str, Any], medium: str) -> tuple[
-    str | None, dict[str, Any] | None
-]:
-    """The text and template one contact gets (the template only on WhatsApp)."""
+async def personal(
+    campaign: Mapping[str, Any], contact: Mapping[str, Any], medium: str, channel: Channel
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The text and template one contact gets (the template only on WhatsApp,
+    its parameters filled; without a text, the thread shows the template's filled
+    body). TemplateRefused when the inbox's list of templates refuses it."""
     message = campaign.get("message") or {}
     text = message.get("text")
     filled = fill(text, contact) if text else None
@@ -1034,11 +1090,8 @@ def personal(campaign: Mapping[str, Any], contact: Mapping[str, Any], medium: st
     out_template = None
     if template and medium == "whatsapp":
         params = [fill(p, contact) for p in template.get("parameters") or []]
-        out_template = {"name": template["name"], "language": template["language"]}
-        if params:
-            out_template["components"] = [
-                {"type": "body", "parameters": [{"type": "text", "text": p} for p in params]}
-            ]
+        out_template, body = await whatsapp_template(channel, template, params)
+        filled = filled or body
     return filled, out_template
 
 
