@@ -3,27 +3,34 @@
 The engine answers a classic `$text` query by reading every document of the
 collection and scoring it in Python (seconds at 200,000 messages). Here each
 collection named in `hub.store.TEXT_INDEXES` has its words in one FTS5 table,
-`hub_text` (contentless: only the words' positions, keyed by the document's
-rowid in `documents`), kept in step by triggers on `documents` (insert, update
-of the indexed fields, delete), so every write path of the engine, the hub's
-own included, keeps it whole. It is filled once from the stored documents when
-it is first made.
+`hub_text` (contentless: only the words' positions), kept in step by triggers on
+`documents` (insert, update of the indexed fields or the date, delete), so every
+write path of the engine, the hub's own included, keeps it whole. It is filled
+once from the stored documents when it is first made.
 
-A `find` with `$text` on such a collection is then one FTS5 `MATCH` (terms: any
-of them; quoted phrases: all of them; `-word`: none of them; any case, any
-diacritics, whole words as FTS5's `unicode61` tokenizer splits them), joined to
-its documents. When sorted on a date field with a limit, the matches are put in
-order by that date as the engine stores it (ISO text: sorts as the dates do) and
-only the first skip + limit, and those tying with the last of them, are read;
-range conditions on that field (a page's cursor) bound the matches in SQL; any
-other condition of the filter is checked per row by the engine's matcher; the
-engine's own sort decides the final order. A query this cannot answer exactly
-(case- or diacritic-sensitive, a hint, a collation) takes the engine's path.
+The FTS5 rowid of a document is not its rowid in `documents` but a number in
+the order of its date (`hub.store.TEXT_ORDER`, e.g. `created_at`): the date's
+millisecond times 2**20, plus a slot for documents of the same millisecond;
+`hub_text_ids` maps it to the document. A document without such a date gets one
+below every dated one. So FTS5 itself walks the matches newest (or oldest) first
+and stops after the page: no match beyond it is read.
+
+A `find` with `$text` on such a collection is one FTS5 `MATCH` (terms: any of
+them; quoted phrases: all of them; `-word`: none of them; any case, any
+diacritics, whole words as FTS5's `unicode61` tokenizer splits them). Sorted on
+the date with a limit, the first skip + limit matches in that order are read,
+with every match of the last one's millisecond and every undated one; ranges on
+the date (a page's cursor) bound the walk; the whole filter other than `$text` is
+checked per row by the engine's matcher; the engine's own sort decides the final
+order. A query this cannot answer exactly (case- or diacritic-sensitive, a hint,
+a collation) takes the engine's path.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
+from datetime import datetime
 from typing import Any
 
 from mongoeco.core.query_plan import AndCondition, MatchAll
@@ -34,10 +41,18 @@ from hub.store import TEXT_INDEXES, TEXT_ORDER
 from hub.store.engine.reads import MATCH_FUNCTION, RANGE_OPERATORS, SEEK_SELECTS
 
 TEXT_TABLE = "hub_text"
-KEY_TABLE = "hub_text_keys"  # each indexed row's date of TEXT_ORDER: the order of matches
-TEXT_LAYOUT = "fts5-2"
+IDS_TABLE = "hub_text_ids"  # FTS5 rowid (in date order) -> the document's rowid
+TEXT_LAYOUT = "fts5-3"
 DATE_MARK = "$mongoeco"
-JOINED = "documents.rowid = keyed.rowid"
+SLOTS = 1 << 20  # documents of one millisecond (and one bucket of the walk)
+LIMIT_MS = 8_000_000_000_000  # dates within about 1716-2223 are walked in order
+UNDATED = -(1 << 62)  # below every dated one: the undated, by their document rowid
+DATED_FROM = -LIMIT_MS * SLOTS
+MATCHES = (
+    f"FROM {TEXT_TABLE} JOIN {IDS_TABLE} AS ids ON ids.fid = {TEXT_TABLE}.rowid "
+    f"WHERE {TEXT_TABLE} MATCH ? AND ids.db_name = ? AND ids.coll_name = ?"
+)
+JOINED = "JOIN documents ON documents.rowid = ids.doc WHERE "
 
 
 def _json_path(field: str) -> str:
@@ -52,13 +67,32 @@ def _body_sql(row: str, fields: tuple[str, ...]) -> str:
     return " || ' ' || ".join(parts)
 
 
-def _key_sql(row: str, field: str) -> str:
-    """A row's date in `field` as the engine stores it (ISO text, which sorts as
-    the dates do), or NULL when it holds no date."""
+def _ms_sql(row: str, field: str) -> str:
+    """A row's date in `field` in milliseconds since 1970 (exact integers, from
+    the ISO text the engine stores), or NULL when it holds no date in range."""
     path = f'{_json_path(field)}."{DATE_MARK}"'
+    value = f"json_extract({row}.document, '{path}.value')"
+    ms = f"(unixepoch({value}) * 1000 + coalesce(CAST(substr({value}, 21, 3) AS INTEGER), 0))"
     return (
-        f"CASE WHEN json_extract({row}.document, '{path}.type') = 'datetime' "
-        f"THEN json_extract({row}.document, '{path}.value') END"
+        f"(CASE WHEN json_extract({row}.document, '{path}.type') = 'datetime' "
+        f"AND {ms} BETWEEN -{LIMIT_MS} AND {LIMIT_MS} THEN {ms} END)"
+    )
+
+
+def date_ms(value: datetime) -> int:
+    """A date's millisecond as `_ms_sql` reads it (naive: UTC)."""
+    if value.tzinfo is not None:
+        value = value.replace(tzinfo=None) - value.utcoffset()  # type: ignore[operator]
+    return calendar.timegm(value.timetuple()) * 1000 + value.microsecond // 1000
+
+
+def _fid_sql(row: str, field: str) -> str:
+    """The FTS5 rowid for a new row: its millisecond's first free slot."""
+    ms = _ms_sql(row, field)
+    return (
+        f"(CASE WHEN {ms} IS NULL THEN {UNDATED} + {row}.rowid ELSE coalesce("  # noqa: S608
+        f"(SELECT max(fid) + 1 FROM {IDS_TABLE} WHERE fid >= {ms} * {SLOTS} "
+        f"AND fid < ({ms} + 1) * {SLOTS}), {ms} * {SLOTS}) END)"
     )
 
 
@@ -66,24 +100,29 @@ def _schema(collections: dict[str, tuple[str, ...]]) -> list[str]:
     statements = [
         f"CREATE VIRTUAL TABLE IF NOT EXISTS {TEXT_TABLE} USING fts5("
         "body, content='', tokenize='unicode61 remove_diacritics 2')",
-        f"CREATE TABLE IF NOT EXISTS {KEY_TABLE} "
-        "(rowid INTEGER PRIMARY KEY, db_name TEXT, coll_name TEXT, k TEXT)",
+        f"CREATE TABLE IF NOT EXISTS {IDS_TABLE} "
+        "(fid INTEGER PRIMARY KEY, doc INTEGER NOT NULL UNIQUE, db_name TEXT, coll_name TEXT)",
     ]
     for coll, fields in collections.items():
         new, old = _body_sql("new", fields), _body_sql("old", fields)
-        new_key, old_key = _key_sql("new", TEXT_ORDER[coll]), _key_sql("old", TEXT_ORDER[coll])
+        field = TEXT_ORDER[coll]
         name = f"{TEXT_TABLE}_{coll}"
         when = f"WHEN {{row}}.coll_name = '{coll}'"
-        # Only the hub's own constants (TEXT_INDEXES) are formatted into this SQL.
+        # Only the hub's own constants (TEXT_INDEXES, TEXT_ORDER) are formatted
+        # into this SQL.
         insert = (
-            f"INSERT INTO {TEXT_TABLE} (rowid, body) VALUES (new.rowid, {new}); "  # noqa: S608
-            f"INSERT OR REPLACE INTO {KEY_TABLE} (rowid, db_name, coll_name, k) "
-            f"VALUES (new.rowid, new.db_name, new.coll_name, {new_key});"
+            f"INSERT INTO {IDS_TABLE} (fid, doc, db_name, coll_name) "  # noqa: S608
+            f"VALUES ({_fid_sql('new', field)}, new.rowid, new.db_name, new.coll_name); "
+            f"INSERT INTO {TEXT_TABLE} (rowid, body) "
+            f"VALUES ((SELECT fid FROM {IDS_TABLE} WHERE doc = new.rowid), {new});"
         )
         delete = (
             f"INSERT INTO {TEXT_TABLE} ({TEXT_TABLE}, rowid, body) "  # noqa: S608
-            f"VALUES ('delete', old.rowid, {old}); "
-            f"DELETE FROM {KEY_TABLE} WHERE rowid = old.rowid;"
+            f"VALUES ('delete', (SELECT fid FROM {IDS_TABLE} WHERE doc = old.rowid), {old}); "
+            f"DELETE FROM {IDS_TABLE} WHERE doc = old.rowid;"
+        )
+        changed = (
+            f"({old}) IS NOT ({new}) OR {_ms_sql('old', field)} IS NOT {_ms_sql('new', field)}"
         )
         statements += [
             f"CREATE TRIGGER IF NOT EXISTS {name}_ai AFTER INSERT ON documents "
@@ -91,8 +130,7 @@ def _schema(collections: dict[str, tuple[str, ...]]) -> list[str]:
             f"CREATE TRIGGER IF NOT EXISTS {name}_ad AFTER DELETE ON documents "
             f"{when.format(row='old')} BEGIN {delete} END",
             f"CREATE TRIGGER IF NOT EXISTS {name}_au AFTER UPDATE OF document ON documents "
-            f"{when.format(row='new')} AND (({old}) IS NOT ({new}) OR ({old_key}) IS NOT "
-            f"({new_key})) BEGIN {delete} {insert} END",
+            f"{when.format(row='new')} AND ({changed}) BEGIN {delete} {insert} END",
         ]
     return statements
 
@@ -133,7 +171,8 @@ class HubTextEngine(SQLiteEngine):
             return
         # First open with text search (or its fields changed): made and filled once.
         conn.execute(f"DROP TABLE IF EXISTS {TEXT_TABLE}")
-        conn.execute(f"DROP TABLE IF EXISTS {KEY_TABLE}")
+        conn.execute(f"DROP TABLE IF EXISTS {IDS_TABLE}")
+        conn.execute("DROP TABLE IF EXISTS hub_text_keys")  # an earlier layout's
         for (name,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?",
             (f"{TEXT_TABLE}_%",),
@@ -142,17 +181,20 @@ class HubTextEngine(SQLiteEngine):
         for statement in _schema(TEXT_INDEXES):
             conn.execute(statement)
         for coll, fields in TEXT_INDEXES.items():
+            ms = _ms_sql("documents", TEXT_ORDER[coll])
             conn.execute(
-                f"INSERT INTO {TEXT_TABLE} (rowid, body) "  # noqa: S608
-                f"SELECT rowid, {_body_sql('documents', fields)} FROM documents "
-                "WHERE coll_name = ?",
+                f"INSERT INTO {IDS_TABLE} (fid, doc, db_name, coll_name) "  # noqa: S608
+                f"SELECT CASE WHEN ms IS NULL THEN {UNDATED} + r ELSE ms * {SLOTS} - 1 + "
+                "row_number() OVER (PARTITION BY ms ORDER BY r) END, r, d, c FROM "
+                f"(SELECT rowid AS r, db_name AS d, coll_name AS c, {ms} AS ms FROM documents "
+                "WHERE coll_name = ?)",
                 (coll,),
             )
             conn.execute(
-                f"INSERT OR REPLACE INTO {KEY_TABLE} (rowid, db_name, coll_name, k) "  # noqa: S608
-                f"SELECT rowid, db_name, coll_name, {_key_sql('documents', TEXT_ORDER[coll])} "
-                "FROM documents "
-                "WHERE coll_name = ?",
+                f"INSERT INTO {TEXT_TABLE} (rowid, body) "  # noqa: S608
+                f"SELECT ids.fid, {_body_sql('documents', fields)} FROM documents "
+                f"JOIN {IDS_TABLE} AS ids ON ids.doc = documents.rowid "
+                "WHERE documents.coll_name = ?",
                 (coll,),
             )
         conn.execute(
@@ -188,13 +230,6 @@ class HubTextEngine(SQLiteEngine):
             db_name, coll_name, semantics, select_clause=select_clause, hint=hint
         )
 
-    def _date_text(self, value: Any) -> str | None:
-        """A datetime as the engine stores it (ISO text), or None."""
-        encoded = json.loads(self._serialize_document({"_id": 0, "v": value}))["v"]
-        if isinstance(encoded, dict) and (encoded.get(DATE_MARK) or {}).get("type") == "datetime":
-            return str(encoded[DATE_MARK]["value"])
-        return None
-
     def _text_plan(
         self, db_name: str, coll_name: str, semantics: Any, select_clause: str
     ) -> SQLiteReadExecutionPlan | None:
@@ -209,61 +244,70 @@ class HubTextEngine(SQLiteEngine):
         if expression is None:
             sql = f"SELECT {columns} FROM documents WHERE 0"  # noqa: S608
             return self._text_sql_plan(semantics, sql, [], python_sort=False)
-        # The matches of this collection, by rowid, with their date: from the
-        # FTS index and the keys table alone (no document is read for them).
-        matches = (
-            f"FROM {TEXT_TABLE} JOIN {KEY_TABLE} AS keyed ON keyed.rowid = {TEXT_TABLE}.rowid "
-            f"WHERE {TEXT_TABLE} MATCH ? AND keyed.db_name = ? AND keyed.coll_name = ?"
-        )
+        # The matches of this collection, from the FTS index and the ids alone
+        # (no document is read for them unless the filter has more to check).
+        matches = MATCHES
         params: list[Any] = [expression, db_name, coll_name]
         plan = semantics.query_plan
         clauses = plan.clauses if isinstance(plan, AndCondition) else (plan,)
         rest = [c for c in clauses if not isinstance(c, MatchAll)]
         sort = semantics.sort or []
         keyed = bool(sort) and sort[0][1] in (1, -1) and sort[0][0] == TEXT_ORDER.get(coll_name)
+        walk_bounds = ""
+        walk_params: list[Any] = []
         if keyed:
-            for clause in list(rest):
+            # A range on the date bounds the walk (a millisecond wider each way:
+            # the filter itself still decides per row).
+            for clause in rest:
                 operator = RANGE_OPERATORS.get(type(clause))
+                value = getattr(clause, "value", None)
                 if operator is None or getattr(clause, "field", None) != sort[0][0]:
                     continue
-                text = self._date_text(getattr(clause, "value", None))
-                if text is None:
+                if not isinstance(value, datetime) or abs(date_ms(value)) >= LIMIT_MS - 1:
                     continue
-                matches += f" AND keyed.k {operator} ?"
-                params.append(text)
-                rest.remove(clause)  # a range on a date matches dates only: exact
+                if operator in ("<", "<="):
+                    walk_bounds += f" AND {TEXT_TABLE}.rowid < ?"
+                    walk_params.append((date_ms(value) + 2) * SLOTS)
+                else:
+                    walk_bounds += f" AND ({TEXT_TABLE}.rowid >= ? OR {TEXT_TABLE}.rowid < ?)"
+                    walk_params += [(date_ms(value) - 1) * SLOTS, DATED_FROM]
+        residual = ""
+        residual_params: list[Any] = []
         if rest:  # the rest of the filter, checked per row by the engine's matcher
-            matches = (
-                matches.replace(
-                    "WHERE ", "JOIN documents ON documents.rowid = keyed.rowid WHERE ", 1
-                )
-                + f" AND {MATCH_FUNCTION}(?, documents.document)"
-            )
-            params.append(self._hub_residual_token(semantics))  # type: ignore[attr-defined]
+            residual = f" AND {MATCH_FUNCTION}(?, documents.document)"
+            residual_params.append(self._hub_residual_token(semantics))  # type: ignore[attr-defined]
+            matches = matches.replace("WHERE ", JOINED, 1)
         if not keyed or semantics.limit is None or semantics.limit <= 0:
             sql = (
                 f"SELECT {columns} FROM documents WHERE documents.rowid IN "  # noqa: S608
-                f"(SELECT keyed.rowid {matches})"
+                f"(SELECT ids.doc {matches}{walk_bounds}{residual})"
             )
+            params += walk_params + residual_params
             if not sort and (semantics.limit is not None or semantics.skip):
                 sql += " LIMIT ? OFFSET ?"
                 params += [-1 if semantics.limit is None else semantics.limit, semantics.skip]
             return self._text_sql_plan(semantics, sql, params, python_sort=bool(sort))
-        # Sorted on the date with a limit: only the first skip + limit matches by
-        # the date, those tying with the last of them, and any without a date are
-        # read; the engine's sort (on every key) decides among them.
+        # Sorted on the date with a limit: FTS5 walks the matches in date order
+        # and stops after skip + limit of them; those of the last one's
+        # millisecond and the undated ones are added; the engine sorts them.
         order = "DESC" if sort[0][1] == -1 else "ASC"
         back = "ASC" if order == "DESC" else "DESC"
+        walk = f"{matches} AND {TEXT_TABLE}.rowid >= {DATED_FROM}{walk_bounds}{residual}"
+        # the first slot of the last match's millisecond
+        bucket = f"(SELECT f - ((f % {SLOTS}) + {SLOTS}) % {SLOTS} FROM boundary)"  # noqa: S608
         sql = (
-            f"WITH found AS MATERIALIZED (SELECT keyed.rowid AS r, keyed.k AS k {matches}), "  # noqa: S608
-            f"top AS MATERIALIZED (SELECT r, k FROM found WHERE k IS NOT NULL "
-            f"ORDER BY k {order} LIMIT ?), "
-            f"boundary AS (SELECT k FROM top ORDER BY k {back} LIMIT 1) "
+            f"WITH top AS MATERIALIZED (SELECT {TEXT_TABLE}.rowid AS f, ids.doc AS r {walk} "  # noqa: S608
+            f"ORDER BY {TEXT_TABLE}.rowid {order} LIMIT ?), "
+            f"boundary AS (SELECT f FROM top ORDER BY f {back} LIMIT 1) "
             f"SELECT {columns} FROM documents WHERE documents.rowid IN ("
-            "SELECT r FROM top UNION SELECT r FROM found "
-            "WHERE k IS NULL OR k = (SELECT k FROM boundary))"
+            f"SELECT r FROM top UNION "
+            f"SELECT ids.doc {matches} AND {TEXT_TABLE}.rowid >= {bucket} "
+            f"AND {TEXT_TABLE}.rowid < {bucket} + {SLOTS}{residual} UNION "
+            f"SELECT ids.doc {matches} AND {TEXT_TABLE}.rowid < {DATED_FROM}{residual})"
         )
-        params.append(semantics.skip + semantics.limit)
+        params += [*walk_params, *residual_params, semantics.skip + semantics.limit]
+        params += [expression, db_name, coll_name, *residual_params]
+        params += [expression, db_name, coll_name, *residual_params]
         return self._text_sql_plan(semantics, sql, params, python_sort=True)
 
     @staticmethod
