@@ -39,6 +39,7 @@ SCRIPT_MODULES = (
     "scheduling.js",
     "campaigns.js",
     "greetings.js",
+    "audit.js",
 )
 
 # The files the page may load, by name: nothing else under /ui/ is served.

@@ -29,6 +29,7 @@ export async function startApp(me) {
   $('#show-reports').hidden = !['supervisor', 'admin'].includes(me.agent.role);
   $('#show-agents').hidden = !['supervisor', 'admin'].includes(me.agent.role);
   $('#show-campaigns').hidden = !['supervisor', 'admin'].includes(me.agent.role);
+  $('#show-audit').hidden = me.agent.role !== 'admin';
   renderAvailability();
   connectSocket();
   await loadConversations();
