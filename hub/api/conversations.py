@@ -64,19 +64,19 @@ async def list_conversations(call: Call) -> dict[str, Any]:
         filters["bot"] = query.bot
     if query.overdue is not None:
         filters["overdue"] = query.overdue
-    contact_ids = await matching_contact_ids(call, query.q, limit=200) if query.q else []
     if query.q and query.q.strip():  # any message's words, or the contact (hub.services.search)
         items, next_cursor = await search.page(
             _store(call),
             text=query.q,
             status=query.status,
             inboxes=inboxes,
-            contact_ids=contact_ids,
+            default_region=call.hub.settings.identity.default_region,
             cursor=query.cursor,
             limit=query.limit,
             **filters,
         )
         return {"items": items, "next_cursor": next_cursor}
+    contact_ids = await matching_contact_ids(call, query.q, limit=200) if query.q else []
     items, next_cursor = await conversations.page(
         _store(call),
         status=query.status,

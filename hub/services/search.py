@@ -7,7 +7,8 @@ embedded engine, `hub.store.engine.text`): every word must be in the message.
 
 A conversation found through its messages is placed by its newest matching
 message, and carries it as `match {message_id, text}` (`text` a snippet around
-the first word found); one found through its contact (name, phone, e-mail) is
+the first word found); one found through its contact (every word in the name,
+by the same text index, or the contact's whole phone number or e-mail) is
 placed by its last activity, with `match` null. The list is newest first, paged
 by a cursor of (time, conversation id) like the inbox's; only conversations the
 agent sees, of the status, assignee and kind asked for, are listed.
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hub.services.contacts import identity_owner
 from hub.services.conversations import full_view
 from hub.services.paging import decode_cursor, encode_cursor, page_by_time
 from hub.store import VALUES_PER_IN, Store, find_by_ids
 
 BATCH = 200  # matching messages read at a time
+CONTACTS_FOUND = 200  # contacts a search lists the conversations of
 SNIPPET = 160
 _UNSET: Any = object()
 WORD = re.compile(r"[^\s\"]+")
@@ -98,7 +101,7 @@ async def page(
     status: str | None,
     inboxes: Collection[str] | None,
     assignee: Any = _UNSET,
-    contact_ids: Sequence[str] = (),
+    default_region: str,
     cursor: str | None,
     limit: int,
     bot: bool | None = None,
@@ -115,6 +118,7 @@ async def page(
         "overdue": overdue,
     }
     words = search_words(text)
+    contact_ids = await matching_contacts(store, text, words, default_region=default_region)
     found = (
         await _through_messages(store, words, set(contact_ids), position, limit, rules)
         if words
@@ -145,6 +149,25 @@ async def page(
     if more and found:
         next_cursor = encode_cursor(found[-1].key, str(found[-1].conversation["_id"]))
     return items, next_cursor
+
+
+async def matching_contacts(
+    store: Store, text: str, words: Sequence[str], *, default_region: str
+) -> list[str]:
+    """The contacts the search names: the one whose phone or e-mail it is, else
+    those with every word in their name (the store's text index; at most
+    CONTACTS_FOUND)."""
+    owner = await identity_owner(store, text, default_region=default_region)
+    if owner is not None:
+        return [owner]
+    if not words:
+        return []
+    docs = (
+        await store.contacts.find({"$text": text_query(words)}, {"_id": 1})
+        .limit(CONTACTS_FOUND)
+        .to_list()
+    )
+    return [str(d["_id"]) for d in docs]
 
 
 def _clauses(

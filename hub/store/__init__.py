@@ -36,15 +36,22 @@ Doc = dict[str, Any]
 # The fields searched by words (`$text`), per collection: on MongoDB one text index
 # of them (whole words, any case, no stemming: `default_language` "none"); the
 # embedded engine answers the same query from SQLite FTS5 (hub.store.engine.text).
-TEXT_INDEXES: dict[str, tuple[str, ...]] = {"messages": ("text", "email.subject")}
+TEXT_INDEXES: dict[str, tuple[str, ...]] = {
+    "messages": ("text", "email.subject"),
+    "contacts": ("name",),
+}
 TEXT_INDEX_OPTIONS = {"default_language": "none", "name": "words"}
 # The date field each one's matches are listed by (newest first), which the
 # embedded engine keeps beside its words.
-TEXT_ORDER: dict[str, str] = {"messages": "created_at"}
+TEXT_ORDER: dict[str, str] = {"messages": "created_at", "contacts": "created_at"}
 
 # Every collection the hub uses and the indexes it needs: (keys, options).
 INDEXES: dict[str, list[tuple[list[tuple[str, Any]], dict[str, Any]]]] = {
-    "contacts": [([("created_at", DESCENDING)], {}), ([("created_by", ASCENDING)], {})],
+    "contacts": [
+        ([("created_at", DESCENDING)], {}),
+        ([("created_by", ASCENDING)], {}),
+        ([(f, "text") for f in TEXT_INDEXES["contacts"]], TEXT_INDEX_OPTIONS),
+    ],
     "identities": [([("contact_id", ASCENDING)], {})],
     "inboxes": [],
     "conversations": [

@@ -180,16 +180,20 @@ class HubTextEngine(SQLiteEngine):
             conn.execute(f'DROP TRIGGER IF EXISTS "{name}"')
         for statement in _schema(TEXT_INDEXES):
             conn.execute(statement)
+        # Every text collection in one numbering: a millisecond's slots are shared.
+        ms = " ".join(
+            f"WHEN '{coll}' THEN {_ms_sql('documents', TEXT_ORDER[coll])}" for coll in TEXT_INDEXES
+        )
+        marks = ", ".join("?" for _ in TEXT_INDEXES)
+        conn.execute(
+            f"INSERT INTO {IDS_TABLE} (fid, doc, db_name, coll_name) "  # noqa: S608
+            f"SELECT CASE WHEN ms IS NULL THEN {UNDATED} + r ELSE ms * {SLOTS} - 1 + "
+            "row_number() OVER (PARTITION BY ms ORDER BY r) END, r, d, c FROM "
+            f"(SELECT rowid AS r, db_name AS d, coll_name AS c, CASE coll_name {ms} END AS ms "
+            f"FROM documents WHERE coll_name IN ({marks}))",
+            tuple(TEXT_INDEXES),
+        )
         for coll, fields in TEXT_INDEXES.items():
-            ms = _ms_sql("documents", TEXT_ORDER[coll])
-            conn.execute(
-                f"INSERT INTO {IDS_TABLE} (fid, doc, db_name, coll_name) "  # noqa: S608
-                f"SELECT CASE WHEN ms IS NULL THEN {UNDATED} + r ELSE ms * {SLOTS} - 1 + "
-                "row_number() OVER (PARTITION BY ms ORDER BY r) END, r, d, c FROM "
-                f"(SELECT rowid AS r, db_name AS d, coll_name AS c, {ms} AS ms FROM documents "
-                "WHERE coll_name = ?)",
-                (coll,),
-            )
             conn.execute(
                 f"INSERT INTO {TEXT_TABLE} (rowid, body) "  # noqa: S608
                 f"SELECT ids.fid, {_body_sql('documents', fields)} FROM documents "
