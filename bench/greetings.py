@@ -194,8 +194,7 @@ async def run(n: int, keep: Path | None) -> dict[str, Any]:
             counts = await job.run_once(due - timedelta(seconds=LEAD))
             wall_due = wall_start + timedelta(seconds=LEAD)
             sent += counts.sent
-            records = store.greetings_sent.find({"due_at": None, "sent_at": {"$gte": wall_start}})
-            message_ids = [r["message_id"] async for r in records if r.get("message_id")]
+            message_ids = counts.message_ids
             these: list[float] = []
             for begin in range(0, len(message_ids), 1000):
                 cursor = store.messages.find(

@@ -75,6 +75,7 @@ class GreetingCounts:
     missed: int = 0  # their local day ended unsent (left for `hub greetings run`)
     already: int = 0  # catch-up: sent before
     skipped: Counter[str] = field(default_factory=Counter)  # by reason
+    message_ids: list[str] = field(default_factory=list)  # of those queued
 
     def add(self, other: GreetingCounts) -> None:
         self.planned += other.planned
@@ -83,6 +84,7 @@ class GreetingCounts:
         self.missed += other.missed
         self.already += other.already
         self.skipped.update(other.skipped)
+        self.message_ids += other.message_ids
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -473,6 +475,7 @@ class GreetingJob:
                     _settle(record, "sent", message_id=record["message_id"], sent_at=sent_at)
                 )
             counts.sent += len(queued)
+            counts.message_ids += [str(record["message_id"]) for record in queued]
             self.hub.wake_dispatcher()
         if settles:
             await self.store.greetings_sent.bulk_write(settles, ordered=False)
