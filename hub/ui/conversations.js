@@ -74,6 +74,16 @@ function renderLabelFilter() {
   select.value = state.filter.label;
 }
 
+/** A search's matching message, its words marked (text nodes and <mark> only). */
+function matchPreview(match) {
+  const words = state.filter.q.split(/\s+/).filter(Boolean)
+    .map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+  const text = match.text || '';
+  const parts = words.length ? text.split(new RegExp(`(${words.join('|')})`, 'giu')) : [text];
+  return h('span', { class: 'conv-preview conv-match', title: 'The newest message with these words' },
+    parts.map((part, i) => (i % 2 ? h('mark', null, part) : part)));
+}
+
 function conversationItem(conv) {
   const name = displayName(conv.contact);
   const last = conv.last_message;
@@ -92,7 +102,7 @@ function conversationItem(conv) {
         h('span', { class: `badge ch-${conv.channel}` }, channelName(conv.channel)),
         conv.bot ? h('span', { class: 'badge bot-badge', title: `A bot (${conv.bot}) answers` }, 'Bot') : null,
         conv.overdue ? h('span', { class: 'badge overdue-badge', title: 'First response overdue' }, 'Overdue') : null,
-        h('span', { class: 'conv-preview' }, preview),
+        conv.match ? matchPreview(conv.match) : h('span', { class: 'conv-preview' }, preview),
         unread ? h('span', { class: 'unread', title: `${unread} unread` }, String(unread)) : null),
       (conv.labels || []).length
         ? h('span', { class: 'conv-labels' }, conv.labels.map((l) => h('span', { class: 'chip small' }, l)))
