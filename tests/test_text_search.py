@@ -97,7 +97,7 @@ async def test_documents_stored_before_the_index_are_found(tmp_path: Path) -> No
     await embedded.stop()
     # As a store written before text search: its FTS tables and their mark gone.
     conn = sqlite3.connect(data / "hub.sqlite3")
-    conn.execute("DROP TABLE hub_text")
+    conn.execute("DROP TABLE hub_text_messages")
     conn.execute("DELETE FROM hub_engine_meta WHERE key = 'text'")
     conn.commit()
     conn.close()

@@ -2,8 +2,9 @@
 
 The engine answers a classic `$text` query by reading every document of the
 collection and scoring it in Python (seconds at 200,000 messages). Here each
-collection named in `hub.store.TEXT_INDEXES` has its words in one FTS5 table,
-`hub_text` (contentless: only the words' positions), kept in step by triggers on
+collection named in `hub.store.TEXT_INDEXES` has its words in an FTS5 table of
+its own, `hub_text_<collection>` (contentless: only the words' positions), kept
+in step by triggers on
 `documents` (insert, update of the indexed fields or the date, delete), so every
 write path of the engine, the hub's own included, keeps it whole. It is filled
 once from the stored documents when it is first made.
@@ -40,18 +41,29 @@ from mongoeco.engines.sqlite_planner import SQLiteReadExecutionPlan
 from hub.store import TEXT_INDEXES, TEXT_ORDER
 from hub.store.engine.reads import MATCH_FUNCTION, RANGE_OPERATORS, SEEK_SELECTS
 
-TEXT_TABLE = "hub_text"
+TEXT_TABLE = "hub_text"  # one FTS5 table per collection: hub_text_<collection>
 IDS_TABLE = "hub_text_ids"  # FTS5 rowid (in date order) -> the document's rowid
-TEXT_LAYOUT = "fts5-3"
-DATE_MARK = "$mongoeco"
+TEXT_LAYOUT = "fts5-4"
+DATE_MARK = "\x24mongoeco"  # how the engine marks a typed value (a date): not an operator
 SLOTS = 1 << 20  # documents of one millisecond (and one bucket of the walk)
 LIMIT_MS = 8_000_000_000_000  # dates within about 1716-2223 are walked in order
 UNDATED = -(1 << 62)  # below every dated one: the undated, by their document rowid
 DATED_FROM = -LIMIT_MS * SLOTS
-MATCHES = (
-    f"FROM {TEXT_TABLE} JOIN {IDS_TABLE} AS ids ON ids.fid = {TEXT_TABLE}.rowid "
-    f"WHERE {TEXT_TABLE} MATCH ? AND ids.db_name = ? AND ids.coll_name = ?"
-)
+
+
+def fts_table(coll: str) -> str:
+    """The FTS5 table of a collection's words (a collection's own: a search of
+    one never reads the other's matches)."""
+    return f"{TEXT_TABLE}_{coll}"
+
+
+def _matches(table: str) -> str:
+    return (
+        f"FROM {table} JOIN {IDS_TABLE} AS ids ON ids.fid = {table}.rowid "
+        f"WHERE {table} MATCH ? AND ids.db_name = ? AND ids.coll_name = ?"
+    )
+
+
 JOINED = "JOIN documents ON documents.rowid = ids.doc WHERE "
 
 
@@ -98,26 +110,29 @@ def _fid_sql(row: str, field: str) -> str:
 
 def _schema(collections: dict[str, tuple[str, ...]]) -> list[str]:
     statements = [
-        f"CREATE VIRTUAL TABLE IF NOT EXISTS {TEXT_TABLE} USING fts5("
-        "body, content='', tokenize='unicode61 remove_diacritics 2')",
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS {fts_table(coll)} USING fts5("
+        "body, content='', tokenize='unicode61 remove_diacritics 2')"
+        for coll in collections
+    ]
+    statements += [
         f"CREATE TABLE IF NOT EXISTS {IDS_TABLE} "
         "(fid INTEGER PRIMARY KEY, doc INTEGER NOT NULL UNIQUE, db_name TEXT, coll_name TEXT)",
     ]
     for coll, fields in collections.items():
         new, old = _body_sql("new", fields), _body_sql("old", fields)
         field = TEXT_ORDER[coll]
-        name = f"{TEXT_TABLE}_{coll}"
+        name, table = f"{TEXT_TABLE}_{coll}", fts_table(coll)
         when = f"WHEN {{row}}.coll_name = '{coll}'"
         # Only the hub's own constants (TEXT_INDEXES, TEXT_ORDER) are formatted
         # into this SQL.
         insert = (
             f"INSERT INTO {IDS_TABLE} (fid, doc, db_name, coll_name) "  # noqa: S608
             f"VALUES ({_fid_sql('new', field)}, new.rowid, new.db_name, new.coll_name); "
-            f"INSERT INTO {TEXT_TABLE} (rowid, body) "
+            f"INSERT INTO {table} (rowid, body) "
             f"VALUES ((SELECT fid FROM {IDS_TABLE} WHERE doc = new.rowid), {new});"
         )
         delete = (
-            f"INSERT INTO {TEXT_TABLE} ({TEXT_TABLE}, rowid, body) "  # noqa: S608
+            f"INSERT INTO {table} ({table}, rowid, body) "  # noqa: S608
             f"VALUES ('delete', (SELECT fid FROM {IDS_TABLE} WHERE doc = old.rowid), {old}); "
             f"DELETE FROM {IDS_TABLE} WHERE doc = old.rowid;"
         )
@@ -170,7 +185,9 @@ class HubTextEngine(SQLiteEngine):
         if row is not None and row[0] == layout:
             return
         # First open with text search (or its fields changed): made and filled once.
-        conn.execute(f"DROP TABLE IF EXISTS {TEXT_TABLE}")
+        conn.execute(f"DROP TABLE IF EXISTS {TEXT_TABLE}")  # an earlier layout's
+        for coll in TEXT_INDEXES:
+            conn.execute(f"DROP TABLE IF EXISTS {fts_table(coll)}")
         conn.execute(f"DROP TABLE IF EXISTS {IDS_TABLE}")
         conn.execute("DROP TABLE IF EXISTS hub_text_keys")  # an earlier layout's
         for (name,) in conn.execute(
@@ -195,7 +212,7 @@ class HubTextEngine(SQLiteEngine):
         )
         for coll, fields in TEXT_INDEXES.items():
             conn.execute(
-                f"INSERT INTO {TEXT_TABLE} (rowid, body) "  # noqa: S608
+                f"INSERT INTO {fts_table(coll)} (rowid, body) "  # noqa: S608
                 f"SELECT ids.fid, {_body_sql('documents', fields)} FROM documents "
                 f"JOIN {IDS_TABLE} AS ids ON ids.doc = documents.rowid "
                 "WHERE documents.coll_name = ?",
@@ -250,7 +267,8 @@ class HubTextEngine(SQLiteEngine):
             return self._text_sql_plan(semantics, sql, [], python_sort=False)
         # The matches of this collection, from the FTS index and the ids alone
         # (no document is read for them unless the filter has more to check).
-        matches = MATCHES
+        table = fts_table(coll_name)
+        matches = _matches(table)
         params: list[Any] = [expression, db_name, coll_name]
         plan = semantics.query_plan
         clauses = plan.clauses if isinstance(plan, AndCondition) else (plan,)
@@ -270,10 +288,10 @@ class HubTextEngine(SQLiteEngine):
                 if not isinstance(value, datetime) or abs(date_ms(value)) >= LIMIT_MS - 1:
                     continue
                 if operator in ("<", "<="):
-                    walk_bounds += f" AND {TEXT_TABLE}.rowid < ?"
+                    walk_bounds += f" AND {table}.rowid < ?"
                     walk_params.append((date_ms(value) + 2) * SLOTS)
                 else:
-                    walk_bounds += f" AND ({TEXT_TABLE}.rowid >= ? OR {TEXT_TABLE}.rowid < ?)"
+                    walk_bounds += f" AND ({table}.rowid >= ? OR {table}.rowid < ?)"
                     walk_params += [(date_ms(value) - 1) * SLOTS, DATED_FROM]
         residual = ""
         residual_params: list[Any] = []
@@ -296,18 +314,18 @@ class HubTextEngine(SQLiteEngine):
         # millisecond and the undated ones are added; the engine sorts them.
         order = "DESC" if sort[0][1] == -1 else "ASC"
         back = "ASC" if order == "DESC" else "DESC"
-        walk = f"{matches} AND {TEXT_TABLE}.rowid >= {DATED_FROM}{walk_bounds}{residual}"
+        walk = f"{matches} AND {table}.rowid >= {DATED_FROM}{walk_bounds}{residual}"
         # the first slot of the last match's millisecond
         bucket = f"(SELECT f - ((f % {SLOTS}) + {SLOTS}) % {SLOTS} FROM boundary)"  # noqa: S608
         sql = (
-            f"WITH top AS MATERIALIZED (SELECT {TEXT_TABLE}.rowid AS f, ids.doc AS r {walk} "  # noqa: S608
-            f"ORDER BY {TEXT_TABLE}.rowid {order} LIMIT ?), "
+            f"WITH top AS MATERIALIZED (SELECT {table}.rowid AS f, ids.doc AS r {walk} "  # noqa: S608
+            f"ORDER BY {table}.rowid {order} LIMIT ?), "
             f"boundary AS (SELECT f FROM top ORDER BY f {back} LIMIT 1) "
             f"SELECT {columns} FROM documents WHERE documents.rowid IN ("
             f"SELECT r FROM top UNION "
-            f"SELECT ids.doc {matches} AND {TEXT_TABLE}.rowid >= {bucket} "
-            f"AND {TEXT_TABLE}.rowid < {bucket} + {SLOTS}{residual} UNION "
-            f"SELECT ids.doc {matches} AND {TEXT_TABLE}.rowid < {DATED_FROM}{residual})"
+            f"SELECT ids.doc {matches} AND {table}.rowid >= {bucket} "
+            f"AND {table}.rowid < {bucket} + {SLOTS}{residual} UNION "
+            f"SELECT ids.doc {matches} AND {table}.rowid < {DATED_FROM}{residual})"
         )
         params += [*walk_params, *residual_params, semantics.skip + semantics.limit]
         params += [expression, db_name, coll_name, *residual_params]
