@@ -27,6 +27,7 @@ from hub.model import OutboundMessage, SendResult
 from hub.ports import (
     ChannelContext,
     ChannelSettings,
+    FileRefusal,
     MessageTemplate,
     PermanentSendError,
     RateLimit,
@@ -193,6 +194,16 @@ class ChannelAdapter:
         unless the adapter serves several with different rules."""
         return self.reply_refusal(last_inbound_at, template)
 
+    def refuse_file(
+        self, medium: str | None, name: str | None, content_type: str, size: int
+    ) -> FileRefusal | None:
+        """Why the inbox cannot send this file (type or size); None: it can."""
+        return None
+
+    def files_per_message(self, medium: str | None) -> int:
+        """Files one message carries; more are sent as more messages."""
+        return 10
+
     async def templates(self, medium: str | None) -> list[MessageTemplate] | None:
         """The inbox's approved templates on `medium`; None: it has no templates."""
         return None
@@ -211,6 +222,7 @@ __all__ = [
     "ChannelAdapter",
     "ChannelContext",
     "ChannelSettings",
+    "FileRefusal",
     "IgnoredEvent",
     "MalformedPayload",
     "MessageTemplate",

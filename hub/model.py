@@ -85,6 +85,8 @@ class IdentityRef(_Frozen):
 
 class Attachment(_Frozen):
     url: Text
+    # The hub's own file (`/api/media/{id}`): an agent's upload being sent.
+    id: Text | None = None
     content_type: Text | None = None
     name: Text | None = None
     size: Int64 | None = None

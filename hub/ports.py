@@ -109,6 +109,25 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class OutboundFile:
+    """An agent's file kept by the hub, as a channel sends it: its bytes, name and
+    the content type the hub detected from the bytes."""
+
+    data: bytes
+    name: str | None
+    content_type: str
+
+
+@dataclass(frozen=True)
+class FileRefusal:
+    """Why a channel cannot send a file: 413 (too large) or 415 (a type it does
+    not take), and the message naming the channel's limit."""
+
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
 class MessageTemplate:
     """An approved message template of an inbox (WhatsApp): what the agent picks
     and fills. `body` holds placeholders `{{1}}`, `{{2}}`, ... (or named ones);
@@ -191,6 +210,15 @@ class ChannelContext(Protocol):
         """Resolve-or-create the contact of `ref`, attach `also`, name it, set attributes."""
         ...
 
+    async def outbound_file(self, attachment: Attachment) -> OutboundFile:
+        """The bytes of an agent's file the hub keeps (`attachment.id`), to upload."""
+        ...
+
+    async def signed_media_url(self, attachment: Attachment) -> str:
+        """A public, signed and expiring URL of an agent's file the hub keeps, for a
+        provider that fetches outbound files itself (Twilio's MediaUrl)."""
+        ...
+
 
 class Channel(Protocol):
     """What the core needs of a configured inbox's adapter (`channels.base.ChannelAdapter`
@@ -222,6 +250,17 @@ class Channel(Protocol):
     ) -> str | None:
         """`reply_refusal` for a conversation on `medium` (an adapter serving several
         media, such as Twilio's SMS and WhatsApp, answers per medium)."""
+        ...
+
+    def refuse_file(
+        self, medium: str | None, name: str | None, content_type: str, size: int
+    ) -> FileRefusal | None:
+        """Why the inbox cannot send this file on `medium` (its type or size), or
+        None; asked before an agent's files are queued."""
+        ...
+
+    def files_per_message(self, medium: str | None) -> int:
+        """How many files one message on `medium` carries (more go as more messages)."""
         ...
 
     async def templates(self, medium: str | None) -> list[MessageTemplate] | None:

@@ -41,12 +41,14 @@ from pydantic import Field, field_validator
 from channels.base import (
     ChannelAdapter,
     ChannelSettings,
+    FileRefusal,
     IgnoredEvent,
     MalformedPayload,
     RateLimit,
 )
 from channels.email.inbound import Rejected, SmtpReceiver, authorised, read_form
 from channels.email.outbound import MAX_REFERENCES, SmtpSender
+from channels.email.outbound import refuse_file as email_refuse_file
 from channels.email.parse import (
     EmailKind,
     MalformedEmail,
@@ -312,8 +314,14 @@ class EmailChannel(ChannelAdapter):
 
     # -- sending ----------------------------------------------------------------------------
 
+    def refuse_file(
+        self, medium: str | None, name: str | None, content_type: str, size: int
+    ) -> FileRefusal | None:
+        return email_refuse_file(self.settings.max_message_bytes, size)
+
     async def send(self, message: OutboundMessage) -> SendResult:
-        return await self.outbound.send(message)
+        uploads = {a.id: await self.ctx.outbound_file(a) for a in message.attachments if a.id}
+        return await self.outbound.send(message, uploads)
 
     # Every kind of inbound mail and the function that handles it; `classify` in
     # `channels.email.parse` returns only these (a test holds it to that).

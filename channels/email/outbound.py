@@ -14,7 +14,7 @@ import ssl
 import time
 import unicodedata
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
@@ -27,12 +27,26 @@ from channels.base import PermanentSendError, TransientSendError
 from channels.email.parse import html_from_text, one_line
 from hub.addresses import InvalidIdentity, normalize_email
 from hub.model import OutboundMessage, SendResult
+from hub.ports import FileRefusal, OutboundFile
 
 if TYPE_CHECKING:
     from channels.email import EmailSettings
 
 MAX_REFERENCES = 20
 _RE_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|réf|rif)\s*:", re.IGNORECASE)
+
+
+def refuse_file(max_message_bytes: int, size: int) -> FileRefusal | None:
+    """Any type goes; base64 makes a file about 4/3 of its size in the message,
+    which must stay within the inbox's `max_message_bytes`."""
+    room = max_message_bytes * 3 // 4
+    if size > room:
+        return FileRefusal(
+            413,
+            f"{size} bytes is over this inbox's e-mail limit: {room} bytes of files "
+            f"(max_message_bytes {max_message_bytes}, files are base64-encoded)",
+        )
+    return None
 
 
 class SmtpSender:
@@ -57,12 +71,16 @@ class SmtpSender:
         local = re.sub(r"[^A-Za-z0-9.\-_]", "", message.id) or "message"
         return f"hub.{local}@{self.domain}"
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(
+        self, message: OutboundMessage, uploads: Mapping[str, OutboundFile] | None = None
+    ) -> SendResult:
+        """Send `message`; `uploads` holds the bytes of the hub's own files (by
+        attachment id), attached as they are instead of fetched by URL."""
         try:
             recipient = normalize_email(message.to)
         except InvalidIdentity:
             raise PermanentSendError(f"not an e-mail address: {message.to!r}") from None
-        files = await self._fetch_attachments(message)
+        files = await self._fetch_attachments(message, uploads or {})
         message_id = self.message_id_for(message)
         mime = self.build_mime(message, recipient, message_id, files)
         data = mime.as_bytes(policy=policy.SMTP)
@@ -118,10 +136,18 @@ class SmtpSender:
             )
         return mime
 
-    async def _fetch_attachments(self, message: OutboundMessage) -> list[tuple[str, str, bytes]]:
+    async def _fetch_attachments(
+        self, message: OutboundMessage, uploads: Mapping[str, OutboundFile]
+    ) -> list[tuple[str, str, bytes]]:
         files = []
         budget = self.settings.max_message_bytes
         for attachment in message.attachments:
+            upload = uploads.get(attachment.id or "")
+            if upload is not None:
+                name = upload.name or attachment.name or "attachment"
+                files.append((name, upload.content_type, upload.data))
+                budget -= len(upload.data)
+                continue
             name = attachment.name or _name_from_url(attachment.url)
             data = await self._fetch(attachment.url, name, budget)
             budget -= len(data)

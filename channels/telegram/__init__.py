@@ -64,6 +64,7 @@ from channels.telegram.inbound import (
     update_kind,
 )
 from channels.telegram.outbound import BotSender, classify, keyboard
+from channels.telegram.outbound import refuse_file as outbound_refuse_file
 from hub.model import (
     ButtonReply,
     IdentityRef,
@@ -72,6 +73,7 @@ from hub.model import (
     OutboundMessage,
     SendResult,
 )
+from hub.ports import FileRefusal
 from hub.ratelimit import KeyedRateLimiter, RateLimiter
 
 # A Bot API call that takes longer is abandoned (well inside the dispatcher's lease).
@@ -306,8 +308,17 @@ class TelegramChannel(ChannelAdapter):
 
     # -- outbound ----------------------------------------------------------------------
 
+    def refuse_file(
+        self, medium: str | None, name: str | None, content_type: str, size: int
+    ) -> FileRefusal | None:
+        return outbound_refuse_file(content_type, size)
+
+    def files_per_message(self, medium: str | None) -> int:
+        return 1
+
     async def send(self, message: OutboundMessage) -> SendResult:
-        return await self.outbound.send(self._bot(), message)
+        uploads = {a.id: await self.ctx.outbound_file(a) for a in message.attachments if a.id}
+        return await self.outbound.send(self._bot(), message, uploads)
 
     async def file_download_url(self, file_id: str) -> str:
         """Where to download a received file (a `tg://file/<file_id>` reference).

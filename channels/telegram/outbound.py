@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mimetypes
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -29,17 +30,33 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
+from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from channels.base import PermanentSendError, SendError, TransientSendError
 from channels.telegram.inbound import FILE_SCHEME
 from hub.model import Attachment, ButtonReply, OutboundMessage, SendResult
+from hub.ports import FileRefusal, OutboundFile
 from hub.ratelimit import KeyedRateLimiter, RateLimiter, acquire_together
 
 # Bot API limits on what we send.
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
 MAX_CALLBACK_DATA = 64  # bytes
+# Uploads (multipart): a photo up to 10 MB, any other file up to 50 MB; a photo is
+# JPEG, PNG or WebP (a GIF goes as an animation, other images as documents).
+MB = 1024 * 1024
+MAX_PHOTO_UPLOAD = 10 * MB
+MAX_FILE_UPLOAD = 50 * MB
+PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+
+
+def refuse_file(content_type: str, size: int) -> FileRefusal | None:
+    """Telegram takes any type (as a document at worst); only the size is limited."""
+    if content_type in PHOTO_TYPES - {"image/gif"} and size > MAX_PHOTO_UPLOAD:
+        return FileRefusal(413, f"{size} bytes is over Telegram's 10 MB limit for a photo")
+    if size > MAX_FILE_UPLOAD:
+        return FileRefusal(413, f"{size} bytes is over Telegram's 50 MB limit for a file")
+    return None
 
 
 class BotSender:
@@ -63,7 +80,11 @@ class BotSender:
             self.chat_pace = per_recipient
         self.first_part_paced = True
 
-    async def send(self, bot: Bot, message: OutboundMessage) -> SendResult:
+    async def send(
+        self, bot: Bot, message: OutboundMessage, uploads: Mapping[str, OutboundFile] | None = None
+    ) -> SendResult:
+        """Send `message`; `uploads` holds the bytes of the hub's own files (by
+        attachment id), uploaded with the call (multipart) instead of by URL."""
         try:
             chat_id = int(message.to)
         except ValueError:
@@ -79,7 +100,9 @@ class BotSender:
             raise PermanentSendError("nothing to send: no text and no attachment")
         parts: list[Message] = []
         try:
-            await self._deliver(bot, chat_id, text, message.attachments, markup, parts)
+            await self._deliver(
+                bot, chat_id, text, message.attachments, markup, parts, uploads or {}
+            )
         except (AiogramError, aiohttp.ClientError, TimeoutError) as error:
             if isinstance(error, TelegramRetryAfter):
                 self.held_until[chat_id] = time.monotonic() + error.retry_after
@@ -113,6 +136,7 @@ class BotSender:
         attachments: tuple[Attachment, ...],
         markup: InlineKeyboardMarkup | None,
         parts: list[Message],
+        uploads: Mapping[str, OutboundFile],
     ) -> None:
         """Send the text and the files, appending each message sent to `parts`; the
         first one names the whole send.
@@ -138,6 +162,7 @@ class BotSender:
                 attachment,
                 caption=caption if index == 0 else None,
                 markup=markup if last else None,
+                upload=uploads.get(attachment.id or ""),
             )
             parts.append(sent)
 
@@ -182,12 +207,19 @@ async def send_file(
     *,
     caption: str | None,
     markup: InlineKeyboardMarkup | None,
+    upload: OutboundFile | None = None,
 ) -> Message:
-    """Send one file by URL (Telegram fetches it), or by file id for a file Telegram
-    already has (`tg://file/...`), with the method its type calls for."""
+    """Send one file by URL (Telegram fetches it), by file id for a file Telegram
+    already has (`tg://file/...`), or uploaded (the hub's own file), with the method
+    its type calls for: a photo, a voice note (OGG), audio, video or a document."""
     url = attachment.url
-    media = url[len(FILE_SCHEME) :] if url.startswith(FILE_SCHEME) else url
+    media: str | BufferedInputFile = url[len(FILE_SCHEME) :] if url.startswith(FILE_SCHEME) else url
     content_type = attachment.content_type or mimetypes.guess_type(url)[0] or ""
+    if upload is not None:
+        media = BufferedInputFile(upload.data, filename=upload.name or "file")
+        content_type = upload.content_type
+        if content_type.startswith("image/") and content_type not in PHOTO_TYPES:
+            content_type = "application/octet-stream"  # sent as a document
     common: dict[str, Any] = {"chat_id": chat_id, "caption": caption, "reply_markup": markup}
     if content_type == "image/gif":
         return await bot.send_animation(animation=media, **common)

@@ -223,9 +223,12 @@ class FakeTelegram(HttpSimulator):
         if self.delay:
             await asyncio.sleep(self.delay)
         method = request.match_info["method"]
-        params = await bot_api_params(request)
+        uploads: dict[str, dict[str, Any]] = {}
+        params = await bot_api_params(request, uploads)
         record: dict[str, Any] = {
             "method": method,
+            # Files uploaded in a multipart call: field -> {filename, content_type, data}.
+            "files": uploads,
             "chat_id": _int_or_none(params.get("chat_id")),
             "params": params,
             "at": time.monotonic(),
@@ -513,8 +516,11 @@ def _error(status: int, description: str, retry_after: int | None = None) -> web
     return web.json_response(body, status=status)
 
 
-async def bot_api_params(request: web.Request) -> dict[str, Any]:
-    """A Bot API call's parameters from the query, a JSON body or a form."""
+async def bot_api_params(
+    request: web.Request, uploads: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A Bot API call's parameters from the query, a JSON body or a form; the bytes
+    of uploaded files go to `uploads` (the parameter holds the file's name)."""
     params: dict[str, Any] = dict(request.query)
     if request.content_type == "application/json":
         with contextlib.suppress(ValueError):
@@ -524,6 +530,12 @@ async def bot_api_params(request: web.Request) -> dict[str, Any]:
     elif request.can_read_body:
         form = await request.post()
         for key, value in form.items():
+            if isinstance(value, web.FileField) and uploads is not None:
+                uploads[key] = {
+                    "filename": value.filename,
+                    "content_type": value.content_type,
+                    "data": value.file.read(),
+                }
             params[key] = value if isinstance(value, str) else getattr(value, "filename", "file")
     for key in ("reply_markup", "allowed_updates"):
         if isinstance(params.get(key), str):

@@ -35,13 +35,14 @@ from channels.base import (
     ChannelAdapter,
     ChannelContext,
     ChannelSettings,
+    FileRefusal,
     IgnoredEvent,
     MalformedPayload,
     MessageTemplate,
     RateLimit,
 )
 from channels.base import supported_events as events_of
-from channels.twilio import content, messaging, rest, voice
+from channels.twilio import content, media, messaging, rest, voice
 from channels.twilio.rest import retry_after_seconds
 from channels.twilio.settings import TwilioSettings
 from channels.twilio.webhook import Acknowledge, Classifier, Handler, empty, verified_form
@@ -167,7 +168,24 @@ class TwilioChannel(ChannelAdapter):
     ) -> dict[str, Any]:
         return content.template_message(template, parameters)
 
+    def refuse_file(
+        self, medium: str | None, name: str | None, content_type: str, size: int
+    ) -> FileRefusal | None:
+        return media.refuse_file(medium, content_type, size)
+
+    def files_per_message(self, medium: str | None) -> int:
+        return media.files_per_message(medium)
+
     async def send(self, message: OutboundMessage) -> SendResult:
+        if any(a.id for a in message.attachments):
+            # The hub's own files: Twilio fetches each from a signed, expiring link.
+            attachments = []
+            for attachment in message.attachments:
+                if attachment.id:
+                    url = await self.ctx.signed_media_url(attachment)
+                    attachment = attachment.model_copy(update={"url": url})
+                attachments.append(attachment)
+            message = message.model_copy(update={"attachments": tuple(attachments)})
         return await rest.send(self, message, self._authorization)
 
 

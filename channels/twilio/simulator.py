@@ -229,6 +229,8 @@ class FakeTwilio(HttpSimulator):
         default_factory=lambda: [dict(c) for c in DEFAULT_CONTENTS]
     )
     content_reads: int = 0  # Content API list requests answered
+    # Every MediaUrl fetched while sending: {url, status, content_type, data}.
+    fetched: list[dict[str, Any]] = field(default_factory=list)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Message SIDs differ from one run to the next (a store outlives the simulator).
@@ -372,6 +374,8 @@ class FakeTwilio(HttpSimulator):
             return answer(*error_body(20429), {"Retry-After": "1"})
         if str(form["To"]).removeprefix("whatsapp:") in self.opted_out:
             return answer(*error_body(21610))
+        for media_url in form.getall("MediaUrl", []):
+            await self._fetch_media(str(media_url))
         sid = f"SM{self._run}{next(self._ids):024x}"
         resource = self.resource(sid, form, account.sid)
         self.sent.append({**record, "sid": sid})
@@ -379,6 +383,22 @@ class FakeTwilio(HttpSimulator):
         if account.inbox is not None:
             self._show(account, form, sid)
         return answer(201, resource)
+
+    async def _fetch_media(self, url: str) -> None:
+        """Fetch a `MediaUrl` as Twilio does before it sends (recorded in `fetched`:
+        the URL, the HTTP status, the content type and the bytes)."""
+        record: dict[str, Any] = {"url": url, "status": None, "content_type": None, "data": b""}
+        self.fetched.append(record)
+        if not url.startswith(("http://127.0.0.1", "http://localhost")):
+            record["status"] = "not fetched (not on loopback)"
+            return
+        try:
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                record["status"] = response.status
+                record["content_type"] = response.headers.get("Content-Type")
+                record["data"] = await response.read()
+        except aiohttp.ClientError as error:
+            record["status"] = type(error).__name__
 
     def _check_content(self, content_sid: str, variables: str | None) -> int | None:
         """Twilio's error code for a `ContentSid` send it would refuse, else None."""

@@ -43,8 +43,8 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from channels.base import ChannelAdapter, MessageTemplate, RateLimit
-from channels.whatsapp import inbound, outbound, templates
+from channels.base import ChannelAdapter, FileRefusal, MessageTemplate, RateLimit
+from channels.whatsapp import inbound, media, outbound, templates
 from channels.whatsapp.inbound import (
     CHANGE_FIELDS,
     IGNORED_MESSAGE_TYPES,
@@ -57,6 +57,7 @@ from channels.whatsapp.outbound import WINDOW, WINDOW_REASON, build_payloads, cl
 from channels.whatsapp.settings import WhatsAppSettings
 from channels.whatsapp.wire import MEDIA_URL_PREFIX
 from hub.model import OutboundMessage, SendResult
+from hub.ports import PermanentSendError
 
 __all__ = [
     "CHANGE_FIELDS",
@@ -115,5 +116,26 @@ class WhatsAppChannel(ChannelAdapter):
     ) -> dict[str, Any]:
         return templates.template_message(template, parameters)
 
+    def refuse_file(
+        self, medium: str | None, name: str | None, content_type: str, size: int
+    ) -> FileRefusal | None:
+        return media.refuse_file(content_type, size)
+
+    def files_per_message(self, medium: str | None) -> int:
+        return 1
+
     async def send(self, message: OutboundMessage) -> SendResult:
+        if any(a.id for a in message.attachments):
+            # An agent's files: uploaded to Graph first, then sent by media id.
+            refusal = outbound.reply_refusal(message.last_inbound_at, message.template is not None)
+            if refusal:
+                raise PermanentSendError(refusal, code="outside_window")
+            attachments = []
+            for attachment in message.attachments:
+                if attachment.id:
+                    file = await self.ctx.outbound_file(attachment)
+                    media_id = await media.upload(self.settings, self.ctx.http(), file)
+                    attachment = media.uploaded(attachment, media_id)
+                attachments.append(attachment)
+            message = message.model_copy(update={"attachments": tuple(attachments)})
         return await outbound.send(message, self.settings, self.ctx.http())

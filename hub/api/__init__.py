@@ -22,6 +22,7 @@ from hub.api import (
     conversations,
     greetings,
     handoff,
+    media_out,
     openapi,
     realtime,
     reports,
@@ -61,6 +62,7 @@ def setup(app: web.Application) -> None:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, make_handler(route))
     ui.setup_ui(app)
+    media_out.setup(app)  # GET /media/signed/{id}: a provider fetches an agent's file
 
     async def start(app: web.Application) -> None:
         # Runs after the hub's cleanup_ctx opened the store (it is registered first).

@@ -117,6 +117,8 @@ class Route:
     response: type[BaseModel] | None = None
     status: int = 200
     websocket: bool = False
+    # Also takes multipart/form-data (files): the handler reads it (call.body None).
+    multipart: bool = False
 
 
 class RouteTable:
@@ -137,11 +139,22 @@ class RouteTable:
         response: type[BaseModel] | None = None,
         status: int = 200,
         websocket: bool = False,
+        multipart: bool = False,
     ) -> Callable[[Handler], Handler]:
         def add(handler: Handler) -> Handler:
             self.routes.append(
                 Route(
-                    method, path, handler, summary, role, body, query, response, status, websocket
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    role,
+                    body,
+                    query,
+                    response,
+                    status,
+                    websocket,
+                    multipart,
                 )
             )
             return handler
@@ -300,7 +313,8 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
             )
             if route.query is not None:
                 call.query = read_query(request, route.query)
-            if route.body is not None:
+            form = route.multipart and request.content_type == "multipart/form-data"
+            if route.body is not None and not form:
                 call.body = await read_body(request, route.body)
             try:
                 result = await route.handler(call)

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from hub.api.base import ApiError, Call, RouteTable, not_found
 from hub.api.contacts import matching_contact_ids
+from hub.api.media_out import reply_with_files
 from hub.api.schemas import (
     ConversationList,
+    ConversationOpen,
     ConversationOut,
     ConversationPatch,
     ConversationQuery,
@@ -21,6 +25,7 @@ from hub.api.schemas import (
 )
 from hub.api.templates import template_send
 from hub.services import conversations, handoff, search, send_later
+from hub.services.campaigns import inbox_media
 from hub.shapes import message_view
 from hub.store import Store
 
@@ -88,6 +93,42 @@ async def list_conversations(call: Call) -> dict[str, Any]:
         **filters,
     )
     return {"items": items, "next_cursor": next_cursor}
+
+
+@table.route(
+    "POST",
+    "/api/conversations",
+    summary="Open (or find) a contact's conversation in an inbox, so an agent writes first",
+    body=ConversationOpen,
+    response=ConversationOut,
+    status=201,
+)
+async def open_conversation(call: Call) -> Any:
+    body: ConversationOpen = call.body
+    if not call.me.sees(body.inbox):
+        raise ApiError(403, "forbidden", f"you do not see inbox {body.inbox}")
+    channel = call.hub.adapters.get(body.inbox)
+    if channel is None:
+        raise not_found("inbox")
+    media = inbox_media(channel)
+    if body.medium is not None:
+        if body.medium not in media:
+            raise ApiError(
+                422, "no_identity", f"medium: inbox {body.inbox} does not write on {body.medium}"
+            )
+        media = (body.medium,)
+    assert call.hub.ingestor is not None
+    try:
+        opened = await conversations.open_for_contact(
+            _store(call), call.hub.ingestor, body.contact_id, body.inbox, media
+        )
+    except conversations.NoIdentityFor as error:
+        raise ApiError(422, "no_identity", str(error)) from None
+    if opened is None:
+        raise not_found("contact")
+    doc, created = opened
+    view = await conversations.view_of(_store(call), doc)
+    return view if created else web.json_response(view, status=200)
 
 
 @table.route("GET", "/api/conversations/{id}", summary="One conversation", response=ConversationOut)
@@ -158,11 +199,14 @@ async def list_messages(call: Call) -> dict[str, Any]:
     body=MessageIn,
     response=MessageOut,
     status=201,
+    multipart=True,
 )
 async def post_message(call: Call) -> dict[str, Any]:
-    body: MessageIn = call.body
+    body: MessageIn | None = call.body
     conversation_id = call.param("id")
     conversation = await visible_conversation(call, conversation_id)
+    if body is None:  # multipart/form-data: a reply or a note with files
+        return await reply_with_files(call, conversation)
     sender = {"type": "agent", "id": call.me.agent_id}
     if body.send_at is not None:  # send later: scheduled, sent by the scheduler
         if body.private:

@@ -291,11 +291,21 @@ class MessageList(Output):
     next_cursor: str | None
 
 
+class ConversationOpen(Input):
+    contact_id: Id
+    inbox: Id
+    medium: Medium | None = Field(
+        default=None,
+        description="for an inbox on several media (Twilio: sms or whatsapp); "
+        "default: the first of the inbox's media the contact has an identity for",
+    )
+
+
 class TemplateIn(Input):
     name: Annotated[str, Field(min_length=1, max_length=512)]
     language: Annotated[str, Field(min_length=2, max_length=16, description='e.g. "en_US"')]
     parameters: Annotated[
-        list[Annotated[str, Field(max_length=1024)]], Field(max_length=20)
+        list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(max_length=20)
     ] = Field(default_factory=list, description="the placeholders' values, in order")
 
 

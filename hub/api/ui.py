@@ -23,6 +23,7 @@ SCRIPT_MODULES = (
     "dom.js",
     "format.js",
     "api.js",
+    "attachments.js",
     "auth.js",
     "pages.js",
     "conversations.js",

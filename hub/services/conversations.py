@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.model import ConversationStatus, Event, IdentityRef, utcnow
+from hub.model import Attachment, ConversationStatus, Event, IdentityRef, utcnow
 from hub.services.contacts import contact_card
 from hub.services.events import Events
-from hub.services.ingest import Ingestor
+from hub.services.ingest import Ingestor, conversation_id_for
 from hub.services.messages import note_doc
 from hub.services.outbox import provider_key
 from hub.services.paging import page_by_time
 from hub.shapes import conversation_view, iso, message_view
-from hub.store import VALUES_PER_IN, Store, find_by_ids, new_id
+from hub.store import VALUES_PER_IN, Store, find_by_ids, identity_id, new_id
 
 _UNSET: Any = object()
 # The statuses in which a conversation waits for an agent's first response
@@ -137,11 +137,60 @@ async def update(
     return view
 
 
+# The kind of identity each medium writes to.
+MEDIUM_KIND = {"sms": "phone", "whatsapp": "phone", "telegram": "telegram", "email": "email"}
+
+
+class NoIdentityFor(ValueError):
+    """The contact has no identity the inbox can write to (422)."""
+
+
+async def open_for_contact(
+    store: Store, ingestor: Ingestor, contact_id: str, inbox: str, media: Sequence[str]
+) -> tuple[dict[str, Any], bool] | None:
+    """Open (or find) the contact's conversation in `inbox` on the first of `media`
+    (the inbox's, in order) the contact has an identity for, so an agent can write
+    first; (the conversation, whether it was opened now), or None when there is
+    no such contact. NoIdentityFor when it has no identity on any of `media`."""
+    contact = await store.contacts.find_one({"_id": contact_id}, {"_id": 1})
+    if contact is None:
+        return None
+    for medium in media:
+        kind = MEDIUM_KIND.get(medium)
+        if kind is None:
+            continue
+        identity = await store.identities.find_one(
+            {"contact_id": contact_id, "kind": kind}, sort=[("created_at", 1)]
+        )
+        if identity is None:
+            continue
+        ref = IdentityRef(kind=kind, value=str(identity["value"]))  # type: ignore[arg-type]
+        wanted = conversation_id_for(inbox, medium, identity_id(ref.kind, ref.value))
+        existed = await store.conversations.find_one({"_id": wanted}, {"_id": 1}) is not None
+        conv_id, _ = await ingestor.open_conversation(inbox, medium, ref)
+        doc = await store.conversations.find_one({"_id": conv_id})
+        assert doc is not None
+        return doc, not existed
+    names = ", ".join(media) or "nothing an agent can start"
+    raise NoIdentityFor(
+        f"the contact has no identity inbox {inbox} can write to (it writes on {names})"
+    )
+
+
 async def add_note(
-    store: Store, events: Events, conversation: dict[str, Any], text: str, sender: dict[str, Any]
+    store: Store,
+    events: Events,
+    conversation: dict[str, Any],
+    text: str | None,
+    sender: dict[str, Any],
+    *,
+    attachments: Sequence[Attachment] = (),
 ) -> dict[str, Any]:
-    """A private note in the thread: stored and shown to agents, never sent."""
-    doc = note_doc(new_id(), conversation, text=text, sender=sender, now=utcnow())
+    """A private note in the thread (with files an agent kept in it): stored and
+    shown to agents, never sent."""
+    doc = note_doc(new_id(), conversation, text=text or "", sender=sender, now=utcnow())
+    doc["text"] = text
+    doc["attachments"] = [a.model_dump() for a in attachments]
     await store.messages.insert_one(doc)
     await events.publish([Event("message.created", message_view(doc))])
     return doc

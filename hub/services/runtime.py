@@ -20,8 +20,8 @@ from pymongo.errors import PyMongoError
 
 from hub.metrics import Metrics
 from hub.model import Attachment, ButtonReply, Event, IdentityRef, InboundEvent, StatusUpdate
-from hub.ports import Channel, IngestResult, StoreUnavailable
-from hub.services import contacts, conversations
+from hub.ports import Channel, IngestResult, OutboundFile, StoreUnavailable
+from hub.services import contacts, conversations, media_out
 from hub.services.dispatcher import Dispatcher
 from hub.services.events import EventBus, Events
 from hub.services.ingest import Ingestor
@@ -159,3 +159,13 @@ class ChannelServices:
     ) -> str:
         store, _ = self._store()
         return await contacts.update_from_channel(store, ref, also, name, attributes)
+
+    async def outbound_file(self, attachment: Attachment) -> OutboundFile:
+        store, _ = self._store()
+        return await media_out.read_file(store, attachment)
+
+    async def signed_media_url(self, attachment: Attachment) -> str:
+        store, _ = self._store()
+        key = await media_out.signing_key(store)
+        media_id = attachment.id or attachment.url.removeprefix("/api/media/")
+        return media_out.signed_url(key, self.public_url, media_id)

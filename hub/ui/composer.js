@@ -3,6 +3,7 @@
 // 24-hour window or the API's last refusal shown above it.
 
 import { api } from './api.js';
+import { pendingFiles, renderTemplates, sendWithFiles, wireAttachments } from './attachments.js';
 import { renderList } from './conversations.js';
 import { $, h } from './dom.js';
 import { DAY, hoursLeft } from './format.js';
@@ -44,6 +45,7 @@ export function renderWindowState() {
   } else {
     el.hidden = true;
   }
+  renderTemplates(info ? info.open : true);
 }
 
 async function sendReply(event) {
@@ -51,7 +53,8 @@ async function sendReply(event) {
   const conv = currentConv();
   const box = $('#reply-text');
   const text = box.value.trim();
-  if (!conv || !text) return;
+  const files = pendingFiles();
+  if (!conv || (!text && !files.length)) return;
   const isPrivate = $('#reply-private').checked;
   const body = { text, private: isPrivate };
   const subject = $('#reply-subject').value.trim();
@@ -59,7 +62,9 @@ async function sendReply(event) {
   $('#reply-send').disabled = true;
   $('#reply-error').textContent = '';
   try {
-    const message = await api('POST', `/api/conversations/${encodeURIComponent(conv.id)}/messages`, body);
+    const message = files.length
+      ? await sendWithFiles(conv, text, isPrivate, body.subject)
+      : await api('POST', `/api/conversations/${encodeURIComponent(conv.id)}/messages`, body);
     box.value = '';
     state.refusals.delete(conv.id);
     hideCanned();
@@ -144,6 +149,7 @@ function onReplyKey(event) {
 }
 
 export function wireComposer() {
+  wireAttachments();
   $('#reply').addEventListener('submit', sendReply);
   $('#reply-text').addEventListener('keydown', onReplyKey);
   $('#reply-text').addEventListener('input', onReplyInput);
