@@ -27,7 +27,7 @@ from hub.services.conversations import full_view
 from hub.services.paging import decode_cursor, encode_cursor, page_by_time
 from hub.store import VALUES_PER_IN, Store, find_by_ids
 
-BATCH = 200  # matching messages read at a time
+BATCH = 200  # the most matching messages read at a time (the first read: a page's worth)
 CONTACTS_FOUND = 200  # contacts a search lists the conversations of
 SNIPPET = 160
 _UNSET: Any = object()
@@ -211,6 +211,7 @@ async def _through_messages(
     found: dict[str, _Found] = {}
     looked: set[str] = set()
     consumed_at_bound = 0
+    size = min(BATCH, limit + 1 + limit // 2)  # most matches are of different conversations
     while True:
         filt: dict[str, Any] = {"$text": query}
         if bound is not None:
@@ -220,7 +221,7 @@ async def _through_messages(
                 filt, {"conversation_id": 1, "inbox": 1, "text": 1, "email": 1, "created_at": 1}
             )
             .sort([("created_at", -1), ("_id", -1)])
-            .limit(BATCH + consumed_at_bound)
+            .limit(size + consumed_at_bound)
             .to_list()
         )
         fresh = batch[consumed_at_bound:] if bound is not None else batch
@@ -237,11 +238,12 @@ async def _through_messages(
             await _take(
                 store, query, candidates, found, looked, skip_contacts, position, rules, words
             )
-        if len(batch) < BATCH + consumed_at_bound:
+        if len(batch) < size + consumed_at_bound:
             break  # every match read
         last = _aware(batch[-1]["created_at"])
         consumed_at_bound = sum(1 for m in batch if _aware(m["created_at"]) == last)
         bound = last
+        size = min(BATCH, size * 2)
         if len(found) > limit:
             keys = sorted((f.key for f in found.values()), reverse=True)
             if last is not None and last < keys[limit]:
