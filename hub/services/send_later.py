@@ -275,7 +275,9 @@ def _refusal(
     channel = channels.get(str(conversation.get("inbox")))
     if channel is None:
         return f"inbox {conversation.get('inbox')} is not configured"
-    return channel.reply_refusal(conversation.get("last_inbound_at"), bool(doc.get("template")))
+    return channel.reply_refusal_on(
+        conversation.get("channel"), conversation.get("last_inbound_at"), bool(doc.get("template"))
+    )
 
 
 async def _opted_out_sms(store: Store, conversation: dict[str, Any] | None) -> bool:
