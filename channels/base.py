@@ -27,7 +27,9 @@ from hub.model import OutboundMessage, SendResult
 from hub.ports import (
     ChannelContext,
     ChannelSettings,
+    FetchedMedia,
     FileRefusal,
+    MediaFetchError,
     MessageTemplate,
     PermanentSendError,
     RateLimit,
@@ -216,6 +218,11 @@ class ChannelAdapter:
 
     async def send(self, message: OutboundMessage) -> SendResult:
         raise PermanentSendError(f"channel {self.name} cannot send messages")
+
+    async def fetch_media(self, ref: str, max_bytes: int) -> FetchedMedia:
+        """Download an inbound attachment by its reference (`Attachment.url` as the
+        adapter gave it); channels with media override this."""
+        raise MediaFetchError(f"channel {self.name} has no media to fetch", permanent=True)
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from hub.services.assignment import AssigningHook
 from hub.services.dispatcher import Dispatcher
 from hub.services.events import EventBus, Events
 from hub.services.ingest import Ingestor
+from hub.services.media_fetch import MediaFetcher
 from hub.services.optout import OptOut
 from hub.services.replies import Replies
 from hub.services.runtime import HUB, ChannelServices, Hub
@@ -113,6 +114,10 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
                 store, hub.events, hub.metrics, hub.adapters, settings.dispatcher, hub.instance_id
             )
             hub.dispatcher.start()
+            hub.media = MediaFetcher(
+                store, hub.events, hub.adapters, settings.media, hub.instance_id
+            )
+            hub.media.start()  # customers' files, fetched after their webhooks were answered
             if bots is not None:
                 bots.start()  # the sweep: turns a crash interrupted
             if settings.scheduler.enabled:
@@ -132,6 +137,8 @@ def build_app(settings: Settings, *, bot: BotHook | None = None) -> web.Applicat
                 await runner.stop()  # before the dispatcher: jobs queue sends
             if bots is not None:
                 await bots.stop()
+            if hub.media is not None:
+                await hub.media.stop()
             if hub.dispatcher is not None:
                 # Sends in flight get as long as requests did (docs/operations.md).
                 await hub.dispatcher.stop(grace=settings.server.shutdown_timeout)

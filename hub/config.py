@@ -26,6 +26,7 @@ from hub.settings import (
     InboxSla,
     IngestSettings,
     LoggingSettings,
+    MediaSettings,
     OptOutSettings,
     SandboxSettings,
     SchedulerSettings,
@@ -55,6 +56,7 @@ class _RawConfig(Section):
     sandbox: SandboxSettings = SandboxSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     opt_out: OptOutSettings = OptOutSettings()
+    media: MediaSettings = MediaSettings()
     inboxes: list[dict[str, Any]] = []
     bots: list[dict[str, Any]] = []
 
@@ -292,6 +294,7 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>", base_dir: 
         sandbox=raw.sandbox,
         scheduler=raw.scheduler,
         opt_out=raw.opt_out,
+        media=raw.media,
         bots=bots,
         source=source,
         data_dir=data_dir.resolve(),

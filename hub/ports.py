@@ -160,12 +160,43 @@ class WebhookRoute:
     handler: Any  # an aiohttp handler: (web.Request) -> Awaitable[web.StreamResponse]
 
 
+@dataclass(frozen=True)
+class FetchedMedia:
+    """A file a channel downloaded from its provider (`Channel.fetch_media`): the
+    bytes, and the name and type the provider gave (the hub sniffs its own)."""
+
+    data: bytes
+    name: str | None = None
+    content_type: str | None = None
+
+
+class MediaFetchError(Exception):
+    """A download that did not work. `permanent`: retrying cannot help (gone,
+    refused, too large); otherwise the hub tries again later."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class MediaTooLarge(MediaFetchError):
+    """The file is larger than the hub takes (`[media] max_inbound_bytes`)."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        what = f"{size} bytes" if size is not None else "more"
+        super().__init__(f"too large: {what}, the limit is {limit} bytes", permanent=True)
+        self.size = size
+        self.limit = limit
+
+
 class ChannelContext(Protocol):
     """What the hub gives a channel adapter; adapters reach for nothing else."""
 
     public_url: str
     default_region: str
     logger: logging.Logger
+    max_media_bytes: int  # the largest file the hub keeps ([media] max_inbound_bytes)
 
     async def ingest(self, events: Sequence[InboundEvent]) -> list[IngestResult]:
         """Dedupe, store and publish inbound events; one result per event, in order.
@@ -217,6 +248,11 @@ class ChannelContext(Protocol):
     async def signed_media_url(self, attachment: Attachment) -> str:
         """A public, signed and expiring URL of an agent's file the hub keeps, for a
         provider that fetches outbound files itself (Twilio's MediaUrl)."""
+        ...
+
+    async def keep_media(self, data: bytes, *, name: str | None, content_type: str | None) -> str:
+        """Keep a file that came inside a webhook (an e-mail's attachment) until its
+        message is stored; the reference to give as the attachment's `url`."""
         ...
 
 
@@ -279,6 +315,12 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
     async def send(self, message: OutboundMessage) -> SendResult: ...
+
+    async def fetch_media(self, ref: str, max_bytes: int) -> FetchedMedia:
+        """Download an inbound attachment by the reference the adapter gave it
+        (its `Attachment.url`), with the inbox's own credentials; at most
+        `max_bytes` (else MediaTooLarge). Raises MediaFetchError."""
+        ...
 
 
 # -- bots -------------------------------------------------------------------------

@@ -105,6 +105,18 @@ class SchedulerSettings(Section):
     lease_seconds: float = Field(default=30.0, gt=0)  # a dead process's jobs wait this long
 
 
+class MediaSettings(Section):
+    """Customers' files: how the hub fetches them from the providers and keeps them."""
+
+    max_inbound_bytes: int = Field(default=26_214_400, ge=1024)  # per file (25 MiB)
+    max_message_bytes: int = Field(default=104_857_600, ge=1024)  # all files of one message
+    fetch_timeout: float = Field(default=60.0, gt=0)  # seconds for one download
+    max_attempts: int = Field(default=5, ge=1, le=100)  # tries before a download fails
+    retry_base: float = Field(default=2.0, gt=0)  # seconds before the 2nd try, doubling
+    workers: int = Field(default=4, ge=1, le=64)  # downloads at once per hub process
+    sweep_interval: float = Field(default=5.0, gt=0)  # seconds between looks for pending files
+
+
 class OptOutSettings(Section):
     """Stop and start words (hub.services.optout): a message that is only one of
     them opts its sender out of (back into) the channel, with one confirmation."""
@@ -177,6 +189,7 @@ class InboxConfig:
     channel: str
     settings: ChannelSettings
     sla: InboxSla = field(default_factory=InboxSla)
+    assignment: str = "none"  # "none" | "round_robin" (hub.services.assignment)
 
 
 class _BotBase(Section):
@@ -235,6 +248,7 @@ class Settings:
     bots: tuple[BotSettings, ...] = ()
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     opt_out: OptOutSettings = field(default_factory=OptOutSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
     source: str = "<defaults>"
     data_dir: Path = field(default_factory=lambda: Path("var").resolve())
     secrets: frozenset[str] = frozenset()

@@ -18,6 +18,25 @@ def iso(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+# The fields of a message's attachment the API shows (CONTRACT.md "Media and
+# search"), plus `error`, the reason of a `failed` one.
+ATTACHMENT_FIELDS = ("id", "name", "content_type", "size", "status", "url", "error")
+
+
+def attachment_view(item: Any) -> dict[str, Any]:
+    """The public shape of a stored attachment: the hub's own fields (the
+    provider's reference of a pending download) are left out. An attachment
+    given by URL (an outbound file the hub does not keep) shows its URL."""
+    if not isinstance(item, dict):
+        return {key: None for key in ATTACHMENT_FIELDS}
+    view = {key: item.get(key) for key in ATTACHMENT_FIELDS}
+    if view["id"] is not None:
+        view["url"] = view["url"] or f"/api/media/{view['id']}"
+    if view["status"] is None:
+        view["status"] = "ready"
+    return view
+
+
 def message_view(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": str(doc["_id"]),
@@ -30,7 +49,7 @@ def message_view(doc: dict[str, Any]) -> dict[str, Any]:
         "sender": doc.get("sender") or {"type": "system", "id": None},
         "status": doc.get("status"),
         "error": doc.get("error"),
-        "attachments": doc.get("attachments") or [],
+        "attachments": [attachment_view(a) for a in doc.get("attachments") or []],
         "call": doc.get("call"),
         "location": doc.get("location"),
         "contact": doc.get("contact"),

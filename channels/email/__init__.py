@@ -13,13 +13,14 @@ kind with a handler in `EmailChannel.EVENT_HANDLERS`:
 - `auto_reply` (RFC 3834 "Auto-Submitted: auto-replied", out-of-office):
   acknowledged and logged as ignored, so bots never answer an autoresponder.
 
-Attachments: the hub has no file store an adapter can write to, so an inbound
-attachment of up to `inline_attachment_bytes` (and while the message's total stays
-under `INLINE_TOTAL_BYTES`) is kept as a `data:` URL; a larger one is recorded by
-name, type and size only (`url` empty). Outbound attachments are fetched from their
-URL (http, https or data) with `max_message_bytes` as the cap; one that cannot be
-fetched fails the send with a reason that names it (the customer never gets a mail
-silently missing its attachment).
+Attachments: every inbound attachment of up to `[media] max_inbound_bytes` is
+kept in the hub's file storage as the mail is received (`ctx.keep_media`; the
+hub's media fetcher then files it under its message); a larger one is recorded
+by name, type and size only (`url` empty) and shown as failed, too large.
+Outbound attachments are fetched from their URL (http, https or data) with
+`max_message_bytes` as the cap; one that cannot be fetched fails the send with a
+reason that names it (the customer never gets a mail silently missing its
+attachment).
 
 The package: `inbound` holds the SMTP receiver and reads the inbound-parse form,
 `parse` makes a `ParsedEmail` of either, `outbound` builds and sends mail over
@@ -30,7 +31,6 @@ module is the adapter and the handlers of each kind of mail.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Literal
@@ -71,8 +71,6 @@ from hub.model import (
 log = logging.getLogger("hub.channels.email")
 
 MB = 1024 * 1024
-# Inline (data: URL) attachments of one inbound message, all together.
-INLINE_TOTAL_BYTES = 1 * MB
 
 
 class EmailSettings(ChannelSettings):
@@ -90,6 +88,8 @@ class EmailSettings(ChannelSettings):
     rate: float = Field(5.0, gt=0)
     tls_verify: bool = True
     smtp_timeout: float = Field(30.0, gt=0)
+    # No longer used: inbound attachments go to the hub's file storage up to
+    # `[media] max_inbound_bytes`. Still accepted so existing configs load.
     inline_attachment_bytes: int = Field(256 * 1024, ge=0)
 
     @field_validator("address")
@@ -165,7 +165,7 @@ class EmailChannel(ChannelAdapter):
         limit = self.settings.max_message_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        fields, files = await read_form(request, limit, self.settings.inline_attachment_bytes)
+        fields, files = await read_form(request, limit, self.ctx.max_media_bytes)
         try:
             parsed = await asyncio.to_thread(parse_sendgrid, fields, files)
             outcome = await self.receive(parsed, "webhook")
@@ -235,32 +235,28 @@ class EmailChannel(ChannelAdapter):
                 html=parsed.html,
                 quoted=quoted,
             ),
-            attachments=self._stored_attachments(parsed.attachments),
+            attachments=await self._stored_attachments(parsed.attachments),
             extra=extra,
         )
         (result,) = await self.ctx.ingest([event])
         return "duplicate" if result.duplicate else "stored"
 
-    def _stored_attachments(self, attachments: tuple[RawAttachment, ...]) -> tuple[Attachment, ...]:
-        budget = INLINE_TOTAL_BYTES
+    async def _stored_attachments(
+        self, attachments: tuple[RawAttachment, ...]
+    ) -> tuple[Attachment, ...]:
+        """Each attachment kept in the hub's file storage until its message is stored
+        (`ChannelContext.keep_media`); one over `[media] max_inbound_bytes` keeps
+        only its name, type and size (`url` empty: the hub shows it failed)."""
         stored = []
         for item in attachments:
             url = ""
-            if (
-                item.data is not None
-                and len(item.data) <= self.settings.inline_attachment_bytes
-                and len(item.data) <= budget
-            ):
-                budget -= len(item.data)
-                encoded = base64.b64encode(item.data).decode("ascii")
-                url = f"data:{item.content_type};base64,{encoded}"
-            stored.append(
-                Attachment(
-                    url=url,
-                    content_type=item.content_type,
-                    name=(item.name or "")[:255] or None,
-                    size=item.size,
+            name = (item.name or "")[:255] or None
+            if item.data is not None and len(item.data) <= self.ctx.max_media_bytes:
+                url = await self.ctx.keep_media(
+                    item.data, name=name, content_type=item.content_type
                 )
+            stored.append(
+                Attachment(url=url, content_type=item.content_type, name=name, size=item.size)
             )
         return tuple(stored)
 

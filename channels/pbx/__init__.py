@@ -39,6 +39,7 @@ from channels.base import (
     supported_events,
     validation_message,
 )
+from channels.media import download
 from channels.signing import verified_body
 from hub.addresses import InvalidIdentity, phone_ref
 from hub.model import (
@@ -50,6 +51,7 @@ from hub.model import (
     SendResult,
     utcnow,
 )
+from hub.ports import FetchedMedia
 
 NO_TEXT_REASON = (
     "a phone line cannot carry a text reply: answer this caller from an SMS, "
@@ -67,6 +69,9 @@ class PbxSettings(ChannelSettings):
     sms_inbox: str = ""
     # Larger requests are refused (413) before anything is parsed.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    # Sent as `Authorization: Bearer <token>` when the hub downloads a recording
+    # (`recording_url`); empty: the URL is fetched without credentials.
+    recording_token: str = Field(default="", json_schema_extra={"secret": True})
 
     @model_validator(mode="after")
     def _sms_needs_an_inbox(self) -> PbxSettings:
@@ -156,6 +161,13 @@ class PbxChannel(ChannelAdapter):
         raise PermanentSendError(NO_TEXT_REASON, code="no_text")
 
     # -- the webhook ---------------------------------------------------------------
+
+    async def fetch_media(self, ref: str, max_bytes: int) -> FetchedMedia:
+        """A call's recording (`recording_url`), fetched by the hub's media fetcher
+        after the event was answered; with `recording_token` when set."""
+        token = self.settings.recording_token
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return await download(self.ctx.http(), ref, max_bytes=max_bytes, headers=headers)
 
     async def webhook(self, request: web.Request) -> web.Response:
         body = await verified_body(request, self.settings.secret, self.settings.max_body_bytes)

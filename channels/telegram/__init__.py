@@ -11,9 +11,10 @@ through the Bot API (pacing each part, classifying errors), `simulator` is a Bot
 API server on loopback for tests and the sandbox; this module is the adapter.
 
 Choices this module makes (docs/providers/telegram.md says the same for operators):
-- Files are stored as `tg://file/<file_id>` references, not as download URLs: a Bot
-  API download URL carries the bot token, and it expires after an hour. A media proxy
-  resolves a reference with `file_download_url` when someone opens it.
+- Files arrive as `tg://file/<file_id>` references, not as download URLs: a Bot
+  API download URL carries the bot token, and it expires after an hour. The hub's
+  media fetcher calls `fetch_media` (getFile, then the download) after the webhook
+  was answered and keeps the bytes; of a photo's sizes the largest is taken.
 - An edited message is stored as a new message (provider id
   `<chat>:<message_id>:edit:<edit_date>`, `extra.edited = "true"`), so the agent sees
   the correction and the original stays as it was.
@@ -49,6 +50,7 @@ from channels.base import (
     RateLimit,
     supported_events,
 )
+from channels.media import download
 from channels.telegram.inbound import (
     FILE_SCHEME,
     MEDIUM,
@@ -73,7 +75,7 @@ from hub.model import (
     OutboundMessage,
     SendResult,
 )
-from hub.ports import FileRefusal
+from hub.ports import FetchedMedia, FileRefusal, MediaFetchError, MediaTooLarge
 from hub.ratelimit import KeyedRateLimiter, RateLimiter
 
 # A Bot API call that takes longer is abandoned (well inside the dispatcher's lease).
@@ -319,6 +321,27 @@ class TelegramChannel(ChannelAdapter):
     async def send(self, message: OutboundMessage) -> SendResult:
         uploads = {a.id: await self.ctx.outbound_file(a) for a in message.attachments if a.id}
         return await self.outbound.send(self._bot(), message, uploads)
+
+    async def fetch_media(self, ref: str, max_bytes: int) -> FetchedMedia:
+        """A received file (`tg://file/<file_id>`): getFile, then its download
+        (the URL carries the bot token, so it is used here and never kept)."""
+        file_id = ref[len(FILE_SCHEME) :] if ref.startswith(FILE_SCHEME) else ref
+        try:
+            found = await self._bot().get_file(file_id)
+        except (AiogramError, aiohttp.ClientError, TimeoutError) as error:
+            failed = classify(error)
+            raise MediaFetchError(
+                f"provider error: {failed.reason}", permanent=isinstance(failed, PermanentSendError)
+            ) from None
+        if found.file_size is not None and found.file_size > max_bytes:
+            raise MediaTooLarge(found.file_size, max_bytes)
+        if not found.file_path:
+            raise MediaFetchError(
+                "provider error: Telegram has no download for this file (over 20 MB?)",
+                permanent=True,
+            )
+        url = self._bot().session.api.file_url(self.settings.token, found.file_path)
+        return await download(self.ctx.http(), url, max_bytes=max_bytes)
 
     async def file_download_url(self, file_id: str) -> str:
         """Where to download a received file (a `tg://file/<file_id>` reference).

@@ -69,6 +69,11 @@ SEND_METHODS: dict[str, str | None] = {
 BLOCKED = "Forbidden: bot was blocked by the user"
 
 
+# The Bot API's getFile serves files of up to 20 MB; the path its files live under here.
+FILE_DOWNLOAD_LIMIT = 20 * 1024 * 1024
+FILES_DIR = "customer_files"
+
+
 @dataclass
 class Failure:
     status: int
@@ -113,6 +118,8 @@ class FakeTelegram(HttpSimulator):
     )
     _message_ids: dict[int, itertools.count[int]] = field(default_factory=dict)
     _file_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Files customers sent, by file id (`put_file`): getFile and the download serve them.
+    files: dict[str, bytes] = field(default_factory=dict)
     _update_ids: itertools.count[int] = field(
         default_factory=lambda: itertools.count(int(time.time()) % 100000 * 1000)
     )
@@ -281,6 +288,18 @@ class FakeTelegram(HttpSimulator):
             file_id = params.get("file_id")
             if not file_id:
                 return _error(400, "Bad Request: invalid file_id")
+            data = self.files.get(str(file_id))
+            if data is not None:
+                if len(data) > FILE_DOWNLOAD_LIMIT:
+                    return _error(400, "Bad Request: file is too big")
+                return _ok(
+                    {
+                        "file_id": file_id,
+                        "file_unique_id": f"AQAD{abs(hash(file_id)) % 10**8:08d}",
+                        "file_size": len(data),
+                        "file_path": f"{FILES_DIR}/{file_id}",
+                    }
+                )
             number = next(self._file_ids)
             return _ok(
                 {
@@ -441,10 +460,21 @@ class FakeTelegram(HttpSimulator):
             message["reply_markup"] = params["reply_markup"]
         return message
 
+    def put_file(self, file_id: str, data: bytes) -> None:
+        """A file a customer sent: getFile answers its size and path, and the
+        download its bytes."""
+        self.files[file_id] = data
+
     async def download(self, request: web.Request) -> web.Response:
         if self._bot(request.match_info["token"]) is None:
             return web.Response(status=401, text="Unauthorized")
-        return web.Response(body=f"file {request.match_info['path']}".encode())
+        path = request.match_info["path"]
+        if path.startswith(f"{FILES_DIR}/"):
+            data = self.files.get(path[len(FILES_DIR) + 1 :])
+            if data is None:
+                return web.Response(status=404, text="Not Found")
+            return web.Response(body=data, content_type="application/octet-stream")
+        return web.Response(body=f"file {path}".encode())
 
 
 def _bot_id(token: str | None) -> int:

@@ -42,11 +42,12 @@ from channels.base import (
     RateLimit,
 )
 from channels.base import supported_events as events_of
-from channels.twilio import content, media, messaging, rest, voice
+from channels.twilio import content, fetch, media, messaging, rest, voice
 from channels.twilio.rest import retry_after_seconds
 from channels.twilio.settings import TwilioSettings
 from channels.twilio.webhook import Acknowledge, Classifier, Handler, empty, verified_form
 from hub.model import OutboundMessage, SendResult, utcnow
+from hub.ports import FetchedMedia
 
 # Each route and its classifier, in the order they are served.
 ROUTES: dict[str, Classifier] = {**messaging.ROUTES, **voice.ROUTES}
@@ -187,6 +188,11 @@ class TwilioChannel(ChannelAdapter):
                 attachments.append(attachment)
             message = message.model_copy(update={"attachments": tuple(attachments)})
         return await rest.send(self, message, self._authorization)
+
+    async def fetch_media(self, ref: str, max_bytes: int) -> FetchedMedia:
+        """A customer's file (MediaUrl) or a call's recording (RecordingUrl), with
+        the account's credentials (`channels.twilio.fetch`)."""
+        return await fetch.fetch(self.ctx.http(), self.settings, ref, max_bytes)
 
 
 __all__ = ["TwilioChannel", "TwilioSettings", "classify", "retry_after_seconds"]

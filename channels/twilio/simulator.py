@@ -89,6 +89,7 @@ Params = Mapping[str, str] | Sequence[tuple[str, str]]
 # The error answers Twilio gives, by code: HTTP status and message.
 ERRORS: dict[int, tuple[int, str]] = {
     20003: (401, "Authenticate"),
+    20404: (404, "The requested resource was not found"),
     20429: (429, "Too Many Requests"),
     20500: (500, "Internal Server Error"),
     21211: (400, "Invalid 'To' Phone Number"),
@@ -229,6 +230,9 @@ class FakeTwilio(HttpSimulator):
         default_factory=lambda: [dict(c) for c in DEFAULT_CONTENTS]
     )
     content_reads: int = 0  # Content API list requests answered
+    # Customers' files by path (`put_media`, `put_recording`): (bytes, content type).
+    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    media_requests: int = 0
     # Every MediaUrl fetched while sending: {url, status, content_type, data}.
     fetched: list[dict[str, Any]] = field(default_factory=list)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
@@ -295,6 +299,39 @@ class FakeTwilio(HttpSimulator):
     @property
     def api_base(self) -> str:
         return self.url
+
+    # -- customers' files ------------------------------------------------------------
+
+    def put_media(self, data: bytes, content_type: str, *, account_sid: str | None = None) -> str:
+        """A file a customer sent: the MediaUrl Twilio gives the hub (its bytes need
+        the account's basic auth, as with "HTTP Basic Auth for media" on)."""
+        sid = account_sid or self.account_sid
+        message, media = f"MM{secrets.token_hex(16)}", f"ME{secrets.token_hex(16)}"
+        path = f"/2010-04-01/Accounts/{sid}/Messages/{message}/Media/{media}"
+        self.files[path] = (data, content_type)
+        return self.url + path
+
+    def put_recording(self, data: bytes, *, account_sid: str | None = None) -> str:
+        """A call's recording: the RecordingUrl (no extension; served as WAV)."""
+        sid = account_sid or self.account_sid
+        path = f"/2010-04-01/Accounts/{sid}/Recordings/RE{secrets.token_hex(16)}"
+        self.files[path] = (data, "audio/x-wav")
+        return self.url + path
+
+    async def media_file(self, request: web.Request) -> web.Response:
+        self.media_requests += 1
+        if self._account(request) is None:
+            status, payload = error_body(20003)
+            return web.json_response(payload, status=status)
+        path = request.path
+        for suffix in (".wav", ".mp3"):
+            path = path.removesuffix(suffix)
+        found = self.files.get(path)
+        if found is None:
+            status, payload = error_body(20404)
+            return web.json_response(payload, status=status)
+        data, content_type = found
+        return web.Response(body=data, content_type=content_type)
 
     # -- the REST API ----------------------------------------------------------------
 
@@ -514,6 +551,10 @@ class FakeTwilio(HttpSimulator):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.messages)
+        app.router.add_get(
+            "/2010-04-01/Accounts/{sid}/Messages/{message}/Media/{media}", self.media_file
+        )
+        app.router.add_get("/2010-04-01/Accounts/{sid}/Recordings/{recording}", self.media_file)
         app.router.add_get("/v1/ContentAndApprovals", self.content_and_approvals)
         return app
 

@@ -13,7 +13,9 @@ Routes, under `/webhooks/whatsapp/{inbox}`:
   `ingest` call takes all the messages, one `record_status` call all the statuses.
 
 Media become attachments whose URL names the media id (`whatsapp-media:<id>`):
-Meta's media URLs need the access token and expire, the id does not. A reaction
+Meta's media URLs need the access token and expire, the id does not; the hub's
+media fetcher calls `fetch_media` (`fetch`: id -> URL -> bytes) after the
+webhook was answered. A reaction
 is stored as a text message holding the emoji, with `extra.reaction` and
 `extra.reaction_to` (the reacted-to message id) so the agent sees it in the
 thread; removing a reaction is logged as ignored. The sender is the `from` phone
@@ -44,7 +46,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from channels.base import ChannelAdapter, FileRefusal, MessageTemplate, RateLimit
-from channels.whatsapp import inbound, media, outbound, templates
+from channels.whatsapp import fetch, inbound, media, outbound, templates
 from channels.whatsapp.inbound import (
     CHANGE_FIELDS,
     IGNORED_MESSAGE_TYPES,
@@ -57,7 +59,7 @@ from channels.whatsapp.outbound import WINDOW, WINDOW_REASON, build_payloads, cl
 from channels.whatsapp.settings import WhatsAppSettings
 from channels.whatsapp.wire import MEDIA_URL_PREFIX
 from hub.model import OutboundMessage, SendResult
-from hub.ports import PermanentSendError
+from hub.ports import FetchedMedia, PermanentSendError
 
 __all__ = [
     "CHANGE_FIELDS",
@@ -123,6 +125,10 @@ class WhatsAppChannel(ChannelAdapter):
 
     def files_per_message(self, medium: str | None) -> int:
         return 1
+
+    async def fetch_media(self, ref: str, max_bytes: int) -> FetchedMedia:
+        """A customer's file by its media id (`channels.whatsapp.fetch`)."""
+        return await fetch.fetch(self.ctx.http(), self.settings, ref, max_bytes)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         if any(a.id for a in message.attachments):

@@ -299,6 +299,7 @@ class FakeWhatsApp(HttpSimulator):
     template_reads: int = 0  # GET .../message_templates requests answered
     # Uploaded media (`POST /{phone_number_id}/media`): id -> {bytes, type, filename}.
     media: dict[str, dict[str, Any]] = field(default_factory=dict)
+    media_downloads: int = 0  # media URL downloads answered
     _window: deque[float] = field(default_factory=deque)
     _pairs: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -582,6 +583,48 @@ class FakeWhatsApp(HttpSimulator):
         }
         return web.json_response({"id": media_id})
 
+    def put_media(self, data: bytes, content_type: str, filename: str | None = None) -> str:
+        """A file a customer sent: its media id, as a notification names it."""
+        media_id = str(10**15 + len(self.media) + 1)
+        self.media[media_id] = {"bytes": data, "type": content_type, "filename": filename}
+        return media_id
+
+    async def media_info(self, request: web.Request) -> web.Response:
+        """`GET /{media-id}`: the media's short-lived download URL, type and size."""
+        if not self._authorised(request):
+            return web.json_response(
+                graph_error(190, "Invalid OAuth access token - Cannot parse access token"),
+                status=401,
+            )
+        media_id = request.match_info["media_id"]
+        found = self.media.get(media_id)
+        if found is None:
+            return web.json_response(
+                graph_error(100, "Invalid parameter", f"Unsupported get request: {media_id}"),
+                status=400,
+            )
+        data: bytes = found["bytes"]
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "url": f"{self.url}/media-download/{media_id}",
+                "mime_type": found["type"],
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "file_size": len(data),
+                "id": media_id,
+            }
+        )
+
+    async def download_media(self, request: web.Request) -> web.Response:
+        """The media URL's bytes, with the same Bearer token (as lookaside.fbsbx.com)."""
+        self.media_downloads += 1
+        if not self._authorised(request):
+            return web.Response(status=401, text="Unauthorized")
+        found = self.media.get(request.match_info["media_id"])
+        if found is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=found["bytes"], content_type="application/octet-stream")
+
     def new_wamid(self, digits: str) -> str:
         serial = next(self._ids)
         token = base64.b64encode(f"{digits}:{self._run}{serial:012d}".encode()).decode()
@@ -641,6 +684,8 @@ class FakeWhatsApp(HttpSimulator):
         app = web.Application()
         app.router.add_post("/{phone_number_id}/messages", self.messages)
         app.router.add_post("/{phone_number_id}/media", self.upload_media)
+        app.router.add_get("/media-download/{media_id}", self.download_media)
+        app.router.add_get("/{media_id}", self.media_info)
         app.router.add_get("/{waba_id}/message_templates", self.message_templates)
         return app
 

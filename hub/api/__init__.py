@@ -22,6 +22,7 @@ from hub.api import (
     conversations,
     greetings,
     handoff,
+    media,
     media_out,
     openapi,
     realtime,
@@ -49,6 +50,7 @@ ROUTES: list[Route] = [
     *canned.table.routes,
     *greetings.table.routes,
     *templates.table.routes,
+    *media.table.routes,
     *audit.table.routes,
     *openapi.table.routes,
 ]

@@ -55,6 +55,7 @@ ANSWERS: dict[str, tuple[Answer, ...]] = {
     "list_messages": (403, 404, NotInConversation),
     "post_message": (400, 403, 404, 409, 415, 422, 502, OutboxError),
     "list_templates": (403, 404, 409, 502, BadCursor),
+    "get_media": (403, 404),
     "patch_scheduled": (400, 403, 404, 409, 422),
     "cancel_scheduled": (403, 404, 409),
     "create_reminder": (403, 404, 422),

@@ -23,6 +23,9 @@ What other parts may call (media-out included):
 - `delete_media(store, media_id)`: removes a file (no error when absent).
 - `attachment_view(item)`: the public shape of a stored attachment (drops the
   hub's own fields, such as the provider reference of a pending download).
+- `stage(store, data, *, name, content_type) -> str`: keeps bytes that came
+  inside a webhook until their message is stored; the reference to put in the
+  attachment's `url` (the fetcher adopts the file under the attachment's id).
 - `media_url(media_id)`: `/api/media/{id}`.
 """
 
@@ -40,13 +43,27 @@ from gridfs.asynchronous.grid_file import AsyncGridOut
 from gridfs.errors import NoFile
 
 from hub.model import utcnow
+from hub.shapes import attachment_view
 from hub.store import Store, new_id
+
+__all__ = [
+    "MediaFile",
+    "attachment_view",
+    "delete_media",
+    "media_url",
+    "needs_attachment_disposition",
+    "open_media",
+    "save",
+    "sniff",
+    "stage",
+]
 
 BUCKET = "media"
 UNKNOWN = "application/octet-stream"
 
 # Types a browser shows as an image, a player or plain text, and never runs:
-# served inline. Everything else is served as a download.
+# served inline. Everything else is served as a download (a PDF too: its viewer
+# runs the document's scripts, and the route's sandbox policy would block it).
 INLINE_TYPES = frozenset(
     {
         "image/png",
@@ -65,13 +82,13 @@ INLINE_TYPES = frozenset(
         "video/webm",
         "video/quicktime",
         "video/3gpp",
-        "application/pdf",
         "text/plain",
     }
 )
 
-# The fields of an attachment the API shows (CONTRACT.md "Media and search").
-PUBLIC_FIELDS = ("id", "name", "content_type", "size", "status", "url")
+# A file kept for a message not stored yet (an e-mail's attachment, received with
+# the mail): its attachment's reference until the media fetcher adopts it.
+STAGED_PREFIX = "hub-media:"
 
 
 def media_url(media_id: str) -> str:
@@ -254,18 +271,6 @@ def type_mismatch(declared: str | None, detected: str) -> bool:
 # -- storage ----------------------------------------------------------------------
 
 
-def attachment_view(item: dict[str, Any]) -> dict[str, Any]:
-    """The public shape of a stored attachment (CONTRACT.md)."""
-    view = {key: item.get(key) for key in PUBLIC_FIELDS}
-    if view["status"] is None:
-        # An attachment stored before media were kept (or an outbound one given
-        # by URL): no file of the hub's own.
-        view["status"] = "ready" if item.get("id") else "failed"
-    if view["url"] is None and item.get("id"):
-        view["url"] = media_url(str(item["id"]))
-    return view
-
-
 async def save(
     store: Store,
     data: bytes,
@@ -346,6 +351,24 @@ async def open_media(store: Store, media_id: str) -> MediaFile | None:
         message_id=meta.get("message_id"),
         _grid=grid,
     )
+
+
+async def stage(store: Store, data: bytes, *, name: str | None, content_type: str | None) -> str:
+    """Keep bytes received inside a webhook (an e-mail attachment) for a message
+    not stored yet; answer the reference `hub-media:<id>` for its attachment."""
+    staged_id = "staged-" + new_id()
+    await bucket(store).upload_from_stream_with_id(
+        staged_id,
+        name or staged_id,
+        data,
+        metadata={
+            "name": name,
+            "declared_type": plain_type(content_type) or None,
+            "staged": True,
+            "saved_at": utcnow(),
+        },
+    )
+    return STAGED_PREFIX + staged_id
 
 
 async def delete_media(store: Store, media_id: str) -> None:

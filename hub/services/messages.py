@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from hub.model import KIND_OF_INBOUND, Attachment, ButtonReply, InboundEvent
+from hub.services.media import media_url
+from hub.store import derived_id
 
 _last_arrival = [0]
 
@@ -39,8 +41,10 @@ def inbound_message_doc(
         "provider_id": event.provider_id,
         "created_at": event.received_at,
         "seq": arrival_seq(),
-        "attachments": [a.model_dump() for a in getattr(event, "attachments", ())],
+        "attachments": inbound_attachments(event, message_id),
     }
+    if any(a["status"] == "pending" for a in doc["attachments"]):
+        doc["media_pending"] = True  # the media fetcher's work (hub.services.media_fetch)
     for name in ("location", "contact", "button", "call", "email"):
         value = getattr(event, name, None)
         if value is not None:
@@ -48,6 +52,35 @@ def inbound_message_doc(
     if event.extra:
         doc["extra"] = dict(event.extra)
     return doc
+
+
+def inbound_attachments(event: InboundEvent, message_id: str) -> list[dict[str, Any]]:
+    """An inbound event's files as stored: each `pending` with the provider's
+    reference (`ref`, never shown) until the media fetcher has it; a call's
+    recording is one more. A file the adapter could not take (no reference:
+    an e-mail attachment over the limit) is `failed` at once."""
+    found: list[tuple[str, str | None, str | None, int | None]] = [
+        (a.url, a.name, a.content_type, a.size) for a in getattr(event, "attachments", ())
+    ]
+    call = getattr(event, "call", None)
+    if call is not None and call.recording_url:
+        found.append((call.recording_url, "Call recording", None, None))
+    items = []
+    for index, (ref, name, content_type, size) in enumerate(found):
+        media_id = derived_id("media", message_id, str(index))
+        items.append(
+            {
+                "id": media_id,
+                "name": name,
+                "content_type": content_type,
+                "size": size,
+                "status": "pending" if ref else "failed",
+                "url": media_url(media_id),
+                "error": None if ref else "too large: the file was not kept",
+                "ref": ref,
+            }
+        )
+    return items
 
 
 def outbound_message_doc(

@@ -21,10 +21,11 @@ from pymongo.errors import PyMongoError
 from hub.metrics import Metrics
 from hub.model import Attachment, ButtonReply, Event, IdentityRef, InboundEvent, StatusUpdate
 from hub.ports import Channel, IngestResult, OutboundFile, StoreUnavailable
-from hub.services import contacts, conversations, media_out
+from hub.services import contacts, conversations, media, media_out
 from hub.services.dispatcher import Dispatcher
 from hub.services.events import EventBus, Events
 from hub.services.ingest import Ingestor
+from hub.services.media_fetch import MediaFetcher
 from hub.services.outbox import record_statuses
 from hub.services.replies import Replies
 from hub.settings import Settings
@@ -46,6 +47,7 @@ class Hub:
     replies: Replies | None = None
     adapters: dict[str, Channel] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
+    media: MediaFetcher | None = None  # fetches customers' files (hub.services.media_fetch)
 
     async def ingest(self, events: Sequence[InboundEvent]) -> list[IngestResult]:
         assert self.ingestor is not None
@@ -113,6 +115,7 @@ class ChannelServices:
         self.public_url = hub.settings.public_url
         self.default_region = hub.settings.identity.default_region
         self.logger = logging.getLogger("hub.channels")
+        self.max_media_bytes = hub.settings.media.max_inbound_bytes
 
     def _store(self) -> tuple[Store, Events]:
         hub = self._hub
@@ -169,3 +172,10 @@ class ChannelServices:
         key = await media_out.signing_key(store)
         media_id = attachment.id or attachment.url.removeprefix("/api/media/")
         return media_out.signed_url(key, self.public_url, media_id)
+
+    async def keep_media(self, data: bytes, *, name: str | None, content_type: str | None) -> str:
+        store, _ = self._store()
+        try:
+            return await media.stage(store, data, name=name, content_type=content_type)
+        except PyMongoError as error:
+            raise StoreUnavailable(str(error)) from error

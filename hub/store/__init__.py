@@ -65,6 +65,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, Any]], dict[str, Any]]]] = {
         ([("conversation_id", ASCENDING)], {}),
         ([("provider_key", ASCENDING)], {}),
         ([("email.message_id", ASCENDING)], {}),
+        # Set only while a file is still to fetch (hub.services.media_fetch).
+        ([("media_pending", ASCENDING)], {"sparse": True}),
         ([(f, "text") for f in TEXT_INDEXES["messages"]], TEXT_INDEX_OPTIONS),
     ],
     "outbox": [([("state", ASCENDING)], {})],
@@ -92,6 +94,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, Any]], dict[str, Any]]]] = {
     # Bots: one turn per inbound message a bot answers (its `_id` is the message's,
     # so of two processes one answers; `state` "working" finds an interrupted one).
     "bot_turns": [([("state", ASCENDING)], {})],
+    # Media: one claim per file being fetched (its `_id` is the attachment's).
+    "media_fetches": [],
     "events": [([("key", ASCENDING)], {})],
     "audit": [([("at", DESCENDING)], {}), ([("agent_id", ASCENDING)], {})],
 }

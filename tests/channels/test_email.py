@@ -41,6 +41,7 @@ from hub.addresses import InvalidIdentity, normalize_email
 from hub.app import build_app
 from hub.config import Settings, parse_settings
 from hub.model import Attachment, OutboundMessage
+from hub.services import media
 from hub.services.outbox import enqueue
 from tests.conftest import hub_of
 from tests.support.context import replaced
@@ -400,20 +401,40 @@ async def test_smtp_quoted_history_is_kept_folded_apart_from_the_new_text(mail_h
     assert message["email"]["subject"] == "Re: Hello there"
 
 
-async def test_smtp_attachment_is_kept_as_a_data_url_with_name_type_and_size(mail_hub):
+async def settled_attachments(client: Client, message_id: str) -> list[dict[str, Any]]:
+    """The message's attachments once the hub's media fetcher has filed them."""
+    store = hub_of(client).store
+    assert store is not None
+    found = await eventually(
+        lambda: store.messages.find_one({"_id": message_id}),
+        lambda m: m is not None and "media_pending" not in m,
+    )
+    assert found is not None
+    return list(found["attachments"])
+
+
+async def test_smtp_attachment_is_kept_in_the_hub_with_name_type_and_size(mail_hub):
     await deliver(mail_hub, fixture("multipart_attachment.eml"), mail_from="foo@example.com")
     (message,) = await inbound_messages(mail_hub)
     assert message["text"] == "This is the first part."
     (attachment,) = message["attachments"]
+    assert attachment["ref"].startswith(media.STAGED_PREFIX)  # kept as the mail came in
+    (attachment,) = await settled_attachments(mail_hub, message["_id"])
+    assert attachment["status"] == "ready"
     assert attachment["name"] == "api.rb"
-    assert attachment["content_type"] == "text/x-ruby-script"
+    assert attachment["content_type"] == "text/plain"  # what the bytes are
     assert attachment["size"] == 28
-    prefix = "data:text/x-ruby-script;base64,"
-    assert attachment["url"].startswith(prefix)
-    assert base64.b64decode(attachment["url"][len(prefix) :]) == b'puts "Hello, world!"\r\ngets\r\n'
+    store = hub_of(mail_hub).store
+    assert store is not None
+    kept = await media.open_media(store, attachment["id"])
+    assert kept is not None
+    assert await kept.read() == b'puts "Hello, world!"\r\ngets\r\n'
+    staged = attachment["ref"][len(media.STAGED_PREFIX) :]
+    assert await media.open_media(store, staged) is None  # filed under its message
 
 
-async def test_smtp_large_attachment_is_recorded_by_name_and_size_only(mail_hub):
+async def test_smtp_attachment_over_the_media_limit_is_recorded_by_name_and_size_only(mail_hub):
+    channel_of(mail_hub).ctx.max_media_bytes = 100_000  # type: ignore[misc]
     mail = EmailMessage()
     mail["From"] = "Ann <ann@example.org>"
     mail["To"] = ADDRESS
@@ -426,12 +447,14 @@ async def test_smtp_large_attachment_is_recorded_by_name_and_size_only(mail_hub)
     await deliver(mail_hub, mail.as_bytes(), mail_from="ann@example.org")
     (message,) = await inbound_messages(mail_hub)
     (attachment,) = message["attachments"]
-    assert attachment == {
-        "url": "",
+    assert {k: attachment[k] for k in ("ref", "content_type", "name", "size", "status")} == {
+        "ref": "",
         "content_type": "image/png",
         "name": "scan.png",
         "size": 300_000,
+        "status": "failed",
     }
+    assert "too large" in attachment["error"]
 
 
 async def test_smtp_html_only_mail_gets_a_text_version(mail_hub):
@@ -480,14 +503,15 @@ async def test_webhook_sendgrid_documented_payload_is_stored(mail_hub):
     assert message["provider_id"] == "CABQbZKGSEWPBtYVn3W_JUb70n-Oe=fykq@mail.gmail.com"
     assert message["email"]["subject"] == "Different File Types"
     assert "<b>multiple attachments</b>" in message["email"]["html"]
-    assert [(a["name"], a["content_type"], a["size"]) for a in message["attachments"]] == [
-        ("image.png", "image/png", 16),
-        ("document.pdf", "application/pdf", 16),
+    assert [(a["name"], a["size"]) for a in message["attachments"]] == [
+        ("image.png", 16),
+        ("document.pdf", 16),
     ]
-    assert (
-        message["attachments"][0]["url"]
-        == "data:image/png;base64," + base64.b64encode(b"[binary content]").decode()
-    )
+    # The form's files are placeholders ("[binary content]"), not the PNG and PDF
+    # they claim to be: kept with the message, failed as a type mismatch.
+    attachments = await settled_attachments(mail_hub, message["_id"])
+    assert [a["status"] for a in attachments] == ["failed", "failed"]
+    assert all("type does not match" in a["error"] for a in attachments)
     assert message["extra"]["spf"] == "pass"
     assert message["extra"]["envelope_to"] == "example@example.com"
     store = hub_of(mail_hub).store

@@ -192,7 +192,7 @@ async def test_photo_is_stored_as_media_with_its_largest_size_as_a_file_referenc
     assert message["kind"] == "media"
     (attachment,) = message["attachments"]
     # The 962x719 size, by file id: a download URL would carry the bot token.
-    assert attachment["url"] == (
+    assert attachment["ref"] == (
         "tg://file/AgADAgAD36sxG-PX0UvQSXIn9rccdw-ACA4ABAEAAwIAA3kAAyTcBAABFgQ"
     )
     assert attachment["content_type"] == "image/jpeg"
@@ -229,7 +229,7 @@ async def test_files_are_stored_as_media_with_type_name_and_size(
     assert message["kind"] == "media"
     assert message["provider_id"] == "1111111:1365"
     (attachment,) = message["attachments"]
-    assert attachment["url"] == "tg://file/AwADBAADbXXXXXXXXXXXGBdhD2l6_XX"
+    assert attachment["ref"] == "tg://file/AwADBAADbXXXXXXXXXXXGBdhD2l6_XX"
     assert attachment["content_type"] == content_type
     assert attachment["name"] == file_name
     assert attachment["size"] == size

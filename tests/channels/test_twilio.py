@@ -193,7 +193,7 @@ async def test_inbound_whatsapp_media_is_stored_with_each_url_and_content_type(
 ) -> None:
     doc = await inbound(client, fake, "inbound_whatsapp_media.txt")
     assert doc["kind"] == "media" and doc["text"] == "Hu"
-    assert [(a["url"], a["content_type"]) for a in doc["attachments"]] == [
+    assert [(a["ref"], a["content_type"]) for a in doc["attachments"]] == [
         (
             "https://api.twilio.com/2010-04-01/Accounts/ACcac64a7fd3d8c588ae857886acb0e122"
             "/Messages/MM34b3ee6de346ba069213c6be8404190e/Media/MEdcfc34442a7cdc21a926d06fbfc94b02",

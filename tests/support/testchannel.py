@@ -27,6 +27,7 @@ from channels import (
     TransientSendError,
     register_channel,
 )
+from channels.media import download
 from hub.addresses import InvalidIdentity, phone_ref
 from hub.model import (
     Attachment,
@@ -36,6 +37,7 @@ from hub.model import (
     SendResult,
     StatusUpdate,
 )
+from hub.ports import FetchedMedia
 
 
 class TestChannelSettings(ChannelSettings):
@@ -110,10 +112,12 @@ class TestChannel(ChannelAdapter):
             if form.get("MediaUrl0"):
                 event = InboundMedia(
                     **common,
-                    attachments=(
+                    attachments=tuple(
                         Attachment(
-                            url=form["MediaUrl0"], content_type=form.get("MediaContentType0")
-                        ),
+                            url=form[f"MediaUrl{n}"], content_type=form.get(f"MediaContentType{n}")
+                        )
+                        for n in range(10)
+                        if form.get(f"MediaUrl{n}")
                     ),
                 )
             else:
@@ -142,6 +146,10 @@ class TestChannel(ChannelAdapter):
         )
         await self.ctx.record_status([update])
         return web.Response(text="")
+
+    async def fetch_media(self, ref: str, max_bytes: int) -> FetchedMedia:
+        """An inbound file: its `MediaUrl0`, downloaded as any adapter does."""
+        return await download(self.ctx.http(), ref, max_bytes=max_bytes)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         url = f"{self.settings.api_base}/messages"
