@@ -29,6 +29,7 @@ SCRIPT_MODULES = (
     "conversations.js",
     "thread.js",
     "messages.js",
+    "media.js",
     "composer.js",
     "labels.js",
     "contact-panel.js",

@@ -4,6 +4,7 @@
 
 import { $, h, safeUrl } from './dom.js';
 import { duration, longTime, shortTime } from './format.js';
+import { isHubMedia, mediaNode } from './media.js';
 import { scheduledNode } from './scheduling.js';
 import { state } from './state.js';
 
@@ -33,6 +34,7 @@ function ticks(message) {
 }
 
 function attachmentNode(attachment) {
+  if (isHubMedia(attachment)) return mediaNode(attachment, keepBottom);
   const type = String(attachment.content_type || '');
   const name = attachment.filename || attachment.name || (type ? type.split('/')[0] : 'file');
   if (type.startsWith('image/') || (!type && /^data:image\//.test(attachment.url || ''))) {
@@ -72,7 +74,8 @@ function callNode(message) {
     ringing: 'ringing', answered: 'answered', missed: 'missed', completed: 'completed',
   }[call.status] || call.status || '';
   const parts = [voicemail ? 'Voicemail' : way, statusText, duration(call.duration)].filter(Boolean);
-  const recording = safeUrl(call.recording_url);
+  // The hub keeps the recording as the message's file (shown with its attachments).
+  const recording = (message.attachments || []).length ? null : safeUrl(call.recording_url);
   return h('div', { class: 'call' },
     h('div', { class: 'call-line' }, h('span', { class: 'call-icon', 'aria-hidden': 'true' }, voicemail ? '✉' : '☎'),
       parts.join(' · ')),
