@@ -269,6 +269,19 @@ class CallOut(Output):
     recording_url: str | None = None
 
 
+class AttachmentOut(Output):
+    """A message's file (CONTRACT.md "Media and search"); `error` says why a
+    `failed` one could not be had."""
+
+    id: str | None
+    name: str | None
+    content_type: str | None
+    size: int | None
+    status: Literal["pending", "ready", "failed"]
+    url: str | None = Field(description="/api/media/{id}: the bytes, to an agent who may see it")
+    error: str | None = None
+
+
 class MessageOut(Output):
     id: str
     conversation_id: str | None
@@ -280,7 +293,7 @@ class MessageOut(Output):
     sender: Sender
     status: str | None
     error: str | None
-    attachments: list[dict[str, Any]]
+    attachments: list[AttachmentOut]
     call: CallOut | None
     created_at: str | None
     send_at: str | None = Field(default=None, description="when a scheduled reply goes")
