@@ -35,6 +35,17 @@ ERRORS = {
 
 Answer = int | type[Exception]
 
+# A reply with files (hub.api.media_out): its form fields and `file` parts.
+MULTIPART: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "text": {"type": "string", "description": "optional when files are given"},
+        "private": {"type": "string", "enum": ["true", "false"]},
+        "subject": {"type": "string"},
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+    },
+}
+
 # What each route's handler answers beyond what every route declared like it
 # answers (`shared_answers`: its role, query and body): the statuses it answers
 # itself, and the service errors it lets through, answered as SERVICE_ERROR_STATUS
@@ -141,6 +152,8 @@ def build_document(routes: list[Route]) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": _schema(route.body, schemas)}},
             }
+            if route.multipart:  # the same fields as a form, with files
+                operation["requestBody"]["content"]["multipart/form-data"] = {"schema": MULTIPART}
         ok: dict[str, Any] = {"description": "switching protocols" if route.websocket else "ok"}
         if route.response is not None:
             ok["content"] = {"application/json": {"schema": _schema(route.response, schemas)}}

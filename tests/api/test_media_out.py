@@ -436,3 +436,12 @@ async def test_the_signed_url_serves_the_file_and_refuses_forgery_and_expiry(api
         refused = await api.get(url)
         assert refused.status == 403, url
         assert (await refused.json())["error"]["code"] == "forbidden"
+
+
+async def test_the_api_document_names_the_multipart_form_of_a_reply(api):
+    doc = await (await api.get("/api/openapi.json")).json()
+    body = doc["paths"]["/api/conversations/{id}/messages"]["post"]["requestBody"]["content"]
+    form = body["multipart/form-data"]["schema"]["properties"]
+    assert form["file"]["items"]["format"] == "binary"
+    assert {"text", "private", "subject"} <= set(form)
+    assert "application/json" in body
