@@ -228,6 +228,8 @@ async def test_telegram_uploads_a_photo_a_voice_note_and_a_document_byte_for_byt
     assert store is not None
     kept = await media.open_media(store, first["attachments"][0]["id"])
     assert kept is not None and await kept.read() == PNG
+    got = await api.get(first["attachments"][0]["url"], headers=agent.auth)
+    assert got.status == 200 and await got.read() == PNG
 
 
 async def test_whatsapp_cloud_uploads_each_file_then_sends_it_by_media_id(api, sims):
@@ -382,6 +384,8 @@ async def test_a_private_note_keeps_its_files_and_sends_nothing(api, sims):
     assert store is not None
     kept = await media.open_media(store, attachment["id"])
     assert kept is not None and await kept.read() == PNG
+    got = await api.get(attachment["url"], headers=agent.auth)
+    assert got.status == 200 and await got.read() == PNG
     assert await store.outbox.count_documents({}) == 0
     assert [r for r in sims["tg"].requests if r["method"].startswith("send")] == []
 

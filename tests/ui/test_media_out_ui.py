@@ -135,6 +135,7 @@ async def test_files_chosen_by_the_button_and_dropped_are_listed_then_sent(
     assert message["text"] == "Here they are"
     assert [a["name"] for a in message["attachments"]] == ["photo.png", "form.pdf"]
     assert [a["content_type"] for a in message["attachments"]] == ["image/png", "application/pdf"]
+    assert not pages.console_errors, pages.console_errors
 
 
 async def test_a_refused_file_shows_the_apis_message_and_nothing_is_sent(
