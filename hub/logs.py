@@ -95,4 +95,6 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str], stream: Any = No
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel("WARNING")
     logging.getLogger("pymongo").setLevel("WARNING")
+    # APScheduler says "Running job ..." at INFO for every tick of every job.
+    logging.getLogger("apscheduler").setLevel("WARNING")
     return redactor
