@@ -122,7 +122,9 @@ async def test_the_contact_panel_saves_birthday_time_zone_and_locale(
     await expect(page.locator("#toast")).to_have_text("Contact saved")
     await expect(page.locator("#contact-timezone")).to_have_value("Asia/Tokyo")
     assert ui.hub.store is not None
-    contact = await ui.hub.store.contacts.find_one({"name": XSS})
+    conversation = await ui.hub.store.conversations.find_one({"_id": conversation_id})
+    assert conversation is not None
+    contact = await ui.hub.store.contacts.find_one({"_id": conversation["contact_id"]})
     assert contact is not None
     assert contact["birthday"] == {"month": 2, "day": 29, "year": 1992}
     assert (contact["timezone"], contact["locale"]) == ("Asia/Tokyo", "ja")
