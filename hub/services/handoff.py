@@ -12,8 +12,9 @@ A conversation a bot serves has `bot` set (its bot's id) and status `pending`.
 Both are one conditional update on `bot` being set, so of two hub processes, or a
 handoff and a takeover at the same moment, exactly one changes the conversation.
 
-A bot replies with `reply_as_bot`, never with `Hub.reply` directly: it queues the
-reply only while the conversation is still the bot's, and takes its reply back
+A bot's reply is queued only while the conversation is still the bot's (the bot
+runtime checks with `still_bot` before and after queueing a turn's replies and
+calls `withdraw_bot_replies`; `reply_as_bot` does both for one reply), and taken back
 (while it is still queued) when an agent took the conversation over meanwhile; a
 takeover takes back the bot's replies still queued. So a customer never gets the
 bot's answer after a person has taken over.
