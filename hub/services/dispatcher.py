@@ -350,6 +350,14 @@ class Dispatcher:
             if conversation is None:
                 outcomes.append(_Outcome(item, "failed", error="the conversation is gone"))
                 continue
+            sender = message.get("sender") or {}
+            if sender.get("type") == "bot" and conversation.get("bot") != sender.get("id"):
+                # People took the conversation over after this answer was queued and
+                # before the takeover could take it back (it was already claimed):
+                # the customer gets no more answers from the bot.
+                reason = "taken back: people took the conversation"
+                outcomes.append(_Outcome(item, "cancelled", error=reason, message=message))
+                continue
             try:
                 outbound = outbound_message(item, message, conversation)
             except Exception as error:

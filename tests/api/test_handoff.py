@@ -332,6 +332,30 @@ async def test_the_bot_never_answers_after_a_takeover(api: Client, provider: Fak
     assert not await handoff.still_bot(hub(api), conv_id, "shop")
 
 
+async def test_a_bot_answer_already_claimed_is_not_sent_after_a_takeover(
+    api: Client, provider: FakeProvider
+) -> None:
+    """A bot's answer a dispatcher had claimed before the takeover (so the takeover
+    could not take it back) is cancelled when its turn comes, not sent."""
+    agent = await make_agent(api, "agent", inboxes=["t1"])
+    conv_id = await bot_conversation(api, inbox="t1")
+    dispatcher = hub(api).dispatcher
+    assert dispatcher is not None
+    await dispatcher.stop()  # hold sends: the test claims the answer itself
+    queued = await handoff.reply_as_bot(hub(api), conv_id, "shop", text="Our menu: ...")
+    assert queued is not None
+    claimed = await dispatcher.claim_batch()
+    assert [item["_id"] for item in claimed] == [queued["_id"]]
+    resp = await api.post(f"/api/conversations/{conv_id}/takeover", headers=agent.auth)
+    assert resp.status == 200, await resp.text()
+    sent_before = len(provider.sent)
+    await dispatcher._send_batch(claimed)
+    assert len(provider.sent) == sent_before
+    bot_message = await _store(api).messages.find_one({"_id": queued["_id"]})
+    assert bot_message["status"] == "cancelled"
+    assert await _store(api).outbox.find_one({"_id": queued["_id"]}) is None
+
+
 async def test_the_list_filters_bot_conversations(api: Client) -> None:
     admin = await make_agent(api, "admin")
     bots = {await bot_conversation(api, inbox="t1") for _ in range(2)}
