@@ -65,6 +65,10 @@ def _storable_time(value: datetime) -> datetime:
     return value
 
 
+# For text that reaches a service without passing through a model (a form's
+# fields given to `update_contact`, say).
+storable_text = _storable_text
+
 Text = Annotated[str, AfterValidator(_storable_text)]
 Key = Annotated[str, AfterValidator(_storable_key)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]

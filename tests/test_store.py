@@ -31,8 +31,13 @@ from hub.store.embedded_server import INFO_NAME, LOCK_NAME
 DEADLINE = 30.0
 
 
-def _index_keys(info: dict[str, dict[str, object]]) -> set[tuple[tuple[str, int], ...]]:
-    return {tuple((k, int(d)) for k, d in spec["key"]) for spec in info.values()}  # type: ignore[attr-defined]
+def _direction(value: object) -> int | str:
+    """An index key's direction as given (1, -1; "text" stays text)."""
+    return value if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+
+
+def _index_keys(info: dict[str, dict[str, object]]) -> set[tuple[tuple[str, int | str], ...]]:
+    return {tuple((k, _direction(d)) for k, d in spec["key"]) for spec in info.values()}  # type: ignore[attr-defined]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from hub.addresses import InvalidIdentity, normalize_email, normalize_phone
-from hub.model import Event, IdentityRef, utcnow
+from hub.model import Event, IdentityRef, storable_text, utcnow
 from hub.services.events import Events
 from hub.services.paging import decode_cursor, encode_cursor, page_by_time
 from hub.store import IDS_PER_COMMAND, Store, find_by_ids, identity_id, insert_new, new_id
@@ -150,7 +150,7 @@ async def name_from_channel(store: Store, names: Mapping[str, str]) -> None:
         if name:
             await store.contacts.update_one(
                 {"_id": contact_id, "name": None, "name_by": {"$ne": "agent"}},
-                {"$set": {"name": name, "name_by": "channel"}},
+                {"$set": {"name": storable_text(name), "name_by": "channel"}},
             )
 
 
@@ -272,7 +272,10 @@ async def update_from_channel(
             )
     if name:
         await name_from_channel(store, {contact_id: name})
-    fields = {f"attributes.{attribute_key(k)}": str(v) for k, v in (attributes or {}).items()}
+    fields = {
+        f"attributes.{attribute_key(k)}": storable_text(str(v))
+        for k, v in (attributes or {}).items()
+    }
     if fields:
         await store.contacts.update_one({"_id": contact_id}, {"$set": fields})
     return contact_id
