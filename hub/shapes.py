@@ -30,6 +30,8 @@ def attachment_view(item: Any) -> dict[str, Any]:
     if not isinstance(item, dict):
         return {key: None for key in ATTACHMENT_FIELDS}
     view = {key: item.get(key) for key in ATTACHMENT_FIELDS}
+    if view["name"] is None and isinstance(item.get("filename"), str):
+        view["name"] = item["filename"]  # an attachment stored in an older shape
     if view["id"] is not None:
         view["url"] = view["url"] or f"/api/media/{view['id']}"
     if view["status"] is None:
