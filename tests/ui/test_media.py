@@ -2,7 +2,7 @@
 opens full size, a voice note as a player, a document as a download, each with its
 name and size; a placeholder while the hub fetches a file and the reason when it
 could not; and an HTML or SVG file a customer sends never runs in the hub's
-origin. Takes the README's screenshot (docs/img/media-thread.png) when
+origin. Takes the README's screenshot (docs/screenshots/media-thread.png) when
 HUB_SCREENSHOTS is set."""
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from hub.sandbox.core import tone_wav
 from tests.support.filehost import FileHost
 from tests.ui.conftest import Pages, UiHub, log_in
 
-ROOT = Path(__file__).resolve().parents[2]
 ANN = "+15551230001"
 PWN = "localStorage.setItem('pwned', document.domain || 'x'); window.__x = 1;"
 HTML = f"<!DOCTYPE html><html><body><h1>Invoice</h1><script>{PWN}</script></body></html>"
@@ -141,9 +140,9 @@ async def test_a_thread_shows_a_photo_a_voice_note_and_a_document(
         await download.click()
     assert (await got.value).suggested_filename == "receipt-0427.pdf"
 
-    if os.environ.get("HUB_SCREENSHOTS"):  # the README's picture, when asked for
+    if shots := os.environ.get("HUB_SCREENSHOTS"):  # the README's picture, when asked for
         await page.locator("#messages").evaluate("(el) => { el.scrollTop = el.scrollHeight; }")
-        await page.screenshot(path=str(ROOT / "docs" / "img" / "media-thread.png"))
+        await page.screenshot(path=str(Path(shots) / "media-thread.png"))
     assert pages.console_errors == []
 
 
