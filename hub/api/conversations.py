@@ -206,7 +206,12 @@ async def post_message(call: Call) -> dict[str, Any]:
     conversation_id = call.param("id")
     conversation = await visible_conversation(call, conversation_id)
     if body is None:  # multipart/form-data: a reply or a note with files
-        return await reply_with_files(call, conversation)
+        answer = await reply_with_files(call, conversation)
+        action = "note.added" if answer.get("kind") == "note" else "message.replied"
+        await call.accounts.audit(
+            call.me.agent_id, action, target=conversation_id, message=answer["id"], files=True
+        )
+        return answer
     sender = {"type": "agent", "id": call.me.agent_id}
     if body.send_at is not None:  # send later: scheduled, sent by the scheduler
         if body.private:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
+
 from hub.model import utcnow
 from tests.api.conftest import PASSWORD, conversation_of, hub, inbound, make_agent
 from tests.api.test_login_limits import proxied  # noqa: F401  (the fixture)
@@ -168,3 +170,34 @@ async def test_the_address_is_the_forwarded_one_behind_a_trusted_proxy(proxied):
     assert resp.status == 200
     entry = (await _audit(proxied, admin, "?action=conversation.labels"))["items"][0]
     assert entry["address"] == "198.51.100.7"
+
+
+async def test_a_reply_and_a_note_with_files_are_in_the_log(api):
+    admin = await make_agent(api, "admin")
+    conv = await conversation_of(api, await inbound(api, "t1", "AU5", A, "a photo please"))
+
+    def files(**fields: str) -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        for name, value in fields.items():
+            data.add_field(name, value)
+        pdf = b"%PDF-1.4 a receipt"
+        data.add_field("file", pdf, filename="r.pdf", content_type="application/pdf")
+        return data
+
+    reply = await api.post(
+        f"/api/conversations/{conv}/messages", data=files(text="here"), headers=admin.auth
+    )
+    assert reply.status == 201, await reply.text()
+    note = await api.post(
+        f"/api/conversations/{conv}/messages",
+        data=files(text="kept", private="true"),
+        headers=admin.auth,
+    )
+    assert note.status == 201, await note.text()
+    logged = {
+        (e["action"], e["detail"].get("message"))
+        for e in await _all(api, admin, "?action=message.")
+        + await _all(api, admin, "?action=note.")
+    }
+    assert ("message.replied", (await reply.json())["id"]) in logged
+    assert ("note.added", (await note.json())["id"]) in logged
