@@ -179,7 +179,9 @@ class CampaignJob:
             if conv is None:
                 continue  # its identity was refused above
             channel = self.hub.adapters[str(record["inbox"])]
-            refusal = channel.reply_refusal(conv.get("last_inbound_at"), template is not None)
+            refusal = channel.reply_refusal_on(
+                conv.get("channel"), conv.get("last_inbound_at"), template is not None
+            )
             if refusal:
                 settled.append((record["_id"], "failed", {"reason": refusal}))
                 continue

@@ -507,7 +507,9 @@ class GreetingJob:
         adapter = self.hub.adapters.get(str(conversation.get("inbox")))
         if adapter is None:
             return "inbox not configured"
-        refusal = adapter.reply_refusal(conversation.get("last_inbound_at"), False)
+        refusal = adapter.reply_refusal_on(
+            conversation.get("channel"), conversation.get("last_inbound_at"), False
+        )
         if refusal:
             return "channel refuses: " + refusal
         return None
