@@ -4,7 +4,8 @@ A job is a `hub.ports.ScheduledJob`. Everything here sends through the hub's
 outbox (`hub.ports.Replies`) and takes a lease in `leases` before firing
 (`hub.services.leases`), so one of many hub processes runs each job.
 `BUILTIN_JOBS` maps a job's name to its class, imported lazily like the channels'
-registry; the jobs themselves arrive with the scheduler issue.
+registry; `scheduler.runner` runs every one of them on APScheduler's
+`AsyncIOScheduler`, each under its lease `job:<name>`.
 """
 
 from __future__ import annotations
