@@ -350,11 +350,16 @@ class Dispatcher:
             if conversation is None:
                 outcomes.append(_Outcome(item, "failed", error="the conversation is gone"))
                 continue
-            sender = message.get("sender") or {}
-            if sender.get("type") == "bot" and conversation.get("bot") != sender.get("id"):
+            taken_over_at = conversation.get("taken_over_at")
+            if (
+                (message.get("sender") or {}).get("type") == "bot"
+                and taken_over_at is not None
+                and message["created_at"] <= taken_over_at
+            ):
                 # People took the conversation over after this answer was queued and
                 # before the takeover could take it back (it was already claimed):
-                # the customer gets no more answers from the bot.
+                # the customer gets no more answers from the bot. (A bot's last words
+                # before its own handoff still go.)
                 reason = "taken back: people took the conversation"
                 outcomes.append(_Outcome(item, "cancelled", error=reason, message=message))
                 continue

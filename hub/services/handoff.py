@@ -116,7 +116,9 @@ async def take_over(hub: Hub, conversation_id: str, agent_id: str) -> dict[str, 
     agent, the bot's replies still queued taken back, `conversation.updated`.
     Returns the conversation's view, or None when it had no bot any more."""
     store, events = _parts(hub)
-    fields = {**_TO_PEOPLE, "assignee_id": agent_id}
+    # `taken_over_at`: the dispatcher cancels, at its turn, a bot answer queued
+    # before it that a dispatcher had already claimed (so it could not be withdrawn).
+    fields = {**_TO_PEOPLE, "assignee_id": agent_id, "taken_over_at": utcnow()}
     doc = await store.conversations.find_one_and_update(
         {"_id": conversation_id, "bot": {"$ne": None}},
         {"$set": fields},

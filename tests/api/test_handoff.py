@@ -344,6 +344,7 @@ async def test_a_bot_answer_already_claimed_is_not_sent_after_a_takeover(
     await dispatcher.stop()  # hold sends: the test claims the answer itself
     queued = await handoff.reply_as_bot(hub(api), conv_id, "shop", text="Our menu: ...")
     assert queued is not None
+    await dispatcher._hold_inboxes(force=True)  # the stop handed the inbox's lease back
     claimed = await dispatcher.claim_batch()
     assert [item["_id"] for item in claimed] == [queued["_id"]]
     resp = await api.post(f"/api/conversations/{conv_id}/takeover", headers=agent.auth)
