@@ -22,12 +22,15 @@ from hub.jsontext import UnreadableJson
 from hub.jsontext import parse_json as read_json
 from hub.services import audit
 from hub.services.accounts import Accounts, LoginLimiter, Session, UnknownTeams, token_hash
+from hub.services.campaigns import CampaignError, CampaignStateError
 from hub.services.canned import ShortcutTaken
 from hub.services.contacts import IdentityTaken, InvalidContact
 from hub.services.conversations import AssigneeCannotSee, InvalidChange, NotInConversation
 from hub.services.outbox import OutboxError
 from hub.services.paging import BadCursor
+from hub.services.reminders import InvalidReminder, NoSuchReminder
 from hub.services.runtime import HUB, Hub
+from hub.services.send_later import InvalidSendAt, NoSuchMessage, NotScheduled
 
 log = logging.getLogger("hub.api")
 
@@ -269,7 +272,8 @@ def read_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise ApiError(400, "invalid", validation_message(error, "query")) from None
 
 
-# A service's refusal, as the API answers it: (status, code).
+# A service's refusal, as the API answers it: (status, code); the message is the
+# error's own text. A handler lets these through rather than catching them.
 SERVICE_ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
     BadCursor: (400, "invalid"),
     InvalidChange: (400, "invalid"),
@@ -280,6 +284,13 @@ SERVICE_ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
     IdentityTaken: (409, "identity_taken"),
     ShortcutTaken: (409, "shortcut_taken"),
     UnknownTeams: (400, "invalid"),
+    CampaignError: (422, "invalid_campaign"),
+    CampaignStateError: (409, "campaign_state"),
+    InvalidSendAt: (422, "invalid_send_at"),
+    NotScheduled: (409, "not_scheduled"),
+    NoSuchMessage: (404, "not_found"),
+    InvalidReminder: (422, "invalid_reminder"),
+    NoSuchReminder: (404, "not_found"),
 }
 SERVICE_ERRORS = tuple(SERVICE_ERROR_STATUS)
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt
 
-from hub.api.base import ApiError, Call, RouteTable, not_found
+from hub.api.base import Call, RouteTable, not_found
 from hub.api.schemas import AttributeKey, Input, Label, Output
 from hub.model import utcnow
 from hub.services import campaigns
@@ -142,10 +142,6 @@ def _store(call: Call) -> Store:
     return call.hub.store
 
 
-def _invalid(error: campaigns.CampaignError) -> ApiError:
-    return ApiError(422, "invalid_campaign", str(error))
-
-
 async def _view(store: Store, doc: dict[str, Any]) -> dict[str, Any]:
     stats = await campaigns.stats(store, doc)
     return campaigns.campaign_view(doc, stats)
@@ -185,12 +181,9 @@ async def list_campaigns(call: Call) -> dict[str, Any]:
 async def create_campaign(call: Call) -> dict[str, Any]:
     body: CampaignIn = call.body
     store = _store(call)
-    try:
-        doc = await campaigns.parse_campaign(
-            store, body.model_dump(exclude_unset=True), inboxes=call.hub.adapters, now=utcnow()
-        )
-    except campaigns.CampaignError as error:
-        raise _invalid(error) from None
+    doc = await campaigns.parse_campaign(
+        store, body.model_dump(exclude_unset=True), inboxes=call.hub.adapters, now=utcnow()
+    )
     doc = await campaigns.create(store, doc, agent_id=call.me.agent_id)
     await call.accounts.audit(call.me.agent_id, "campaign.created", target=str(doc["_id"]))
     return await _view(store, doc)
@@ -207,11 +200,8 @@ async def create_campaign(call: Call) -> dict[str, Any]:
 async def count_audience(call: Call) -> dict[str, Any]:
     body: AudienceCountIn = call.body
     raw = body.audience.model_dump(exclude_unset=True)
-    try:
-        campaigns.parse_conditions(raw.get("attributes"))
-        count = await campaigns.count_audience(_store(call), raw)
-    except campaigns.CampaignError as error:
-        raise _invalid(error) from None
+    campaigns.parse_conditions(raw.get("attributes"))
+    count = await campaigns.count_audience(_store(call), raw)
     return {"count": count}
 
 
@@ -226,20 +216,11 @@ async def get_campaign(call: Call) -> dict[str, Any]:
     return await _view(_store(call), await _campaign(call))
 
 
-async def _control(call: Call, action: str) -> dict[str, Any]:
-    store = _store(call)
-    doc = await _campaign(call)
-    try:
-        if action == "start":
-            doc = await campaigns.start(store, str(doc["_id"]))
-        elif action == "pause":
-            doc = await campaigns.pause(store, str(doc["_id"]))
-        else:
-            doc = await campaigns.cancel(store, str(doc["_id"]))
-    except campaigns.CampaignStateError as error:
-        raise ApiError(409, "campaign_state", str(error)) from None
+async def _controlled(call: Call, action: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a control that changed the campaign to `doc`, audited. (Each
+    handler calls its own service function: what it may refuse is that one's.)"""
     await call.accounts.audit(call.me.agent_id, f"campaign.{action}", target=str(doc["_id"]))
-    return await _view(store, doc)
+    return await _view(_store(call), doc)
 
 
 @table.route(
@@ -250,10 +231,9 @@ async def _control(call: Call, action: str) -> dict[str, Any]:
     response=CampaignOut,
 )
 async def start_campaign(call: Call) -> dict[str, Any]:
-    try:
-        return await _control(call, "start")
-    except campaigns.CampaignError as error:  # a draft whose send_at has passed
-        raise _invalid(error) from None
+    # CampaignStateError, or CampaignError: a draft whose send_at has passed.
+    doc = await campaigns.start(_store(call), str((await _campaign(call))["_id"]))
+    return await _controlled(call, "start", doc)
 
 
 @table.route(
@@ -264,7 +244,8 @@ async def start_campaign(call: Call) -> dict[str, Any]:
     response=CampaignOut,
 )
 async def pause_campaign(call: Call) -> dict[str, Any]:
-    return await _control(call, "pause")
+    doc = await campaigns.pause(_store(call), str((await _campaign(call))["_id"]))
+    return await _controlled(call, "pause", doc)
 
 
 @table.route(
@@ -275,7 +256,8 @@ async def pause_campaign(call: Call) -> dict[str, Any]:
     response=CampaignOut,
 )
 async def cancel_campaign(call: Call) -> dict[str, Any]:
-    return await _control(call, "cancel")
+    doc = await campaigns.cancel(_store(call), str((await _campaign(call))["_id"]))
+    return await _controlled(call, "cancel", doc)
 
 
 @table.route(

@@ -218,18 +218,15 @@ async def post_message(call: Call) -> dict[str, Any]:
             raise ApiError(400, "invalid", "send_at: a private note is not sent")
         assert call.hub.events is not None
         assert body.text is not None  # MessageIn: a text unless a template
-        try:
-            doc = await send_later.schedule(
-                _store(call),
-                call.hub.events,
-                conversation,
-                text=body.text,
-                sender=sender,
-                send_at=body.send_at,
-                subject=body.subject,
-            )
-        except send_later.InvalidSendAt as error:
-            raise ApiError(422, "invalid_send_at", str(error)) from None
+        doc = await send_later.schedule(
+            _store(call),
+            call.hub.events,
+            conversation,
+            text=body.text,
+            sender=sender,
+            send_at=body.send_at,
+            subject=body.subject,
+        )
         await call.accounts.audit(
             call.me.agent_id, "message.replied", target=conversation_id, message=doc["_id"]
         )

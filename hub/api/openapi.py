@@ -10,11 +10,14 @@ from pydantic import BaseModel
 from hub.api.base import SERVICE_ERROR_STATUS, Call, Route, RouteTable, shared_answers
 from hub.api.schemas import ErrorOut
 from hub.services.accounts import UnknownTeams
+from hub.services.campaigns import CampaignError, CampaignStateError
 from hub.services.canned import ShortcutTaken
 from hub.services.contacts import IdentityTaken, InvalidContact
 from hub.services.conversations import AssigneeCannotSee, InvalidChange, NotInConversation
 from hub.services.outbox import OutboxError
 from hub.services.paging import BadCursor
+from hub.services.reminders import InvalidReminder, NoSuchReminder
+from hub.services.send_later import InvalidSendAt, NoSuchMessage, NotScheduled
 
 table = RouteTable()
 
@@ -64,14 +67,14 @@ ANSWERS: dict[str, tuple[Answer, ...]] = {
     "open_conversation": (403, 404, 422),
     "patch_conversation": (403, 404, InvalidChange, AssigneeCannotSee),
     "list_messages": (403, 404, NotInConversation),
-    "post_message": (400, 403, 404, 409, 415, 422, 502, OutboxError),
+    "post_message": (400, 403, 404, 409, 415, 422, 502, OutboxError, InvalidSendAt),
     "list_templates": (403, 404, 409, 502, BadCursor),
     "get_media": (403, 404),
-    "patch_scheduled": (400, 403, 404, 409, 422),
-    "cancel_scheduled": (403, 404, 409),
-    "create_reminder": (403, 404, 422),
+    "patch_scheduled": (400, 403, 404, InvalidSendAt, NoSuchMessage, NotScheduled),
+    "cancel_scheduled": (403, 404, NoSuchMessage, NotScheduled),
+    "create_reminder": (403, 404, InvalidReminder),
     "list_conversation_reminders": (403, 404),
-    "delete_reminder": (404,),
+    "delete_reminder": (NoSuchReminder,),
     "take_over": (403, 404, 409),
     "put_availability": (404,),
     "import_contacts": (400, 413, 415),
@@ -86,12 +89,12 @@ ANSWERS: dict[str, tuple[Answer, ...]] = {
     "delete_canned": (404,),
     "put_greetings": (422,),
     "list_campaigns": (BadCursor,),
-    "create_campaign": (422,),
-    "count_audience": (422,),
+    "create_campaign": (CampaignError,),
+    "count_audience": (CampaignError,),
     "get_campaign": (404,),
-    "start_campaign": (404, 409, 422),
-    "pause_campaign": (404, 409),
-    "cancel_campaign": (404, 409),
+    "start_campaign": (404, CampaignStateError, CampaignError),
+    "pause_campaign": (404, CampaignStateError),
+    "cancel_campaign": (404, CampaignStateError),
     "list_recipients": (404, BadCursor),
 }
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from hub.api.base import ApiError, Call, RouteTable, not_found
+from hub.api.base import ApiError, Call, RouteTable
 from hub.api.conversations import visible_conversation
 from hub.api.schemas import Input, MessageOut, OkOut, Output
 from hub.services import reminders, send_later
@@ -68,21 +68,14 @@ async def patch_scheduled(call: Call) -> dict[str, Any]:
     if body.text is None and body.send_at is None:
         raise ApiError(400, "invalid", "give text or send_at")
     assert call.hub.events is not None
-    try:
-        doc = await send_later.edit(
-            _store(call),
-            call.hub.events,
-            str(conversation["_id"]),
-            call.param("message_id"),
-            text=body.text,
-            send_at=body.send_at,
-        )
-    except send_later.InvalidSendAt as error:
-        raise ApiError(422, "invalid_send_at", str(error)) from None
-    except send_later.NoSuchMessage:
-        raise not_found("message") from None
-    except send_later.NotScheduled as error:
-        raise ApiError(409, "not_scheduled", str(error)) from None
+    doc = await send_later.edit(
+        _store(call),
+        call.hub.events,
+        str(conversation["_id"]),
+        call.param("message_id"),
+        text=body.text,
+        send_at=body.send_at,
+    )
     return message_view(doc)
 
 
@@ -95,18 +88,13 @@ async def patch_scheduled(call: Call) -> dict[str, Any]:
 async def cancel_scheduled(call: Call) -> dict[str, Any]:
     conversation = await visible_conversation(call, call.param("id"))
     assert call.hub.events is not None
-    try:
-        doc = await send_later.cancel(
-            _store(call),
-            call.hub.events,
-            str(conversation["_id"]),
-            call.param("message_id"),
-            by=call.me.agent_id,
-        )
-    except send_later.NoSuchMessage:
-        raise not_found("message") from None
-    except send_later.NotScheduled as error:
-        raise ApiError(409, "not_scheduled", str(error)) from None
+    doc = await send_later.cancel(
+        _store(call),
+        call.hub.events,
+        str(conversation["_id"]),
+        call.param("message_id"),
+        by=call.me.agent_id,
+    )
     return message_view(doc)
 
 
@@ -121,12 +109,9 @@ async def cancel_scheduled(call: Call) -> dict[str, Any]:
 async def create_reminder(call: Call) -> dict[str, Any]:
     body: ReminderIn = call.body
     conversation = await visible_conversation(call, call.param("id"))
-    try:
-        doc = await reminders.create(
-            _store(call), conversation, call.me.agent_id, at=body.at, note=body.note
-        )
-    except reminders.InvalidReminder as error:
-        raise ApiError(422, "invalid_reminder", str(error)) from None
+    doc = await reminders.create(
+        _store(call), conversation, call.me.agent_id, at=body.at, note=body.note
+    )
     return reminders.reminder_view(doc)
 
 
@@ -160,8 +145,5 @@ async def list_reminders(call: Call) -> dict[str, Any]:
     response=OkOut,
 )
 async def delete_reminder(call: Call) -> dict[str, Any]:
-    try:
-        await reminders.delete(_store(call), call.me.agent_id, call.param("id"))
-    except reminders.NoSuchReminder:
-        raise not_found("reminder") from None
+    await reminders.delete(_store(call), call.me.agent_id, call.param("id"))
     return {"ok": True}

@@ -107,7 +107,7 @@ async def of_agent(
 async def delete(store: Store, agent_id: str, reminder_id: str) -> None:
     result = await store.reminders.delete_one({"_id": reminder_id, "agent_id": agent_id})
     if result.deleted_count == 0:
-        raise NoSuchReminder("no such reminder of yours")
+        raise NoSuchReminder("no such reminder")  # of this agent; the API's 404 says just this
 
 
 async def fire_due(store: Store, events: Events, now: datetime, *, limit: int = 500) -> int:

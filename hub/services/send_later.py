@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
@@ -110,13 +110,14 @@ async def schedule(
     return doc
 
 
-async def _settled_answer(store: Store, conversation_id: str, message_id: str) -> Exception:
+async def _refuse_settled(store: Store, conversation_id: str, message_id: str) -> NoReturn:
+    """Why a message could not be changed: NoSuchMessage, or NotScheduled."""
     current = await store.messages.find_one(
         {"_id": message_id}, {"conversation_id": 1, "status": 1}
     )
     if current is None or current.get("conversation_id") != conversation_id:
-        return NoSuchMessage("no such message in this conversation")
-    return NotScheduled(
+        raise NoSuchMessage("no such message")  # the API's 404 says just this
+    raise NotScheduled(
         f"the message is {current.get('status')}: only a scheduled one can be changed"
     )
 
@@ -146,7 +147,7 @@ async def edit(
         return_document=ReturnDocument.AFTER,
     )
     if doc is None:
-        raise await _settled_answer(store, conversation_id, message_id)
+        await _refuse_settled(store, conversation_id, message_id)
     if "send_at" in fields:
         # The message is the truth (the job compares its `send_at`); the row only
         # tells the job when to look.
@@ -174,7 +175,7 @@ async def cancel(
         return_document=ReturnDocument.AFTER,
     )
     if doc is None:
-        raise await _settled_answer(store, conversation_id, message_id)
+        await _refuse_settled(store, conversation_id, message_id)
     await store.scheduled_sends.delete_one({"_id": message_id})
     await events.publish([Event("message.updated", message_view(doc))])
     return doc
