@@ -12,13 +12,25 @@ Every guarantee comes from the store, not from this process's memory:
   record too, `skipped` with the reason (invalid birthday or time zone, no
   conversation): counted once, never a crash. Inserting an `_id` that exists is
   refused by the store, so planning twice (two processes) changes nothing.
-- **Sending.** A run takes the records whose `due_at` has come, claims them (an
-  atomic update that moves `due_at` 5 minutes on and stamps a claim token; of two
-  processes each record goes to one), re-checks opt-out, quiet hours and the
-  channel's reply rules, and queues the messages in the outbox with
-  `at_most_once` and a message id derived from the record's `_id`: queueing the
-  same greeting again is a no-op, so a process killed between claim and queue is
-  caught up by the next run after the claim's 5 minutes, without a duplicate.
+- **Queueing ahead.** A greeting is prepared before its instant: when its
+  `due_at` is less than `PREPARE_AHEAD` (5 minutes) away, a run takes the record,
+  re-checks the contact (removed, opted out, birthday changed: skipped and
+  counted; time zone changed: planned again for the new zone's hour), quiet hours
+  at the instant (held until they end) and the channel's reply rules, and queues
+  the message in the outbox with `next_attempt_at` at the instant, `at_most_once`
+  and a message id derived from the record's `_id`: queueing the same greeting
+  again is a no-op. The record becomes `sent` (handed to the outbox; `send_at`
+  says when it leaves). The instant itself costs only the dispatcher's claim
+  (found by the outbox's `next_attempt_at` index); the job wakes its process's
+  dispatcher at the instant. The dispatcher checks the contact's opt-out again
+  when it sends (`recheck_opt_out`): one who opts out in the last minutes gets
+  nothing (the message is `cancelled`). A birthday or time zone changed within
+  those last minutes is not seen: the greeting leaves as prepared.
+- **Two processes.** One run at a time prepares (the `greetings:queue` lease,
+  renewed per batch, given back at the end of the run; a process killed while
+  holding it is replaced when it runs out, 60 s). A process killed between
+  queueing and marking its records leaves them `planned`; the next run queues
+  them again, which the outbox refuses as duplicates, and marks them.
 - **Missing the day.** A greeting still unsent when its local date is over is
   `missed`; `hub greetings run --date D` (`catch_up`) sends those, and those never
   planned because the hub was down, at once (quiet hours do not hold it).
@@ -48,9 +60,10 @@ from hub.services.greetings import (
     contact_timezone,
     load_greeting_settings,
 )
+from hub.services.leases import release_leases, take_lease
 from hub.services.outbox import Draft, enqueue_many
 from hub.services.placeholders import fill
-from hub.store import IDS_PER_COMMAND, Store, derived_id, find_by_ids, insert_new
+from hub.store import Store, derived_id, find_by_ids, insert_new
 from hub.store import new_id as new_token
 
 if TYPE_CHECKING:
@@ -58,10 +71,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hub.greetings")
 
-CLAIM_HOLD = timedelta(minutes=5)  # a claimed greeting not queued by then is retried
-BATCH = 500
+# How long before its instant a greeting is queued in the outbox (to leave then).
+PREPARE_AHEAD = timedelta(minutes=5)
+QUEUE_LEASE = "greetings:queue"
+QUEUE_LEASE_SECONDS = 60.0
+BATCH = 1000
 LOOKUP_CHUNK = 25
-PLAN_BATCH = 2000
+PLAN_BATCH = 5000
+# While planning a whole day, greetings coming due are queued at least this often.
+PLAN_QUEUE_EVERY = 10.0  # seconds
 SENDER = {"type": "system", "id": None}
 
 
@@ -157,6 +175,22 @@ def due_instant(on: date, zone: ZoneInfo, settings: GreetingSettings) -> tuple[d
     return due, expires
 
 
+class _Zones:
+    """The due instant of one local date per zone, worked out once per zone (a
+    holiday's 100,000 contacts live in a few dozen zones)."""
+
+    def __init__(self, on: date, settings: GreetingSettings) -> None:
+        self.on = on
+        self.settings = settings
+        self._known: dict[str, tuple[datetime, datetime]] = {}
+
+    def instant(self, zone: ZoneInfo) -> tuple[datetime, datetime]:
+        found = self._known.get(zone.key)
+        if found is None:
+            found = self._known[zone.key] = due_instant(self.on, zone, self.settings)
+        return found
+
+
 class GreetingJob:
     """Sends the birthday and holiday greetings (`hub.ports.ScheduledJob`)."""
 
@@ -168,6 +202,10 @@ class GreetingJob:
         self.sleep = sleep
         self.last = GreetingCounts()
         self._planned: set[tuple[str, str]] = set()  # (date, settings) planned here
+        # The instants of the greetings this job queued ahead: only to wake the
+        # dispatcher then (it polls anyway); nothing relies on this memory.
+        self._instants: set[datetime] = set()
+        self._owner = f"{hub.instance_id}:{new_token()}"
 
     @property
     def store(self) -> Store:
@@ -178,8 +216,8 @@ class GreetingJob:
         self.last = await self.run_once(now)
 
     async def run_once(self, now: datetime, *, lookahead: bool = True) -> GreetingCounts:
-        """Send what is due at `now`, plan the days around it, and wait for a
-        greeting due within `every` seconds (so each leaves at its instant)."""
+        """Queue what is due within `PREPARE_AHEAD` of `now`, plan the days around
+        it, and wake the dispatcher at an instant due within `every` seconds."""
         counts = GreetingCounts()
         settings = await load_greeting_settings(self.store)
         if not settings.enabled:
@@ -197,16 +235,21 @@ class GreetingJob:
             if planned.planned:  # some may be due already (the first run of the day)
                 counts.add(await self.send_due(moving_now(), settings))
         if lookahead:
-            current = moving_now()
-            nxt = await self.store.greetings_sent.find_one(
-                {"due_at": {"$gt": current}}, {"due_at": 1}, sort=[("due_at", 1)]
-            )
-            if nxt is not None:
-                wait = (_aware(nxt["due_at"]) - current).total_seconds()
-                if 0 < wait <= self.every:
-                    await self.sleep(wait)
-                    counts.add(await self.send_due(current + timedelta(seconds=wait), settings))
+            await self._wake_at_instant(moving_now())
         return counts
+
+    async def _wake_at_instant(self, current: datetime) -> None:
+        """Wait for the next instant this job queued greetings for, when it comes
+        within `every`, and wake the dispatcher then (not at its next poll)."""
+        self._instants = {t for t in self._instants if t > current}
+        nxt = min(self._instants, default=None)
+        if nxt is None:
+            return
+        wait = (nxt - current).total_seconds()
+        if wait <= self.every:
+            await self.sleep(wait)
+            self._instants.discard(nxt)
+            self.hub.wake_dispatcher()
 
     # -- planning ---------------------------------------------------------------------
 
@@ -219,8 +262,8 @@ class GreetingJob:
         force: bool = False,
     ) -> GreetingCounts:
         """Write the records of every greeting of the local date `on` (once per date
-        and settings; `force` plans again, adding only what is missing). Between
-        batches, greetings that came due meanwhile are sent (`moving_now`)."""
+        and settings; `force` plans again, adding only what is missing). While it
+        plans, greetings coming due are queued now and then (`moving_now`)."""
         counts = GreetingCounts()
         version = _version(settings)
         marker = f"greetings-plan:{on.isoformat()}"
@@ -237,17 +280,20 @@ class GreetingJob:
         # Every contact's conversation at once for a holiday (one scan is far
         # quicker than looking 100,000 contacts up); a birthday's few are looked up.
         everyone = await self._all_preferred() if holidays else None
+        zones = _Zones(on, settings)
         batch: list[dict[str, Any]] = []
+        last_queue = clock.monotonic()
         # Whole documents: the embedded engine reads them faster than a projection.
         async for contact in self.store.contacts.find(query).batch_size(PLAN_BATCH):
             batch.append(contact)
             if len(batch) >= PLAN_BATCH:
-                counts.add(await self._plan_batch(batch, on, settings, holidays, everyone))
+                counts.add(await self._plan_batch(batch, on, settings, holidays, everyone, zones))
                 batch = []
-                if moving_now is not None:
+                if moving_now is not None and clock.monotonic() - last_queue >= PLAN_QUEUE_EVERY:
                     counts.add(await self.send_due(moving_now(), settings))
+                    last_queue = clock.monotonic()
         if batch:
-            counts.add(await self._plan_batch(batch, on, settings, holidays, everyone))
+            counts.add(await self._plan_batch(batch, on, settings, holidays, everyone, zones))
         await self.store.settings.replace_one(
             {"_id": marker},
             {"_id": marker, "version": version, "planned_at": utcnow()},
@@ -263,8 +309,10 @@ class GreetingJob:
         settings: GreetingSettings,
         holidays: list[Any],
         everyone: dict[str, dict[str, Any]] | None = None,
+        zones: _Zones | None = None,
     ) -> GreetingCounts:
         counts = GreetingCounts()
+        zones = zones or _Zones(on, settings)
         wanted: list[tuple[dict[str, Any], str, str | None]] = []  # contact, occasion, name
         records: list[dict[str, Any]] = []
         year = on.year
@@ -296,7 +344,7 @@ class GreetingJob:
             if conversation is None:
                 records.append(_skipped(contact, occasion, year, on, "no conversation"))
                 continue
-            due, expires = due_instant(on, zone, settings)
+            due, expires = zones.instant(zone)
             records.append(
                 {
                     "_id": f"{contact['_id']}:{occasion}:{year}",
@@ -343,41 +391,49 @@ class GreetingJob:
             _keep_latest(best, conv)
         return best
 
-    # -- sending ----------------------------------------------------------------------
+    # -- queueing ---------------------------------------------------------------------
 
     async def send_due(self, now: datetime, settings: GreetingSettings) -> GreetingCounts:
-        """Send every greeting whose `due_at` has come (held by quiet hours, or
-        `missed` when its local day is over)."""
+        """Queue in the outbox every greeting due within `PREPARE_AHEAD` of `now`, to
+        leave at its instant (held by quiet hours, or `missed` when its local day
+        is over). One process at a time (the `greetings:queue` lease)."""
         counts = GreetingCounts()
-        while True:
-            due = await (
-                self.store.greetings_sent.find({"due_at": {"$lte": now}})
-                .sort("due_at", 1)
-                .limit(BATCH)
-                .to_list()
-            )
-            if not due:
-                return counts
-            ready: list[dict[str, Any]] = []
-            moves: list[UpdateOne] = []
-            for record in due:
-                if _aware(record["expires_at"]) <= now:
-                    moves.append(_settle(record, "missed"))
-                    counts.missed += 1
-                    continue
-                zone = ZoneInfo(record["timezone"])
-                local = now.astimezone(zone)
-                if settings.in_quiet_hours(local):
-                    until = settings.quiet_until(local).astimezone(UTC)
-                    moves.append(UpdateOne({"_id": record["_id"]}, {"$set": {"due_at": until}}))
-                    counts.held += 1
-                    continue
-                ready.append(record)
-            if moves:
-                await self.store.greetings_sent.bulk_write(moves, ordered=False)
-            counts.add(await self._claim_and_send(ready, now, settings))
-            if len(due) < BATCH:
-                return counts
+        horizon = now + PREPARE_AHEAD
+        if not await take_lease(self.store, QUEUE_LEASE, self._owner, QUEUE_LEASE_SECONDS):
+            return counts  # another process (or job) is queueing them
+        try:
+            while True:
+                due = await (
+                    self.store.greetings_sent.find({"due_at": {"$lte": horizon}})
+                    .sort("due_at", 1)
+                    .limit(BATCH)
+                    .to_list()
+                )
+                if not due:
+                    return counts
+                ready: list[dict[str, Any]] = []
+                moves: list[UpdateOne] = []
+                for record in due:
+                    if _aware(record["expires_at"]) <= now:
+                        moves.append(_settle(record, "missed"))
+                        counts.missed += 1
+                        continue
+                    leaves = max(_aware(record["due_at"]), now)
+                    local = leaves.astimezone(ZoneInfo(record["timezone"]))
+                    if settings.in_quiet_hours(local):
+                        until = settings.quiet_until(local).astimezone(UTC)
+                        moves.append(UpdateOne({"_id": record["_id"]}, {"$set": {"due_at": until}}))
+                        counts.held += 1
+                        continue
+                    ready.append(record)
+                if moves:
+                    await self.store.greetings_sent.bulk_write(moves, ordered=False)
+                counts.add(await self._queue(ready, now, settings))
+                if len(due) < BATCH:
+                    return counts
+                await take_lease(self.store, QUEUE_LEASE, self._owner, QUEUE_LEASE_SECONDS)
+        finally:
+            await release_leases(self.store, [QUEUE_LEASE], self._owner)
 
     async def catch_up(self, on: date, now: datetime | None = None) -> GreetingCounts:
         """`hub greetings run --date`: plan `on` (adding what is missing) and send now
@@ -388,6 +444,7 @@ class GreetingJob:
         counts = GreetingCounts()
         cursor = self.store.greetings_sent.find({"date": on.isoformat()})
         records = await cursor.to_list()
+        # `claimed`: a record an earlier version of the job was sending.
         pending = [r for r in records if r["status"] in ("planned", "missed", "claimed")]
         counts.already = sum(1 for r in records if r["status"] == "sent")
         for record in records:
@@ -395,10 +452,10 @@ class GreetingJob:
                 counts.skipped[record.get("reason") or "skipped"] += 1
         for start in range(0, len(pending), BATCH):
             chunk = pending[start : start + BATCH]
-            counts.add(await self._claim_and_send(chunk, now, settings, catch_up=True))
+            counts.add(await self._queue(chunk, now, settings, catch_up=True))
         return counts
 
-    async def _claim_and_send(
+    async def _queue(
         self,
         records: list[dict[str, Any]],
         now: datetime,
@@ -406,48 +463,30 @@ class GreetingJob:
         *,
         catch_up: bool = False,
     ) -> GreetingCounts:
+        """Queue the greetings of `records` in the outbox, each to leave at its
+        `due_at` (now for a catch-up), and mark them `sent`; those that cannot be
+        sent are `skipped` with the reason. Four store commands per batch besides
+        the outbox's own."""
         counts = GreetingCounts()
         if not records:
             return counts
-        token = new_token()
-        ids = [r["_id"] for r in records]
-        claim_filter: dict[str, Any] = {"_id": {"$in": ids}}
-        if catch_up:
-            claim_filter["status"] = {"$in": ["planned", "missed", "claimed"]}
-        else:
-            claim_filter["status"] = {"$in": ["planned", "claimed"]}
-            claim_filter["due_at"] = {"$lte": now}
-        for start in range(0, len(ids), IDS_PER_COMMAND):
-            part = dict(claim_filter, _id={"$in": ids[start : start + IDS_PER_COMMAND]})
-            await self.store.greetings_sent.update_many(
-                part,
-                {
-                    "$set": {
-                        "status": "claimed",
-                        "claim": token,
-                        "claimed_at": now,
-                        "due_at": now + CLAIM_HOLD,
-                    }
-                },
-            )
-        mine = [
-            r
-            for r in (await find_by_ids(self.store.greetings_sent, ids)).values()
-            if r.get("claim") == token
-        ]
-        if not mine:
-            return counts
-        contacts = await find_by_ids(self.store.contacts, [r["contact_id"] for r in mine])
+        contacts = await find_by_ids(self.store.contacts, [r["contact_id"] for r in records])
         conversations = await find_by_ids(
-            self.store.conversations, [r["conversation_id"] for r in mine]
+            self.store.conversations, [r["conversation_id"] for r in records]
         )
         drafts: list[Draft] = []
-        queued: list[dict[str, Any]] = []
+        queued: list[tuple[dict[str, Any], str, datetime]] = []  # record, message id, leaves
         settles: list[UpdateOne] = []
-        for record in mine:
+        for record in records:
             contact = contacts.get(record["contact_id"])
             conversation = conversations.get(record["conversation_id"])
             reason = self._refusal(record, contact, conversation)
+            if reason is None and contact is not None and not catch_up:
+                reason, moved = self._changed(record, contact, settings)
+                if moved is not None:  # its zone changed: its hour there instead
+                    settles.append(UpdateOne({"_id": record["_id"]}, {"$set": moved}))
+                    counts.held += 1
+                    continue
             if reason is not None:
                 settles.append(_settle(record, "skipped", reason=reason))
                 counts.skipped[reason] += 1
@@ -456,6 +495,7 @@ class GreetingJob:
             template = pick_template(self._templates(record, settings), contact.get("locale"))
             text = fill(template, contact)
             message_id = derived_id("keyed", record["conversation_id"], record["_id"])
+            leaves = now if catch_up else max(now, _aware(record["due_at"]))
             drafts.append(
                 Draft(
                     conversation_id=record["conversation_id"],
@@ -463,23 +503,49 @@ class GreetingJob:
                     sender=SENDER,
                     at_most_once=True,
                     message_id=message_id,
+                    next_attempt_at=leaves,
+                    recheck_opt_out=True,
                 )
             )
-            queued.append(record | {"message_id": message_id})
+            queued.append((record, message_id, leaves))
         if drafts:
             assert self.hub.events is not None
+            # A greeting queued before (by a process killed before it marked the
+            # record) is refused as a duplicate: queued once, marked now.
             await enqueue_many(self.store, self.hub.events, drafts)
-            sent_at = utcnow()
-            for record in queued:
+            for record, message_id, leaves in queued:
                 settles.append(
-                    _settle(record, "sent", message_id=record["message_id"], sent_at=sent_at)
+                    _settle(record, "sent", message_id=message_id, sent_at=now, send_at=leaves)
                 )
+                if leaves > now:
+                    self._instants.add(leaves)
             counts.sent += len(queued)
-            counts.message_ids += [str(record["message_id"]) for record in queued]
-            self.hub.wake_dispatcher()
+            counts.message_ids += [message_id for _, message_id, _ in queued]
+            if any(leaves <= now for _, _, leaves in queued):
+                self.hub.wake_dispatcher()
         if settles:
             await self.store.greetings_sent.bulk_write(settles, ordered=False)
         return counts
+
+    def _changed(
+        self, record: Mapping[str, Any], contact: Mapping[str, Any], settings: GreetingSettings
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """What changed in the contact since the record was planned: a reason to
+        skip it (its birthday is not this day any more, its time zone is invalid),
+        or the record's new instant in the contact's new time zone."""
+        on = date.fromisoformat(str(record["date"]))
+        if record["occasion"] == "birthday":
+            parsed = birthday_of(contact.get("birthday"))
+            if parsed is None or not birthday_on(parsed[0], parsed[1], on):
+                return "birthday changed", None
+        try:
+            zone = contact_timezone(contact, settings.default_timezone)
+        except InvalidTimezone:
+            return "invalid time zone", None
+        if zone.key == record.get("timezone"):
+            return None, None
+        due, expires = due_instant(on, zone, settings)
+        return None, {"timezone": zone.key, "due_at": due, "expires_at": expires}
 
     def _templates(self, record: Mapping[str, Any], settings: GreetingSettings) -> dict[str, str]:
         occasion = str(record["occasion"])

@@ -210,8 +210,16 @@ class Dispatcher:
         lease_until = now + timedelta(seconds=self.settings.lease_seconds)
         items: list[dict[str, Any]] = []
         for inbox in self._sending_for():
+            # Found by the `next_attempt_at` index (a range up to now): the items
+            # queued ahead for later (a day's greetings) are never read until due.
+            # (`state` by `$in`, not an equality: the embedded engine would seek
+            # by its index first, and read every queued item, due or not.)
             cursor = self.store.outbox.find(
-                {"state": "queued", "inbox": inbox, "next_attempt_at": {"$lte": now}}
+                {
+                    "next_attempt_at": {"$lte": now},
+                    "state": {"$in": ["queued"]},
+                    "inbox": inbox,
+                }
             ).limit(self._batch_cap(inbox))
             items.extend(await cursor.to_list())
         if not items:
@@ -335,6 +343,15 @@ class Dispatcher:
         conversations = await find_by_ids(
             self.store.conversations, list({m["conversation_id"] for m in messages.values()})
         )
+        # Queued ahead (greetings): the contact may have opted out since.
+        recheck = [
+            conversations[m["conversation_id"]].get("contact_id")
+            for item in items
+            if item.get("recheck_opt_out")
+            and (m := messages.get(item["_id"])) is not None
+            and m["conversation_id"] in conversations
+        ]
+        contacts = await find_by_ids(self.store.contacts, [c for c in recheck if c])
         outcomes: list[_Outcome] = []
         ready: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], OutboundMessage]] = []
         for item in items:
@@ -350,6 +367,12 @@ class Dispatcher:
             if conversation is None:
                 outcomes.append(_Outcome(item, "failed", error="the conversation is gone"))
                 continue
+            if item.get("recheck_opt_out"):
+                contact = contacts.get(conversation.get("contact_id")) or {}
+                if (contact.get("opted_out") or {}).get(conversation.get("channel")):
+                    reason = "opted out before it was sent"
+                    outcomes.append(_Outcome(item, "cancelled", error=reason, message=message))
+                    continue
             taken_over_at = conversation.get("taken_over_at")
             if (
                 (message.get("sender") or {}).get("type") == "bot"

@@ -52,18 +52,32 @@ def provider_key(inbox: str, provider_id: str) -> str:
     return derived_id("out", inbox, provider_id)
 
 
-def _outbox_doc(message_id: str, inbox: str, at_most_once: bool, now: datetime) -> dict[str, Any]:
-    return {
+def _outbox_doc(
+    message_id: str,
+    inbox: str,
+    at_most_once: bool,
+    now: datetime,
+    *,
+    not_before: datetime | None = None,
+    recheck_opt_out: bool = False,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "_id": message_id,
         "inbox": inbox,
         "state": "queued",
         "attempts": 0,
-        "next_attempt_at": now,
+        # Queued ahead (a greeting): the dispatcher claims it from this instant on.
+        "next_attempt_at": now if not_before is None else not_before,
         "at_most_once": at_most_once,
         "lease_owner": None,
         "lease_until": None,
         "created_at": now,
     }
+    if recheck_opt_out:
+        # Queued ahead of its send: the dispatcher checks the contact's opt-out
+        # on the conversation's channel again when it sends (`Dispatcher`).
+        doc["recheck_opt_out"] = True
+    return doc
 
 
 async def _insert_outbox(
@@ -85,6 +99,10 @@ class Draft:
     # A stable id (per campaign and contact) makes queueing it again a no-op.
     message_id: str | None = None
     buttons: tuple[ButtonReply, ...] = ()  # a bot's choices (the channel's own buttons)
+    # Queued ahead: not sent before this instant (None: as soon as the pace allows).
+    next_attempt_at: datetime | None = None
+    # Not sent if the contact opted out of the channel meanwhile (checked at send).
+    recheck_opt_out: bool = False
 
 
 async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) -> list[str]:
@@ -105,7 +123,16 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
         if conversation is None or not (draft.text or draft.template):
             continue
         message_id = draft.message_id or new_id()
-        items.append(_outbox_doc(message_id, conversation["inbox"], draft.at_most_once, now))
+        items.append(
+            _outbox_doc(
+                message_id,
+                conversation["inbox"],
+                draft.at_most_once,
+                now,
+                not_before=draft.next_attempt_at,
+                recheck_opt_out=draft.recheck_opt_out,
+            )
+        )
         docs.append(
             outbound_message_doc(
                 message_id,

@@ -69,7 +69,9 @@ INDEXES: dict[str, list[tuple[list[tuple[str, Any]], dict[str, Any]]]] = {
         ([("media_pending", ASCENDING)], {"sparse": True}),
         ([(f, "text") for f in TEXT_INDEXES["messages"]], TEXT_INDEX_OPTIONS),
     ],
-    "outbox": [([("state", ASCENDING)], {})],
+    # `next_attempt_at`: the dispatcher's claim reads only what is due (not what
+    # was queued ahead for later).
+    "outbox": [([("state", ASCENDING)], {}), ([("next_attempt_at", ASCENDING)], {})],
     "early_statuses": [],
     "agents": [([("email", ASCENDING)], {})],
     "tokens": [([("agent_id", ASCENDING)], {})],

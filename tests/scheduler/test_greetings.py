@@ -21,7 +21,7 @@ from hub.app import build_app
 from hub.config import Settings
 from hub.services.greetings import DEFAULT_SETTINGS, save_greeting_settings
 from hub.services.runtime import Hub
-from scheduler.greetings import GreetingJob, birthday_on, pick_template
+from scheduler.greetings import PREPARE_AHEAD, GreetingJob, birthday_on, pick_template
 from tests.conftest import hub_of, post_inbound
 from tests.support.fakeprovider import FakeProvider
 from tests.support.waiting import eventually
@@ -147,7 +147,8 @@ async def test_each_zone_is_greeted_at_its_own_local_hour(client):
     ]
     greeted: set[str] = set()
     for instant, who in order:
-        just_before = at(instant) - timedelta(seconds=2)
+        # Queued in the outbox PREPARE_AHEAD before its instant (to leave then).
+        just_before = at(instant) - PREPARE_AHEAD - timedelta(seconds=2)
         counts = await job.run_once(just_before, lookahead=False)
         assert counts.sent == 0, instant
         counts = await job.run_once(at(instant), lookahead=False)
@@ -252,11 +253,15 @@ async def test_quiet_hours_hold_a_greeting_until_they_end(client):
     counts = await job.run_once(at("2026-06-15T06:00:01+00:00"), lookahead=False)
     assert counts.sent == 0
     assert await greetings_to(hub, person) == []
-    counts = await job.run_once(at("2026-06-15T08:29:59+00:00"), lookahead=False)
+    ahead = at("2026-06-15T08:30:00+00:00") - PREPARE_AHEAD
+    counts = await job.run_once(ahead - timedelta(seconds=1), lookahead=False)
     assert counts.sent == 0
-    counts = await job.run_once(at("2026-06-15T08:30:00+00:00"), lookahead=False)
-    assert counts.sent == 1
+    counts = await job.run_once(ahead, lookahead=False)
+    assert counts.sent == 1  # queued, to leave when the quiet hours end
     assert len(await greetings_to(hub, person)) == 1
+    assert hub.store is not None
+    record = await hub.store.greetings_sent.find_one({"contact_id": person})
+    assert record is not None and record["send_at"] == at("2026-06-15T08:30:00+00:00")
 
 
 async def test_quiet_hours_set_after_planning_still_hold_the_send(client):
@@ -265,8 +270,12 @@ async def test_quiet_hours_set_after_planning_still_hold_the_send(client):
     person = await contact(client, "+15550001072", birthday={"month": 6, "day": 15})
     job = GreetingJob(hub)
     await job.run_once(at("2026-06-15T00:00:00+00:00"), lookahead=False)  # planned for 10:00
-    # The contact moved to a zone where 10:00 UTC is 03:00 at night.
+    # The contact moved to a zone where 10:00 UTC is 03:00 at night (the record
+    # planned with the old zone says so too: the hour is not planned again).
     assert hub.store is not None
+    await hub.store.contacts.update_one(
+        {"_id": person}, {"$set": {"timezone": "America/Los_Angeles"}}
+    )
     await hub.store.greetings_sent.update_one(
         {"contact_id": person}, {"$set": {"timezone": "America/Los_Angeles"}}
     )
