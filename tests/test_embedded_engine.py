@@ -1232,6 +1232,114 @@ async def test_simple_updates_answer_as_stock(stores: HubAndStock, ordered: bool
     await _compare_index_reads(stores)
 
 
+def _condition(rng: random.Random) -> Doc:
+    """A condition beside the `_id` of a conditional update: what ingest's summary
+    asks (the last message only moves forward, a status it changes from) and the
+    edges of matching (missing fields, nulls, arrays, dates, types)."""
+    return rng.choice(
+        [
+            {"g": f"c{rng.randrange(7)}"},
+            {"g": {"$in": ["c1", "c2"]}},
+            {"g": {"$ne": "c0"}},
+            {"n": {"$lt": rng.randrange(50)}},
+            {"n": {"$gte": 10.5}},
+            {"at": {"$lt": BASE + timedelta(seconds=rng.randrange(60))}},
+            {"at": None},
+            {"note": None},
+            {"note": {"$exists": False}},
+            {"missing": None},
+            {"list.k": 2},
+            {"sub.b": 1},
+            {"sub.a": {"$ne": 1}},
+            {"flag": 0},
+            {"big": Int64(3)},
+            {
+                "$or": [
+                    {"sub.a": {"$ne": 1}},
+                    {"at": {"$lt": BASE + timedelta(seconds=rng.randrange(60))}},
+                ]
+            },
+            {"$and": [{"g": {"$exists": True}}, {"n": {"$type": "int"}}]},
+            {"$expr": {"$gt": ["$n", "$f"]}},
+        ]
+    )
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_conditional_updates_by_id_answer_as_stock(
+    stores: HubAndStock, ordered: bool
+) -> None:
+    """An `_id` with more conditions takes the lean path, the whole filter checked
+    on the one row: matched, modified and the documents as stock has them."""
+    ids = await _seeded_on_both(stores)
+    rng = random.Random(71 + ordered)
+    for _ in range(6):
+        operations = [
+            UpdateOne(
+                {"_id": _target(rng, ids), **_condition(rng)},
+                rng.choice([_operator_update, _simple_update])(rng),
+            )
+            for _ in range(30)
+        ]
+        outcome = await stores.same(
+            lambda db, o=operations: db.items.bulk_write(o, ordered=ordered)
+        )
+        if outcome[0] != "error":
+            assert 0 < outcome[1]["nMatched"] < 30  # some conditions held, some did not
+        await stores.same_documents("items")
+    await _compare_index_reads(stores)
+
+
+async def test_a_conditional_update_by_id_reads_one_row_and_takes_the_lean_path(
+    tmp_path: Path,
+) -> None:
+    """Ingest's conditional summary update (`_id` and an `$or`) is applied by the
+    lean path: no read plan is compiled for it and the engine's own update is not
+    called. Run in process, the engine's calls are recorded."""
+    from mongoeco import AsyncMongoClient as EngineClient
+    from mongoeco.api._async import _database_admin_write_commands as write_commands
+
+    from hub.store.engine import HubSQLiteEngine, patch_update_command
+
+    service = write_commands.DatabaseAdminWriteCommandService
+    stock_update = service.command_update
+    patch_update_command()  # undone below: other tests compare with stock in process
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        db = client["hub"]
+        await db.conversations.insert_many(_update_documents(40))
+        await db.conversations.create_index([("at", DESCENDING)])
+        await db.conversations.create_index([("g", ASCENDING)])
+        calls: list[str] = []
+        for name in ("_compile_read_execution_plan", "_hub_engine_update"):
+            original = getattr(engine, name)
+
+            def recording(*args: Any, _name: str = name, _original: Any = original) -> Any:
+                calls.append(_name)
+                return _original(*args)
+
+            setattr(engine, name, recording)
+        later = {"$lt": BASE + timedelta(seconds=20)}
+        moves = [{"sub.a": {"$ne": 1}}, {"at": later}]
+        reply = await db.command(
+            {
+                "update": "conversations",
+                "updates": [
+                    {"q": {"_id": f"d{i:03d}", "$or": moves}, "u": {"$set": {"g": "moved"}}}
+                    for i in (1, 2, 30, 31)
+                ],
+                "ordered": False,
+            }
+        )
+    finally:
+        service.command_update = stock_update
+        await client.close()
+    assert (reply["n"], reply["nModified"]) == (2, 2)  # d001 and d002 are older than 20 s
+    assert calls == []
+
+
 async def test_simple_updates_on_an_unindexed_collection_answer_as_stock(
     stores: HubAndStock,
 ) -> None:

@@ -156,6 +156,8 @@ NAMES: tuple[str, ...] = (
     "mongoeco.core.operators:CompiledUpdatePlan.apply",
     "mongoeco.core.identity:id_contains_numeric_value",
     "mongoeco.core.paths:get_document_value",
+    "mongoeco.core.filtering:QueryEngine",
+    "mongoeco.core.filtering:QueryEngine.match_plan",
     *(
         f"mongoeco.core.query_plan:{name}"
         for name in (
@@ -236,6 +238,13 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     f"{ENGINE}._find_scalar_sort_index": ("self", "db_name", "coll_name", "field"),
     f"{ENGINE}._multikey_signatures_for_query_value": ("cls", "value", "null_matches_undefined"),
     f"{SQLITE}:translate_compiled_update_plan": ("plan", "current_document"),
+    "mongoeco.core.filtering:QueryEngine.match_plan": (
+        "document",
+        "plan",
+        "dialect",
+        "collation",
+        "variables",
+    ),
     "mongoeco.core.operators:CompiledUpdatePlan.apply": ("self", "doc", "variables"),
     f"{WRITE_COMMANDS}:DatabaseAdminWriteCommandService.command_insert": (
         "self",
@@ -294,6 +303,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "mongoeco.engines.semantic_core:EngineUpdateSemantics": (
         "compiled_update_plan",
+        "query_plan",
+        "dialect",
+        "collation",
         "variables",
     ),
     "mongoeco.api.operations:UpdateOperation": (
