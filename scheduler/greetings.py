@@ -81,6 +81,9 @@ PLAN_BATCH = 5000
 # While planning a whole day, greetings coming due are queued at least this often.
 PLAN_QUEUE_EVERY = 10.0  # seconds
 SENDER = {"type": "system", "id": None}
+# What planning reads (a projection: fewer bytes for the store to write out).
+PLAN_FIELDS = {"birthday": 1, "timezone": 1, "phones": 1}
+CONVERSATION_FIELDS = {"contact_id": 1, "inbox": 1, "channel": 1, "last_inbound_at": 1}
 
 
 @dataclass
@@ -283,15 +286,28 @@ class GreetingJob:
         zones = _Zones(on, settings)
         batch: list[dict[str, Any]] = []
         last_queue = clock.monotonic()
-        # Whole documents: the embedded engine reads them faster than a projection.
-        async for contact in self.store.contacts.find(query).batch_size(PLAN_BATCH):
+        # One batch's records are written while the next batch is read and worked
+        # out (the store's work and this process's overlap).
+        writing: asyncio.Task[GreetingCounts] | None = None
+        cursor = self.store.contacts.find(query, PLAN_FIELDS).batch_size(PLAN_BATCH)
+        async for contact in cursor:
             batch.append(contact)
             if len(batch) >= PLAN_BATCH:
-                counts.add(await self._plan_batch(batch, on, settings, holidays, everyone, zones))
+                records, early = await self._plan_records(
+                    batch, on, settings, holidays, everyone, zones
+                )
+                counts.add(early)
                 batch = []
+                if writing is not None:
+                    counts.add(await writing)
+                writing = asyncio.ensure_future(self._write_records(records))
                 if moving_now is not None and clock.monotonic() - last_queue >= PLAN_QUEUE_EVERY:
+                    counts.add(await writing)
+                    writing = None
                     counts.add(await self.send_due(moving_now(), settings))
                     last_queue = clock.monotonic()
+        if writing is not None:
+            counts.add(await writing)
         if batch:
             counts.add(await self._plan_batch(batch, on, settings, holidays, everyone, zones))
         await self.store.settings.replace_one(
@@ -311,6 +327,36 @@ class GreetingJob:
         everyone: dict[str, dict[str, Any]] | None = None,
         zones: _Zones | None = None,
     ) -> GreetingCounts:
+        records, counts = await self._plan_records(
+            contacts, on, settings, holidays, everyone, zones
+        )
+        counts.add(await self._write_records(records))
+        return counts
+
+    async def _write_records(self, records: list[dict[str, Any]]) -> GreetingCounts:
+        """Insert planned records (one command; those that exist are left as they
+        are: planned by another process, or earlier) and count the new ones."""
+        counts = GreetingCounts()
+        refused = await insert_new(self.store.greetings_sent, records)
+        for record in records:
+            if record["_id"] in refused:
+                continue
+            if record["status"] == "planned":
+                counts.planned += 1
+            else:
+                counts.skipped[record["reason"]] += 1
+        return counts
+
+    async def _plan_records(
+        self,
+        contacts: list[dict[str, Any]],
+        on: date,
+        settings: GreetingSettings,
+        holidays: list[Any],
+        everyone: dict[str, dict[str, Any]] | None = None,
+        zones: _Zones | None = None,
+    ) -> tuple[list[dict[str, Any]], GreetingCounts]:
+        """The records of a batch of contacts (none written yet)."""
         counts = GreetingCounts()
         zones = zones or _Zones(on, settings)
         wanted: list[tuple[dict[str, Any], str, str | None]] = []  # contact, occasion, name
@@ -328,12 +374,12 @@ class GreetingJob:
             for holiday in holidays:
                 wanted.append((contact, f"holiday:{holiday.key}", holiday.name))
         if not wanted and not records:
-            return counts
+            return records, counts
         if everyone is not None:
             preferred = everyone
         else:
             preferred = await self._preferred_conversations([c["_id"] for c, _, _ in wanted])
-        now = utcnow()
+        day = on.isoformat()
         for contact, occasion, name in wanted:
             try:
                 zone = contact_timezone(contact, settings.default_timezone)
@@ -345,33 +391,23 @@ class GreetingJob:
                 records.append(_skipped(contact, occasion, year, on, "no conversation"))
                 continue
             due, expires = zones.instant(zone)
-            records.append(
-                {
-                    "_id": f"{contact['_id']}:{occasion}:{year}",
-                    "contact_id": contact["_id"],
-                    "occasion": occasion,
-                    "name": name,
-                    "year": year,
-                    "date": on.isoformat(),
-                    "timezone": zone.key,
-                    "status": "planned",
-                    "due_at": due,
-                    "expires_at": expires,
-                    "conversation_id": conversation["_id"],
-                    "inbox": conversation.get("inbox"),
-                    "channel": conversation.get("channel"),
-                    "planned_at": now,
-                }
-            )
-        refused = await insert_new(self.store.greetings_sent, records)
-        for record in records:
-            if record["_id"] in refused:
-                continue
-            if record["status"] == "planned":
-                counts.planned += 1
-            else:
-                counts.skipped[record["reason"]] += 1
-        return counts
+            # Only what sending needs: 100,000 of them are written for a holiday.
+            record = {
+                "_id": f"{contact['_id']}:{occasion}:{year}",
+                "contact_id": contact["_id"],
+                "occasion": occasion,
+                "date": day,
+                "timezone": zone.key,
+                "status": "planned",
+                "due_at": due,
+                "expires_at": expires,
+                "conversation_id": conversation["_id"],
+                "channel": conversation.get("channel"),
+            }
+            if name is not None:
+                record["name"] = name  # a holiday's (its template if it is removed)
+            records.append(record)
+        return records, counts
 
     async def _preferred_conversations(self, contact_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Each contact's conversation it wrote in last (its preferred channel)."""
@@ -380,14 +416,15 @@ class GreetingJob:
         # Small `$in` lists: the embedded engine's cost grows fast with their length.
         for start in range(0, len(unique), LOOKUP_CHUNK):
             chunk = unique[start : start + LOOKUP_CHUNK]
-            async for conv in self.store.conversations.find({"contact_id": {"$in": chunk}}):
+            query = {"contact_id": {"$in": chunk}}
+            async for conv in self.store.conversations.find(query, CONVERSATION_FIELDS):
                 _keep_latest(best, conv)
         return best
 
     async def _all_preferred(self) -> dict[str, dict[str, Any]]:
         """Every contact's conversation it wrote in last, from one scan."""
         best: dict[str, dict[str, Any]] = {}
-        async for conv in self.store.conversations.find({}).batch_size(5000):
+        async for conv in self.store.conversations.find({}, CONVERSATION_FIELDS).batch_size(5000):
             _keep_latest(best, conv)
         return best
 

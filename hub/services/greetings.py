@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -329,7 +330,7 @@ def contact_timezone(contact: Mapping[str, Any], default: ZoneInfo) -> ZoneInfo:
         if not isinstance(own, str) or len(own) > 64:
             raise InvalidTimezone(f"not a time zone: {own!r}")
         try:
-            return ZoneInfo(own)
+            return _zone(own)
         except (ZoneInfoNotFoundError, ValueError):
             raise InvalidTimezone(f"unknown time zone {own!r}") from None
     for phone in contact.get("phones") or []:
@@ -337,6 +338,14 @@ def contact_timezone(contact: Mapping[str, Any], default: ZoneInfo) -> ZoneInfo:
         if guessed is not None:
             return guessed
     return default
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(key: str) -> ZoneInfo:
+    """A zone by its name, kept: ZoneInfo keeps only the last few it made, and a
+    day's planning asks for a few dozen zones 100,000 times (reading the zone
+    file again each time one was dropped)."""
+    return ZoneInfo(key)
 
 
 def phone_zone(phone: Any, default: ZoneInfo) -> ZoneInfo | None:
