@@ -1340,6 +1340,25 @@ async def test_a_conditional_update_by_id_reads_one_row_and_takes_the_lean_path(
     assert calls == []
 
 
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_simple_updates_beside_other_indexes_answer_as_stock(
+    stores: HubAndStock, ordered: bool
+) -> None:
+    """Beside the plain indexes, a unique, a sparse and a nested field's index (as
+    the messages' text, sparse and nested ones): an update that leaves their
+    fields alone takes the simple path, one that touches them the engine's own,
+    and both answer, keep the indexes and refuse duplicates as stock does."""
+    ids = await _seeded_on_both(stores, unique=True)
+    for side in (stores.hub, stores.stock):
+        await side.items.create_index([("note", ASCENDING)], sparse=True)
+        await side.items.create_index([("sub.a", ASCENDING)])
+    outcomes = await _run_bulk(stores, _simple_update, 71 + ordered, ids, ordered)
+    assert any(o[0] == "error" for o in outcomes)  # `n` set to a value another has
+    await _compare_index_reads(stores)
+    for filt in ({"n": 5}, {"note": "x"}, {"note": None}, {"sub.a": 1}):
+        await stores.same_documents("items", filt)
+
+
 async def test_simple_updates_on_an_unindexed_collection_answer_as_stock(
     stores: HubAndStock,
 ) -> None:

@@ -215,11 +215,16 @@ class HubWritesEngine(SQLiteEngine):
         """Each update in the open transaction, by the simple path, the lean path
         or the engine's own, whichever first takes it; its outcome or its error."""
         results: list[Any] = []
-        lean = self._hub_lean_indexes(conn, db_name, coll_name)
+        found = self._hub_lean_indexes(conn, db_name, coll_name)
+        simple, guarded = found if found is not None else (None, frozenset())
+        # The lean path applies any compiled update: only where every index is plain.
+        lean = simple if not guarded else None
         for operation in operations:
             if isinstance(operation, SimpleUpdate):
-                if lean is not None:
-                    outcome = self._hub_simple_update(conn, db_name, coll_name, operation, lean)
+                if simple is not None and guarded.isdisjoint(
+                    itertools.chain(operation.sets, operation.incs)
+                ):
+                    outcome = self._hub_simple_update(conn, db_name, coll_name, operation, simple)
                     if outcome is not None:
                         results.append(outcome)
                         continue
@@ -269,40 +274,54 @@ class HubWritesEngine(SQLiteEngine):
             operation.context,
         )
 
-    def _hub_lean_indexes(self, conn: Any, db_name: str, coll_name: str) -> list[Any] | None:
-        """The collection's indexes when its updates may take the lean path (only
-        plain single-field indexes on top-level fields; no validator, TTL or
-        search index), else None."""
-        indexes = list(self._load_indexes(db_name, coll_name))
-        for index in indexes:
+    def _hub_lean_indexes(
+        self, conn: Any, db_name: str, coll_name: str
+    ) -> tuple[list[Any], frozenset[str]] | None:
+        """The collection's plain indexes (single-field, on a top-level field),
+        whose entries the lean and simple paths keep, and the top-level fields
+        its other indexes read (a text, sparse, unique or nested field's): an
+        update that touches none of those leaves their entries as they are, so
+        the simple path may take it; the lean path only where there are none.
+        None when no update may take either path (a partial or TTL index, a
+        collation, a validator or a search index)."""
+        plain: list[Any] = []
+        guarded: set[str] = set()
+        for index in self._load_indexes(db_name, coll_name):
             fields = index["fields"]
+            if (
+                index.get("partial_filter_expression") is not None
+                or index.get("expire_after_seconds") is not None
+                or index.get("collation") is not None
+                or any(not isinstance(f, str) or not f or "$" in f for f in fields)
+            ):
+                return None
             if (
                 len(fields) != 1
                 or "." in fields[0]
                 or index.get("unique")
                 or index.get("sparse")
-                or index.get("partial_filter_expression") is not None
-                or index.get("expire_after_seconds") is not None
-                or index.get("collation") is not None
                 or not self._supports_scalar_index(index)
             ):
-                return None
+                guarded.update(f.split(".", 1)[0] for f in fields)
+            else:
+                plain.append(index)
         if self._load_search_index_rows(db_name, coll_name):
             return None
         if self._collection_options_or_empty_sync(conn, db_name, coll_name).get("validator"):
             return None
-        return indexes
+        return plain, frozenset(guarded)
 
     def _hub_simple_update(
         self, conn: Any, db_name: str, coll_name: str, update: SimpleUpdate, indexes: list[Any]
     ) -> Any:
-        """`$set` and `$inc` of top-level fields the document already has, applied
-        without compiling the update: each value is replaced in place (so the
-        fields keep their order) and an increment adds to a stored integer. None
-        when the document lacks one of the fields, an increment meets anything
-        but an integer or leaves int64's range, or an indexed field holds an
-        array or a sub-document: the compiled path then decides. Modified, and
-        written, as the engine's `$set` and `$inc` decide it (`_same_for_update`).
+        """`$set` and `$inc` of top-level fields, applied without compiling the
+        update: each value is replaced in place (so the fields keep their order),
+        a field the document lacks is set after the others (as the engine's
+        `$set` appends it), and an increment adds to a stored integer. None when
+        an increment meets a missing field or anything but an integer, or leaves
+        int64's range, or an indexed field holds an array or a sub-document: the
+        compiled path then decides. Modified, and written, as the engine's `$set`
+        and `$inc` decide it (`_same_for_update`).
         """
         storage_key = self._storage_key(update.doc_id)
         original = self._hub_stored_document(conn, db_name, coll_name, storage_key)
@@ -311,9 +330,8 @@ class HubWritesEngine(SQLiteEngine):
         document = dict(original)
         modified = False
         for key, value in update.sets.items():
-            if key not in document:
-                return None
-            modified = modified or not _same_for_update(document[key], value)
+            if key not in document or not _same_for_update(document[key], value):
+                modified = True
             document[key] = value
         for key, amount in update.incs.items():
             current = document.get(key)
