@@ -146,6 +146,15 @@ class ExternalBot:
             await self._runner.cleanup()
 
 
+def child_pid(pid: int) -> int | None:
+    """The hub's embedded store: its child process (None if it has none)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
 def write_config(folder: Path, port: int, provider: str, bot: str) -> Path:
     (folder / "flow.toml").write_text(FLOW)
     config = folder / "hub.toml"
@@ -266,6 +275,8 @@ async def phase(name: str, bot: str, args: argparse.Namespace, provider: Provide
         async with aiohttp.ClientSession() as session:
             commands = await metric(session, base, "hub_store_commands")
         cpu = cpu_seconds(hub.pid)
+        store_pid = child_pid(hub.pid)
+        store_cpu = cpu_seconds(store_pid) if store_pid else 0.0
         result = await drive(
             f"{base}/webhooks/testchan/bench", provider, args.rate, args.duration, args.settle
         )
@@ -274,6 +285,9 @@ async def phase(name: str, bot: str, args: argparse.Namespace, provider: Provide
         answered = max(1, result["answered"])
         result["commands"] = commands / answered
         result["cpu_ms"] = (cpu_seconds(hub.pid) - cpu) / answered * 1000
+        result["store_cpu_ms"] = (
+            (cpu_seconds(store_pid) - store_cpu) / answered * 1000 if store_pid else float("nan")
+        )
     finally:
         hub.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -290,7 +304,8 @@ async def phase(name: str, bot: str, args: argparse.Namespace, provider: Provide
     print(f"   webhook acknowledged: p50 {result['ack_p50_ms']:.0f} ms, "
           f"p99 {result['ack_p99_ms']:.0f} ms")  # fmt: skip
     print(f"   per conversation: {result['commands']:.1f} store commands, "
-          f"{result['cpu_ms']:.2f} ms of the hub's CPU")  # fmt: skip
+          f"{result['cpu_ms']:.2f} ms of the hub's CPU, "
+          f"{result['store_cpu_ms']:.2f} ms of the store's")  # fmt: skip
     return result
 
 
