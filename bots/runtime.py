@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -109,6 +109,10 @@ class _Locks:
                 self._locks[key] = (lock, users - 1)
 
 
+# A claimed turn: its message, conversation, bot and `bot_turns` document.
+type Turn = tuple[dict[str, Any], dict[str, Any], Bot, dict[str, Any]]
+
+
 class BotRuntime:
     """The hub's bot hook: routes each new inbound message to its conversation's bot."""
 
@@ -140,6 +144,11 @@ class BotRuntime:
         self._stopping = False
         self._batcher: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        # Decided turns waiting to be carried out, from every batch: carried out
+        # together (`_carry_loop`), one group at a time.
+        self._decided: list[tuple[Turn, bool, asyncio.Future[None]]] = []
+        self._decided_wake = asyncio.Event()
+        self._carrier: asyncio.Task[None] | None = None
         self.answered = 0  # turns this process finished (the benchmark reads it)
 
     # -- the hook ------------------------------------------------------------------------
@@ -183,6 +192,11 @@ class BotRuntime:
             self._sweeper = None
         if self._turns:
             await asyncio.gather(*self._turns, return_exceptions=True)
+        if self._carrier is not None:
+            self._carrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._carrier
+            self._carrier = None
         await self._flush()
 
     async def _sweep_loop(self) -> None:
@@ -375,46 +389,63 @@ class BotRuntime:
         turns = [item for item in turns if item[3]["_id"] not in taken]
         asking = [item for item in turns if item[3]["actions"] is None]
         ready = [item for item in turns if item[3]["actions"] is not None]
-        if ready:
-            await self._carry_out(ready)
-        if not asking:
-            return
-        # The others (external bots) are asked side by side; the answers that are
-        # in are carried out together, so a slow or failing bot holds up only its
-        # own conversation.
-        pending = {
-            asyncio.ensure_future(
-                self._decide_with(
-                    bot, message, conversation, contacts.get(conversation.get("contact_id")) or {}
-                )
-            ): (message, conversation, bot, turn)
-            for message, conversation, bot, turn in asking
-        }
-        while pending:
-            finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            answered = []
-            for task in finished:
-                message, conversation, bot, turn = pending.pop(task)
-                decision = task.result()
-                if decision is None:
-                    self._done(str(message["_id"]), "failed")
-                    continue
-                turn.update(actions=decision.actions, next=decision.state)
-                answered.append((message, conversation, bot, turn))
-            if answered:
-                await self._carry_out(answered, asked=True)
+        carried: list[Awaitable[None]] = [self._carry(item, asked=False) for item in ready]
+        # The others (external bots) are asked side by side; each answer is
+        # carried out as it comes in, with whatever else is decided by then, so a
+        # slow or failing bot holds up only its own conversation.
+        carried += [
+            self._ask(item, contacts.get(item[1].get("contact_id")) or {}) for item in asking
+        ]
+        if carried:
+            await asyncio.gather(*carried)
 
-    async def _carry_out(
-        self,
-        turns: list[tuple[dict[str, Any], dict[str, Any], Bot, dict[str, Any]]],
-        *,
-        asked: bool = False,
-    ) -> None:
+    async def _ask(self, item: Turn, contact: dict[str, Any]) -> None:
+        """An external bot's decision for a claimed turn, then carried out."""
+        message, conversation, bot, turn = item
+        decision = await self._decide_with(bot, message, conversation, contact)
+        if decision is None:
+            self._done(str(message["_id"]), "failed")
+            return
+        turn.update(actions=decision.actions, next=decision.state)
+        await self._carry(item, asked=True)
+
+    def _carry(self, item: Turn, *, asked: bool) -> asyncio.Future[None]:
+        """Hand a decided turn to the carrier; done once it is carried out."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._decided.append((item, asked, done))
+        self._decided_wake.set()
+        if self._carrier is None:
+            self._carrier = asyncio.create_task(self._carry_loop(), name="bot-carrier")
+        return done
+
+    async def _carry_loop(self) -> None:
+        """Carry out the turns decided meanwhile, all together, one group at a time
+        (a few store commands for many turns, as ingest's group commit)."""
+        while True:
+            await self._decided_wake.wait()
+            self._decided_wake.clear()
+            while self._decided:
+                group = self._decided[:BATCH_MAX]
+                del self._decided[:BATCH_MAX]
+                try:
+                    asked = [item for item, was_asked, _ in group if was_asked]
+                    await self._carry_out(
+                        [item for item, was_asked, _ in group if not was_asked], asked=asked
+                    )
+                except Exception:
+                    # Those turns stay `working`: the sweep takes them up.
+                    log.exception("bot turns not carried out", extra={"turns": len(group)})
+                finally:
+                    for _, _, done in group:
+                        if not done.done():
+                            done.set_result(None)
+
+    async def _carry_out(self, turns: list[Turn], *, asked: Sequence[Turn] = ()) -> None:
         """Do what the bots decided, for turns of different conversations: their
-        states in one bulk write, replies queued together, then handoffs, and a
-        turn that does more alone. `asked`: the decisions were just made (an
-        external bot's), kept in their turns first, and a conversation people
-        took meanwhile gets nothing."""
+        states kept with the replies' summaries, replies queued together, then
+        handoffs, and a turn that does more alone. `asked`: turns whose decisions
+        were just made (an external bot's), kept in their turns first; a
+        conversation people took meanwhile gets nothing."""
         store, events = self.hub.store, self.hub.events
         assert store is not None and events is not None
         if asked:
@@ -423,27 +454,24 @@ class BotRuntime:
                     UpdateOne(
                         {"_id": t["_id"]}, {"$set": {"actions": t["actions"], "next": t["next"]}}
                     )
-                    for *_, t in turns
+                    for *_, t in asked
                 ],
                 ordered=False,
             )
-            fresh = await find_by_ids(store.conversations, [str(c["_id"]) for _, c, _, _ in turns])
-            kept = []
-            for message, conversation, bot, turn in turns:
+            fresh = await find_by_ids(store.conversations, [str(c["_id"]) for _, c, _, _ in asked])
+            for message, conversation, bot, turn in asked:
                 if (fresh.get(str(conversation["_id"])) or {}).get("bot") == bot.id:
-                    kept.append((message, conversation, bot, turn))
+                    turns.append((message, conversation, bot, turn))
                 else:
                     self._done(str(message["_id"]), "done")  # people have it now
-            turns = kept
             if not turns:
                 return
-        states = [
-            UpdateOne({"_id": c["_id"]}, {"$set": {"bot_state": self._kept(c, t.get("next"))}})
+        # Each conversation's bot state, written with its replies' summary.
+        states = {
+            str(c["_id"]): {"bot_state": self._kept(c, t.get("next"))}
             for _, c, _, t in turns
             if t.get("next") is not None or c.get("bot_state")
-        ]
-        if states:
-            await store.conversations.bulk_write(states, ordered=False)
+        }
         drafts: list[Draft] = []
         alone = []
         handoffs = []
@@ -459,8 +487,22 @@ class BotRuntime:
             drafts += self._drafts(bot.id, str(message["_id"]), conversation, replies)
             if tail:
                 handoffs.append((str(conversation["_id"]), tail[0], bot.id))
+        alone_ids = {str(c["_id"]) for _, c, _, _ in alone}
+        if any(c in alone_ids for c in states):  # kept before the turns done alone
+            await store.conversations.bulk_write(
+                [UpdateOne({"_id": c}, {"$set": f}) for c, f in states.items() if c in alone_ids],
+                ordered=False,
+            )
+        states = {c: f for c, f in states.items() if c not in alone_ids}
+        if drafts or states:
+            await enqueue_many(
+                store,
+                events,
+                drafts,
+                conversations={str(c["_id"]): c for _, c, _, _ in turns},
+                also_set=states,
+            )
         if drafts:
-            await enqueue_many(store, events, drafts)
             self.hub.wake_dispatcher()
             # Taken over while they were queued: taken back (hub.services.handoff).
             queued = list({d.conversation_id for d in drafts})
@@ -594,14 +636,18 @@ class BotRuntime:
         while self._finished:
             batch, self._finished = self._finished[:VALUES_PER_IN], self._finished[VALUES_PER_IN:]
             now = utcnow()
-            for outcome in {o for _, o in batch}:
-                ids = [i for i, o in batch if o == outcome]
-                try:
-                    await store.bot_turns.update_many(
-                        {"_id": {"$in": ids}}, {"$set": {"state": outcome, "done_at": now}}
-                    )
-                except PyMongoError as error:
-                    log.warning("bot turns not marked done", extra={"error": str(error)})
+            # One update by `_id` each, in one command: the store's fast path for
+            # updates (an `$in` takes its general one).
+            try:
+                await store.bot_turns.bulk_write(
+                    [
+                        UpdateOne({"_id": i}, {"$set": {"state": outcome, "done_at": now}})
+                        for i, outcome in batch
+                    ],
+                    ordered=False,
+                )
+            except PyMongoError as error:
+                log.warning("bot turns not marked done", extra={"error": str(error)})
 
     async def _decide(
         self, bot: Bot, message: dict[str, Any], conversation: dict[str, Any]

@@ -14,7 +14,7 @@ Crash semantics (a lease that expired while `sending`):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -110,16 +110,28 @@ class Draft:
     recheck_opt_out: bool = False
 
 
-async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) -> list[str]:
+async def enqueue_many(
+    store: Store,
+    events: Events,
+    drafts: Sequence[Draft],
+    *,
+    conversations: Mapping[str, dict[str, Any]] | None = None,
+    also_set: Mapping[str, dict[str, Any]] | None = None,
+) -> list[str]:
     """Queue many messages in a few bulk writes; return the ids newly queued.
 
     Drafts whose conversation does not exist, or whose `message_id` is already
-    queued or sent, are left out of the result.
+    queued or sent, are left out of the result. `conversations`: the drafts'
+    conversations as the caller just read them (not read again; only their
+    inbox, channel and identity are used). `also_set`: more fields to set on
+    conversations (by id), written with their summaries in the same command.
     """
     if not drafts:
+        await _set_fields(store, also_set)
         return []
-    conversation_ids = list({d.conversation_id for d in drafts})
-    conversations = await find_by_ids(store.conversations, conversation_ids)
+    if conversations is None:
+        conversation_ids = list({d.conversation_id for d in drafts})
+        conversations = await find_by_ids(store.conversations, conversation_ids)
     now = utcnow()
     items: list[dict[str, Any]] = []
     docs: list[dict[str, Any]] = []
@@ -151,6 +163,7 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
             )
         )
     if not docs:
+        await _set_fields(store, also_set)
         return []
     refused = await insert_new(store.outbox, items)
     # An item refused as a duplicate is queued already: its message stays as it is.
@@ -162,31 +175,44 @@ async def enqueue_many(store: Store, events: Events, drafts: Sequence[Draft]) ->
         await store.outbox.bulk_write([DeleteOne({"_id": i}) for i in settled], ordered=False)
     docs = [d for d in docs if d["_id"] not in settled]
     if not docs:
+        await _set_fields(store, also_set)
         return []
     latest: dict[str, dict[str, Any]] = {d["conversation_id"]: d for d in docs}
-    await store.conversations.bulk_write(
-        [
-            UpdateOne(
-                {"_id": conversation_id},
-                {
-                    "$set": {
-                        "last_message": {
-                            "id": doc["_id"],
-                            "text": doc["text"],
-                            "kind": doc["kind"],
-                            "direction": "out",
-                            "at": now,
-                        },
-                        "last_activity_at": now,
-                    }
-                },
-            )
-            for conversation_id, doc in latest.items()
-        ],
-        ordered=False,
+    extra = dict(also_set or {})
+    summaries = [
+        UpdateOne(
+            {"_id": conversation_id},
+            {
+                "$set": {
+                    "last_message": {
+                        "id": doc["_id"],
+                        "text": doc["text"],
+                        "kind": doc["kind"],
+                        "direction": "out",
+                        "at": now,
+                    },
+                    "last_activity_at": now,
+                    **extra.pop(conversation_id, {}),
+                }
+            },
+        )
+        for conversation_id, doc in latest.items()
+    ]
+    summaries += [UpdateOne({"_id": c}, {"$set": fields}) for c, fields in extra.items() if fields]
+    # The summaries and the event document that reports the messages go to the
+    # store together; the events are delivered once both are in.
+    await events.publish(
+        [Event("message.created", message_view(d)) for d in docs],
+        alongside=store.conversations.bulk_write(summaries, ordered=False),
     )
-    await events.publish([Event("message.created", message_view(d)) for d in docs])
     return [str(d["_id"]) for d in docs]
+
+
+async def _set_fields(store: Store, fields: Mapping[str, dict[str, Any]] | None) -> None:
+    """Set fields on conversations (by id), in one command."""
+    updates = [UpdateOne({"_id": c}, {"$set": f}) for c, f in (fields or {}).items() if f]
+    if updates:
+        await store.conversations.bulk_write(updates, ordered=False)
 
 
 async def enqueue(
