@@ -403,6 +403,126 @@ async def test_first_messages_from_one_number_on_two_hubs_at_once_make_one_conta
             assert conversation["unread"] == 6
 
 
+def from_number(provider_id: str, number: str, body: str = "hi") -> InboundText:
+    return InboundText(
+        inbox="t1", medium="sms", provider_id=provider_id, sender=phone(number), text=body
+    )
+
+
+async def test_a_batch_of_new_senders_costs_the_same_few_commands_and_no_conversation_update(
+    hub_client,
+):
+    """Forty first messages in one batch: the conversations and identities are read
+    by `_id` once each, contacts, identities, messages and conversations inserted
+    in one command each (the conversations with their summaries), one event
+    document; no conversation is updated after it is opened."""
+    hub = hub_of(hub_client)
+    await hub.ingest([from_number("warm", "+15550000001")])  # the first batch opens the rest
+    before = dict(hub.store.commands.on)
+    numbers = [f"+1555444{n:04d}" for n in range(40)]
+    results = await hub.ingest(
+        [from_number(f"N{n}", num, f"hello {n}") for n, num in enumerate(numbers)]
+    )
+    sent = {key: n - before.get(key, 0) for key, n in hub.store.commands.on.items()}
+    ingest = {"contacts", "identities", "conversations", "messages"}  # and its event document
+    sent = {k: n for k, n in sent.items() if n and (k[1] in ingest or k == ("insert", "events"))}
+    assert sent == {
+        ("find", "conversations"): 1,
+        ("find", "identities"): 1,
+        ("insert", "contacts"): 1,
+        ("insert", "identities"): 1,
+        ("insert", "messages"): 1,
+        ("insert", "conversations"): 1,
+        ("insert", "events"): 1,
+    }
+    assert len({r.contact_id for r in results}) == 40
+    for n, result in enumerate(results):
+        conversation = await hub.store.conversations.find_one({"_id": result.conversation_id})
+        assert conversation["contact_id"] == result.contact_id
+        assert conversation["last_message"]["text"] == f"hello {n}"
+        assert (conversation["unread"], conversation["inbound"]) == (1, 1)
+        assert conversation["last_inbound_at"] == conversation["last_message"]["at"]
+        assert conversation["status"] == "open"
+
+
+async def test_first_messages_from_one_number_in_two_batches_at_once_make_one_contact(
+    hub_client,
+):
+    """The second batch is stored while the first, which prepared the new sender's
+    conversation, is still finishing: it leaves the opening to the first and
+    adds its own messages to the summary after it."""
+    hub = hub_of(hub_client)
+    number = "+15554440999"
+    entered, release = hold_second_stage(hub)
+    first = asyncio.create_task(hub.ingest([from_number("T1", number, "first")]))
+    await asyncio.wait_for(entered.wait(), 10)
+    second = asyncio.create_task(
+        hub.ingest([from_number(f"T2-{n}", number, f"then {n}") for n in range(PIPELINE_MIN)])
+    )
+    await eventually(
+        lambda: hub.store.messages.count_documents({}), lambda n: n == 1 + PIPELINE_MIN
+    )
+    assert await hub.store.conversations.count_documents({}) == 0  # opened by the first
+    release.set()
+    (one,), others = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert {one.contact_id} == {r.contact_id for r in others}
+    assert await hub.store.contacts.count_documents({}) == 1
+    assert await hub.store.identities.count_documents({}) == 1
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert (conversation["unread"], conversation["inbound"]) == (1 + PIPELINE_MIN, 1 + PIPELINE_MIN)
+    assert conversation["last_message"]["text"] == f"then {PIPELINE_MIN - 1}"
+
+
+async def test_a_new_senders_conversation_is_opened_by_the_next_batch_when_its_own_failed(
+    hub_client,
+):
+    """The batch that prepared a new sender's conversation fails before opening it
+    (the store went away: its webhooks are answered 503, the provider retries);
+    the batch stored behind it opens it, and the retry counts the lost message in."""
+    from pymongo.errors import AutoReconnect
+
+    from hub.ports import StoreUnavailable
+
+    hub = hub_of(hub_client)
+    number = "+15554440888"
+    entered, release = asyncio.Event(), asyncio.Event()
+    publish = hub.events.publish
+    failed = False
+
+    async def failing_once(events: list[Any], **options: Any) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            entered.set()
+            await release.wait()
+            options["alongside"].close()  # its summary write never reaches the store
+            raise AutoReconnect("the store went away")
+        await publish(events, **options)
+
+    hub.events.publish = failing_once
+    first = asyncio.create_task(hub.ingest([from_number("F1", number, "lost")]))
+    await asyncio.wait_for(entered.wait(), 10)
+    second = asyncio.create_task(
+        hub.ingest([from_number(f"F2-{n}", number, f"kept {n}") for n in range(PIPELINE_MIN)])
+    )
+    await eventually(
+        lambda: hub.store.messages.count_documents({}), lambda n: n == 1 + PIPELINE_MIN
+    )
+    release.set()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(first, 10)
+    kept = await asyncio.wait_for(second, 10)
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert (conversation["unread"], conversation["inbound"]) == (PIPELINE_MIN, PIPELINE_MIN)
+    assert conversation["contact_id"] == kept[0].contact_id
+
+    (retry,) = await hub.ingest([from_number("F1", number, "lost")])
+    assert retry.duplicate
+    (conversation,) = await hub.store.conversations.find().to_list()
+    assert (conversation["unread"], conversation["inbound"]) == (1 + PIPELINE_MIN,) * 2
+    assert await hub.store.contacts.count_documents({}) == 1
+
+
 async def test_one_new_number_on_two_channels_in_one_batch_is_one_contact(make_settings):
     """SMS and WhatsApp from one new number, stored in one batch: two conversations
     (one per channel), one contact."""
@@ -858,8 +978,21 @@ async def test_store_gone_between_message_and_summary_fails_the_batch_and_delive
     try:
         db = reader[settings.store.database]
         assert [m["provider_id"] for m in await db.messages.find().to_list()] == ["G1"]
+        # A new sender's conversation is opened with its summary, which was lost.
+        assert await db.conversations.count_documents({}) == 0
+        (contact,) = await db.contacts.find().to_list()
+        # The provider's retry, to a hub started afresh, opens it and summarises it.
+        settings = make_settings(store={"uri": uri, "server_selection_timeout_ms": 500})
+        async with TestClient(TestServer(build_app(settings))) as client:
+            retry = await post_inbound(
+                client, MessageSid="G1", From=NUMBER, Body="stored, summary lost"
+            )
+            assert (await retry.json())["duplicate"] is True
         (conversation,) = await db.conversations.find().to_list()
-        assert conversation["last_message"] is None  # a provider retry repairs it
+        assert conversation["contact_id"] == contact["_id"]
+        assert conversation["last_message"]["id"] == message_id_for("t1", "G1")
+        assert (conversation["unread"], conversation["inbound"]) == (1, 1)
+        assert await db.contacts.count_documents({}) == 1
     finally:
         await reader.close()
 

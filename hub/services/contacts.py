@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from hub.addresses import InvalidIdentity, normalize_email, normalize_phone
@@ -97,10 +98,13 @@ def _identity_doc(key: str, ref: IdentityRef, contact_id: str) -> dict[str, Any]
     }
 
 
-async def resolve_many(store: Store, refs: Sequence[IdentityRef]) -> dict[str, str]:
+async def resolve_many(
+    store: Store, refs: Sequence[IdentityRef], *, created: set[str] | None = None
+) -> dict[str, str]:
     """The contact of each identity (by its key, `kind:value`), the new ones
     created together: one read of the identities, and for the new ones one
     insert of their contacts and one of their identities, however many there are.
+    The keys whose contact this call created are added to `created`, if given.
 
     As atomic as `resolve_contact`: the identity's `_id` decides, so an identity
     another process inserted first keeps its contact, and the contact prepared
@@ -136,6 +140,8 @@ async def resolve_many(store: Store, refs: Sequence[IdentityRef]) -> dict[str, s
     for key, ref in new.items():
         if key not in lost:
             owners[key] = prepared[key]
+            if created is not None:
+                created.add(key)
             log.info(
                 "contact created", extra={"contact_id": prepared[key], "identity_kind": ref.kind}
             )
@@ -145,13 +151,18 @@ async def resolve_many(store: Store, refs: Sequence[IdentityRef]) -> dict[str, s
 async def name_from_channel(store: Store, names: Mapping[str, str]) -> None:
     """Give each contact (id -> a profile name a channel gave) that name if it
     has none and no agent chose it (`name_by` "agent": an agent's edit, even to
-    no name, always wins); the first name a channel gives stays."""
-    for contact_id, name in names.items():
-        if name:
-            await store.contacts.update_one(
-                {"_id": contact_id, "name": None, "name_by": {"$ne": "agent"}},
-                {"$set": {"name": storable_text(name), "name_by": "channel"}},
-            )
+    no name, always wins); the first name a channel gives stays. One command
+    for them all."""
+    updates = [
+        UpdateOne(
+            {"_id": contact_id, "name": None, "name_by": {"$ne": "agent"}},
+            {"$set": {"name": storable_text(name), "name_by": "channel"}},
+        )
+        for contact_id, name in names.items()
+        if name
+    ]
+    if updates:
+        await store.contacts.bulk_write(updates, ordered=False)
 
 
 async def add_identity(store: Store, contact_id: str, ref: IdentityRef) -> bool:

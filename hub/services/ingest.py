@@ -5,13 +5,19 @@ being written the next one gathers, so under load a handful of store round trips
 carries many messages, and when idle a message is written at once.
 
 Order of writes for a batch, and why:
-1. the conversation for each sender on that inbox and channel is found or opened
-   (its `_id` is derived from inbox, medium and identity, so finding it is an
-   `_id` probe, and two processes opening it at once make one);
+1. the conversation for each sender on that inbox and channel is found (its
+   `_id` is derived from inbox, medium and identity, so finding it is an `_id`
+   probe, one read for the batch's senders this process has not seen); for new
+   senders, their contacts and identities are created (one insert per
+   collection for the batch; the identity's `_id` decides between two processes)
+   and their conversations prepared, not yet written;
 2. the messages, in one `insert_many` whose `_id` is derived from inbox and
    provider id: a provider's retry is refused by `_id` and reported as duplicate;
 3. the conversations' summaries (last message, unread, last inbound time,
-   reopened), one update per conversation however many messages it got;
+   reopened), one set of updates per conversation however many messages it got;
+   a new sender's conversation is inserted with its summary instead (one insert
+   for the batch; of two processes opening it at once one inserts, the other
+   updates what it inserted);
 4. one event document for the whole batch.
 Only after all of them does a webhook get its answer; any store error before
 that answers 5xx, so the provider retries and nothing acknowledged is lost.
@@ -102,6 +108,19 @@ def new_conversation_doc(
         # by an earlier version gets `inbound` from its next summary on, short.
         "inbound": 0,
         "counts_inbound": True,
+    }
+
+
+def opened_with_summary(doc: dict[str, Any], last: dict[str, Any], added: int) -> dict[str, Any]:
+    """A new conversation (`new_conversation_doc`) as its first `added` inbound
+    messages, `last` the newest, leave it: what the summary updates of a stored
+    one would make of it, so it is opened with them in one insert."""
+    return {
+        **doc,
+        **summary_fields(last),
+        **email_thread(last),
+        "unread": added,
+        "inbound": added,
     }
 
 
@@ -226,6 +245,10 @@ class _Stored:
     docs: list[dict[str, Any]]  # one per provider message
     first_index: dict[str, int]  # message id -> the first event that carried it
     refused: set[str]  # message ids that were stored already
+    # Conversations of new senders, prepared but not in the store yet: this
+    # batch's own, and those an earlier batch still finishing prepared (its
+    # second stage, run before this one's, opens them, or leaves them to this).
+    creating: dict[str, dict[str, Any]]
 
 
 class Ingestor:
@@ -249,6 +272,10 @@ class Ingestor:
         self.max_batch = max_batch
         # conversation id -> contact id, for conversations known to exist.
         self._conversations = _LRU(100_000)
+        # conversation id -> its document, for the conversations of new senders
+        # whose messages are stored and which a batch's second stage is to open
+        # (with their summary, in one insert); gone once that stage is over.
+        self._opening: dict[str, dict[str, Any]] = {}
         # Message ids handed to the store by this process whose batch is not
         # finished: stored, or about to be, but not in their summaries yet.
         self._unfinished: Counter[str] = Counter()
@@ -392,6 +419,10 @@ class Ingestor:
             return
         finally:
             self._release(d["_id"] for d in stored.docs if d["_id"] not in stored.refused)
+            # Opened now (and known), or left to the next batch that needs them.
+            for conv_id, doc in stored.creating.items():
+                if self._opening.get(conv_id) is doc:
+                    del self._opening[conv_id]
         done = time.perf_counter()
         self.metrics.ingest_batch.observe(len(batch))
         for item, result in zip(batch, results, strict=True):
@@ -461,41 +492,59 @@ class Ingestor:
         conversations inserted in one command. A conversation another process
         opened first (its `_id` is derived) is read back instead.
         """
-        found = await find_by_ids(self.store.conversations, list(wanted))
-        opened = {conv_id: str(doc["contact_id"]) for conv_id, doc in found.items()}
-        missing = [conv_id for conv_id in wanted if conv_id not in found]
-        if missing:
-            owners = await resolve_many(self.store, [wanted[c][2] for c in missing])
-            now = utcnow()
-            docs = []
-            for conv_id in missing:
-                inbox, medium, sender = wanted[conv_id]
-                key = identity_id(sender.kind, sender.value)
-                bot = self._bot_for(inbox, medium)
-                docs.append(
-                    new_conversation_doc(conv_id, inbox, medium, key, owners[key], now, bot)
-                )
-            # A contact known by another channel (an SMS number) that had no name
-            # takes the first profile name a channel gives (WhatsApp's, Telegram's).
-            named = {
-                owners[identity_id(sender.kind, sender.value)]: sender.name
-                for sender in (wanted[conv_id][2] for conv_id in missing)
-                if sender.name
-            }
-            if named:
-                await name_from_channel(self.store, named)
-            taken = await insert_new(self.store.conversations, docs)
-            for doc in docs:
-                if doc["_id"] not in taken:
-                    opened[doc["_id"]] = doc["contact_id"]
-            if taken:
-                for conv_id, doc in (
-                    await find_by_ids(self.store.conversations, list(taken))
-                ).items():
-                    opened[conv_id] = str(doc["contact_id"])
+        opened, prepared = await self._find_or_prepare(wanted)
+        docs = list(prepared.values())
+        taken = await insert_new(self.store.conversations, docs)
+        for doc in docs:
+            if doc["_id"] not in taken:
+                opened[doc["_id"]] = doc["contact_id"]
+        if taken:
+            opened.update(await self._contacts_of(taken))
         for conv_id, contact_id in opened.items():
             self._conversations.put(conv_id, contact_id)
         return opened
+
+    async def _contacts_of(self, conversation_ids: Iterable[str]) -> dict[str, str]:
+        """The contact of each of these (stored) conversations, read in one command."""
+        found = await find_by_ids(self.store.conversations, list(conversation_ids))
+        return {conv_id: str(doc["contact_id"]) for conv_id, doc in found.items()}
+
+    async def _find_or_prepare(
+        self, wanted: dict[str, tuple[str, str, IdentityRef]]
+    ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+        """Of many conversations (conversation id -> its inbox, medium and sender):
+        the contact of each that exists (remembered in the process), and the
+        document of each that does not, not inserted, its sender's contact found
+        or created. Reads by `_id` only: the conversations, then the identities;
+        the new contacts and identities are written in one command each
+        (`resolve_many`), and a profile name given to a contact known before is
+        set in one more (`name_from_channel`)."""
+        found = await self._contacts_of(wanted)
+        for conv_id, contact_id in found.items():
+            self._conversations.put(conv_id, contact_id)
+        missing = [conv_id for conv_id in wanted if conv_id not in found]
+        prepared: dict[str, dict[str, Any]] = {}
+        if not missing:
+            return found, prepared
+        created: set[str] = set()
+        owners = await resolve_many(self.store, [wanted[c][2] for c in missing], created=created)
+        now = utcnow()
+        named: dict[str, str] = {}
+        for conv_id in missing:
+            inbox, medium, sender = wanted[conv_id]
+            key = identity_id(sender.kind, sender.value)
+            bot = self._bot_for(inbox, medium)
+            prepared[conv_id] = new_conversation_doc(
+                conv_id, inbox, medium, key, owners[key], now, bot
+            )
+            # A contact known by another channel (an SMS number) that had no name
+            # takes the first profile name a channel gives (WhatsApp's, Telegram's);
+            # one created just now has it already.
+            if sender.name and key not in created:
+                named[owners[key]] = sender.name
+        if named:
+            await name_from_channel(self.store, named)
+        return found, prepared
 
     def _bot_for(self, inbox: str, medium: str) -> str | None:
         """The bot that serves the inbox's conversations on `medium`, or None."""
@@ -524,8 +573,10 @@ class Ingestor:
         self._conversations.clear()
 
     async def _store_messages(self, events: list[InboundEvent]) -> _Stored:
-        """Stage one: find or open the senders' conversations and store the
-        messages; the ones already stored are left out (refused)."""
+        """Stage one: find the senders' conversations (or prepare those of new
+        senders, their contacts created) and store the messages; the ones
+        already stored are left out (refused). A new sender's conversation is
+        opened by stage two, with its summary in the same insert."""
         ids: list[tuple[str, str]] = []
         contacts: dict[str, str] = {}
         own = [
@@ -534,16 +585,26 @@ class Ingestor:
         ]
         # A conversation the adapter named (e-mail threading) wins over the sender's
         # own; the senders' own conversations this process has not seen yet are
-        # found or opened together, their new contacts with them.
+        # found or prepared together, their new contacts with them.
         hinted = [
             await self._hinted_conversation(event, contacts) if event.conversation_id else None
             for event in events
         ]
         wanted: dict[str, tuple[str, str, IdentityRef]] = {}
+        creating: dict[str, dict[str, Any]] = {}
         for event, hint, conv_id in zip(events, hinted, own, strict=True):
             if hint is None and self._conversations.get_fresh(conv_id) is None:
-                wanted.setdefault(conv_id, (event.inbox, event.medium, event.sender))
-        opened = await self._open_conversations(wanted) if wanted else {}
+                opening = self._opening.get(conv_id)
+                if opening is not None:  # an earlier batch, still finishing, opens it
+                    creating[conv_id] = opening
+                else:
+                    wanted.setdefault(conv_id, (event.inbox, event.medium, event.sender))
+        opened: dict[str, str] = {}
+        if wanted:
+            opened, prepared = await self._find_or_prepare(wanted)
+            creating.update(prepared)
+        for conv_id, doc in creating.items():
+            opened[conv_id] = doc["contact_id"]
         for event, hint, sender_conv_id in zip(events, hinted, own, strict=True):
             conv_id = hint or sender_conv_id
             if conv_id not in contacts:
@@ -571,13 +632,102 @@ class Ingestor:
             self._release(ids_sent)
             raise
         self._release(refused)
-        return _Stored(events, ids, contacts, docs, first_index, refused)
+        # Stored: the next batches that write to them leave their opening to this one.
+        for conv_id, doc in creating.items():
+            self._opening.setdefault(conv_id, doc)
+        return _Stored(events, ids, contacts, docs, first_index, refused, creating)
 
     def _release(self, message_ids: Iterable[str]) -> None:
         for message_id in message_ids:
             self._unfinished[message_id] -= 1
             if self._unfinished[message_id] <= 0:
                 del self._unfinished[message_id]
+
+    def _summary_updates(self, conv_id: str, last: dict[str, Any], added: int) -> list[UpdateOne]:
+        """The updates that bring a stored conversation's summary up to `last`,
+        the newest of `added` new inbound messages (none of them read first)."""
+        updates = []
+        new_summary: dict[str, Any] = {
+            "status": "open",
+            "snooze_until": None,
+            "resolved_at": None,
+            **summary_fields(last),
+            **email_thread(last),
+        }
+        bot = self._bot_for(last["inbox"], last["channel"])
+        if bot is not None:
+            # On a bot's inbox the status depends on who has the conversation:
+            # the bot's stays pending, people's open; a resolved one goes back
+            # to the bot (conditional updates: nothing is read first).
+            del new_summary["status"]
+            back_to_bot = {"status": "pending", "bot": bot, "bot_since": last["created_at"]}
+            updates.append(UpdateOne({"_id": conv_id, "status": "resolved"}, {"$set": back_to_bot}))
+            updates.append(
+                UpdateOne({"_id": conv_id, "status": "snoozed"}, {"$set": {"status": "open"}})
+            )
+        # The last message only moves forward: an inbound message older than
+        # the inbound one shown (a provider's late retry, in a later batch)
+        # leaves it shown. The provider's times are compared with each other
+        # only (never with the hub's clock, which stamps replies); the same
+        # whole second counts as later, as it arrived later.
+        shown = {k: new_summary.pop(k) for k in ("last_message", "last_activity_at")}
+        later = {"$lt": last["created_at"] + timedelta(seconds=1)}
+        moves = [{"last_message.direction": {"$ne": "in"}}, {"last_activity_at": later}]
+        updates.append(UpdateOne({"_id": conv_id, "$or": moves}, {"$set": shown}))
+        updates.append(
+            UpdateOne(
+                {"_id": conv_id},
+                {"$set": new_summary, "$inc": {"unread": added, "inbound": added}},
+            )
+        )
+        return updates
+
+    async def _open_prepared(
+        self, docs: list[dict[str, Any]], contacts: dict[str, str]
+    ) -> set[str]:
+        """Insert prepared conversations (one command); those another process (or
+        an agent's reply) opened first are left as they are, and `contacts` takes
+        their contact as stored. Each is remembered as known; the ids taken."""
+        taken = {str(i) for i in await insert_new(self.store.conversations, docs)}
+        if taken:
+            contacts.update(await self._contacts_of(taken))
+        for doc in docs:
+            self._conversations.put(doc["_id"], contacts[doc["_id"]])
+        return taken
+
+    async def _write_summaries(
+        self,
+        summarised: dict[str, dict[str, Any]],
+        updates: list[UpdateOne],
+        per_conv: dict[str, list[dict[str, Any]]],
+        newest: dict[str, dict[str, Any]],
+        contacts: dict[str, str],
+    ) -> None:
+        """The new conversations, opened with their summaries (one insert), beside
+        the other conversations' summary updates (one bulk write); a new one
+        another process opened first is summarised by updates after all."""
+
+        async def open_new() -> set[str]:
+            if not summarised:
+                return set()
+            return await self._open_prepared(list(summarised.values()), contacts)
+
+        async def update_known() -> None:
+            if updates:
+                await self.store.conversations.bulk_write(updates, ordered=False)
+
+        opening, updating = await asyncio.gather(open_new(), update_known(), return_exceptions=True)
+        for outcome in (opening, updating):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(opening, set)
+        late = [
+            update
+            for conv_id in opening
+            for update in self._summary_updates(conv_id, newest[conv_id], len(per_conv[conv_id]))
+        ]
+        if late:
+            await self.store.conversations.bulk_write(late, ordered=False)
 
     async def _uncounted(
         self, summary: dict[str, Any], last: dict[str, Any]
@@ -632,47 +782,30 @@ class Ingestor:
             conv_id: max(conv_docs, key=lambda d: (d["created_at"], d.get("seq") or 0))
             for conv_id, conv_docs in per_conv.items()
         }
-        updates = []
-        for conv_id, conv_docs in per_conv.items():
-            last = newest[conv_id]
-            new_summary: dict[str, Any] = {
-                "status": "open",
-                "snooze_until": None,
-                "resolved_at": None,
-                **summary_fields(last),
-                **email_thread(last),
-            }
-            bot = self._bot_for(last["inbox"], last["channel"])
-            if bot is not None:
-                # On a bot's inbox the status depends on who has the conversation:
-                # the bot's stays pending, people's open; a resolved one goes back
-                # to the bot (conditional updates: nothing is read first).
-                del new_summary["status"]
-                back_to_bot = {"status": "pending", "bot": bot, "bot_since": last["created_at"]}
-                updates.append(
-                    UpdateOne({"_id": conv_id, "status": "resolved"}, {"$set": back_to_bot})
-                )
-                updates.append(
-                    UpdateOne({"_id": conv_id, "status": "snoozed"}, {"$set": {"status": "open"}})
-                )
-            # The last message only moves forward: an inbound message older than
-            # the inbound one shown (a provider's late retry, in a later batch)
-            # leaves it shown. The provider's times are compared with each other
-            # only (never with the hub's clock, which stamps replies); the same
-            # whole second counts as later, as it arrived later.
-            shown = {k: new_summary.pop(k) for k in ("last_message", "last_activity_at")}
-            later = {"$lt": last["created_at"] + timedelta(seconds=1)}
-            moves = [{"last_message.direction": {"$ne": "in"}}, {"last_activity_at": later}]
-            updates.append(UpdateOne({"_id": conv_id, "$or": moves}, {"$set": shown}))
-            updates.append(
-                UpdateOne(
-                    {"_id": conv_id},
-                    {
-                        "$set": new_summary,
-                        "$inc": {"unread": len(conv_docs), "inbound": len(conv_docs)},
-                    },
-                )
-            )
+        # New senders' conversations are opened here, each with its summary in
+        # the insert (no update to follow), unless this batch also retries one of
+        # its messages: those are opened as they are first, before the retries are
+        # counted against them, and summarised like any other.
+        creating = {
+            conv_id: doc
+            for conv_id, doc in stored.creating.items()
+            if self._conversations.get_fresh(conv_id) is None  # opened meanwhile
+        }
+        retried = {conv_id for msg_id, conv_id in ids if msg_id in refused}
+        summarised = {
+            conv_id: opened_with_summary(doc, newest[conv_id], len(per_conv[conv_id]))
+            for conv_id, doc in creating.items()
+            if conv_id in per_conv and conv_id not in retried
+        }
+        bare = [doc for conv_id, doc in creating.items() if conv_id not in summarised]
+        if bare:
+            await self._open_prepared(bare, contacts)
+        updates = [
+            update
+            for conv_id, conv_docs in per_conv.items()
+            if conv_id not in summarised
+            for update in self._summary_updates(conv_id, newest[conv_id], len(conv_docs))
+        ]
         # A retry of a message already stored: if the attempt that stored it failed
         # before updating its conversation (the store went away in between, so the
         # provider got a 5xx and retried), bring the summary up to it now, counting
@@ -725,7 +858,9 @@ class Ingestor:
         # The summaries and the event document that reports them go to the store
         # together, the summaries first; events are delivered once both are in.
         summary_write = (
-            self.store.conversations.bulk_write(updates, ordered=False) if updates else None
+            self._write_summaries(summarised, updates, per_conv, newest, contacts)
+            if summarised or updates
+            else None
         )
         await self.events.publish(published, alongside=summary_write)
 
