@@ -1761,3 +1761,54 @@ async def test_find_one_that_finds_nothing_seeks_and_never_reads_the_collection(
     misses = [plan for plan in plans if plan[0] == "storage_key, document"]
     assert misses, "the fallback after the fast path was not taken: nothing was checked"
     assert {strategy for _, strategy in plans} == {"hub-index-seek"}
+
+
+# -- dedicated readers are kept ------------------------------------------------------
+
+
+async def test_reads_reuse_kept_read_connections_and_see_every_write_before_them(
+    tmp_path: Path,
+) -> None:
+    """A `find` of many documents reads on a dedicated connection: the engine made
+    one and closed it for every such read (a tenth of the store's CPU under
+    first messages, for the reads of the senders' conversations and
+    identities). Kept, a reader starts each read afresh: it sees every write
+    committed before the read, never an earlier snapshot; and the kept ones are
+    closed with the engine."""
+    from mongoeco import AsyncMongoClient as EngineClient
+
+    from hub.store.engine import HubSQLiteEngine
+    from hub.store.engine.layout import READERS_KEPT
+
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    made: list[Any] = []
+    new_connection = engine._hub_new_connection
+
+    def counting() -> Any:
+        made.append(new_connection())
+        return made[-1]
+
+    engine._hub_new_connection = counting  # type: ignore[method-assign]
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        coll = client["hub"]["identities"]
+        await coll.create_index([("owner", ASCENDING)])
+        opened_by_engine = len(made)
+        for round_ in range(30):
+            await coll.insert_many(
+                [{"_id": f"k{round_}-{i}", "owner": f"o{round_}"} for i in range(3)]
+            )
+            ids = [f"k{r}-{i}" for r in range(round_ + 1) for i in range(3)]
+            found = await coll.find({"_id": {"$in": ids}}).to_list()
+            assert len(found) == 3 * (round_ + 1)  # this round's insert included
+            assert len(await coll.find({"owner": f"o{round_}"}).to_list()) == 3
+            await coll.update_one({"_id": f"k{round_}-0"}, {"$set": {"owner": "moved"}})
+            assert len(await coll.find({"owner": "moved"}).to_list()) == round_ + 1
+        readers = made[opened_by_engine:]
+        assert 1 <= len(readers) <= READERS_KEPT  # 90 reads, a few connections
+    finally:
+        await client.close()
+    for connection in readers:
+        with pytest.raises(sqlite3.ProgrammingError):
+            connection.execute("SELECT 1")  # closed with the engine

@@ -67,6 +67,9 @@ NAMES: tuple[str, ...] = (
     f"{ENGINE}._resolve_hint_index",
     f"{ENGINE}._backfill_scalar_indexes_sync",
     f"{ENGINE}._create_sqlite_connection",
+    f"{ENGINE}._connect_sync",
+    f"{ENGINE}._disconnect_sync",
+    f"{ENGINE}._connection",
     f"{ENGINE}._field_is_top_level_array_in_collection",
     f"{ENGINE}._compile_read_execution_plan",
     # ... and what they call
@@ -200,6 +203,8 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     f"{ENGINE}._physical_multikey_index_name": ("self", "db_name", "coll_name", "index_name"),
     f"{ENGINE}._backfill_scalar_indexes_sync": ("self", "conn"),
     f"{ENGINE}._create_sqlite_connection": ("self",),
+    f"{ENGINE}._connect_sync": ("self",),
+    f"{ENGINE}._disconnect_sync": ("self",),
     f"{ENGINE}._field_is_top_level_array_in_collection": ("self", "db_name", "coll_name", "field"),
     f"{ENGINE}._compile_read_execution_plan": (
         "self",
@@ -341,7 +346,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
 # "module:Class": attributes its constructor sets on the object, which the
 # engine reads.
 INSTANCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    ENGINE: ("_path", "_lock"),
+    ENGINE: ("_path", "_lock", "_pending_connection"),
+    # what a dedicated reader kept for the next read (`layout.ReaderPool`) clears
+    "mongoeco.engines._sqlite_connection:SQLiteConnection": ("_catalog_data_version",),
     "mongoeco.api._async.collection:AsyncCollection": (
         "_engine",
         "_db_name",
@@ -359,6 +366,16 @@ SQL: dict[str, tuple[str, ...]] = {
     # `find_one`'s fallback after its first-row fast path asks for this select list,
     # which `reads.SEEK_SELECTS` seeks (else every miss reads the whole collection)
     "mongoeco.engines._sqlite_read_fast_path_runtime": ('select_clause="storage_key, document"',),
+    # a dedicated reader is made by the engine's connection factory and closed by
+    # `close()` when its read is over: `layout.ReaderPool` keeps it instead
+    "mongoeco.engines._sqlite_reader": (
+        "self.connection = engine._create_sqlite_connection()",
+        "self.connection.close()",
+    ),
+    # ... and a kept one's catalogs are cleared as its close clears them
+    "mongoeco.engines._sqlite_connection": (
+        "self.index_catalogs.clear() self._catalog_data_version = None",
+    ),
     SQLITE: (
         "CREATE TABLE IF NOT EXISTS documents ( db_name TEXT NOT NULL, "
         "coll_name TEXT NOT NULL, storage_key TEXT NOT NULL, document TEXT NOT NULL, "

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import sqlite3
+import threading
 from typing import Any
 
 from mongoeco.engines._sqlite_connection import SQLiteConnection
@@ -48,6 +49,9 @@ SHARED_INDEX_SQL = {
 PHYSICAL_LAYOUT = "shared-entry-indexes-1"
 
 
+READERS_KEPT = 4  # idle dedicated read connections kept open for the next reads
+
+
 class HubConnection(SQLiteConnection):
     """The engine's connection, keeping one physical index per entry table.
 
@@ -63,6 +67,15 @@ class HubConnection(SQLiteConnection):
     made: the engine reads through the entry indexes.
     """
 
+    # Where a dedicated read connection goes back to when its read is over
+    # (`HubLayoutEngine._create_sqlite_connection`); None for the engine's own.
+    hub_pool: ReaderPool | None = None
+
+    def close(self) -> None:
+        pool = self.hub_pool
+        if pool is None or not pool.keep(self):
+            super().close()
+
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         if sql.startswith(("CREATE INDEX ", "DROP INDEX ")):
             rewritten = _physical_index_statement(sql)
@@ -70,6 +83,50 @@ class HubConnection(SQLiteConnection):
                 return super().execute("SELECT 1 WHERE 0")
             sql = rewritten
         return super().execute(sql, parameters)
+
+
+class ReaderPool:
+    """Idle dedicated read connections, kept open for the next reads.
+
+    The engine gives every `find` of more than one document a connection of its
+    own, made for it (opened, its pragmas and functions set, its page cache
+    empty) and closed after it: for the hub's reads by `_id`, more than the read.
+    Here its `close` ends the connection's read transaction and keeps it (up to
+    READERS_KEPT), and the next read takes it as it is; the engine's own
+    connections are never kept, and those kept are closed with the engine."""
+
+    def __init__(self) -> None:
+        self._idle: list[HubConnection] = []
+        self._lock = threading.Lock()
+        self.open = True
+
+    def keep(self, connection: HubConnection) -> bool:
+        """Take back a connection its reader is done with; False: close it."""
+        try:
+            if connection.in_transaction:
+                connection.rollback()
+        except sqlite3.Error:
+            return False
+        # Catalogs it read go, as on close: the next read checks them again.
+        connection.index_catalogs.clear()
+        connection._catalog_data_version = None
+        with self._lock:
+            if not self.open or len(self._idle) >= READERS_KEPT:
+                return False
+            self._idle.append(connection)
+        return True
+
+    def take(self) -> HubConnection | None:
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def close(self) -> None:
+        with self._lock:
+            self.open = False
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            with contextlib.suppress(sqlite3.Error):
+                SQLiteConnection.close(connection)
 
 
 def _physical_index_statement(sql: str) -> str | None:
@@ -188,7 +245,41 @@ class HubLayoutEngine(SQLiteEngine):
 
     def _create_sqlite_connection(self) -> Any:
         # The engine's own, with the connection class that keeps the shared
-        # physical indexes (see `HubConnection`).
+        # physical indexes (see `HubConnection`). Once the engine is open, what
+        # it asks for is a dedicated reader: one kept from an earlier read is
+        # given, and this one is kept after its read (`ReaderPool`).
+        pool: ReaderPool | None = getattr(self, "_hub_readers", None)
+        reader = (
+            pool is not None
+            and pool.open
+            and self._connection is not None
+            and self._pending_connection is None
+        )
+        if reader:
+            assert pool is not None
+            kept = pool.take()
+            if kept is not None:
+                return kept
+        connection = self._hub_new_connection()
+        if reader:
+            connection.hub_pool = pool
+        return connection
+
+    def _connect_sync(self) -> None:  # type: ignore[override]
+        pool: ReaderPool | None = getattr(self, "_hub_readers", None)
+        if pool is None or not pool.open:
+            self._hub_readers = ReaderPool()
+        super()._connect_sync()
+
+    def _disconnect_sync(self) -> None:  # type: ignore[override]
+        try:
+            super()._disconnect_sync()
+        finally:
+            pool: ReaderPool | None = getattr(self, "_hub_readers", None)
+            if self._connection is None and pool is not None:
+                pool.close()
+
+    def _hub_new_connection(self) -> HubConnection:
         connection = sqlite3.connect(self._path, check_same_thread=False, factory=HubConnection)
         try:
             if self._path != ":memory:":

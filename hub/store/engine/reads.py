@@ -132,7 +132,9 @@ class HubReadsEngine(SQLiteEngine):
     def _create_sqlite_connection(self) -> Any:
         # Each connection can check a row against a query's filter (see `_hub_match`).
         connection = super()._create_sqlite_connection()
-        connection.create_function(MATCH_FUNCTION, 2, self._hub_match, deterministic=False)
+        if not getattr(connection, "hub_match_set", False):  # a kept reader has it
+            connection.create_function(MATCH_FUNCTION, 2, self._hub_match, deterministic=False)
+            connection.hub_match_set = True  # type: ignore[attr-defined]
         return connection
 
     def _hub_match(self, token: int, payload: str) -> int:
