@@ -149,6 +149,8 @@ class Dispatcher:
         self._claims = itertools.count()
         self._claiming = asyncio.Lock()
         self._inbox_leases: dict[str, float] = {}  # inbox -> monotonic expiry
+        # item id -> its message and conversation, read with its claim.
+        self._read_ahead: dict[Any, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
         # (inbox, recipient) -> the last turn promised to a deferred message.
         self._promised: dict[tuple[str, str], float] = {}
         self.inbox_lease = settings.inbox_lease_seconds
@@ -228,7 +230,7 @@ class Dispatcher:
         # one batch at a time, so no other claim can be taking the same items: each
         # is leased by `_id` alone, the one lookup the embedded engine answers
         # without reading the whole collection.
-        await self.store.outbox.bulk_write(
+        claim = self.store.outbox.bulk_write(
             [
                 UpdateOne(
                     {"_id": item["_id"]},
@@ -247,6 +249,21 @@ class Dispatcher:
             ],
             ordered=False,
         )
+        # The items' messages and conversations (an item names its conversation)
+        # are read while the claim is written: a send starts a round trip or two
+        # sooner. Nothing is sent before the claim is in.
+        conversation_ids = list(
+            {str(i["conversation_id"]) for i in items if i.get("conversation_id")}
+        )
+        _, messages, conversations = await asyncio.gather(
+            claim,
+            find_by_ids(self.store.messages, [item["_id"] for item in items]),
+            find_by_ids(self.store.conversations, conversation_ids),
+        )
+        for item in items:
+            message = messages.get(item["_id"])
+            conversation = conversations.get(message["conversation_id"]) if message else None
+            self._read_ahead[item["_id"]] = (message, conversation)
         for item in items:
             item |= {
                 "state": "sending",
@@ -339,9 +356,18 @@ class Dispatcher:
         return True
 
     async def _send_batch(self, items: list[dict[str, Any]]) -> None:
-        messages = await find_by_ids(self.store.messages, [item["_id"] for item in items])
-        conversations = await find_by_ids(
-            self.store.conversations, list({m["conversation_id"] for m in messages.values()})
+        # What the claim read already (`_claim_batch`); the rest is read here.
+        ahead = {
+            i["_id"]: self._read_ahead.pop(i["_id"]) for i in items if i["_id"] in self._read_ahead
+        }
+        messages = {i: m for i, (m, _) in ahead.items() if m is not None}
+        messages |= await find_by_ids(
+            self.store.messages, [item["_id"] for item in items if item["_id"] not in ahead]
+        )
+        conversations = {str(c["_id"]): c for _, c in ahead.values() if c is not None}
+        conversations |= await find_by_ids(
+            self.store.conversations,
+            list({m["conversation_id"] for m in messages.values()} - conversations.keys()),
         )
         # Queued ahead (greetings): the contact may have opted out since.
         recheck = [
@@ -414,16 +440,24 @@ class Dispatcher:
             # `sending` is announced, not stored: while a send is in flight the
             # outbox item's lease is its record, and one write per message fewer
             # is what lets the embedded store keep up with a fast provider.
-            await self.events.publish(
+            # Announced while the sends go (before their outcomes are recorded).
+            announce = self._announce(
                 [
                     Event("message.updated", message_view({**entry[1], "status": "sending"}))
                     for _, entry in booked
                 ]
             )
-            outcomes += await asyncio.gather(
-                *(self._deliver(*entry, wait=wait) for wait, entry in booked)
-            )
+            deliveries = [self._deliver(*entry, wait=wait) for wait, entry in booked]
+            _, *delivered = await asyncio.gather(announce, *deliveries)
+            outcomes += [outcome for outcome in delivered if outcome is not None]
         await self._apply(outcomes)
+
+    async def _announce(self, events: list[Event]) -> None:
+        try:
+            await self.events.publish(events)
+        except PyMongoError as error:
+            # Only the announcement is lost: what the sends did is still recorded.
+            log.warning("sends not announced", extra={"error": str(error)})
 
     def _book(self, inbox: str, recipient: str) -> float | None:
         """Book a send's slot in the inbox's pace, and its recipient's at the same
@@ -506,9 +540,7 @@ class Dispatcher:
                 return _Outcome(item, "deferred", retry_in=0.0)
         if at_most_once:
             try:
-                await self.store.outbox.update_one(
-                    {"_id": item["_id"]}, {"$set": {"handed": True}}
-                )
+                await self.store.outbox.update_one({"_id": item["_id"]}, {"$set": {"handed": True}})
             except PyMongoError:
                 return _Outcome(item, "deferred", retry_in=1.0)
             rest = turn - time.monotonic()

@@ -60,10 +60,13 @@ def _outbox_doc(
     *,
     not_before: datetime | None = None,
     recheck_opt_out: bool = False,
+    conversation_id: str | None = None,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "_id": message_id,
         "inbox": inbox,
+        # The dispatcher reads the message and its conversation together by it.
+        "conversation_id": conversation_id,
         "state": "queued",
         "attempts": 0,
         # Queued ahead (a greeting): the dispatcher claims it from this instant on.
@@ -86,9 +89,16 @@ def _outbox_doc(
 
 
 async def _insert_outbox(
-    store: Store, message_id: str, inbox: str, at_most_once: bool, now: datetime
+    store: Store,
+    message_id: str,
+    inbox: str,
+    at_most_once: bool,
+    now: datetime,
+    conversation_id: str | None = None,
 ) -> None:
-    await store.outbox.insert_one(_outbox_doc(message_id, inbox, at_most_once, now))
+    await store.outbox.insert_one(
+        _outbox_doc(message_id, inbox, at_most_once, now, conversation_id=conversation_id)
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,7 @@ async def enqueue_many(
                 now,
                 not_before=draft.next_attempt_at,
                 recheck_opt_out=draft.recheck_opt_out,
+                conversation_id=draft.conversation_id,
             )
         )
         docs.append(
@@ -249,7 +260,9 @@ async def enqueue(
         if existing is not None:
             return existing
     try:
-        await _insert_outbox(store, message_id, conversation["inbox"], at_most_once, now)
+        await _insert_outbox(
+            store, message_id, conversation["inbox"], at_most_once, now, conversation_id
+        )
     except DuplicateKeyError:
         if key is None:
             raise

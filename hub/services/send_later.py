@@ -191,6 +191,7 @@ async def _hand_to_outbox(store: Store, message: dict[str, Any]) -> None:
             {
                 "_id": message["_id"],
                 "inbox": message["inbox"],
+                "conversation_id": message["conversation_id"],
                 "state": "queued",
                 "attempts": 0,
                 "next_attempt_at": now,
