@@ -1812,3 +1812,33 @@ async def test_reads_reuse_kept_read_connections_and_see_every_write_before_them
     for connection in readers:
         with pytest.raises(sqlite3.ProgrammingError):
             connection.execute("SELECT 1")  # closed with the engine
+
+
+async def test_an_index_built_over_stored_documents_deletes_each_entry_by_its_document(
+    tmp_path: Path,
+) -> None:
+    """Building an index over stored documents deletes each document's entry of it
+    first; SQLite answered that from the shared entry index, reading every entry
+    the new index had so far (quadratic: more than ten minutes for an index over
+    100,000 stored conversations). It goes through the index by storage key."""
+    from mongoeco import AsyncMongoClient as EngineClient
+
+    from hub.store.engine import HubSQLiteEngine
+    from hub.store.engine.layout import ENTRY_DELETE_BY_DOCUMENT
+
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        coll = client["hub"]["conversations"]
+        await coll.insert_many(
+            [{"_id": f"c{i:05d}", "assignee_id": f"a{i % 7}"} for i in range(600)]
+        )
+        await coll.create_index([("assignee_id", ASCENDING)])
+        assert len(await coll.find({"assignee_id": "a3"}).to_list()) == 86
+        plan = engine._connection.execute(
+            f"EXPLAIN QUERY PLAN {ENTRY_DELETE_BY_DOCUMENT}", (1, "x", "y")
+        ).fetchall()
+    finally:
+        await client.close()
+    assert "idx_scalar_index_entries_storage (collection_id=? AND storage_key=?)" in str(plan)

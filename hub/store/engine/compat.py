@@ -372,6 +372,12 @@ SQL: dict[str, tuple[str, ...]] = {
         "self.connection = engine._create_sqlite_connection()",
         "self.connection.close()",
     ),
+    # building an index deletes each document's entry by this statement, which
+    # `layout.HubConnection` sends through the engine's index by storage key
+    "mongoeco.engines._sqlite_index_runtime": (
+        "DELETE FROM scalar_index_entries WHERE collection_id = ? AND storage_key = ? "
+        "AND index_name = ?",
+    ),
     # ... and a kept one's catalogs are cleared as its close clears them
     "mongoeco.engines._sqlite_connection": (
         "self.index_catalogs.clear() self._catalog_data_version = None",
