@@ -449,16 +449,21 @@ class BotRuntime:
         store, events = self.hub.store, self.hub.events
         assert store is not None and events is not None
         if asked:
-            await store.bot_turns.bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": t["_id"]}, {"$set": {"actions": t["actions"], "next": t["next"]}}
-                    )
-                    for *_, t in asked
-                ],
-                ordered=False,
+            # The decisions are kept in their turns while the conversations are read
+            # again; nothing is done before both are in.
+            _, fresh = await asyncio.gather(
+                store.bot_turns.bulk_write(
+                    [
+                        UpdateOne(
+                            {"_id": t["_id"]},
+                            {"$set": {"actions": t["actions"], "next": t["next"]}},
+                        )
+                        for *_, t in asked
+                    ],
+                    ordered=False,
+                ),
+                find_by_ids(store.conversations, [str(c["_id"]) for _, c, _, _ in asked]),
             )
-            fresh = await find_by_ids(store.conversations, [str(c["_id"]) for _, c, _, _ in asked])
             for message, conversation, bot, turn in asked:
                 if (fresh.get(str(conversation["_id"])) or {}).get("bot") == bot.id:
                     turns.append((message, conversation, bot, turn))
