@@ -237,6 +237,16 @@ class HubLayoutEngine(SQLiteEngine):
             conn.commit()
         self._invalidate_index_cache()
 
+    def _ensure_scalar_physical_indexes_sync(self, conn: Any, indexes: list[Any]) -> None:
+        # The engine runs CREATE INDEX IF NOT EXISTS for every index of every
+        # document it inserts. Here every one of them is the shared index, made
+        # at open (`_hub_share_physical_indexes`) and never dropped.
+        if all(
+            index.get("scalar_physical_name") in (None, SHARED_SCALAR_INDEX) for index in indexes
+        ):
+            return
+        super()._ensure_scalar_physical_indexes_sync(conn, indexes)
+
     def _backfill_scalar_indexes_sync(self, conn: Any) -> None:  # type: ignore[override]
         # At every open the engine deletes and rebuilds the index entries of
         # every collection (a minute at 200,000 messages), in case they were
