@@ -1842,3 +1842,73 @@ async def test_an_index_built_over_stored_documents_deletes_each_entry_by_its_do
     finally:
         await client.close()
     assert "idx_scalar_index_entries_storage (collection_id=? AND storage_key=?)" in str(plan)
+
+
+# -- equality on values other than strings, and on sparse indexes ----------------------
+
+
+def _equality_documents() -> list[Doc]:
+    when = BASE + timedelta(seconds=5)
+    oid = ObjectId("650000000000000000000042")
+    values: list[Any] = [True, False, 1, 0, 1.0, None, "true", when, oid, "x"]
+    documents: list[Doc] = []
+    for i in range(300):
+        document: Doc = {"_id": f"e{i:04d}", "n": i}
+        if i % 11:  # some have neither field
+            document["flag"] = values[i % len(values)]
+            document["plain"] = values[(i * 7) % len(values)]
+        documents.append(document)
+    return documents
+
+
+async def test_equality_on_bools_dates_and_ids_seeks_and_matches_a_scan(coll: Any) -> None:
+    """`{"media_pending": True}` (a sparse index) read the whole collection: an
+    equality on a bool, a date, an ObjectId or a string is sought through a plain
+    or a sparse index, each row checked against the filter, and finds exactly
+    what a scan finds (True is not 1, a missing field is not null)."""
+    documents = _equality_documents()
+    await coll.insert_many(documents)
+    await coll.create_index([("flag", ASCENDING)], sparse=True)
+    await coll.create_index([("plain", ASCENDING)])
+    when = BASE + timedelta(seconds=5)
+    oid = ObjectId("650000000000000000000042")
+    for field in ("flag", "plain"):
+        for value in (True, False, when, oid, "x", "true"):
+            expected = sorted(
+                d["_id"]
+                for d in documents
+                if field in d and type(d[field]) is type(value) and d[field] == value
+            )
+            got = await coll.find({field: value}).to_list()
+            assert sorted(d["_id"] for d in got) == expected, (field, value)
+            limited = await coll.find({field: value, "n": {"$lt": 150}}).limit(3).to_list()
+            assert [d["_id"] for d in limited] == [i for i in expected if int(i[1:]) < 150][:3]
+
+
+async def test_an_equality_on_a_sparse_index_is_a_seek(tmp_path: Path) -> None:
+    from mongoeco import AsyncMongoClient as EngineClient
+
+    from hub.store.engine import HubSQLiteEngine
+
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        coll = client["hub"]["messages"]
+        await coll.insert_many(_equality_documents())
+        await coll.create_index([("flag", ASCENDING)], sparse=True)
+        strategies: list[str] = []
+        compile_plan = engine._compile_read_execution_plan
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            plan = compile_plan(*args, **kwargs)
+            strategies.append(plan.strategy)
+            return plan
+
+        engine._compile_read_execution_plan = recording  # type: ignore[method-assign]
+        found = await coll.find({"flag": True}).limit(200).to_list()
+    finally:
+        await client.close()
+    flagged = [d for d in _equality_documents() if d.get("flag") is True]
+    assert sorted(d["_id"] for d in found) == [d["_id"] for d in flagged]
+    assert strategies == ["hub-index-seek"]

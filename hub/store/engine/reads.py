@@ -30,6 +30,7 @@ import dataclasses
 import itertools
 import threading
 from collections import OrderedDict
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
@@ -54,6 +55,10 @@ from hub.store import IDS_PER_COMMAND
 # Index element types whose keys sort, within their type, as BSON orders the values.
 ORDERED_KEY_TYPES = frozenset({"null", "number", "string", "bool", "datetime", "objectid"})
 RESIDUALS_KEPT = 4096
+# Values an equality on an indexed field is sought by (a string exactly; the rest
+# by the engine's own index keys, every row found checked against the filter):
+# `{"media_pending": True}` read every message of the store at each sweep.
+EQUALITY_SEEK_TYPES = frozenset({str, bool, datetime, ObjectId})
 MATCH_FUNCTION = "hub_match"
 # The select lists the engine asks a read plan for, and the seek's columns for each.
 SEEK_SELECTS = {
@@ -212,6 +217,24 @@ class HubReadsEngine(SQLiteEngine):
             return self._hub_fact(db_name, coll_name, field, "array", None)
         return bool(super()._field_is_top_level_array_in_collection(db_name, coll_name, field))
 
+    def _hub_equality_index(self, db_name: str, coll_name: str, field: str) -> Any:
+        """A single-field index that holds every document with a value in `field`:
+        a plain one, or a sparse one (it leaves out only documents without the
+        field, which no equality to a value matches); never a partial one."""
+        index = self._find_scalar_sort_index(db_name, coll_name, field)
+        if index is not None:
+            return index
+        for index in self._load_indexes(db_name, coll_name):
+            if (
+                index["fields"] == [field]
+                and index.get("sparse")
+                and not index.get("partial_filter_expression")
+                and index.get("scalar_physical_name")
+                and self._supports_scalar_index(index)
+            ):
+                return index
+        return None
+
     # -- the index paths ------------------------------------------------------------
 
     def _compile_read_execution_plan(  # type: ignore[override]
@@ -276,18 +299,27 @@ class HubReadsEngine(SQLiteEngine):
         for clause in clauses:
             if (
                 isinstance(clause, EqualsCondition)
-                and type(clause.value) is str
+                and type(clause.value) in EQUALITY_SEEK_TYPES
                 and "." not in clause.field
                 and clause.field != "_id"
             ):
-                index = self._find_scalar_sort_index(db_name, coll_name, clause.field)
-                if index is not None and not self._hub_fact(
+                index = self._hub_equality_index(db_name, coll_name, clause.field)
+                if index is None or self._hub_fact(
                     db_name, coll_name, clause.field, "array", index
                 ):
-                    from_where, params = self._index_from(db_name, coll_name, collection_id, index)
+                    continue
+                from_where, params = self._index_from(db_name, coll_name, collection_id, index)
+                if type(clause.value) is str:
                     seek: list[Any] = [*params, self._multikey_type_score("string"), clause.value]
                     sql = f"FROM {from_where} AND entry.type_score = ? AND entry.element_key = ?"
                     return self._hub_seek(semantics, len(clauses) > 1, sql, seek, select_clause)
+                # Another type's keys, as the engine's own index reads make them; each
+                # row found is checked against the whole filter.
+                keys = self._entry_condition(clause, clause.field)
+                if keys is not None:
+                    sql = f"FROM {from_where} AND {keys[0]}"
+                    seek = [*params, *keys[1]]
+                    return self._hub_seek(semantics, True, sql, seek, select_clause)
         for clause in clauses:
             field = getattr(clause, "field", "")
             if type(clause) not in RANGE_OPERATORS or "." in field or field == "_id":
