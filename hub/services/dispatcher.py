@@ -198,15 +198,17 @@ class Dispatcher:
         rate = 1.0 / self.limiters[inbox].interval
         return max(1, min(self.settings.batch, math.ceil(rate * CLAIM_HORIZON)))
 
-    async def claim_batch(self) -> list[dict[str, Any]]:
+    async def claim_batch(self, *, read_ahead: bool = False) -> list[dict[str, Any]]:
         """Lease the items that are due, up to each inbox's cap; other dispatchers
-        (in this process or another) never get the same item."""
+        (in this process or another) never get the same item. `read_ahead`: their
+        messages and conversations are read with the claim, for a send that
+        follows at once (`run_once`); a batch sent later reads them then."""
         # One claim at a time in this process: concurrent ones would all pick the
         # same first items and all but one come back empty-handed.
         async with self._claiming:
-            return await self._claim_batch()
+            return await self._claim_batch(read_ahead=read_ahead)
 
-    async def _claim_batch(self) -> list[dict[str, Any]]:
+    async def _claim_batch(self, *, read_ahead: bool = False) -> list[dict[str, Any]]:
         await self._hold_inboxes()
         now = utcnow()
         lease_until = now + timedelta(seconds=self.settings.lease_seconds)
@@ -255,15 +257,18 @@ class Dispatcher:
         conversation_ids = list(
             {str(i["conversation_id"]) for i in items if i.get("conversation_id")}
         )
-        _, messages, conversations = await asyncio.gather(
-            claim,
-            find_by_ids(self.store.messages, [item["_id"] for item in items]),
-            find_by_ids(self.store.conversations, conversation_ids),
-        )
-        for item in items:
-            message = messages.get(item["_id"])
-            conversation = conversations.get(message["conversation_id"]) if message else None
-            self._read_ahead[item["_id"]] = (message, conversation)
+        if read_ahead:
+            _, messages, conversations = await asyncio.gather(
+                claim,
+                find_by_ids(self.store.messages, [item["_id"] for item in items]),
+                find_by_ids(self.store.conversations, conversation_ids),
+            )
+            for item in items:
+                message = messages.get(item["_id"])
+                conversation = conversations.get(message["conversation_id"]) if message else None
+                self._read_ahead[item["_id"]] = (message, conversation)
+        else:
+            await claim
         for item in items:
             item |= {
                 "state": "sending",
@@ -349,7 +354,7 @@ class Dispatcher:
 
     async def run_once(self) -> bool:
         """Claim a batch and send it; False when there was nothing to do."""
-        items = await self.claim_batch()
+        items = await self.claim_batch(read_ahead=True)
         if not items:
             return False
         await self._send_batch(items)
