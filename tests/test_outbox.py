@@ -407,8 +407,9 @@ async def test_item_claimed_before_enqueue_wrote_its_message_is_sent_once_it_is(
     assert await hub.store.outbox.count_documents({"_id": doc["_id"]}) == 1
     await hub.store.messages.insert_one(message)
 
+    # Due again a moment later: claimed ahead of that and sent at it.
     await eventually(successor.run_once)
-    sent = await hub.store.messages.find_one({"_id": doc["_id"]})
+    sent = await message_when(hub_client, doc["_id"], SETTLED)
     assert sent["status"] == "sent"
     assert [(r["ref"], r["attempt"]) for r in provider.sent] == [(doc["_id"], 1)]
 
