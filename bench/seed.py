@@ -353,15 +353,21 @@ async def update_indexes(data_dir: Path) -> float | None:
     started = time.perf_counter()
     process = await StoreProcess(data_dir).start()
     try:
+        # An index over a million messages is built in one command that holds the
+        # store's one thread for many minutes: the driver's heartbeats must not
+        # give up on it meanwhile (their timeout is the connect timeout).
         store = await Store.open(
-            uri=process.uri, database="hub", data_dir=data_dir, server_selection_timeout_ms=120_000
+            uri=process.uri,
+            database="hub",
+            data_dir=data_dir,
+            server_selection_timeout_ms=7_200_000,
         )
         try:
             await store.ensure_indexes()
         finally:
             await store.close()
     finally:
-        process.stop(timeout=600)
+        process.stop(timeout=7200)
     marker["indexes"] = indexes_signature()
     path.write_text(json.dumps(marker))
     took = time.perf_counter() - started
