@@ -281,8 +281,28 @@ class GreetingJob:
         # A holiday concerns every contact; otherwise only birthdays in this month.
         query: dict[str, Any] = {} if holidays else {"birthday.month": on.month}
         # Every contact's conversation at once for a holiday (one scan is far
-        # quicker than looking 100,000 contacts up); a birthday's few are looked up.
-        everyone = await self._all_preferred() if holidays else None
+        # quicker than looking 100,000 contacts up), read while the first contacts
+        # are; a birthday's few are looked up.
+        scan = asyncio.ensure_future(self._all_preferred()) if holidays else None
+        try:
+            return await self._plan_contacts(on, settings, moving_now, query, holidays, scan)
+        finally:
+            if scan is not None and not scan.done():
+                scan.cancel()
+
+    async def _plan_contacts(
+        self,
+        on: date,
+        settings: GreetingSettings,
+        moving_now: Callable[[], datetime] | None,
+        query: dict[str, Any],
+        holidays: list[Any],
+        scan: asyncio.Future[dict[str, dict[str, Any]]] | None,
+    ) -> GreetingCounts:
+        counts = GreetingCounts()
+        version = _version(settings)
+        marker = f"greetings-plan:{on.isoformat()}"
+        everyone: dict[str, dict[str, Any]] | None = None
         zones = _Zones(on, settings)
         batch: list[dict[str, Any]] = []
         last_queue = clock.monotonic()
@@ -293,6 +313,8 @@ class GreetingJob:
         async for contact in cursor:
             batch.append(contact)
             if len(batch) >= PLAN_BATCH:
+                if scan is not None and everyone is None:
+                    everyone = await scan
                 records, early = await self._plan_records(
                     batch, on, settings, holidays, everyone, zones
                 )
@@ -309,6 +331,8 @@ class GreetingJob:
         if writing is not None:
             counts.add(await writing)
         if batch:
+            if scan is not None and everyone is None:
+                everyone = await scan
             counts.add(await self._plan_batch(batch, on, settings, holidays, everyone, zones))
         await self.store.settings.replace_one(
             {"_id": marker},
