@@ -2,6 +2,9 @@
 
 It claims queued items with a lease, sends them through the inbox's channel, and
 records what the provider said (`hub.services.outbox` holds the queue itself).
+An item due within `CLAIM_AHEAD` is claimed before it is due and held in this
+process until its `next_attempt_at` (`_hold`): an instant with thousands of
+greetings is claimed before it comes, and each leaves at it, never before.
 One process at a time sends for an inbox (an inbox lease in `leases`), so the
 provider's limit is kept with any number of hub processes.
 """
@@ -59,6 +62,19 @@ HANDED_LEAD = 0.25
 # the greeting job's first sees them at its next poll (`poll_interval`, 1 s). An
 # item is leased from its own `next_attempt_at` on (the lease outlasts the wait).
 CLAIM_AHEAD = 8.0
+# Marking held at-most-once items handed costs the store about this many seconds
+# an item (one write for a group): the mark begins earlier for a busy instant so
+# that it is done by HANDED_LEAD before it (but never more than MARK_LEAD_MOST).
+MARK_COST = 0.0002
+MARK_LEAD_MOST = 2.0
+# Held items are sent at their instant in chunks of this many, side by side: the
+# first chunk's reads (the opt-out re-check) are done, and its sends paced, while
+# the next chunks' are read.
+SEND_CHUNK = 100
+# The held items of an instant are all handed to the provider before any of their
+# outcomes is written (the store's reads for the last ones do not queue behind the
+# first ones' records); a chunk waits at most this long for the others.
+RECORD_WAIT_MOST = 2.0
 # How long this process holds an inbox's sending (`dispatcher.inbox_lease_seconds`,
 # 15 s by default), and, as shares of it, how often it renews the lease (every
 # fifth: 3 s) and how much of it must be left for it to start a new batch (a
@@ -189,6 +205,11 @@ class Dispatcher:
         # inbox -> how many items this process claimed ahead and holds for their
         # instant (`_hold`); bounded by `_held_cap`.
         self._held: dict[str, int] = {}
+        self._held_at: Counter[datetime] = Counter()  # instant -> items held for it
+        # instant -> its held items not handed to the provider yet, and the signal
+        # that they all were (see `_recorded_after`).
+        self._unsent: Counter[datetime] = Counter()
+        self._all_sent: dict[datetime, asyncio.Event] = {}
         self.inbox_lease = settings.inbox_lease_seconds
         self._leases_renewed = -self.inbox_lease
 
@@ -423,6 +444,9 @@ class Dispatcher:
         for due, group in sorted(later.items()):
             for inbox, count in Counter(item["inbox"] for item in group).items():
                 self._held[inbox] = self._held.get(inbox, 0) + count
+            self._held_at[due] += len(group)
+            self._unsent[due] += len(group)
+            self._all_sent.setdefault(due, asyncio.Event())
             if self._stopping:
                 # Stopping: `stop` waits only for the tasks it saw start.
                 await self._hold(due, group)
@@ -438,13 +462,15 @@ class Dispatcher:
         due batch: their slots in the inbox's pace are booked then, the contact's
         opt-out is checked then. A clean stop puts them back as they were due."""
         try:
-            await self._wait_until(due - timedelta(seconds=HANDED_LEAD))
+            lead = min(MARK_LEAD_MOST, HANDED_LEAD + MARK_COST * self._held_at[due])
+            await self._wait_until(due - timedelta(seconds=lead))
             if not self._stopping:
                 await self._mark_handed(self._first_turns(items))
             await self._wait_until(due)
             if self._stopping:
                 for item in items:
                     self._read_ahead.pop(item["_id"], None)
+                self._handed_over(due, len(items))
                 await self._apply([_Outcome(item, "released") for item in items])
                 return
             # A bot's answer is sent only if people did not take the conversation
@@ -453,13 +479,44 @@ class Dispatcher:
                 message, _ = self._read_ahead.get(item["_id"], (None, None))
                 if message is not None and (message.get("sender") or {}).get("type") == "bot":
                     self._read_ahead[item["_id"]] = (message, None)
-            await self._send_batch(items)
+            chunks = [items[i : i + SEND_CHUNK] for i in range(0, len(items), SEND_CHUNK)]
+            done = await asyncio.gather(
+                *(self._send_batch(chunk, instant=due) for chunk in chunks),
+                return_exceptions=True,
+            )
+            for result in done:
+                if isinstance(result, PyMongoError):
+                    raise result
+                if isinstance(result, BaseException):
+                    log.error("a held batch failed", exc_info=result)
         except PyMongoError as error:
             # Left leased: recovered when the lease runs out, as any interrupted send.
             log.warning("dispatcher cannot reach the store", extra={"error": str(error)})
         finally:
             for item in items:
                 self._held[item["inbox"]] -= 1
+            self._held_at[due] -= len(items)
+            if self._held_at[due] <= 0:
+                del self._held_at[due]
+                self._unsent.pop(due, None)
+                self._all_sent.pop(due, None)
+
+    def _handed_over(self, due: datetime, count: int) -> asyncio.Event | None:
+        """Count `count` of an instant's held items as handed to the provider (or
+        given up); the signal that all were."""
+        self._unsent[due] -= count
+        signal = self._all_sent.get(due)
+        if signal is not None and self._unsent[due] <= 0:
+            signal.set()
+        return signal
+
+    async def _recorded_after(self, due: datetime, count: int) -> None:
+        """Wait, before writing outcomes, until every item held for the instant
+        `due` was handed to the provider (RECORD_WAIT_MOST at most)."""
+        signal = self._handed_over(due, count)
+        if signal is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), RECORD_WAIT_MOST)
 
     async def _wait_until(self, moment: datetime) -> None:
         """Until `moment` on the dispatcher's clock, looked at again every half
@@ -503,7 +560,12 @@ class Dispatcher:
             item["handed"] = True
         return []
 
-    async def _send_batch(self, items: list[dict[str, Any]]) -> None:
+    async def _send_batch(
+        self, items: list[dict[str, Any]], *, instant: datetime | None = None
+    ) -> None:
+        """Send the claimed `items` and record their outcomes; `instant` when they
+        were held for it (`_hold`): their outcomes are written once the instant's
+        held sends were all handed over, and `sending` is not announced for them."""
         # What the claim read already (`_claim_batch`); the rest is read here.
         ahead = {
             i["_id"]: self._read_ahead.pop(i["_id"]) for i in items if i["_id"] in self._read_ahead
@@ -604,19 +666,24 @@ class Dispatcher:
             ]
             booked = [(wait, entry) for wait, entry in booked if entry[0]["_id"] not in failed]
         if booked:
-            # `sending` is announced, not stored: while a send is in flight the
-            # outbox item's lease is its record, and one write per message fewer
-            # is what lets the embedded store keep up with a fast provider.
-            # Announced while the sends go (before their outcomes are recorded).
-            announce = self._announce(
-                [
-                    Event("message.updated", message_view({**entry[1], "status": "sending"}))
-                    for _, entry in booked
-                ]
-            )
             deliveries = [self._deliver(*entry, wait=wait) for wait, entry in booked]
-            _, *delivered = await asyncio.gather(announce, *deliveries)
+            if instant is None:
+                # `sending` is announced, not stored: while a send is in flight the
+                # outbox item's lease is its record, and one write per message fewer
+                # is what lets the embedded store keep up with a fast provider.
+                # Announced while the sends go (before their outcomes are recorded).
+                announce = self._announce(
+                    [
+                        Event("message.updated", message_view({**entry[1], "status": "sending"}))
+                        for _, entry in booked
+                    ]
+                )
+                _, *delivered = await asyncio.gather(announce, *deliveries)
+            else:
+                delivered = await asyncio.gather(*deliveries)
             outcomes += [outcome for outcome in delivered if outcome is not None]
+        if instant is not None:
+            await self._recorded_after(instant, len(items))
         await self._apply(outcomes)
 
     async def _announce(self, events: list[Event]) -> None:
