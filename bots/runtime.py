@@ -139,6 +139,7 @@ class BotRuntime:
         # inbox -> its bot's id (a conversation's own `bot` decides; this routes).
         self.inbox_bots = {i: b.id for b in hub.settings.bots for i in b.inboxes}
         self._batch_queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._contact_hints: dict[str, Any] = {}  # message id -> its contact, as ingest knew it
         self._batch_wake = asyncio.Event()
         self._busy: set[str] = set()  # conversations with a batch running
         self._stopping = False
@@ -161,6 +162,9 @@ class BotRuntime:
         # Turns go in batches (a few store commands for many), the turns of one
         # conversation one after another, in the order ingest handed them over.
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if conversation.get("contact_id"):
+            # Ingest says whose it is: the contact is read beside the conversation.
+            self._contact_hints[str(message["_id"])] = conversation["contact_id"]
         self._batch_queue.append((message, done))
         self._batch_wake.set()
         if self._batcher is None:
@@ -185,6 +189,7 @@ class BotRuntime:
             if not done.done():
                 done.set_result(None)
         self._batch_queue = []
+        self._contact_hints.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -347,8 +352,10 @@ class BotRuntime:
         does more than reply (and hand off) is carried out alone."""
         store, events = self.hub.store, self.hub.events
         assert store is not None and events is not None
-        conversations = await find_by_ids(
-            store.conversations, [str(m["conversation_id"]) for m in messages]
+        hinted = {self._contact_hints.pop(str(m["_id"]), None) for m in messages} - {None}
+        conversations, contacts = await asyncio.gather(
+            find_by_ids(store.conversations, [str(m["conversation_id"]) for m in messages]),
+            find_by_ids(store.contacts, list(hinted)),
         )
         served = []
         for message in messages:
@@ -358,9 +365,11 @@ class BotRuntime:
                 served.append((message, conversation, bot))
         if not served:
             return
-        contacts = await find_by_ids(
-            store.contacts, list({c.get("contact_id") for _, c, _ in served})
-        )
+        # A contact ingest did not name (a turn the sweep took up), or one the
+        # conversation no longer belongs to (contacts merged meanwhile).
+        unread = {c.get("contact_id") for _, c, _ in served} - contacts.keys() - hinted
+        if unread:
+            contacts |= await find_by_ids(store.contacts, list(unread))
         turns: list[tuple[dict[str, Any], dict[str, Any], Bot, dict[str, Any]]] = []
         now = utcnow()
         for message, conversation, bot in served:

@@ -330,7 +330,9 @@ class BotHook(Protocol):
     """The bot of the hub: called with every new inbound message after it is stored."""
 
     async def on_inbound(self, message: dict[str, Any], conversation: dict[str, Any]) -> None:
-        """Called once per new inbound message (never for a provider's retry)."""
+        """Called once per new inbound message (never for a provider's retry).
+        `conversation` holds its `_id` and, as ingest knew it, its `contact_id`;
+        the conversation itself is read from the store."""
         ...
 
 

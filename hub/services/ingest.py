@@ -867,7 +867,7 @@ class Ingestor:
         for channel, count in Counter(doc["channel"] for doc in new_docs).items():
             self.metrics.messages_in.labels(channel).inc(count)
         for doc in new_docs:
-            task = asyncio.create_task(self._call_bot(doc))
+            task = asyncio.create_task(self._call_bot(doc, contacts.get(doc["conversation_id"])))
             self._bot_tasks.add(task)
             task.add_done_callback(self._bot_tasks.discard)
 
@@ -879,11 +879,13 @@ class Ingestor:
             results.append(IngestResult(msg_id, conv_id, contacts[conv_id], duplicate))
         return results
 
-    async def _call_bot(self, doc: dict[str, Any]) -> None:
+    async def _call_bot(self, doc: dict[str, Any], contact_id: str | None = None) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             try:
                 if self.opt_out is not None and await self.opt_out(doc):
                     return  # a stop or start word: answered by the opt-out, not the bot
-                await self.bot.on_inbound(doc, {"_id": doc["conversation_id"]})
+                await self.bot.on_inbound(
+                    doc, {"_id": doc["conversation_id"], "contact_id": contact_id}
+                )
             except Exception:
                 log.exception("bot hook failed", extra={"message_id": doc["_id"]})
