@@ -67,9 +67,14 @@ CLAIM_AHEAD = 8.0
 # that it is done by HANDED_LEAD before it (but never more than MARK_LEAD_MOST).
 MARK_COST = 0.0002
 MARK_LEAD_MOST = 2.0
-# Held items are sent at their instant in chunks of this many, side by side: the
-# first chunk's reads (the opt-out re-check) are done, and its sends paced, while
-# the next chunks' are read.
+# A held group's contacts (the opt-out re-check of a greeting) are read this many
+# seconds before its instant, with its messages and conversations if the claim did
+# not read them (`_read_before`): at the instant the dispatcher only books, sends
+# and records.
+READ_LEAD = 1.0
+# Held items are sent at their instant in chunks of this many, side by side: what
+# is still read at the instant (a bot's conversation, anything `_read_before`
+# could not read) is read for the next chunks while the first chunk's sends go.
 SEND_CHUNK = 100
 # The held items of an instant are all handed to the provider before any of their
 # outcomes is written (the store's reads for the last ones do not queue behind the
@@ -200,6 +205,9 @@ class Dispatcher:
         self._inbox_leases: dict[str, float] = {}  # inbox -> monotonic expiry
         # item id -> its message and conversation, read with its claim.
         self._read_ahead: dict[Any, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
+        # item id -> its contact's id and the contact (None: none found), read
+        # READ_LEAD before a held item's instant for its opt-out re-check.
+        self._contact_ahead: dict[Any, tuple[Any, dict[str, Any] | None]] = {}
         # (inbox, recipient) -> the last turn promised to a deferred message.
         self._promised: dict[tuple[str, str], float] = {}
         # inbox -> how many items this process claimed ahead and holds for their
@@ -463,13 +471,13 @@ class Dispatcher:
         opt-out is checked then. A clean stop puts them back as they were due."""
         try:
             lead = min(MARK_LEAD_MOST, HANDED_LEAD + MARK_COST * self._held_at[due])
-            await self._wait_until(due - timedelta(seconds=lead))
-            if not self._stopping:
-                await self._mark_handed(self._first_turns(items))
+            await self._wait_until(due - timedelta(seconds=max(lead, READ_LEAD)))
+            # The first turns are marked handed, and what the sends need is read,
+            # side by side, each from its own lead before the instant.
+            await asyncio.gather(self._mark_before(due, lead, items), self._read_before(due, items))
             await self._wait_until(due)
             if self._stopping:
-                for item in items:
-                    self._read_ahead.pop(item["_id"], None)
+                self._forget_ahead(items)
                 self._handed_over(due, len(items))
                 await self._apply([_Outcome(item, "released") for item in items])
                 return
@@ -493,6 +501,7 @@ class Dispatcher:
             # Left leased: recovered when the lease runs out, as any interrupted send.
             log.warning("dispatcher cannot reach the store", extra={"error": str(error)})
         finally:
+            self._forget_ahead(items)
             for item in items:
                 self._held[item["inbox"]] -= 1
             self._held_at[due] -= len(items)
@@ -500,6 +509,52 @@ class Dispatcher:
                 del self._held_at[due]
                 self._unsent.pop(due, None)
                 self._all_sent.pop(due, None)
+
+    async def _mark_before(self, due: datetime, lead: float, items: list[dict[str, Any]]) -> None:
+        """Mark the group's first turns handed `lead` seconds before its instant."""
+        await self._wait_until(due - timedelta(seconds=lead))
+        if not self._stopping:
+            await self._mark_handed(self._first_turns(items))
+
+    async def _read_before(self, due: datetime, items: list[dict[str, Any]]) -> None:
+        """Read READ_LEAD before a held group's instant what its sends need: the
+        messages and conversations the claim did not read, and the contacts of
+        those whose opt-out is checked again (greetings). A bot's conversation is
+        read again at the instant all the same (`_hold`: a takeover meanwhile
+        cancels its answer). What cannot be read now is read at the instant."""
+        await self._wait_until(due - timedelta(seconds=READ_LEAD))
+        if self._stopping:
+            return
+        try:
+            missing = [item["_id"] for item in items if item["_id"] not in self._read_ahead]
+            if missing:
+                messages = await find_by_ids(self.store.messages, missing)
+                conversations = await find_by_ids(
+                    self.store.conversations,
+                    list({str(m["conversation_id"]) for m in messages.values()}),
+                )
+                for item_id, message in messages.items():
+                    conversation = conversations.get(message["conversation_id"])
+                    self._read_ahead[item_id] = (message, conversation)
+            wanted: dict[Any, Any] = {}
+            for item in items:
+                if not item.get("recheck_opt_out"):
+                    continue
+                _, conversation = self._read_ahead.get(item["_id"], (None, None))
+                if conversation is not None and conversation.get("contact_id"):
+                    wanted[item["_id"]] = conversation["contact_id"]
+            contacts = await find_by_ids(self.store.contacts, list(wanted.values()))
+        except PyMongoError as error:
+            log.warning("held sends not read ahead", extra={"error": str(error)})
+            return
+        for item_id, contact_id in wanted.items():
+            self._contact_ahead[item_id] = (contact_id, contacts.get(contact_id))
+
+    def _forget_ahead(self, items: list[dict[str, Any]]) -> None:
+        """Drop what was read ahead for `items` (sent, or put back)."""
+        for item in items:
+            self._read_ahead.pop(item["_id"], None)
+            self._contact_ahead.pop(item["_id"], None)
 
     def _handed_over(self, due: datetime, count: int) -> asyncio.Event | None:
         """Count `count` of an instant's held items as handed to the provider (or
@@ -579,15 +634,27 @@ class Dispatcher:
             self.store.conversations,
             list({m["conversation_id"] for m in messages.values()} - conversations.keys()),
         )
-        # Queued ahead (greetings): the contact may have opted out since.
+        # Queued ahead (greetings): the contact may have opted out since. A held
+        # item's contact was read READ_LEAD (a second) before its instant
+        # (`_read_before`): an opt-out within about a second of the send is not
+        # seen by this re-check (the send is as if the opt-out came just after it).
+        # The others' contacts, and any whose conversation names another contact
+        # now, are read here.
+        contact_ahead = {
+            i["_id"]: self._contact_ahead.pop(i["_id"])
+            for i in items
+            if i["_id"] in self._contact_ahead
+        }
         recheck = [
-            conversations[m["conversation_id"]].get("contact_id")
+            contact_id
             for item in items
             if item.get("recheck_opt_out")
             and (m := messages.get(item["_id"])) is not None
             and m["conversation_id"] in conversations
+            and (contact_id := conversations[m["conversation_id"]].get("contact_id"))
+            and contact_ahead.get(item["_id"], (None, None))[0] != contact_id
         ]
-        contacts = await find_by_ids(self.store.contacts, [c for c in recheck if c])
+        contacts = await find_by_ids(self.store.contacts, recheck) if recheck else {}
         outcomes: list[_Outcome] = []
         ready: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], OutboundMessage]] = []
         for item in items:
@@ -604,7 +671,9 @@ class Dispatcher:
                 outcomes.append(_Outcome(item, "failed", error="the conversation is gone"))
                 continue
             if item.get("recheck_opt_out"):
-                contact = contacts.get(conversation.get("contact_id")) or {}
+                contact_id = conversation.get("contact_id")
+                read_id, read = contact_ahead.get(item["_id"], (None, None))
+                contact = (read if read_id == contact_id else contacts.get(contact_id)) or {}
                 if (contact.get("opted_out") or {}).get(conversation.get("channel")):
                     reason = "opted out before it was sent"
                     outcomes.append(_Outcome(item, "cancelled", error=reason, message=message))

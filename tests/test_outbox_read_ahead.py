@@ -1,0 +1,85 @@
+"""A group held for its instant has what its sends need read about a second
+before it (`READ_LEAD`): its contacts for a greeting's opt-out re-check, so that
+at the instant the dispatcher only books, sends and records. An opt-out while the
+greeting is held, before that read, still cancels it; the read is never before the
+claim, and nothing is sent before the instant.
+
+A real dispatcher on the hub's store sends through the test channel to
+`FakeProvider` (a loopback HTTP server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp.test_utils import TestClient
+
+from hub.services.contacts import set_opt_out
+from hub.services.dispatcher import READ_LEAD
+from tests.conftest import hub_of
+from tests.support.fakeprovider import FakeProvider
+from tests.support.waiting import eventually
+from tests.test_outbox_ahead import SETTLED, claimed, monotonic_of, own_dispatcher, queued, sent_at
+
+
+async def test_a_held_greetings_contact_is_read_before_its_instant_and_it_leaves_at_it(
+    hub_client: TestClient, provider: FakeProvider
+) -> None:
+    dispatcher = await own_dispatcher(hub_client)
+    message_id, due = await queued(hub_client, "+15551250001", 3.0, at_most_once=True)
+    await hub_of(hub_client).store.outbox.update_one(
+        {"_id": message_id}, {"$set": {"recheck_opt_out": True}}
+    )  # as a greeting is queued
+    due_monotonic = monotonic_of(due)
+    dispatcher.start()
+    try:
+        await claimed(hub_client, message_id)
+        assert message_id not in dispatcher._contact_ahead  # not read at the claim
+        # Read READ_LEAD before the instant, not sent yet.
+        await asyncio.sleep(max(0.0, due_monotonic - READ_LEAD + 0.4 - time.monotonic()))
+        assert time.monotonic() < due_monotonic
+        contact_id, contact = dispatcher._contact_ahead[message_id]
+        assert contact is not None and contact["_id"] == contact_id
+        assert provider.sent == []
+
+        store = hub_of(hub_client).store
+        message = await eventually(
+            lambda: store.messages.find_one({"_id": message_id}),
+            lambda m: m is not None and m["status"] in SETTLED,
+        )
+        assert message["status"] == "sent"
+        at = sent_at(provider, message_id)
+        assert at is not None and due_monotonic - 0.005 <= at <= due_monotonic + 0.5
+        assert message_id not in dispatcher._contact_ahead  # forgotten once sent
+    finally:
+        await dispatcher.stop()
+
+
+async def test_an_opt_out_while_a_greeting_is_held_cancels_it(
+    hub_client: TestClient, provider: FakeProvider
+) -> None:
+    dispatcher = await own_dispatcher(hub_client)
+    message_id, due = await queued(hub_client, "+15551250002", 4.0, at_most_once=True)
+    await hub_of(hub_client).store.outbox.update_one(
+        {"_id": message_id}, {"$set": {"recheck_opt_out": True}}
+    )  # as a greeting is queued
+    dispatcher.start()
+    try:
+        await claimed(hub_client, message_id)
+        store = hub_of(hub_client).store
+        hub = hub_of(hub_client)
+        message = await store.messages.find_one({"_id": message_id})
+        conversation = await store.conversations.find_one({"_id": message["conversation_id"]})
+        # Held, well before its contact is read ahead.
+        assert time.monotonic() < monotonic_of(due) - READ_LEAD - 1.0
+        await set_opt_out(store, hub.events, conversation["contact_id"], conversation["channel"])
+
+        message = await eventually(
+            lambda: store.messages.find_one({"_id": message_id}),
+            lambda m: m is not None and m["status"] in SETTLED | {"cancelled"},
+        )
+        assert message["status"] == "cancelled"
+        assert message["error"] == "opted out before it was sent"
+        assert provider.sent == []
+    finally:
+        await dispatcher.stop()
