@@ -72,6 +72,10 @@ MARK_LEAD_MOST = 2.0
 # not read them (`_read_before`): at the instant the dispatcher only books, sends
 # and records.
 READ_LEAD = 1.0
+# ... and earlier for a busy instant, by about this many seconds an item: its
+# reads must be done before the instant (the store reads a few thousand documents
+# a second while it also claims and marks the same instant's items).
+READ_COST = 0.0003
 # Held items are sent at their instant in chunks of this many, side by side: what
 # is still read at the instant (a bot's conversation, anything `_read_before`
 # could not read) is read for the next chunks while the first chunk's sends go.
@@ -471,10 +475,13 @@ class Dispatcher:
         opt-out is checked then. A clean stop puts them back as they were due."""
         try:
             lead = min(MARK_LEAD_MOST, HANDED_LEAD + MARK_COST * self._held_at[due])
-            await self._wait_until(due - timedelta(seconds=max(lead, READ_LEAD)))
+            read_lead = READ_LEAD + READ_COST * self._held_at[due]
+            await self._wait_until(due - timedelta(seconds=max(lead, read_lead)))
             # The first turns are marked handed, and what the sends need is read,
             # side by side, each from its own lead before the instant.
-            await asyncio.gather(self._mark_before(due, lead, items), self._read_before(due, items))
+            await asyncio.gather(
+                self._mark_before(due, lead, items), self._read_before(due, items, read_lead)
+            )
             await self._wait_until(due)
             if self._stopping:
                 self._forget_ahead(items)
@@ -516,13 +523,15 @@ class Dispatcher:
         if not self._stopping:
             await self._mark_handed(self._first_turns(items))
 
-    async def _read_before(self, due: datetime, items: list[dict[str, Any]]) -> None:
-        """Read READ_LEAD before a held group's instant what its sends need: the
+    async def _read_before(
+        self, due: datetime, items: list[dict[str, Any]], lead: float = READ_LEAD
+    ) -> None:
+        """Read `lead` before a held group's instant what its sends need: the
         messages and conversations the claim did not read, and the contacts of
         those whose opt-out is checked again (greetings). A bot's conversation is
         read again at the instant all the same (`_hold`: a takeover meanwhile
         cancels its answer). What cannot be read now is read at the instant."""
-        await self._wait_until(due - timedelta(seconds=READ_LEAD))
+        await self._wait_until(due - timedelta(seconds=lead))
         if self._stopping:
             return
         try:
