@@ -1359,6 +1359,80 @@ async def test_simple_updates_beside_other_indexes_answer_as_stock(
         await stores.same_documents("items", filt)
 
 
+def _missing_fields_update(rng: random.Random) -> Doc:
+    """`$set` and `$inc` of fields a document lacks, several at once, in both
+    orders of the operators, digit-only names among them: the simple path adds
+    them where stock adds them (raw documents compared: their order counts)."""
+    return rng.choice(
+        [
+            {"$set": {"z": 1, "b": 2, "m": 3}},
+            {"$inc": {"z": 1, "b": 2}},
+            {"$inc": {"y": 0}},  # a missing field set to 0: modified
+            {"$set": {"z": 1}, "$inc": {"b": 2}},
+            {"$inc": {"z": 1}, "$set": {"b": 2}},
+            {"$inc": {"y": 1, "n": 1}, "$set": {"x": 1, "a": 3, "note": "x"}},
+            {"$set": {"10": 1, "9": 2, "b": 3, "A": 4}},
+            {"$inc": {"10": 1, "2": 1}, "$set": {"k": 1}},
+            {"$set": {"g": f"c{rng.randrange(7)}", "q": 1}, "$inc": {"r": -2}},
+            {"$inc": {"big": 1, "w": 1}},  # an Int64 stored: the compiled path
+            {"$inc": {"w": 2**40}},  # past int32's range
+        ]
+    )
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_set_and_inc_of_missing_fields_add_them_as_stock_does(
+    stores: HubAndStock, ordered: bool
+) -> None:
+    ids = await _seeded_on_both(stores)
+    await _run_bulk(stores, _missing_fields_update, 81 + ordered, ids, ordered)
+    await _compare_index_reads(stores)
+
+
+async def test_an_increment_of_a_missing_field_takes_the_simple_path(tmp_path: Path) -> None:
+    """A conversation opened before a count was kept (no `inbound` yet) is
+    summarised by the simple path, not compiled: its `$inc` sets the field."""
+    from mongoeco import AsyncMongoClient as EngineClient
+    from mongoeco.api._async import _database_admin_write_commands as write_commands
+
+    from hub.store.engine import HubSQLiteEngine, patch_update_command
+
+    service = write_commands.DatabaseAdminWriteCommandService
+    stock_update = service.command_update
+    patch_update_command()  # undone below: other tests compare with stock in process
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        db = client["hub"]
+        await db.conversations.insert_many([{"_id": f"c{i}", "unread": 0} for i in range(3)])
+        await db.conversations.create_index([("status", ASCENDING)])
+        calls: list[str] = []
+        original = engine._hub_lean_update
+
+        def recording(*args: Any) -> Any:
+            calls.append("lean")
+            return original(*args)
+
+        engine._hub_lean_update = recording  # type: ignore[method-assign]
+        change = {"$set": {"status": "open"}, "$inc": {"unread": 1, "inbound": 1}}
+        reply = await db.command(
+            {
+                "update": "conversations",
+                "updates": [{"q": {"_id": f"c{i}"}, "u": change} for i in range(3)],
+            }
+        )
+        stored = await db.conversations.find().sort("_id", 1).to_list()
+    finally:
+        service.command_update = stock_update
+        await client.close()
+    assert (reply["n"], reply["nModified"]) == (3, 3)
+    assert calls == []
+    assert [list(d.items()) for d in stored] == [
+        [("_id", f"c{i}"), ("unread", 1), ("status", "open"), ("inbound", 1)] for i in range(3)
+    ]
+
+
 async def test_simple_updates_on_an_unindexed_collection_answer_as_stock(
     stores: HubAndStock,
 ) -> None:

@@ -9,7 +9,7 @@
   index upkeep, every entry deleted and inserted again); an indexed field
   holding an array or a sub-document, before or after, takes the general path;
   in that command, an update by a string `_id` of only `$set` of plain values
-  and `$inc` by integers, on top-level fields the document has, is applied to
+  and `$inc` by integers, on top-level fields, is applied to
   the stored document without compiling it (`SimpleUpdate`), with the counts
   the engine gives; anything else about it, it hands to the compiled path.
 - An update whose operators the engine cannot write as SQL walks the stored
@@ -92,6 +92,28 @@ class SimpleUpdate:
     sets: dict[str, Any]
     incs: dict[str, int]
     compile: Any
+    # Each field with its value and whether it is an increment, in the order
+    # the engine applies them (`update_steps`): a field the document lacks is
+    # added in that order.
+    steps: tuple[tuple[str, Any, bool], ...]
+
+
+def _update_path_order(key: str) -> tuple[int, int | str]:
+    """The engine's order of the fields of one update operator (its default
+    policy's `sort_update_path_items`): digit-only names first, by number, then
+    the others as strings."""
+    return (0, int(key)) if key.isdigit() else (1, key)
+
+
+def update_steps(change: dict[str, Any]) -> tuple[tuple[str, Any, bool], ...]:
+    """(field, value, is an increment) of a `$set`/`$inc` update, in the order
+    the engine applies them: operator by operator as the update names them, each
+    operator's fields in `_update_path_order`."""
+    return tuple(
+        (key, value, operator == "$inc")
+        for operator, fields in change.items()
+        for key, value in sorted(fields.items(), key=lambda item: _update_path_order(item[0]))
+    )
 
 
 def _same_for_update(stored: Any, value: Any) -> bool:
@@ -316,12 +338,13 @@ class HubWritesEngine(SQLiteEngine):
     ) -> Any:
         """`$set` and `$inc` of top-level fields, applied without compiling the
         update: each value is replaced in place (so the fields keep their order),
-        a field the document lacks is set after the others (as the engine's
-        `$set` appends it), and an increment adds to a stored integer. None when
-        an increment meets a missing field or anything but an integer, or leaves
-        int64's range, or an indexed field holds an array or a sub-document: the
-        compiled path then decides. Modified, and written, as the engine's `$set`
-        and `$inc` decide it (`_same_for_update`).
+        a field the document lacks is added after the others, in the order the
+        engine adds them (`update_steps`), and an increment adds to a stored
+        integer or, on a missing field, sets it to the amount (as the engine's
+        `$inc` does). None when an increment meets anything but an integer, or
+        leaves int64's range, or an indexed field holds an array or a
+        sub-document: the compiled path then decides. Modified, and written, as
+        the engine's `$set` and `$inc` decide it (`_same_for_update`).
         """
         storage_key = self._storage_key(update.doc_id)
         original = self._hub_stored_document(conn, db_name, coll_name, storage_key)
@@ -329,18 +352,23 @@ class HubWritesEngine(SQLiteEngine):
             return LeanOutcome(UpdateResult(matched_count=0, modified_count=0))
         document = dict(original)
         modified = False
-        for key, value in update.sets.items():
-            if key not in document or not _same_for_update(document[key], value):
-                modified = True
-            document[key] = value
-        for key, amount in update.incs.items():
-            current = document.get(key)
+        for key, value, increment in update.steps:
+            if not increment:
+                if key not in document or not _same_for_update(document[key], value):
+                    modified = True
+                document[key] = value
+                continue
+            if key not in document:  # as `$set` of the amount (a conversation
+                modified = True  # opened before a count was kept gains it here)
+                document[key] = value
+                continue
+            current = document[key]
             if type(current) is not int:
                 return None
-            total = current + amount
+            total = current + value
             if not INT64_MIN <= total <= INT64_MAX:
                 return None
-            modified = modified or amount != 0
+            modified = modified or value != 0
             document[key] = total
         fields = [index["fields"][0] for index in indexes]
         if not _scalar_fields(original, fields) or not _scalar_fields(document, fields):
@@ -664,7 +692,8 @@ def _compile_updates(
         if parts is not None:
             doc_id, sets, incs = parts
             compile_later = functools.partial(compile_entry, entry)
-            compiled.append((index, SimpleUpdate(doc_id, sets, incs, compile_later)))
+            steps = update_steps(entry["u"])
+            compiled.append((index, SimpleUpdate(doc_id, sets, incs, compile_later, steps)))
             continue
         try:
             operation = compile_entry(entry)
