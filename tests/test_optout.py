@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from channels.telegram.simulator import FakeTelegram
 from channels.twilio.simulator import PUBLIC_URL, FakeTwilio
 from hub.app import build_app
 from hub.config import Settings, parse_settings
+from hub.model import utcnow
+from hub.services.contacts import opted_out_since
 from hub.services.optout import StopWords, normalize
 from hub.services.outbox import OutboxError
 from hub.services.replies import OPTED_OUT_SMS
@@ -204,6 +207,16 @@ async def test_a_stop_word_by_sms_opts_out_with_one_confirmation(client, fake, b
 
 async def _bodies(fake: FakeTwilio) -> list[str]:
     return [str(m.get("text")) for m in fake.sent]
+
+
+async def test_a_stop_word_marks_when_the_opt_out_changed(client, fake):
+    since = utcnow() - timedelta(seconds=1)
+    stop = await sms(client, fake, "STOP")
+    await settle(client)
+    contact = await contact_of(client, stop)
+    changed = await opted_out_since(hub_of(client).store, since)
+    assert list(changed) == [contact["_id"]]
+    assert changed[contact["_id"]]["opted_out"] == {"sms": True}
 
 
 async def test_a_repeated_stop_changes_and_sends_nothing(client, fake):

@@ -40,6 +40,12 @@ def _contact_fields(ref: IdentityRef) -> dict[str, Any]:
     }
 
 
+# When a contact's `opted_out` last changed (set with every write to it, indexed):
+# a send queued ahead re-checks only the contacts whose opt-outs changed since it
+# was queued (`opted_out_since`), not every recipient's.
+OPT_OUT_CHANGED = "opted_out_changed_at"
+
+
 def new_contact_doc(
     contact_id: str, ref: IdentityRef | None = None, **fields: Any
 ) -> dict[str, Any]:
@@ -211,6 +217,7 @@ async def merge_contacts(store: Store, keep_id: str, other_id: str) -> dict[str,
     for channel, value in (keep.get("opted_out") or {}).items():
         opted[channel] = bool(value) or opted.get(channel, False)
     merged["opted_out"] = opted
+    merged[OPT_OUT_CHANGED] = utcnow()
     await store.contacts.update_one({"_id": keep_id}, {"$set": merged})
     await store.contacts.delete_one({"_id": other_id})
     log.info("contacts merged", extra={"contact_id": keep_id, "merged_id": other_id})
@@ -234,7 +241,7 @@ async def set_opt_out(
 ) -> None:
     """Record that a contact refuses (or no longer refuses) `medium`, and say so."""
     await store.contacts.update_one(
-        {"_id": contact_id}, {"$set": {f"opted_out.{medium}": opted_out}}
+        {"_id": contact_id}, {"$set": {f"opted_out.{medium}": opted_out, OPT_OUT_CHANGED: utcnow()}}
     )
     await events.publish(
         [Event("contact.updated", {"id": contact_id, "opted_out": {medium: opted_out}})]
@@ -248,6 +255,16 @@ async def opt_out(
     contact_id = await resolve_contact(store, ref)
     await set_opt_out(store, events, contact_id, medium, opted_out)
     return contact_id
+
+
+async def opted_out_since(store: Store, since: datetime) -> dict[str, dict[str, Any]]:
+    """The contacts whose opt-outs changed at or after `since` (their `opted_out`),
+    by the index on OPT_OUT_CHANGED: a read of the few that changed lately, the same
+    at a hundred contacts and at a million."""
+    found: dict[str, dict[str, Any]] = {}
+    async for doc in store.contacts.find({OPT_OUT_CHANGED: {"$gte": since}}, {"opted_out": 1}):
+        found[doc["_id"]] = doc
+    return found
 
 
 async def opted_out_of(store: Store, contact_id: str, medium: str) -> bool:
@@ -541,6 +558,7 @@ async def update(
             sets[path] = value
     for medium, opted in (change.opted_out or {}).items():
         sets[f"opted_out.{medium}"] = opted
+        sets[OPT_OUT_CHANGED] = utcnow()
     adds: list[IdentityRef] = []
     removes: list[IdentityRef] = []
     if change.phones is not None or change.emails is not None:

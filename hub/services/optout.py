@@ -19,7 +19,8 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from hub.model import Event
+from hub.model import Event, utcnow
+from hub.services.contacts import OPT_OUT_CHANGED
 from hub.services.events import Events
 from hub.services.outbox import enqueue
 from hub.settings import OptOutSettings
@@ -109,7 +110,7 @@ class OptOut:
         # One conditional update: of a repeat (or two at once) only one changes it.
         condition: Any = {"$ne": True} if out else True
         changed = await self.store.contacts.update_one(
-            {"_id": contact_id, path: condition}, {"$set": {path: out}}
+            {"_id": contact_id, path: condition}, {"$set": {path: out, OPT_OUT_CHANGED: utcnow()}}
         )
         if changed.modified_count == 0:
             log.info(
