@@ -50,6 +50,10 @@ INDEXES: dict[str, list[tuple[list[tuple[str, Any]], dict[str, Any]]]] = {
     "contacts": [
         ([("created_at", DESCENDING)], {}),
         ([("created_by", ASCENDING)], {}),
+        # When its opt-outs last changed: a greeting's re-check at its send reads
+        # only those that changed since it was queued. (Not sparse: the embedded
+        # engine seeks a range through a plain index only.)
+        ([("opted_out_changed_at", ASCENDING)], {}),
         ([(f, "text") for f in TEXT_INDEXES["contacts"]], TEXT_INDEX_OPTIONS),
     ],
     "identities": [([("contact_id", ASCENDING)], {})],
