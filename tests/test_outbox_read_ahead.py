@@ -1,8 +1,9 @@
 """A group held for its instant has what its sends need read about a second
-before it (`READ_LEAD`): its contacts for a greeting's opt-out re-check, so that
-at the instant the dispatcher only books, sends and records. An opt-out while the
-greeting is held, before that read, still cancels it; the read is never before the
-claim, and nothing is sent before the instant.
+before it (`READ_LEAD`): for a greeting's opt-out re-check, the contacts whose
+opt-outs changed since it was queued (one read by an index, not one contact per
+recipient), so that at the instant the dispatcher only books, sends and records.
+An opt-out while the greeting is held, before that read, still cancels it; the
+read is never before the claim, and nothing is sent before the instant.
 
 A real dispatcher on the hub's store sends through the test channel to
 `FakeProvider` (a loopback HTTP server)."""
@@ -22,12 +23,19 @@ from tests.support.waiting import eventually
 from tests.test_outbox_ahead import SETTLED, claimed, monotonic_of, own_dispatcher, queued, sent_at
 
 
-async def test_a_held_greetings_contact_is_read_before_its_instant_and_it_leaves_at_it(
+async def test_a_held_greetings_opt_out_recheck_is_read_before_its_instant_and_it_leaves_at_it(
     hub_client: TestClient, provider: FakeProvider
 ) -> None:
     dispatcher = await own_dispatcher(hub_client)
+    hub = hub_of(hub_client)
+    # Another customer opted out a moment ago: the one change the re-check reads.
+    other_id, _ = await queued(hub_client, "+15551250009", 3600.0)
+    other = await hub.store.messages.find_one({"_id": other_id})
+    other_conversation = await hub.store.conversations.find_one({"_id": other["conversation_id"]})
+    channel = other_conversation["channel"]
+    await set_opt_out(hub.store, hub.events, other_conversation["contact_id"], channel)
     message_id, due = await queued(hub_client, "+15551250001", 3.0, at_most_once=True)
-    await hub_of(hub_client).store.outbox.update_one(
+    await hub.store.outbox.update_one(
         {"_id": message_id}, {"$set": {"recheck_opt_out": True}}
     )  # as a greeting is queued
     due_monotonic = monotonic_of(due)
@@ -38,8 +46,9 @@ async def test_a_held_greetings_contact_is_read_before_its_instant_and_it_leaves
         # Read READ_LEAD before the instant, not sent yet.
         await asyncio.sleep(max(0.0, due_monotonic - READ_LEAD + 0.4 - time.monotonic()))
         assert time.monotonic() < due_monotonic
-        contact_id, contact = dispatcher._contact_ahead[message_id]
-        assert contact is not None and contact["_id"] == contact_id
+        changed = dispatcher._contact_ahead[message_id]
+        assert list(changed) == [other_conversation["contact_id"]]
+        assert changed[other_conversation["contact_id"]]["opted_out"] == {channel: True}
         assert provider.sent == []
 
         store = hub_of(hub_client).store

@@ -30,7 +30,7 @@ from hub.metrics import Metrics
 from hub.model import Attachment, ButtonReply, Event, OutboundMessage, StatusUpdate, utcnow
 from hub.ports import Channel, PermanentSendError, TransientSendError
 from hub.ratelimit import KeyedRateLimiter, RateLimiter, space_together
-from hub.services.contacts import set_opt_out
+from hub.services.contacts import opted_out_since, set_opt_out
 from hub.services.events import Events
 from hub.services.leases import release_leases, take_lease
 from hub.services.outbox import (
@@ -42,7 +42,7 @@ from hub.services.outbox import (
 )
 from hub.settings import DispatcherSettings
 from hub.shapes import message_view
-from hub.store import Store, find_by_ids
+from hub.store import Store, find_by_ids, new_id
 
 log = logging.getLogger("hub.dispatcher")
 
@@ -62,20 +62,25 @@ HANDED_LEAD = 0.25
 # the greeting job's first sees them at its next poll (`poll_interval`, 1 s). An
 # item is leased from its own `next_attempt_at` on (the lease outlasts the wait).
 CLAIM_AHEAD = 8.0
-# Marking held at-most-once items handed costs the store about this many seconds
-# an item (one write for a group): the mark begins earlier for a busy instant so
-# that it is done by HANDED_LEAD before it (but never more than MARK_LEAD_MOST).
-MARK_COST = 0.0002
-MARK_LEAD_MOST = 2.0
-# A held group's contacts (the opt-out re-check of a greeting) are read this many
-# seconds before its instant, with its messages and conversations if the claim did
-# not read them (`_read_before`): at the instant the dispatcher only books, sends
-# and records.
+# A held group's opt-out re-check (a greeting's) is read this many seconds before
+# its instant, with its messages and conversations if the claim did not read them
+# (`_read_before`): at the instant the dispatcher only books, sends and records.
+# The re-check reads the contacts whose opt-outs changed since the group's items
+# were queued (less OPT_OUT_SLACK, for the queueing's own read of the contact
+# and the clocks of several hosts), by an index: one small read however many
+# recipients the instant has (reading each recipient's contact cost the store
+# about 0.2 ms each, seconds at a busy instant).
 READ_LEAD = 1.0
-# ... and earlier for a busy instant, by about this many seconds an item: its
-# reads must be done before the instant (the store reads a few thousand documents
-# a second while it also claims and marks the same instant's items).
-READ_COST = 0.0003
+OPT_OUT_SLACK = timedelta(minutes=10)
+# The lower bound of the claim's and the recovery's ranges of dates: an item's
+# `next_attempt_at` is None while it is claimed, its `lease_until` None while it
+# is queued, and a range with no lower bound would walk those too (the held items
+# of a busy instant, read one by one at every poll, seconds of the store's time).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+# The documents marking held groups handed (`outbox_handed`) are needed only
+# until their items are settled; those left behind by a process that died are
+# cleared after this long.
+HANDED_KEEP = timedelta(days=1)
 # Held items are sent at their instant in chunks of this many, side by side: what
 # is still read at the instant (a bot's conversation, anything `_read_before`
 # could not read) is read for the next chunks while the first chunk's sends go.
@@ -140,10 +145,19 @@ def _requeue(
     return UpdateOne({"_id": item_id}, update)
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _due(item: dict[str, Any]) -> datetime:
     """An item's `next_attempt_at`, aware (UTC)."""
-    due: datetime = item["next_attempt_at"]
-    return due if due.tzinfo is not None else due.replace(tzinfo=UTC)
+    return _aware(item["next_attempt_at"])
+
+
+def _handed_key(item: dict[str, Any]) -> str:
+    """The `_id` of the document that marks a held group handed to the provider
+    (`Dispatcher._mark_held`): the group is one claim's items for one instant."""
+    return f"{item.get('claim')}|{_aware(item['held_for']).isoformat()}"
 
 
 def _release(item: dict[str, Any]) -> UpdateOne:
@@ -209,9 +223,9 @@ class Dispatcher:
         self._inbox_leases: dict[str, float] = {}  # inbox -> monotonic expiry
         # item id -> its message and conversation, read with its claim.
         self._read_ahead: dict[Any, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
-        # item id -> its contact's id and the contact (None: none found), read
-        # READ_LEAD before a held item's instant for its opt-out re-check.
-        self._contact_ahead: dict[Any, tuple[Any, dict[str, Any] | None]] = {}
+        # item id -> the contacts whose opt-outs changed since its group was
+        # queued, read READ_LEAD before a held item's instant for its re-check.
+        self._contact_ahead: dict[Any, dict[Any, dict[str, Any]]] = {}
         # (inbox, recipient) -> the last turn promised to a deferred message.
         self._promised: dict[tuple[str, str], float] = {}
         # inbox -> how many items this process claimed ahead and holds for their
@@ -297,11 +311,12 @@ class Dispatcher:
             horizon = now + timedelta(seconds=CLAIM_AHEAD) if ahead else now
             # Found by the `next_attempt_at` index (a range up to the horizon): the
             # items queued ahead for later (a day's greetings) are never read until
-            # nearly due. (`state` by `$in`, not an equality: the embedded engine
-            # would seek by its index first, and read every queued item, due or not.)
+            # nearly due, nor those claimed (theirs is None, EARLIEST). (`state` by
+            # `$in`, not an equality: the embedded engine would seek by its index
+            # first, and read every queued item, due or not.)
             cursor = self.store.outbox.find(
                 {
-                    "next_attempt_at": {"$lte": horizon},
+                    "next_attempt_at": {"$gte": EARLIEST, "$lte": horizon},
                     "state": {"$in": ["queued"]},
                     "inbox": inbox,
                 }
@@ -312,7 +327,9 @@ class Dispatcher:
         # This process alone dispatches these inboxes (`_hold_inboxes`) and claims
         # one batch at a time, so no other claim can be taking the same items: each
         # is leased by `_id` alone, the one lookup the embedded engine answers
-        # without reading the whole collection.
+        # without reading the whole collection. Each claim has a token of its own:
+        # a group held for its instant is marked handed by it (`_mark_held`).
+        token = new_id()
         claim = self.store.outbox.bulk_write(
             [
                 UpdateOne(
@@ -326,6 +343,11 @@ class Dispatcher:
                             "lease_until": max(now, _due(item)) + lease,
                             # Not yet handed to the provider (see `_deliver`).
                             "handed": False,
+                            "claim": token,
+                            # Out of the claim's range while claimed: its instant
+                            # is kept in `held_for` (put back by `_release`).
+                            "next_attempt_at": None,
+                            "held_for": _due(item),
                         },
                         "$inc": {"attempts": 1},
                     },
@@ -358,6 +380,8 @@ class Dispatcher:
                 "lease_owner": self.instance_id,
                 "lease_until": max(now, _due(item)) + lease,
                 "handed": False,
+                "claim": token,
+                "held_for": _due(item),  # `next_attempt_at` is kept here
                 "attempts": int(item.get("attempts", 0)) + 1,
             }
         return items
@@ -404,8 +428,10 @@ class Dispatcher:
         recovered = 0
         while True:
             now = utcnow()
+            # By the `lease_until` index: not every item in flight is read (an
+            # instant's thousands held for it), only those whose lease ran out.
             item = await self.store.outbox.find_one_and_update(
-                {"state": "sending", "lease_until": {"$lt": now}},
+                {"lease_until": {"$gte": EARLIEST, "$lt": now}, "state": {"$in": ["sending"]}},
                 {"$set": {"state": "recovering", "lease_owner": self.instance_id}},
                 return_document=ReturnDocument.AFTER,
             )
@@ -416,7 +442,9 @@ class Dispatcher:
             if message is not None and message.get("status") in SETTLED:
                 # The send was recorded; only the clean-up was cut off.
                 await self.store.outbox.delete_one({"_id": item["_id"]})
-            elif item.get("at_most_once") and item.get("handed") is not False:
+            elif item.get("at_most_once") and (
+                item.get("handed") is not False or await self._handed_together(item)
+            ):
                 # It may or may not have reached the provider: never send it twice.
                 # (An item claimed but never handed to the provider, `handed`
                 # false, waited for its turn when its hub died: it goes back to the
@@ -473,20 +501,20 @@ class Dispatcher:
         handed to the provider, nothing booked in the pace), then send them as any
         due batch: their slots in the inbox's pace are booked then, the contact's
         opt-out is checked then. A clean stop puts them back as they were due."""
+        marked = False
         try:
-            lead = min(MARK_LEAD_MOST, HANDED_LEAD + MARK_COST * self._held_at[due])
-            read_lead = READ_LEAD + READ_COST * self._held_at[due]
-            await self._wait_until(due - timedelta(seconds=max(lead, read_lead)))
-            # The first turns are marked handed, and what the sends need is read,
-            # side by side, each from its own lead before the instant.
-            await asyncio.gather(
-                self._mark_before(due, lead, items), self._read_before(due, items, read_lead)
+            await self._wait_until(due - timedelta(seconds=max(HANDED_LEAD, READ_LEAD)))
+            # What the sends need is read, and the first turns are marked handed,
+            # each from its own lead before the instant.
+            _, marked = await asyncio.gather(
+                self._read_before(due, items), self._mark_before(due, items)
             )
             await self._wait_until(due)
             if self._stopping:
                 self._forget_ahead(items)
                 self._handed_over(due, len(items))
                 await self._apply([_Outcome(item, "released") for item in items])
+                await self._unmark(marked, items)
                 return
             # A bot's answer is sent only if people did not take the conversation
             # over meanwhile: its conversation is read again (see `_send_batch`).
@@ -504,6 +532,9 @@ class Dispatcher:
                     raise result
                 if isinstance(result, BaseException):
                     log.error("a held batch failed", exc_info=result)
+            if not any(isinstance(result, BaseException) for result in done):
+                # Every outcome is recorded: the mark is not needed any more.
+                await self._unmark(marked, items)
         except PyMongoError as error:
             # Left leased: recovered when the lease runs out, as any interrupted send.
             log.warning("dispatcher cannot reach the store", extra={"error": str(error)})
@@ -517,21 +548,61 @@ class Dispatcher:
                 self._unsent.pop(due, None)
                 self._all_sent.pop(due, None)
 
-    async def _mark_before(self, due: datetime, lead: float, items: list[dict[str, Any]]) -> None:
-        """Mark the group's first turns handed `lead` seconds before its instant."""
-        await self._wait_until(due - timedelta(seconds=lead))
-        if not self._stopping:
-            await self._mark_handed(self._first_turns(items))
+    async def _mark_before(self, due: datetime, items: list[dict[str, Any]]) -> bool:
+        """Mark the group's first turns handed HANDED_LEAD before its instant;
+        whether they were."""
+        await self._wait_until(due - timedelta(seconds=HANDED_LEAD))
+        if self._stopping:
+            return False
+        return await self._mark_held(self._first_turns(items))
 
-    async def _read_before(
-        self, due: datetime, items: list[dict[str, Any]], lead: float = READ_LEAD
-    ) -> None:
-        """Read `lead` before a held group's instant what its sends need: the
-        messages and conversations the claim did not read, and the contacts of
-        those whose opt-out is checked again (greetings). A bot's conversation is
-        read again at the instant all the same (`_hold`: a takeover meanwhile
-        cancels its answer). What cannot be read now is read at the instant."""
-        await self._wait_until(due - timedelta(seconds=lead))
+    async def _mark_held(self, items: list[dict[str, Any]]) -> bool:
+        """Mark at-most-once items of one held group (one claim's, one instant's)
+        handed to the provider, as `_mark_handed` does, in one small document that
+        names them (`outbox_handed`, by the claim's token and the instant) instead
+        of a write to each: recovery reads it (`recover_expired`). False, nothing
+        marked, when it cannot be written: they are marked at their turn then."""
+        if not items:
+            return False
+        try:
+            await self.store.outbox_handed.insert_one(
+                {"_id": _handed_key(items[0]), "ids": [i["_id"] for i in items], "at": utcnow()}
+            )
+        except PyMongoError:
+            return False
+        for item in items:
+            item["handed"] = True
+        return True
+
+    async def _unmark(self, marked: bool, items: list[dict[str, Any]]) -> None:
+        """Drop a group's mark once its items' outcomes are recorded (those left
+        by a process that died go after HANDED_KEEP)."""
+        if marked and items:
+            with contextlib.suppress(PyMongoError):
+                await self.store.outbox_handed.delete_one({"_id": _handed_key(items[0])})
+
+    async def _handed_together(self, item: dict[str, Any]) -> bool:
+        """Whether `item` was marked handed with its held group (`_mark_held`)."""
+        if not item.get("claim"):
+            return False
+        mark = await self.store.outbox_handed.find_one({"_id": _handed_key(item)}, {"ids": 1})
+        return mark is not None and item["_id"] in (mark.get("ids") or [])
+
+    async def _opted_out_lately(self, items: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+        """The contacts whose opt-outs changed since the earliest of `items` was
+        queued (less OPT_OUT_SLACK): the queueing checked each one's then."""
+        now = utcnow()
+        since = min(_aware(item.get("created_at") or now) for item in items)
+        return await opted_out_since(self.store, since - OPT_OUT_SLACK)
+
+    async def _read_before(self, due: datetime, items: list[dict[str, Any]]) -> None:
+        """Read READ_LEAD before a held group's instant what its sends need: the
+        messages and conversations the claim did not read, and the opt-outs
+        changed since it was queued if it is to be checked again (greetings). A
+        bot's conversation is read again at the instant all the same (`_hold`: a
+        takeover meanwhile cancels its answer). What cannot be read now is read
+        at the instant."""
+        await self._wait_until(due - timedelta(seconds=READ_LEAD))
         if self._stopping:
             return
         try:
@@ -545,19 +616,13 @@ class Dispatcher:
                 for item_id, message in messages.items():
                     conversation = conversations.get(message["conversation_id"])
                     self._read_ahead[item_id] = (message, conversation)
-            wanted: dict[Any, Any] = {}
-            for item in items:
-                if not item.get("recheck_opt_out"):
-                    continue
-                _, conversation = self._read_ahead.get(item["_id"], (None, None))
-                if conversation is not None and conversation.get("contact_id"):
-                    wanted[item["_id"]] = conversation["contact_id"]
-            contacts = await find_by_ids(self.store.contacts, list(wanted.values()))
+            recheck = [item for item in items if item.get("recheck_opt_out")]
+            lately = await self._opted_out_lately(recheck) if recheck else {}
         except PyMongoError as error:
             log.warning("held sends not read ahead", extra={"error": str(error)})
             return
-        for item_id, contact_id in wanted.items():
-            self._contact_ahead[item_id] = (contact_id, contacts.get(contact_id))
+        for item in recheck:
+            self._contact_ahead[item["_id"]] = lately
 
     def _forget_ahead(self, items: list[dict[str, Any]]) -> None:
         """Drop what was read ahead for `items` (sent, or put back)."""
@@ -643,27 +708,19 @@ class Dispatcher:
             self.store.conversations,
             list({m["conversation_id"] for m in messages.values()} - conversations.keys()),
         )
-        # Queued ahead (greetings): the contact may have opted out since. A held
-        # item's contact was read READ_LEAD (a second) before its instant
+        # Queued ahead (greetings): the contact may have opted out since it was
+        # queued (the queueing checked it then). For a held item the opt-outs
+        # changed since were read READ_LEAD (a second) before its instant
         # (`_read_before`): an opt-out within about a second of the send is not
-        # seen by this re-check (the send is as if the opt-out came just after it).
-        # The others' contacts, and any whose conversation names another contact
-        # now, are read here.
+        # seen by this re-check (the send is as if the opt-out came just after
+        # it). The others' are read here.
         contact_ahead = {
             i["_id"]: self._contact_ahead.pop(i["_id"])
             for i in items
             if i["_id"] in self._contact_ahead
         }
-        recheck = [
-            contact_id
-            for item in items
-            if item.get("recheck_opt_out")
-            and (m := messages.get(item["_id"])) is not None
-            and m["conversation_id"] in conversations
-            and (contact_id := conversations[m["conversation_id"]].get("contact_id"))
-            and contact_ahead.get(item["_id"], (None, None))[0] != contact_id
-        ]
-        contacts = await find_by_ids(self.store.contacts, recheck) if recheck else {}
+        recheck = [i for i in items if i.get("recheck_opt_out") and i["_id"] not in contact_ahead]
+        lately = await self._opted_out_lately(recheck) if recheck else {}
         outcomes: list[_Outcome] = []
         ready: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], OutboundMessage]] = []
         for item in items:
@@ -680,9 +737,8 @@ class Dispatcher:
                 outcomes.append(_Outcome(item, "failed", error="the conversation is gone"))
                 continue
             if item.get("recheck_opt_out"):
-                contact_id = conversation.get("contact_id")
-                read_id, read = contact_ahead.get(item["_id"], (None, None))
-                contact = (read if read_id == contact_id else contacts.get(contact_id)) or {}
+                changed = contact_ahead.get(item["_id"], lately)
+                contact = changed.get(conversation.get("contact_id")) or {}
                 if (contact.get("opted_out") or {}).get(conversation.get("channel")):
                     reason = "opted out before it was sent"
                     outcomes.append(_Outcome(item, "cancelled", error=reason, message=message))
@@ -991,6 +1047,9 @@ class Dispatcher:
                 if time.monotonic() - last_prune > 600:
                     last_prune = time.monotonic()
                     await self.prune_early_statuses()
+                    await self.store.outbox_handed.delete_many(
+                        {"at": {"$lt": utcnow() - HANDED_KEEP}}
+                    )
             except PyMongoError as error:
                 log.warning("outbox housekeeping failed", extra={"error": str(error)})
             await self._pause(max(1.0, self.settings.poll_interval * 5))

@@ -74,11 +74,13 @@ def _outbox_doc(
         "at_most_once": at_most_once,
         "lease_owner": None,
         "lease_until": None,
-        # Set by each claim (see the dispatcher): present from the start, the
-        # claim's update is one the embedded store applies directly (a field the
-        # document lacks takes its slow path, three times the cost). None reads as
-        # a missing one.
+        # Set by each claim (see the dispatcher), as are the next two: present from the
+        # start, the claim's update is one the embedded store applies directly (a
+        # field the document lacks takes its slow path, three times the cost). None
+        # reads as a missing one.
         "handed": None,
+        "claim": None,
+        "held_for": None,
         "created_at": now,
     }
     if recheck_opt_out:

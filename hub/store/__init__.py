@@ -75,8 +75,17 @@ INDEXES: dict[str, list[tuple[list[tuple[str, Any]], dict[str, Any]]]] = {
     ],
     # `next_attempt_at`: the dispatcher's claim reads only what is due (not what
     # was queued ahead for later).
-    "outbox": [([("state", ASCENDING)], {}), ([("next_attempt_at", ASCENDING)], {})],
+    # `lease_until`: the recovery of interrupted sends reads only expired leases.
+    "outbox": [
+        ([("state", ASCENDING)], {}),
+        ([("next_attempt_at", ASCENDING)], {}),
+        ([("lease_until", ASCENDING)], {}),
+    ],
     "early_statuses": [],
+    # At-most-once sends held for their instant and marked handed to the provider
+    # together: one document per group (its items' `_id`s) instead of a write per
+    # item (hub.services.dispatcher); `at` for clearing old ones.
+    "outbox_handed": [([("at", ASCENDING)], {})],
     "agents": [([("email", ASCENDING)], {})],
     "tokens": [([("agent_id", ASCENDING)], {})],
     "teams": [],
