@@ -76,6 +76,7 @@ PREPARE_AHEAD = timedelta(minutes=5)
 QUEUE_LEASE = "greetings:queue"
 QUEUE_LEASE_SECONDS = 60.0
 BATCH = 1000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the lower bound of a range of dates
 LOOKUP_CHUNK = 25
 PLAN_BATCH = 5000
 # While planning a whole day, greetings coming due are queued at least this often.
@@ -464,8 +465,10 @@ class GreetingJob:
             return counts  # another process (or job) is queueing them
         try:
             while True:
+                # A lower bound too: settled records have no `due_at`, and a range
+                # without one walks their index entries as well.
                 due = await (
-                    self.store.greetings_sent.find({"due_at": {"$lte": horizon}})
+                    self.store.greetings_sent.find({"due_at": {"$gte": EPOCH, "$lte": horizon}})
                     .sort("due_at", 1)
                     .limit(BATCH)
                     .to_list()
