@@ -116,6 +116,9 @@ def update_steps(change: dict[str, Any]) -> tuple[tuple[str, Any, bool], ...]:
     )
 
 
+_ABSENT = object()  # a field a document lacks
+
+
 def _same_for_update(stored: Any, value: Any) -> bool:
     """Whether the engine's `$set` leaves a stored value as it is: the same type
     and equal, where a float is never the same unless both are NaN, and a set
@@ -405,8 +408,17 @@ class HubWritesEngine(SQLiteEngine):
             "AND storage_key = ?",
             (self._serialize_document(document), db_name, coll_name, storage_key),
         )
-        before = set(self._build_scalar_rows_for_document(storage_key, original, indexes))
-        after = set(self._build_scalar_rows_for_document(storage_key, document, indexes))
+        # A plain index's entry depends only on its field's value: where the
+        # document still holds the very same value (or still lacks it), the
+        # entry is the same, and is not made twice to be compared.
+        changed = [
+            index
+            for index in indexes
+            if original.get(index["fields"][0], _ABSENT)
+            is not document.get(index["fields"][0], _ABSENT)
+        ]
+        before = set(self._build_scalar_rows_for_document(storage_key, original, changed))
+        after = set(self._build_scalar_rows_for_document(storage_key, document, changed))
         if before != after:
             collection_id = self._lookup_collection_id(conn, db_name, coll_name, create=True)
             conn.executemany(
