@@ -1290,12 +1290,14 @@ async def test_conditional_updates_by_id_answer_as_stock(
     await _compare_index_reads(stores)
 
 
-async def test_a_conditional_update_by_id_reads_one_row_and_takes_the_lean_path(
+async def test_a_conditional_update_by_id_reads_one_row_and_takes_the_simple_path(
     tmp_path: Path,
 ) -> None:
-    """Ingest's conditional summary update (`_id` and an `$or`) is applied by the
-    lean path: no read plan is compiled for it and the engine's own update is not
-    called. Run in process, the engine's calls are recorded."""
+    """Ingest's conditional summary update (`_id` and an `$or`, `$set` of plain
+    values) is applied by the simple path: no read plan is compiled for it, the
+    update is not compiled (neither lean path nor the engine's own update is
+    called), its filter matched on the one row read. Run in process, the
+    engine's calls are recorded."""
     from mongoeco import AsyncMongoClient as EngineClient
     from mongoeco.api._async import _database_admin_write_commands as write_commands
 
@@ -1313,7 +1315,7 @@ async def test_a_conditional_update_by_id_reads_one_row_and_takes_the_lean_path(
         await db.conversations.create_index([("at", DESCENDING)])
         await db.conversations.create_index([("g", ASCENDING)])
         calls: list[str] = []
-        for name in ("_compile_read_execution_plan", "_hub_engine_update"):
+        for name in ("_compile_read_execution_plan", "_hub_engine_update", "_hub_lean_update"):
             original = getattr(engine, name)
 
             def recording(*args: Any, _name: str = name, _original: Any = original) -> Any:
@@ -1387,6 +1389,84 @@ async def test_set_and_inc_of_missing_fields_add_them_as_stock_does(
     ids = await _seeded_on_both(stores)
     await _run_bulk(stores, _missing_fields_update, 81 + ordered, ids, ordered)
     await _compare_index_reads(stores)
+
+
+def _summary_condition(rng: random.Random) -> Doc:
+    """Ingest's summary conditions (the last message only moves forward; a status
+    it changes from), on documents whose fields are missing, null, arrays or of
+    other types, and conditions beside them the simple path matches."""
+    later = {"$lt": BASE + timedelta(seconds=rng.randrange(60))}
+    return rng.choice(
+        [
+            {"$or": [{"last.direction": {"$ne": "in"}}, {"at": later}]},
+            {"$or": [{"sub.a": {"$ne": 1}}, {"at": later}]},
+            {"status": "resolved"},
+            {"status": {"$in": ["snoozed", None]}},
+            {"g": {"$nin": ["c1", "c2"]}, "n": {"$gte": rng.randrange(40)}},
+            {"$and": [{"note": {"$exists": False}}, {"at": {"$lte": later["$lt"]}}]},
+            {"$nor": [{"g": "c1"}, {"list.k": 2}]},
+            {"list": {"k": 1}},
+            {"at": {"$gt": BASE, "$lt": later["$lt"]}},
+            {"n": {"$in": []}},
+            {"$or": []},  # refused by the engine: reported as stock reports it
+            {"n": {"$regex": "1"}},  # not a plain condition: the compiled path
+        ]
+    )
+
+
+def _summary_update(rng: random.Random) -> Doc:
+    """The summary's changes: the last message (a document holding a date) and
+    the time moved forward; the status, counts and times set."""
+    at = BASE + timedelta(seconds=rng.randrange(80))
+    return rng.choice(
+        [
+            {"$set": {"last": {"id": "m1", "text": "hi", "direction": "in", "at": at}, "at": at}},
+            {"$set": {"status": "open", "note": None}, "$inc": {"unread": 1, "inbound": 1}},
+            {"$set": {"status": "pending", "bot": "b1", "bot_since": at}},
+            {"$set": {"status": "open"}},
+        ]
+    )
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_summary_shaped_conditional_updates_answer_as_stock(
+    stores: HubAndStock, ordered: bool
+) -> None:
+    """Conditional updates of `$set`/`$inc` (the simple path, the filter beside
+    the `_id` matched by the engine's matcher) answer, and leave the documents
+    and their index entries, as stock's."""
+    documents = _update_documents(40)
+    for index, document in enumerate(documents):
+        if index % 3 == 0:
+            document["last"] = {"direction": _direction(index), "at": BASE}
+        if index % 4 == 0:
+            document["status"] = ["resolved", "snoozed", None, 1][index % 16 // 4]
+    ids = [d["_id"] for d in documents]
+    for side in (stores.hub, stores.stock):
+        await side.items.insert_many(documents)
+        await side.items.create_index([("g", ASCENDING)])
+        await side.items.create_index([("at", DESCENDING)])
+        await side.items.create_index([("status", ASCENDING)])
+    rng = random.Random(91 + ordered)
+    matched = 0
+    for _ in range(6):
+        operations = [
+            UpdateOne({"_id": _target(rng, ids), **_summary_condition(rng)}, _summary_update(rng))
+            for _ in range(30)
+        ]
+        outcome = await stores.same(
+            lambda db, o=operations: db.items.bulk_write(o, ordered=ordered)
+        )
+        matched += (outcome[1] if outcome[0] == "ok" else outcome[-1])["nMatched"]
+        await stores.same_documents("items")
+    assert matched > 0
+    await _compare_index_reads(stores)
+    for filt in ({"status": "open"}, {"status": None}, {"status": "pending"}):
+        await stores.same_documents("items", filt)
+
+
+def _direction(index: int) -> Any:
+    return ["in", "out", None, ["in"]][index % 4]
 
 
 async def test_an_increment_of_a_missing_field_takes_the_simple_path(tmp_path: Path) -> None:

@@ -162,6 +162,8 @@ NAMES: tuple[str, ...] = (
     "mongoeco.core.paths:get_document_value",
     "mongoeco.core.filtering:QueryEngine",
     "mongoeco.core.filtering:QueryEngine.match_plan",
+    "mongoeco.core.query_plan:compile_filter",
+    "mongoeco.types:PlanningMode.STRICT",
     *(
         f"mongoeco.core.query_plan:{name}"
         for name in (
@@ -253,6 +255,13 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
         "variables",
     ),
     "mongoeco.core.operators:CompiledUpdatePlan.apply": ("self", "doc", "variables"),
+    "mongoeco.core.query_plan:compile_filter": (
+        "filter_spec",
+        "dialect",
+        "variables",
+        "planning_mode",
+        "_depth",
+    ),
     f"{WRITE_COMMANDS}:DatabaseAdminWriteCommandService.command_insert": (
         "self",
         "spec",

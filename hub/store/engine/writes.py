@@ -56,12 +56,13 @@ from mongoeco.core.codec import DocumentCodec
 from mongoeco.core.filtering import QueryEngine
 from mongoeco.core.identity import id_contains_numeric_value
 from mongoeco.core.operators import CompiledUpdatePlan
+from mongoeco.core.query_plan import compile_filter
 from mongoeco.engines import _sqlite_modify_ops as modify_ops
 from mongoeco.engines import results
 from mongoeco.engines._sqlite_write_scope import sqlite_write_scope
 from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.errors import BulkWriteError, OperationFailure, WriteError
-from mongoeco.types import UpdateResult, WriteCommandResult
+from mongoeco.types import PlanningMode, UpdateResult, WriteCommandResult
 
 from hub.store.engine.codec import _NotPlain, plain_encode
 
@@ -96,6 +97,11 @@ class SimpleUpdate:
     # the engine applies them (`update_steps`): a field the document lacks is
     # added in that order.
     steps: tuple[tuple[str, Any, bool], ...]
+    # The rest of the filter beside the `_id` (a conditional update), compiled
+    # as the engine compiles a filter, with the dialect to match it in; None:
+    # the `_id` alone.
+    condition: Any = None
+    dialect: Any = None
 
 
 def _update_path_order(key: str) -> tuple[int, int | str]:
@@ -136,13 +142,44 @@ def _plain_field(key: object) -> bool:
     return type(key) is str and key != "" and key != "_id" and "." not in key and key[0] != "$"
 
 
+# What a condition beside the `_id` of an update the simple path takes may use:
+# fields compared with values, and these logical operators of such conditions.
+CONDITION_OPERATORS = frozenset(
+    {"$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin", "$exists"}
+)
+LOGICAL_OPERATORS = frozenset({"$or", "$and", "$nor"})
+
+
+def plain_conditions(conditions: dict[Any, Any]) -> bool:
+    """Whether a filter only compares fields with values (`CONDITION_OPERATORS`),
+    alone or in `$or`/`$and`/`$nor`: no expression, text, regular expression
+    operator or anything else whose match could depend on more than the
+    document and the values (the engine's own matcher still decides each)."""
+    for key, value in conditions.items():
+        if type(key) is not str or not key:
+            return False
+        if key in LOGICAL_OPERATORS:
+            if type(value) is not list or not value:
+                return False
+            if not all(type(c) is dict and c and plain_conditions(c) for c in value):
+                return False
+        elif key[0] == "$" or (
+            type(value) is dict
+            and any(type(k) is str and k[:1] == "$" for k in value)
+            and not set(value) <= CONDITION_OPERATORS
+        ):
+            return False
+    return True
+
+
 def simple_update_parts(entry: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, int]] | None:
-    """(`_id`, `$set`, `$inc`) of an update entry the simple path can apply, else None."""
+    """(`_id`, `$set`, `$inc`) of an update entry the simple path can apply, else
+    None. Conditions beside the `_id` are the caller's to compile."""
     selector, change = entry.get("q"), entry.get("u")
     if (
         not isinstance(selector, dict)
-        or len(selector) != 1
         or type(selector.get("_id")) is not str
+        or (len(selector) > 1 and not plain_conditions(selector))
         or not isinstance(change, dict)
         or not change
         or not set(change) <= {"$set", "$inc"}
@@ -352,6 +389,10 @@ class HubWritesEngine(SQLiteEngine):
         storage_key = self._storage_key(update.doc_id)
         original = self._hub_stored_document(conn, db_name, coll_name, storage_key)
         if original is None:
+            return LeanOutcome(UpdateResult(matched_count=0, modified_count=0))
+        if update.condition is not None and not QueryEngine.match_plan(
+            original, update.condition, dialect=update.dialect
+        ):
             return LeanOutcome(UpdateResult(matched_count=0, modified_count=0))
         document = dict(original)
         modified = False
@@ -648,7 +689,8 @@ def patch_update_command() -> None:
         compile_entry = functools.partial(
             _compile_entry, self, collection, spec, variables, session
         )
-        failures, compiled = _compile_updates(updates, compile_entry, ordered)
+        compile_condition = functools.partial(_compile_condition, self, collection)
+        failures, compiled = _compile_updates(updates, compile_entry, ordered, compile_condition)
         outcomes = await engine.hub_update_batch(
             collection._db_name,
             collection._collection_name,
@@ -691,8 +733,29 @@ def _compile_entry(
     return operation
 
 
+def _compile_condition(
+    service: Any, collection: Any, entry: dict[str, Any]
+) -> tuple[Any, Any] | None:
+    """The filter of an update entry compiled as `_compile_entry` compiles it
+    (without its update), and the dialect to match it in, for the simple path to
+    match the stored document with (`QueryEngine.match_plan`, as the lean path
+    does); None where the collection plans leniently (the compiled path then
+    reports what it finds)."""
+    if collection._planning_mode is not PlanningMode.STRICT:
+        return None
+    spec = collection._normalize_filter(service._admin._normalize_filter(entry["q"]))
+    dialect = collection._mongodb_dialect
+    plan = compile_filter(
+        DocumentCodec.to_internal(spec),
+        dialect=dialect,
+        variables={},
+        planning_mode=collection._planning_mode,
+    )
+    return plan, dialect
+
+
 def _compile_updates(
-    updates: list[Any], compile_entry: Any, ordered: bool
+    updates: list[Any], compile_entry: Any, ordered: bool, compile_condition: Any = None
 ) -> tuple[dict[int, BaseException], list[tuple[int, Any]]]:
     """The errors compiling raised, by index, and the updates to run with their
     index: a `SimpleUpdate` where it may apply, else the compiled operation.
@@ -701,11 +764,23 @@ def _compile_updates(
     compiled: list[tuple[int, Any]] = []
     for index, entry in enumerate(updates):
         parts = simple_update_parts(entry)
+        condition = None
+        if parts is not None and len(entry["q"]) > 1:
+            # A filter the engine refuses is refused by compiling the entry below.
+            try:
+                condition = None if compile_condition is None else compile_condition(entry)
+            except UPDATE_ITEM_ERRORS:
+                condition = None
+            if condition is None:
+                parts = None
         if parts is not None:
             doc_id, sets, incs = parts
             compile_later = functools.partial(compile_entry, entry)
             steps = update_steps(entry["u"])
-            compiled.append((index, SimpleUpdate(doc_id, sets, incs, compile_later, steps)))
+            simple = SimpleUpdate(doc_id, sets, incs, compile_later, steps)
+            if condition is not None:
+                simple.condition, simple.dialect = condition
+            compiled.append((index, simple))
             continue
         try:
             operation = compile_entry(entry)
