@@ -307,6 +307,8 @@ def unpatched_in_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(codec, "_hub_validation_patched", False, raising=False)
     monkeypatch.setattr(protocol, "decode_wire_value", protocol.decode_wire_value)
     monkeypatch.setattr(protocol, "_hub_decoding_patched", False, raising=False)
+    monkeypatch.setattr(protocol, "encode_wire_value", protocol.encode_wire_value)
+    monkeypatch.setattr(protocol, "_hub_encoding_patched", False, raising=False)
 
 
 @pytest.mark.usefixtures("unpatched_in_the_end")
@@ -717,6 +719,51 @@ def test_wire_decoding_keeps_plain_values_and_converts_the_rest_as_before() -> N
     assert got == expected
     assert type(got["l"]) is type(expected["l"]) and type(got["o"]) is type(expected["o"])
     assert type(got["nested"][0]["l"]) is type(expected["nested"][0]["l"])
+
+
+@pytest.mark.usefixtures("unpatched_in_the_end")
+def test_wire_encoding_keeps_plain_values_and_converts_the_rest_as_before() -> None:
+    """An answer as the engine holds it (its own ObjectId, Int64, Decimal128,
+    SON... beside plain values, nested) is encoded to the same BSON bytes."""
+    from bson import BSON, Regex, Timestamp
+    from bson.son import SON
+    from mongoeco.types import Decimal128 as EngineDecimal128
+    from mongoeco.types import ObjectId as EngineObjectId
+    from mongoeco.wire import bson_bridge, protocol
+
+    from hub.store.engine import patch_wire_encoding
+
+    patch_wire_encoding()
+    rng = random.Random(5)
+    reply = {
+        "cursor": {
+            "firstBatch": [
+                {
+                    "_id": EngineObjectId() if i % 2 else f"c{i}",
+                    "s": "x",
+                    "i": rng.randrange(-(2**40), 2**40),
+                    "l": Int64(i),
+                    "f": rng.random(),
+                    "b": bool(i % 2),
+                    "n": None,
+                    "d": BASE + timedelta(milliseconds=i),
+                    "dec": EngineDecimal128("1.10"),
+                    "bdec": Decimal128("2.5"),
+                    "re": Regex("^a", "i"),
+                    "ts": Timestamp(5, i),
+                    "son": SON([("b", 1), ("a", [EngineObjectId(), {"x": Int64(2)}])]),
+                    "nested": [{"l": Int64(1), "o": EngineObjectId()}, [1, "y", None]],
+                }
+                for i in range(20)
+            ],
+            "id": Int64(0),
+            "ns": "hub.items",
+        },
+        "ok": 1.0,
+    }
+    assert protocol.encode_wire_value is not bson_bridge.encode_wire_value
+    expected = BSON.encode(bson_bridge.encode_wire_value(reply))
+    assert BSON.encode(protocol.encode_wire_value(reply)) == expected
 
 
 def test_the_checkpointer_copies_the_log_back_while_writes_go_on_and_empties_it_on_stop(

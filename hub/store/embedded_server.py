@@ -50,6 +50,7 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
         patch_update_copies,
         patch_update_translation,
         patch_wire_decoding,
+        patch_wire_encoding,
     )
 
     patch_codec_validation()
@@ -58,6 +59,7 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
     patch_update_copies()
     patch_update_translation()
     patch_wire_decoding()
+    patch_wire_encoding()
     engine = HubSQLiteEngine(str(data_dir / DB_NAME))
     server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
     address = await server.start()

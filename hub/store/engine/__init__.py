@@ -16,7 +16,7 @@ Each is explained, and made, in the module of its concern:
 - `reads`: the seek and walk plans of a multi-document `find`, and the Decimal128
   question answered from the query's operands;
 - `codec` and `wire`: a document checked once and encoded in one walk, and plain
-  wire values kept as they are;
+  wire values kept as they are, read and answered;
 - `checkpoint`: the write-ahead log checkpointed from a thread of its own;
 - `text`: `$text` answered from SQLite FTS5, kept in step by triggers.
 
@@ -40,7 +40,7 @@ from hub.store.engine.codec import patch_codec_validation, plain_encode  # noqa:
 from hub.store.engine.layout import HubLayoutEngine  # noqa: E402
 from hub.store.engine.reads import HubReadsEngine  # noqa: E402
 from hub.store.engine.text import HubTextEngine  # noqa: E402
-from hub.store.engine.wire import patch_wire_decoding  # noqa: E402
+from hub.store.engine.wire import patch_wire_decoding, patch_wire_encoding  # noqa: E402
 from hub.store.engine.writes import (  # noqa: E402
     HubWritesEngine,
     patch_insert_command,
@@ -61,6 +61,7 @@ __all__ = [
     "patch_update_copies",
     "patch_update_translation",
     "patch_wire_decoding",
+    "patch_wire_encoding",
     "plain_encode",
 ]
 

@@ -126,8 +126,9 @@ NAMES: tuple[str, ...] = (
     "mongoeco.core.bson_scalars:normalize_utc_bson_datetime",
     "mongoeco._types._bson_objectid:OBJECT_ID_TYPES",
     "mongoeco._types._bson_objectid:normalize_object_id",
-    # the wire layer (`patch_wire_decoding`)
+    # the wire layer (`patch_wire_decoding`, `patch_wire_encoding`)
     "mongoeco.wire.protocol:decode_wire_value",
+    "mongoeco.wire.protocol:encode_wire_value",
     # the wire commands (`patch_insert_command`, `patch_update_command`)
     f"{WRITE_COMMANDS}:DatabaseAdminWriteCommandService",
     f"{WRITE_COMMANDS}:DatabaseAdminWriteCommandService.command_insert",
