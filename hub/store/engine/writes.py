@@ -8,10 +8,14 @@
   the engine's general path (TTL purge, catalog reloads, unique and search
   index upkeep, every entry deleted and inserted again); an indexed field
   holding an array or a sub-document, before or after, takes the general path;
-  in that command, an update by a string `_id` of only `$set` of plain values
-  and `$inc` by integers, on top-level fields, is applied to
-  the stored document without compiling it (`SimpleUpdate`), with the counts
-  the engine gives; anything else about it, it hands to the compiled path.
+  in that command, an update by a string `_id` (and, beside it, only
+  comparisons of fields with values: `plain_conditions`, matched on the row
+  read) of only `$set` of plain values and `$inc` by integers, on top-level
+  fields, is applied to the stored document without compiling it
+  (`SimpleUpdate`), with the counts the engine gives; anything else about it,
+  it hands to the compiled path.
+- A lean or simple update remakes the index entries of the fields it changed
+  only.
 - An update whose operators the engine cannot write as SQL walks the stored
   document before finding so (`patch_update_translation`).
 - An update deep-copies the document seven times and an insert twice; here
