@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -191,7 +192,15 @@ async def test_a_merge_on_one_hub_updates_what_every_hub_ingests_under(make_sett
     def text(provider_id: str, number: str) -> InboundText:
         sender = IdentityRef(kind="phone", value=number)
         return InboundText(
-            inbox="t1", medium="sms", provider_id=provider_id, sender=sender, text="x"
+            inbox="t1", medium="sms", provider_id=provider_id, sender=sender, text=provider_id
+        )
+
+    def change_of(provider_id: str) -> Callable[[Event], bool]:
+        """The `conversation.updated` of that message's ingest (not an earlier one
+        relayed late from the other hub)."""
+        return lambda event: (
+            event.type == "conversation.updated"
+            and (event.data.get("last_message") or {}).get("text") == provider_id
         )
 
     app_a = build_app(make_settings())
@@ -213,7 +222,7 @@ async def test_a_merge_on_one_hub_updates_what_every_hub_ingests_under(make_sett
             (result,) = await hub.ingest([text(provider_id, "+15551230002")])
             assert result.contact_id == kept.contact_id
             assert result.conversation_id == conversation_id_for("t1", "sms", "phone:+15551230002")
-            event = await next_event(sub, of_type("conversation.updated"))
+            event = await next_event(sub, change_of(provider_id))
             assert event.data["contact"] == {"id": kept.contact_id}
             sub.close()
 
