@@ -304,6 +304,7 @@ def unpatched_in_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(codec, "validate_bson_value", codec.validate_bson_value)
     monkeypatch.setattr(codec.DocumentCodec, "encode", codec.DocumentCodec.encode)
+    monkeypatch.setattr(codec.DocumentCodec, "to_internal", codec.DocumentCodec.to_internal)
     monkeypatch.setattr(codec, "_hub_validation_patched", False, raising=False)
     monkeypatch.setattr(protocol, "decode_wire_value", protocol.decode_wire_value)
     monkeypatch.setattr(protocol, "_hub_decoding_patched", False, raising=False)
@@ -686,6 +687,39 @@ def test_plain_encoding_gives_what_the_engines_codec_gives_or_refuses_as_it_does
             plain += 1
             assert ("ok", got) == expected, value
     assert plain > 1000  # the fast path did take most documents
+
+
+def _typed(value: Any) -> Any:
+    """A value with the type of each of its parts, to compare exactly."""
+    if isinstance(value, dict):
+        return (type(value), [(key, _typed(item)) for key, item in value.items()])
+    if isinstance(value, list):
+        return (type(value), [_typed(item) for item in value])
+    return (type(value), repr(value))
+
+
+@pytest.mark.usefixtures("unpatched_in_the_end")
+def test_values_cross_into_the_engine_as_its_own_conversion_takes_them() -> None:
+    """`DocumentCodec.to_internal` (every command's filter, update and documents)
+    gives what the engine's gives, of the same types, or raises what it raises."""
+    from mongoeco.core.codec import DocumentCodec
+
+    from hub.store.engine.codec import patch_codec_validation, plain_internal
+
+    shipped = DocumentCodec.to_internal
+    rng = random.Random(23)
+    values = [{"_id": f"d{i}", "v": _random_value(rng)} for i in range(3000)]
+    values += [[_random_value(rng) for _ in range(3)], {"$set": {"a": BASE}}, "x", 5, None]
+    expected = [_encoded_or_error(lambda v: _typed(shipped(v)), v) for v in values]
+    patch_codec_validation()
+    assert DocumentCodec.to_internal is not shipped
+    plain = 0
+    for value, outcome in zip(values, expected, strict=True):
+        assert _encoded_or_error(lambda v: _typed(DocumentCodec.to_internal(v)), value) == outcome
+        plain += _encoded_or_error(plain_internal, value)[0] == "ok"
+    assert plain > 1000  # the one walk took most of them
+    internal = DocumentCodec.to_internal({"a": [1, {"b": BASE}]})
+    assert DocumentCodec.to_internal(internal) is internal
 
 
 @pytest.mark.usefixtures("unpatched_in_the_end")

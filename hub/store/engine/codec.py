@@ -1,6 +1,7 @@
 """The codec: a document's values checked once per encoding, not once per
 nesting level, and a document of the plain types the hub writes checked and
-encoded in one walk (`patch_codec_validation`, `plain_encode`).
+encoded, or taken into the engine's containers, in one walk
+(`patch_codec_validation`, `plain_encode`, `plain_internal`).
 
 With the wire decoding (`hub.store.engine.wire`), a fifth of the store's CPU per
 message.
@@ -74,6 +75,43 @@ def plain_encode(value: Any) -> Any:
     raise _NOT_PLAIN
 
 
+_INTERNAL_DOCUMENT = codec_module._InternalBsonDocument
+_INTERNAL_ARRAY = codec_module._InternalBsonArray
+
+
+def plain_internal(value: Any) -> Any:
+    """`DocumentCodec.to_internal` of a value `plain_encode` encodes, in one walk.
+
+    The engine encodes the value, decodes it again and wraps every dict and list
+    in its immutable containers. For the values `plain_encode` accepts that is a
+    copy: strings, floats, booleans, None and integers of int64's range come
+    back as they are, every dict and list as a new container of the engine's; a
+    date, an ObjectId or a number wrapper is converted by the engine's own
+    decode of its own encoding. Anything else is `_NotPlain`, as for
+    `plain_encode`."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return value
+    if kind is int:
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+        raise _NOT_PLAIN
+    if kind in _DOCUMENT_TYPES:
+        items = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NOT_PLAIN
+            items[key] = plain_internal(item)
+        if _MARKER in items:
+            raise _NOT_PLAIN
+        return _INTERNAL_DOCUMENT(items)
+    if kind in _ARRAY_TYPES:
+        return _INTERNAL_ARRAY([plain_internal(item) for item in value])
+    if kind is datetime.datetime or kind in OBJECT_ID_TYPES or kind in _NUMERIC_TAGS:
+        return DocumentCodec.decode(plain_encode(value), preserve_bson_wrappers=True)
+    raise _NOT_PLAIN
+
+
 def patch_codec_validation() -> None:
     """Check each document's values once per encoding, not once per level, and
     encode the plain documents the hub writes in one walk.
@@ -83,7 +121,10 @@ def patch_codec_validation() -> None:
     times; and it tries some thirty types on each scalar before it keeps a string
     as it is. A document `plain_encode` can encode is encoded by it; any other is
     checked once, from the top, then encoded by the engine's codec: the same
-    values are refused with the same errors."""
+    values are refused with the same errors. A command's values crossing into
+    the engine (`DocumentCodec.to_internal`: encoded, decoded and wrapped) are
+    copied into the engine's containers in one walk where `plain_internal`
+    can."""
     from mongoeco.core import codec
 
     if getattr(codec, "_hub_validation_patched", False):
@@ -110,6 +151,18 @@ def patch_codec_validation() -> None:
         finally:
             state.encoding = False
 
+    to_internal = codec.DocumentCodec.to_internal
+
+    def to_internal_plain_first(data: Any) -> Any:
+        # Every command's filter, update and documents cross this boundary.
+        if isinstance(data, (_INTERNAL_DOCUMENT, _INTERNAL_ARRAY)):
+            return data
+        try:
+            return plain_internal(data)
+        except _NotPlain:
+            return to_internal(data)
+
     codec.validate_bson_value = check_outside_encoding
     codec.DocumentCodec.encode = staticmethod(encode_checked_once)  # type: ignore[method-assign]
+    codec.DocumentCodec.to_internal = staticmethod(to_internal_plain_first)  # type: ignore[method-assign]
     codec._hub_validation_patched = True  # type: ignore[attr-defined]
