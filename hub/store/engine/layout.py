@@ -240,10 +240,15 @@ class HubLayoutEngine(SQLiteEngine):
     def _ensure_scalar_physical_indexes_sync(self, conn: Any, indexes: list[Any]) -> None:
         # The engine runs CREATE INDEX IF NOT EXISTS for every index of every
         # document it inserts. Here every one of them is the shared index, made
-        # at open (`_hub_share_physical_indexes`) and never dropped.
+        # at open (`_hub_share_physical_indexes`) and never dropped. A batch
+        # insert asks with the same list for each of its documents: the list
+        # found all shared last is kept (held, so its identity is not reused).
+        if indexes is getattr(self, "_hub_shared_indexes", None):
+            return
         if all(
             index.get("scalar_physical_name") in (None, SHARED_SCALAR_INDEX) for index in indexes
         ):
+            self._hub_shared_indexes = indexes
             return
         super()._ensure_scalar_physical_indexes_sync(conn, indexes)
 
