@@ -770,10 +770,11 @@ def _compile_updates(
         parts = simple_update_parts(entry)
         condition = None
         if parts is not None and len(entry["q"]) > 1:
-            # A filter the engine refuses is refused by compiling the entry below.
+            # A filter the engine refuses is refused by compiling the entry below,
+            # whatever compiling the filter alone raised.
             try:
                 condition = None if compile_condition is None else compile_condition(entry)
-            except UPDATE_ITEM_ERRORS:
+            except Exception:
                 condition = None
             if condition is None:
                 parts = None
