@@ -116,8 +116,11 @@ def test_every_mongodb_operator_the_code_uses_is_in_the_guides_list() -> None:
     section = section.split("\n## ", 1)[0]
     listed = set(re.findall(r"`(\$[a-zA-Z]+)`", section))
     used: set[str] = set()
+    engine = ROOT / "hub" / "store" / "engine"  # the embedded store itself, not a user of one
     for package in ("hub", "scheduler", "bots"):
         for path in (ROOT / package).rglob("*.py"):
+            if path.is_relative_to(engine):
+                continue
             used.update(re.findall(r"""["'](\$[a-zA-Z]+)["']""", path.read_text()))
     not_operators = {"$ref", "$defs", "$db", "$schema", "$id"}  # JSON Schema, the wire
     missing = used - not_operators - listed
