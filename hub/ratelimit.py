@@ -12,6 +12,14 @@ import math
 import time
 from collections import OrderedDict, deque
 
+# `space` keeps this much more than a second (or an interval) between a permit and
+# the one a rate's worth before it: a request reaches the provider a little after
+# its permit, by a varying amount (the event loop, the connection it takes), and
+# a provider counting arrivals over a sliding second refuses one that arrives less
+# than a second after the one a rate's worth earlier (the campaigns bench: one to
+# seven refusals in 4,000 sends at 80 a second without it). It costs 1% of the rate.
+JITTER_MARGIN = 0.01
+
 
 class RateLimiter:
     def __init__(self, per_second: float, burst: int = 1) -> None:
@@ -58,8 +66,8 @@ class RateLimiter:
         """Seconds until a permit may be used under `space`'s rule (0: now)."""
         if self.tolerance > 0:
             return 0.0
-        window = max(1.0, self.interval)
-        cap = max(1, math.floor(window / self.interval + 1e-9))
+        cap = max(1, math.floor(max(1.0, self.interval) / self.interval + 1e-9))
+        window = max(1.0, self.interval) + JITTER_MARGIN
         used = self._used
         while used and now - used[0] >= window:
             used.popleft()
