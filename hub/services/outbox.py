@@ -85,7 +85,9 @@ def _outbox_doc(
     }
     if recheck_opt_out:
         # Queued ahead of its send: the dispatcher checks the contact's opt-out
-        # on the conversation's channel again when it sends (`Dispatcher`).
+        # on the conversation's channel again when it sends (`Dispatcher`), by
+        # reading the contacts whose opt-outs changed since the item was queued:
+        # whoever queues it has checked the contact's opt-out just before.
         doc["recheck_opt_out"] = True
     return doc
 
