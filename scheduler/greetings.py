@@ -334,28 +334,17 @@ class GreetingJob:
         if batch:
             if scan is not None and everyone is None:
                 everyone = await scan
-            counts.add(await self._plan_batch(batch, on, settings, holidays, everyone, zones))
+            records, early = await self._plan_records(
+                batch, on, settings, holidays, everyone, zones
+            )
+            counts.add(early)
+            counts.add(await self._write_records(records))
         await self.store.settings.replace_one(
             {"_id": marker},
             {"_id": marker, "version": version, "planned_at": utcnow()},
             upsert=True,
         )
         self._planned.add((on.isoformat(), version))
-        return counts
-
-    async def _plan_batch(
-        self,
-        contacts: list[dict[str, Any]],
-        on: date,
-        settings: GreetingSettings,
-        holidays: list[Any],
-        everyone: dict[str, dict[str, Any]] | None = None,
-        zones: _Zones | None = None,
-    ) -> GreetingCounts:
-        records, counts = await self._plan_records(
-            contacts, on, settings, holidays, everyone, zones
-        )
-        counts.add(await self._write_records(records))
         return counts
 
     async def _write_records(self, records: list[dict[str, Any]]) -> GreetingCounts:
