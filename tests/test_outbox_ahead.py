@@ -70,6 +70,23 @@ def sent_at(provider: FakeProvider, message_id: str) -> float | None:
     return next((r["at"] for r in provider.sent if r.get("ref") == message_id), None)
 
 
+async def left_at_its_instant(
+    client: TestClient, provider: FakeProvider, message_id: str, due_monotonic: float
+) -> None:
+    """Once `message_id` is settled: it was sent, never before its instant (on the
+    monotonic clock) and within half a second after it."""
+    store = hub_of(client).store
+    message = await eventually(
+        lambda: store.messages.find_one({"_id": message_id}),
+        lambda m: m is not None and m["status"] in SETTLED,
+    )
+    assert message["status"] == "sent"
+    at = sent_at(provider, message_id)
+    assert at is not None
+    assert at >= due_monotonic - 0.005  # never before (clocks read apart)
+    assert at <= due_monotonic + 0.5
+
+
 async def claimed(client: TestClient, message_id: str) -> dict[str, Any]:
     store = hub_of(client).store
     return await eventually(
@@ -94,16 +111,7 @@ async def test_an_item_claimed_ahead_is_not_sent_before_its_instant_and_is_sent_
         assert item["lease_until"] >= due + lease - timedelta(milliseconds=1)
         assert provider.sent == []
 
-        store = hub_of(hub_client).store
-        message = await eventually(
-            lambda: store.messages.find_one({"_id": message_id}),
-            lambda m: m is not None and m["status"] in SETTLED,
-        )
-        assert message["status"] == "sent"
-        at = sent_at(provider, message_id)
-        assert at is not None
-        assert at >= due_monotonic - 0.005  # never before (clocks read apart)
-        assert at <= due_monotonic + 0.5
+        await left_at_its_instant(hub_client, provider, message_id, due_monotonic)
         assert [r["ref"] for r in provider.sent] == [message_id]
     finally:
         await dispatcher.stop()

@@ -20,7 +20,14 @@ from hub.services.dispatcher import READ_LEAD
 from tests.conftest import hub_of
 from tests.support.fakeprovider import FakeProvider
 from tests.support.waiting import eventually
-from tests.test_outbox_ahead import SETTLED, claimed, monotonic_of, own_dispatcher, queued, sent_at
+from tests.test_outbox_ahead import (
+    SETTLED,
+    claimed,
+    left_at_its_instant,
+    monotonic_of,
+    own_dispatcher,
+    queued,
+)
 
 
 async def test_a_held_greetings_opt_out_recheck_is_read_before_its_instant_and_it_leaves_at_it(
@@ -51,14 +58,7 @@ async def test_a_held_greetings_opt_out_recheck_is_read_before_its_instant_and_i
         assert changed[other_conversation["contact_id"]]["opted_out"] == {channel: True}
         assert provider.sent == []
 
-        store = hub_of(hub_client).store
-        message = await eventually(
-            lambda: store.messages.find_one({"_id": message_id}),
-            lambda m: m is not None and m["status"] in SETTLED,
-        )
-        assert message["status"] == "sent"
-        at = sent_at(provider, message_id)
-        assert at is not None and due_monotonic - 0.005 <= at <= due_monotonic + 0.5
+        await left_at_its_instant(hub_client, provider, message_id, due_monotonic)
         assert message_id not in dispatcher._contact_ahead  # forgotten once sent
     finally:
         await dispatcher.stop()
