@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
+import json
 import sqlite3
 import threading
 from typing import Any
@@ -266,11 +267,17 @@ class HubLayoutEngine(SQLiteEngine):
         row = conn.execute(
             "SELECT value FROM hub_engine_meta WHERE key = 'scalar_entries'"
         ).fetchone()
-        unnamed = conn.execute(
-            "SELECT 1 FROM indexes WHERE scalar_physical_name IS NULL "
-            "AND json_array_length(fields) = 1 LIMIT 1"
-        ).fetchone()
-        if row is not None and row[0] == stamp and unnamed is None:
+        # An ordered single-field index without a physical name was created
+        # before this version named them: its entries are rebuilt too. A text
+        # index on one field never gets one (it has no entries of this kind).
+        unnamed = any(
+            keys is None or all(direction in (1, -1) for _, direction in json.loads(keys))
+            for (keys,) in conn.execute(
+                "SELECT keys FROM indexes WHERE scalar_physical_name IS NULL "
+                "AND json_array_length(fields) = 1"
+            )
+        )
+        if row is not None and row[0] == stamp and not unnamed:
             return
         super()._backfill_scalar_indexes_sync(conn)
         conn.execute(
