@@ -119,7 +119,7 @@ async def resolve_many(
     wanted: dict[str, IdentityRef] = {}
     for ref in refs:
         wanted.setdefault(identity_id(ref.kind, ref.value), ref)
-    found = await find_by_ids(store.identities, list(wanted))
+    found = await find_by_ids(store.identities, list(wanted), {"contact_id": 1})
     owners = {key: str(doc["contact_id"]) for key, doc in found.items()}
     new = {key: ref for key, ref in wanted.items() if key not in owners}
     if not new:
@@ -136,7 +136,7 @@ async def resolve_many(
         for start in range(0, len(losers), IDS_PER_COMMAND):  # the engine's `$in` limit
             chunk = losers[start : start + IDS_PER_COMMAND]
             await store.contacts.delete_many({"_id": {"$in": chunk}})
-        winners = await find_by_ids(store.identities, list(lost))
+        winners = await find_by_ids(store.identities, list(lost), {"contact_id": 1})
         for key in lost:
             winner = winners.get(key)
             # Removed between the two calls (a merge): try that one again.

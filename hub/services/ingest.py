@@ -506,7 +506,9 @@ class Ingestor:
 
     async def _contacts_of(self, conversation_ids: Iterable[str]) -> dict[str, str]:
         """The contact of each of these (stored) conversations, read in one command."""
-        found = await find_by_ids(self.store.conversations, list(conversation_ids))
+        found = await find_by_ids(
+            self.store.conversations, list(conversation_ids), {"contact_id": 1}
+        )
         return {conv_id: str(doc["contact_id"]) for conv_id, doc in found.items()}
 
     async def _find_or_prepare(

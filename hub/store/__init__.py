@@ -122,14 +122,17 @@ IDS_PER_COMMAND = 1000  # also the most the embedded engine looks up by primary 
 VALUES_PER_IN = 400
 
 
-async def find_by_ids(collection: Any, ids: list[Any]) -> dict[Any, dict[str, Any]]:
-    """Documents by `_id`, in one command (the embedded engine answers an `_id`
-    `$in` from its primary key, as MongoDB does)."""
+async def find_by_ids(
+    collection: Any, ids: list[Any], projection: dict[str, Any] | None = None
+) -> dict[Any, dict[str, Any]]:
+    """Documents by `_id` (only the `projection`'s fields, if given), in one
+    command (the embedded engine answers an `_id` `$in` from its primary key,
+    as MongoDB does)."""
     wanted = list(dict.fromkeys(ids))
     found: dict[Any, dict[str, Any]] = {}
     for start in range(0, len(wanted), IDS_PER_COMMAND):
         chunk = wanted[start : start + IDS_PER_COMMAND]
-        async for doc in collection.find({"_id": {"$in": chunk}}):
+        async for doc in collection.find({"_id": {"$in": chunk}}, projection):
             found[doc["_id"]] = doc
     return found
 
