@@ -1169,16 +1169,19 @@ def _update_documents(count: int) -> list[Doc]:
 
 
 async def _seeded_on_both(
-    stores: HubAndStock, *, unique: bool = False, count: int = 40
+    stores: HubAndStock, *, unique: bool = False, sparse: bool = False, count: int = 40
 ) -> list[Any]:
     """A collection of the same documents on both sides, with two single-field
-    indexes (the lean path's kind), and a unique one besides (which keeps the
-    lean path off)."""
+    indexes (the lean path's kind; with `sparse`, the one on `at` sparse and one
+    more on `fresh`, a field the updates add), and a unique one besides (which
+    keeps the lean path off)."""
     documents = _update_documents(count)
     for side in (stores.hub, stores.stock):
         await side.items.insert_many(documents)
         await side.items.create_index([("g", ASCENDING)])
-        await side.items.create_index([("at", DESCENDING)])
+        await side.items.create_index([("at", DESCENDING)], sparse=sparse)
+        if sparse:
+            await side.items.create_index([("fresh", ASCENDING)], sparse=True)
         if unique:
             await side.items.create_index([("n", ASCENDING)], unique=True)
     return [d["_id"] for d in documents]
@@ -1266,6 +1269,8 @@ async def _compare_index_reads(stores: HubAndStock) -> None:
         {"g": "array"},
         {"at": {"$gte": BASE + timedelta(seconds=20)}},
         {"at": {"$exists": False}},
+        {"fresh": 1},
+        {"fresh": {"$in": [0, 2]}},
     ):
         await stores.same_documents("items", filt)
     newest = await stores.same(
@@ -1310,18 +1315,26 @@ async def test_the_update_command_of_many_updates_answers_as_stock(
     await _compare_index_reads(stores)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("ordered", [False, True])
-async def test_lean_updates_answer_as_stock(stores: HubAndStock, ordered: bool) -> None:
-    """Plain single-field indexes only: an operator update by `_id` takes the lean
-    path (or, when an indexed field holds an array or a document, the engine's)."""
-    ids = await _seeded_on_both(stores)
+async def test_lean_updates_answer_as_stock(
+    stores: HubAndStock, ordered: bool, sparse: bool
+) -> None:
+    """Plain single-field indexes only, sparse or not: an operator update by `_id`
+    takes the lean path (or, when an indexed field holds an array or a document,
+    the engine's); a sparse index's entry goes with its field (`$unset`)."""
+    ids = await _seeded_on_both(stores, sparse=sparse)
     await _run_bulk(stores, _operator_update, 31 + ordered, ids, ordered)
     await _compare_index_reads(stores)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("ordered", [False, True])
-async def test_simple_updates_answer_as_stock(stores: HubAndStock, ordered: bool) -> None:
-    ids = await _seeded_on_both(stores)
+async def test_simple_updates_answer_as_stock(
+    stores: HubAndStock, ordered: bool, sparse: bool
+) -> None:
+    """As the lean path; a sparse index gains an entry with its field (`fresh`)."""
+    ids = await _seeded_on_both(stores, sparse=sparse)
     await _run_bulk(stores, _simple_update, 41 + ordered, ids, ordered)
     await _compare_index_reads(stores)
 
@@ -1605,6 +1618,57 @@ async def test_an_increment_of_a_missing_field_takes_the_simple_path(tmp_path: P
     assert [list(d.items()) for d in stored] == [
         [("_id", f"c{i}"), ("unread", 1), ("status", "open"), ("inbound", 1)] for i in range(3)
     ]
+
+
+async def test_a_set_of_a_sparse_indexed_field_takes_the_simple_path(tmp_path: Path) -> None:
+    """A sent message gains its provider's key (a sparse index: inbound messages,
+    without one, have no entry) by the simple path, not compiled; its entry is
+    made then, and found."""
+    from mongoeco import AsyncMongoClient as EngineClient
+    from mongoeco.api._async import _database_admin_write_commands as write_commands
+
+    from hub.store.engine import HubSQLiteEngine, patch_update_command
+
+    service = write_commands.DatabaseAdminWriteCommandService
+    stock_update = service.command_update
+    patch_update_command()  # undone below: other tests compare with stock in process
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        db = client["hub"]
+        await db.messages.create_index([("provider_key", ASCENDING)], sparse=True)
+        await db.messages.create_index([("text", "text")], default_language="none")
+        await db.messages.insert_many(
+            [{"_id": f"m{i}", "text": "hi", "status": "queued"} for i in range(3)]
+        )
+        calls: list[str] = []
+        for name in ("_hub_lean_update", "_hub_engine_update"):
+            original = getattr(engine, name)
+
+            def recording(*args: Any, name: str = name, original: Any = original) -> Any:
+                calls.append(name)
+                return original(*args)
+
+            setattr(engine, name, recording)
+        reply = await db.command(
+            {
+                "update": "messages",
+                "updates": [
+                    {"q": {"_id": f"m{i}"}, "u": {"$set": {"status": "sent", "provider_key": f"k{i}"}}}
+                    for i in range(2)
+                ],
+            }
+        )
+        found = await db.messages.find({"provider_key": "k1"}).to_list()
+        none = await db.messages.find({"provider_key": None}).to_list()
+    finally:
+        service.command_update = stock_update
+        await client.close()
+    assert (reply["n"], reply["nModified"]) == (2, 2)
+    assert calls == []
+    assert found == [{"_id": "m1", "text": "hi", "status": "sent", "provider_key": "k1"}]
+    assert [d["_id"] for d in none] == ["m2"]
 
 
 async def test_simple_updates_on_an_unindexed_collection_answer_as_stock(

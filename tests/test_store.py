@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from hub.store import INDEXES, Store
@@ -92,6 +92,22 @@ async def test_ensure_indexes_creates_every_collection_and_index_idempotently(
         assert wanted | {(("_id", 1),)} == keys, name
         # Uniqueness is carried by `_id` only (see hub/store/__init__.py).
         assert [n for n, spec in info.items() if spec.get("unique")] == ["_id_"], name
+
+
+async def test_an_index_an_earlier_version_made_otherwise_is_made_again(own_store: Store) -> None:
+    """A store whose messages' `provider_key` index predates it being sparse: the
+    next start makes it sparse (an inbound message then has no entry in it), and
+    what it finds stays found."""
+    messages = own_store.db.messages
+    await messages.create_index([("provider_key", ASCENDING)])
+    await messages.insert_many(
+        [{"_id": "in", "text": "hi"}, {"_id": "out", "provider_key": "twilio:SM1"}]
+    )
+    assert not (await messages.index_information())["provider_key_1"].get("sparse")
+    await own_store.ensure_indexes()
+    assert (await messages.index_information())["provider_key_1"]["sparse"] is True
+    assert [d["_id"] async for d in messages.find({"provider_key": "twilio:SM1"})] == ["out"]
+    await own_store.ensure_indexes()  # and stays so
 
 
 async def test_store_exposes_known_collections_only(store: Store) -> None:

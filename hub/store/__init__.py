@@ -23,7 +23,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 if TYPE_CHECKING:
     from hub.settings import Settings
@@ -65,10 +65,13 @@ INDEXES: dict[str, list[tuple[list[tuple[str, Any]], dict[str, Any]]]] = {
         ([("assignee_id", ASCENDING)], {}),  # an agent's load (capacity), "mine"
         ([("snooze_until", ASCENDING)], {}),  # waking snoozed conversations
     ],
+    # `provider_key` (an outbound send's) and `email.message_id` (an inbound
+    # e-mail's) are sparse: an inbound SMS or chat message has neither, so it
+    # has no entry to write in either (its insert is the ingest's hot path).
     "messages": [
         ([("conversation_id", ASCENDING)], {}),
-        ([("provider_key", ASCENDING)], {}),
-        ([("email.message_id", ASCENDING)], {}),
+        ([("provider_key", ASCENDING)], {"sparse": True}),
+        ([("email.message_id", ASCENDING)], {"sparse": True}),
         # Set only while a file is still to fetch (hub.services.media_fetch).
         ([("media_pending", ASCENDING)], {"sparse": True}),
         ([(f, "text") for f in TEXT_INDEXES["messages"]], TEXT_INDEX_OPTIONS),
@@ -138,6 +141,9 @@ async def find_by_ids(
 
 
 DUPLICATE_KEY = 11000
+# An index's options or name differ from an existing one's of the same keys
+# (MongoDB's IndexOptionsConflict, IndexKeySpecsConflict).
+INDEX_CONFLICTS = (85, 86)
 
 
 async def insert_new(collection: Any, docs: list[dict[str, Any]]) -> set[Any]:
@@ -289,7 +295,19 @@ class Store:
                     if "already exists" not in str(error):
                         raise
             for keys, options in indexes:
-                await self.db[name].create_index(keys, **options)
+                try:
+                    await self.db[name].create_index(keys, **options)
+                except OperationFailure as error:
+                    if error.code not in INDEX_CONFLICTS:
+                        raise
+                    # An index of these keys from an earlier version, with other
+                    # options (not sparse yet): made again as this version has it.
+                    log.warning(
+                        "index replaced",
+                        extra={"collection": name, "index": keys, "options": options},
+                    )
+                    await self.db[name].drop_index(keys)
+                    await self.db[name].create_index(keys, **options)
 
     async def ping(self) -> bool:
         try:

@@ -343,11 +343,13 @@ class HubWritesEngine(SQLiteEngine):
     def _hub_lean_indexes(
         self, conn: Any, db_name: str, coll_name: str
     ) -> tuple[list[Any], frozenset[str]] | None:
-        """The collection's plain indexes (single-field, on a top-level field),
-        whose entries the lean and simple paths keep, and the top-level fields
-        its other indexes read (a text, sparse, unique or nested field's): an
-        update that touches none of those leaves their entries as they are, so
-        the simple path may take it; the lean path only where there are none.
+        """The collection's plain indexes (single-field, on a top-level field,
+        sparse or not: a sparse one has an entry only while the document has the
+        field, as the engine's own rows for a document decide), whose entries
+        the lean and simple paths keep, and the top-level fields its other
+        indexes read (a text, unique or nested field's): an update that touches
+        none of those leaves their entries as they are, so the simple path may
+        take it; the lean path only where there are none.
         None when no update may take either path (a partial or TTL index, a
         collation, a validator or a search index)."""
         plain: list[Any] = []
@@ -365,7 +367,6 @@ class HubWritesEngine(SQLiteEngine):
                 len(fields) != 1
                 or "." in fields[0]
                 or index.get("unique")
-                or index.get("sparse")
                 or not self._supports_scalar_index(index)
             ):
                 guarded.update(f.split(".", 1)[0] for f in fields)
