@@ -1620,6 +1620,71 @@ async def test_an_increment_of_a_missing_field_takes_the_simple_path(tmp_path: P
     ]
 
 
+async def test_two_simple_updates_of_one_document_read_and_write_it_once(
+    tmp_path: Path,
+) -> None:
+    """Ingest's summary of a conversation (its last message if newer, then its
+    counts) is two updates in one command: the document is read once and
+    written once, with both applied and its index entries as they end; an
+    update by another path between them sees the first one written."""
+    from mongoeco import AsyncMongoClient as EngineClient
+    from mongoeco.api._async import _database_admin_write_commands as write_commands
+
+    from hub.store.engine import HubSQLiteEngine, patch_update_command
+
+    service = write_commands.DatabaseAdminWriteCommandService
+    stock_update = service.command_update
+    patch_update_command()  # undone below: other tests compare with stock in process
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        db = client["hub"]
+        await db.conversations.create_index([("last_activity_at", DESCENDING)])
+        await db.conversations.insert_many(
+            [{"_id": f"c{i}", "last_activity_at": BASE, "unread": 0} for i in range(2)]
+        )
+        calls: list[str] = []
+        for name in ("_hub_stored_document", "_hub_rewrite"):
+            original = getattr(engine, name)
+
+            def recording(*args: Any, name: str = name, original: Any = original) -> Any:
+                calls.append(name)
+                return original(*args)
+
+            setattr(engine, name, recording)
+        later = BASE + timedelta(seconds=5)
+        summary = [
+            {
+                "q": {"_id": "c0", "last_activity_at": {"$lt": later}},
+                "u": {"$set": {"last_activity_at": later}},
+            },
+            {"q": {"_id": "c0"}, "u": {"$set": {"status": "open"}, "$inc": {"unread": 1}}},
+        ]
+        reply = await db.command({"update": "conversations", "updates": summary})
+        assert (reply["n"], reply["nModified"]) == (2, 2)
+        assert calls == ["_hub_stored_document", "_hub_rewrite"]
+        newest = await db.conversations.find({"last_activity_at": {"$gte": later}}).to_list()
+        assert newest == [{"_id": "c0", "last_activity_at": later, "unread": 1, "status": "open"}]
+
+        between = [
+            {"q": {"_id": "c1"}, "u": {"$inc": {"unread": 1}}},
+            {"q": {"_id": "c1"}, "u": {"$push": {"tags": "vip"}}},  # compiled: reads c1
+            {"q": {"_id": "c1"}, "u": {"$inc": {"unread": 1}}},
+        ]
+        reply = await db.command({"update": "conversations", "updates": between})
+        assert (reply["n"], reply["nModified"]) == (3, 3)
+        assert await db.conversations.find_one({"_id": "c1"}) == {
+            "_id": "c1",
+            "last_activity_at": BASE,
+            "unread": 2,
+            "tags": ["vip"],
+        }
+    finally:
+        service.command_update = stock_update
+        await client.close()
+
+
 async def test_a_set_of_a_sparse_indexed_field_takes_the_simple_path(tmp_path: Path) -> None:
     """A sent message gains its provider's key (a sparse index: inbound messages,
     without one, have no entry) by the simple path, not compiled; its entry is
@@ -1655,8 +1720,8 @@ async def test_a_set_of_a_sparse_indexed_field_takes_the_simple_path(tmp_path: P
             {
                 "update": "messages",
                 "updates": [
-                    {"q": {"_id": f"m{i}"}, "u": {"$set": {"status": "sent", "provider_key": f"k{i}"}}}
-                    for i in range(2)
+                    {"q": {"_id": f"m{i}"}, "u": {"$set": {"status": "sent", "provider_key": key}}}
+                    for i, key in enumerate(("k0", "k1"))
                 ],
             }
         )

@@ -285,15 +285,24 @@ class HubWritesEngine(SQLiteEngine):
         simple, guarded = found if found is not None else (None, frozenset())
         # The lean path applies any compiled update: only where every index is plain.
         lean = simple if not guarded else None
+        # Documents the simple path changed, written once after the batch (or
+        # before any other path reads the table): ingest's summary is two
+        # updates of one conversation, read and written once.
+        held: dict[Any, tuple[dict[str, Any], dict[str, Any]]] = {}
         for operation in operations:
+            if (
+                isinstance(operation, SimpleUpdate)
+                and simple is not None
+                and guarded.isdisjoint(itertools.chain(operation.sets, operation.incs))
+            ):
+                outcome = self._hub_simple_update(conn, db_name, coll_name, operation, simple, held)
+                if outcome is not None:
+                    results.append(outcome)
+                    continue
+            if held:
+                assert simple is not None
+                self._hub_write_held(conn, db_name, coll_name, held, simple)
             if isinstance(operation, SimpleUpdate):
-                if simple is not None and guarded.isdisjoint(
-                    itertools.chain(operation.sets, operation.incs)
-                ):
-                    outcome = self._hub_simple_update(conn, db_name, coll_name, operation, simple)
-                    if outcome is not None:
-                        results.append(outcome)
-                        continue
                 try:
                     operation = operation.compile()
                 except UPDATE_ITEM_ERRORS as error:
@@ -320,7 +329,24 @@ class HubWritesEngine(SQLiteEngine):
                     break
             else:
                 results.append(outcome)
+        if held:
+            assert simple is not None
+            self._hub_write_held(conn, db_name, coll_name, held, simple)
         return results
+
+    def _hub_write_held(
+        self,
+        conn: Any,
+        db_name: str,
+        coll_name: str,
+        held: dict[Any, tuple[dict[str, Any], dict[str, Any]]],
+        indexes: list[Any],
+    ) -> None:
+        """Write the documents the simple path changed (each as stored before,
+        and now), and forget them."""
+        for storage_key, (stored, document) in held.items():
+            self._hub_rewrite(conn, db_name, coll_name, storage_key, stored, document, indexes)
+        held.clear()
 
     def _hub_engine_update(self, db_name: str, coll_name: str, operation: Any) -> Any:
         """The engine's own update of one document; inside the open transaction
@@ -379,7 +405,13 @@ class HubWritesEngine(SQLiteEngine):
         return plain, frozenset(guarded)
 
     def _hub_simple_update(
-        self, conn: Any, db_name: str, coll_name: str, update: SimpleUpdate, indexes: list[Any]
+        self,
+        conn: Any,
+        db_name: str,
+        coll_name: str,
+        update: SimpleUpdate,
+        indexes: list[Any],
+        held: dict[Any, tuple[dict[str, Any], dict[str, Any]]],
     ) -> Any:
         """`$set` and `$inc` of top-level fields, applied without compiling the
         update: each value is replaced in place (so the fields keep their order),
@@ -388,11 +420,18 @@ class HubWritesEngine(SQLiteEngine):
         integer or, on a missing field, sets it to the amount (as the engine's
         `$inc` does). None when an increment meets anything but an integer, or
         leaves int64's range, or an indexed field holds an array or a
-        sub-document: the compiled path then decides. Modified, and written, as
-        the engine's `$set` and `$inc` decide it (`_same_for_update`).
+        sub-document: the compiled path then decides. Modified as the engine's
+        `$set` and `$inc` decide it (`_same_for_update`); a modified document
+        is `held` (as stored, and now), written by the caller, and an earlier
+        update of the batch's held document is taken up from there.
         """
         storage_key = self._storage_key(update.doc_id)
-        original = self._hub_stored_document(conn, db_name, coll_name, storage_key)
+        earlier = held.get(storage_key)
+        original = (
+            earlier[1]
+            if earlier is not None
+            else self._hub_stored_document(conn, db_name, coll_name, storage_key)
+        )
         if original is None:
             return LeanOutcome(UpdateResult(matched_count=0, modified_count=0))
         if update.condition is not None and not QueryEngine.match_plan(
@@ -424,7 +463,7 @@ class HubWritesEngine(SQLiteEngine):
             return None
         if not modified:
             return LeanOutcome(UpdateResult(matched_count=1, modified_count=0))
-        self._hub_rewrite(conn, db_name, coll_name, storage_key, original, document, indexes)
+        held[storage_key] = (original if earlier is None else earlier[0], document)
         return LeanOutcome(UpdateResult(matched_count=1, modified_count=1))
 
     def _hub_stored_document(
