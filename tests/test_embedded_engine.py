@@ -1685,6 +1685,55 @@ async def test_two_simple_updates_of_one_document_read_and_write_it_once(
         await client.close()
 
 
+async def test_a_batch_insert_deletes_no_entries_of_new_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch insert writes each new document's entries without first deleting
+    entries of its storage key (there are none: a deleted document's went with
+    it), and a document inserted again where one was deleted is found by its
+    new values only; a caller's documents are not changed by the insert."""
+    import mongoeco.engines.sqlite as sqlite_engine
+    from mongoeco import AsyncMongoClient as EngineClient
+
+    from hub.store.engine import HubSQLiteEngine, patch_insert_batch
+
+    monkeypatch.setattr(
+        sqlite_engine, "_sqlite_insert_document_batch", sqlite_engine._sqlite_insert_document_batch
+    )
+    patch_insert_batch()
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    deletes: list[str] = []
+    for name in (
+        "_delete_scalar_entries_for_storage_key",
+        "_delete_multikey_entries_for_storage_key",
+    ):
+        original = getattr(engine, name)
+
+        def recording(*args: Any, name: str = name, original: Any = original) -> Any:
+            deletes.append(name)
+            return original(*args)
+
+        setattr(engine, name, recording)
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        items = client["hub"].items
+        await items.create_index([("g", ASCENDING)])
+        await items.create_index([("tags", ASCENDING)])  # multikey
+        documents = [{"_id": f"a{i}", "g": f"old{i}", "tags": ["x", f"t{i}"]} for i in range(4)]
+        await items.insert_many(documents)
+        assert documents[0] == {"_id": "a0", "g": "old0", "tags": ["x", "t0"]}
+        assert deletes == []
+        await items.delete_many({"_id": {"$in": ["a0", "a1"]}})
+        await items.insert_many([{"_id": "a0", "g": "new0"}, {"_id": "a1", "g": "new1"}])
+        assert await items.find({"g": "old0"}).to_list() == []
+        assert await items.find({"tags": "t1"}).to_list() == []
+        assert [d["_id"] for d in await items.find({"tags": "x"}).to_list()] == ["a2", "a3"]
+        assert await items.find({"g": "new1"}).to_list() == [{"_id": "a1", "g": "new1"}]
+    finally:
+        await client.close()
+
+
 async def test_a_set_of_a_sparse_indexed_field_takes_the_simple_path(tmp_path: Path) -> None:
     """A sent message gains its provider's key (a sparse index: inbound messages,
     without one, have no entry) by the simple path, not compiled; its entry is

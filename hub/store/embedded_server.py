@@ -45,6 +45,7 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
         HubSQLiteEngine,
         WalCheckpointer,
         patch_codec_validation,
+        patch_insert_batch,
         patch_insert_command,
         patch_update_command,
         patch_update_copies,
@@ -54,6 +55,7 @@ async def _serve(data_dir: Path, host: str, port: int) -> int:
     )
 
     patch_codec_validation()
+    patch_insert_batch()
     patch_insert_command()
     patch_update_command()
     patch_update_copies()

@@ -11,8 +11,9 @@ Each is explained, and made, in the module of its concern:
   connections' settings;
 - `writes`: several updates in one transaction, the lean and simple update
   paths, the update's SQL translation refused early, containers copied instead
-  of whole documents, the batch insert, the insert's uniqueness scan only for
-  numeric ids, and the change-stream outbox switched off;
+  of whole documents, the batch insert (without copies of the wire's documents
+  or deletes of a new document's entries), the insert's uniqueness scan only
+  for numeric ids, and the change-stream outbox switched off;
 - `reads`: the seek and walk plans of a multi-document `find`, and the Decimal128
   question answered from the query's operands;
 - `codec` and `wire`: a document checked once and encoded in one walk, and plain
@@ -43,6 +44,7 @@ from hub.store.engine.text import HubTextEngine  # noqa: E402
 from hub.store.engine.wire import patch_wire_decoding, patch_wire_encoding  # noqa: E402
 from hub.store.engine.writes import (  # noqa: E402
     HubWritesEngine,
+    patch_insert_batch,
     patch_insert_command,
     patch_update_command,
     patch_update_copies,
@@ -56,6 +58,7 @@ __all__ = [
     "WalCheckpointer",
     "compat",
     "patch_codec_validation",
+    "patch_insert_batch",
     "patch_insert_command",
     "patch_update_command",
     "patch_update_copies",

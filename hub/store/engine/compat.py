@@ -99,6 +99,7 @@ NAMES: tuple[str, ...] = (
     f"{ENGINE}._multikey_value_signature",
     # module attributes of the engine's module the hub replaces or calls
     f"{SQLITE}:_sqlite_append_change",
+    f"{SQLITE}:_sqlite_insert_document_batch",
     f"{SQLITE}:translate_compiled_update_plan",
     f"{SQLITE}:compile_update_semantics",
     "mongoeco.engines._sqlite_connection:SQLiteConnection",
@@ -469,6 +470,9 @@ COPIED: dict[str, str] = {
     # `writes._compile_entry` compiles an update as these do
     "mongoeco.api._async._collection_modify:update_one": "4455fb3dd15f5d80",
     "mongoeco.api._async._collection_modify:execute_server_update": "afc6e68a5ea14f99",
+    # `patch_insert_batch` leaves out its deletes of a new document's entries
+    # (they follow an insert where no document was)
+    "mongoeco.engines._sqlite_write_ops:insert_document_batch": "9f6f0624acf97713",
 }
 
 

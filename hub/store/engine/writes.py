@@ -34,6 +34,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import functools
@@ -610,12 +611,46 @@ def patch_update_translation() -> None:
     sqlite_engine.translate_compiled_update_plan = translate_sql_operators_only
 
 
+# Set while the wire `insert` command's own documents are inserted: they were
+# decoded for it and nothing else holds them, so the insert need not copy them.
+WIRE_DOCUMENTS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "hub_wire_documents", default=False
+)
+
+
+def copy_for_insert(value: Any, memo: Any = None) -> Any:  # deepcopy's signature
+    """The insert's copy of a document (two per document, a public and an
+    internal one): none of documents only the wire command holds."""
+    return value if WIRE_DOCUMENTS.get() else copy_containers(value, memo)
+
+
 def patch_update_copies() -> None:
     """The engine's write paths copy documents with `copy_containers`: an update
     (three copies in the engine, two in the update plan, two in its outcome) and
-    an insert (two per document)."""
-    for module in (modify_ops, operators, results, collection_insert):
+    an insert (two per document, none of the wire command's: `copy_for_insert`)."""
+    for module in (modify_ops, operators, results):
         module.deepcopy = copy_containers  # type: ignore[attr-defined]
+    collection_insert.deepcopy = copy_for_insert  # type: ignore[attr-defined,assignment]
+
+
+def _no_entries_to_delete(conn: Any, db_name: str, coll_name: str, storage_key: str) -> None:
+    """What is left to delete of a document's index entries right after it was
+    inserted where no document was: nothing (the engine writes and deletes a
+    document's entries in the same transaction as the document)."""
+
+
+def patch_insert_batch() -> None:
+    """The batch insert deletes each new document's index entries (three
+    statements: multikey, scalar and TTL) right after its row was inserted,
+    which it is only where no document had its storage key: there are none."""
+    insert_batch = sqlite_engine._sqlite_insert_document_batch
+
+    def insert_document_batch(conn: Any, **kwargs: Any) -> Any:
+        kwargs["delete_multikey_entries_for_storage_key"] = _no_entries_to_delete
+        kwargs["delete_scalar_entries_for_storage_key"] = _no_entries_to_delete
+        return insert_batch(conn, **kwargs)
+
+    sqlite_engine._sqlite_insert_document_batch = insert_document_batch
 
 
 def patch_insert_command() -> None:
@@ -638,6 +673,7 @@ def patch_insert_command() -> None:
             return await one_by_one(self, spec, session=session)
         collection = self._admin._database.get_collection(spec["insert"])
         ordered = spec.get("ordered", True) is not False
+        wire_documents = WIRE_DOCUMENTS.set(True)
         try:
             result = await collection.insert_many(documents, ordered=ordered, session=session)
         except BulkWriteError as error:
@@ -654,6 +690,8 @@ def patch_insert_command() -> None:
                 ],
                 "ok": 1.0,
             }
+        finally:
+            WIRE_DOCUMENTS.reset(wire_documents)
         return {"n": len(result.inserted_ids), "ok": 1.0}
 
     service.command_insert = command_insert  # type: ignore[method-assign]
