@@ -1620,13 +1620,22 @@ async def test_an_increment_of_a_missing_field_takes_the_simple_path(tmp_path: P
     ]
 
 
+def _entry_rows(database: Path) -> list[tuple[int, str]]:
+    """The rowid and storage key of every scalar index entry of a store."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        return conn.execute(
+            "SELECT rowid, storage_key FROM scalar_index_entries ORDER BY rowid"
+        ).fetchall()
+
+
 async def test_two_simple_updates_of_one_document_read_and_write_it_once(
     tmp_path: Path,
 ) -> None:
     """Ingest's summary of a conversation (its last message if newer, then its
     counts) is two updates in one command: the document is read once and
-    written once, with both applied and its index entries as they end; an
-    update by another path between them sees the first one written."""
+    written once, with both applied and its index entries as they end (a
+    changed one changed in place: the same row); an update by another path
+    between them sees the first one written."""
     from mongoeco import AsyncMongoClient as EngineClient
     from mongoeco.api._async import _database_admin_write_commands as write_commands
 
@@ -1644,6 +1653,7 @@ async def test_two_simple_updates_of_one_document_read_and_write_it_once(
         await db.conversations.insert_many(
             [{"_id": f"c{i}", "last_activity_at": BASE, "unread": 0} for i in range(2)]
         )
+        entries_before = _entry_rows(tmp_path / "store.sqlite")
         calls: list[str] = []
         for name in ("_hub_stored_document", "_hub_rewrite"):
             original = getattr(engine, name)
@@ -1666,6 +1676,9 @@ async def test_two_simple_updates_of_one_document_read_and_write_it_once(
         assert calls == ["_hub_stored_document", "_hub_rewrite"]
         newest = await db.conversations.find({"last_activity_at": {"$gte": later}}).to_list()
         assert newest == [{"_id": "c0", "last_activity_at": later, "unread": 1, "status": "open"}]
+        assert await db.conversations.find({"last_activity_at": BASE}).to_list() == [
+            {"_id": "c1", "last_activity_at": BASE, "unread": 0}
+        ]
 
         between = [
             {"q": {"_id": "c1"}, "u": {"$inc": {"unread": 1}}},
@@ -1683,6 +1696,9 @@ async def test_two_simple_updates_of_one_document_read_and_write_it_once(
     finally:
         service.command_update = stock_update
         await client.close()
+    # The changed entry was changed in place: the same rows, c0's with its new key.
+    assert len(entries_before) == 2
+    assert _entry_rows(tmp_path / "store.sqlite") == entries_before
 
 
 async def test_a_batch_insert_deletes_no_entries_of_new_documents(

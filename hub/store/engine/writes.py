@@ -507,18 +507,42 @@ class HubWritesEngine(SQLiteEngine):
         after = set(self._build_scalar_rows_for_document(storage_key, document, changed))
         if before != after:
             collection_id = self._lookup_collection_id(conn, db_name, coll_name, create=True)
+            # At most one entry per index (a scalar value): an index whose entry
+            # changed has its row changed in place, which leaves the row where it
+            # is and the entries' index by storage key untouched (a delete and an
+            # insert wrote a page of each, at random places in a large store).
+            removed = {entry[0]: entry for entry in before - after}
+            added = {entry[0]: entry for entry in after - before}
+            if len(removed) + len(added) != len(before ^ after):
+                raise AssertionError("more than one entry of an index for a scalar value")
+            conn.executemany(
+                "UPDATE scalar_index_entries SET element_type = ?, type_score = ?, "
+                "element_key = ? WHERE collection_id = ? AND storage_key = ? "
+                "AND index_name = ? AND element_type = ? AND type_score = ? "
+                "AND element_key = ?",
+                [
+                    (*added[name][1:], collection_id, storage_key, *entry)
+                    for name, entry in removed.items()
+                    if name in added
+                ],
+            )
             conn.executemany(
                 "DELETE FROM scalar_index_entries WHERE collection_id = ? AND storage_key = ? "
                 "AND index_name = ? AND element_type = ? AND type_score = ? "
                 "AND element_key = ?",
-                [(collection_id, storage_key, *entry) for entry in before - after],
+                [
+                    (collection_id, storage_key, *entry)
+                    for name, entry in removed.items()
+                    if name not in added
+                ],
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO scalar_index_entries (collection_id, index_name, "
                 "storage_key, element_type, type_score, element_key) VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (collection_id, name, storage_key, kind, score, key)
-                    for name, kind, score, key in after - before
+                    for name, kind, score, key in added.values()
+                    if name not in removed
                 ],
             )
         self._invalidate_collection_features_cache(db_name, coll_name)
