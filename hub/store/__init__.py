@@ -144,6 +144,7 @@ DUPLICATE_KEY = 11000
 # An index's options or name differ from an existing one's of the same keys
 # (MongoDB's IndexOptionsConflict, IndexKeySpecsConflict).
 INDEX_CONFLICTS = (85, 86)
+INDEX_NOT_FOUND = 27
 
 
 async def insert_new(collection: Any, docs: list[dict[str, Any]]) -> set[Any]:
@@ -306,7 +307,11 @@ class Store:
                         "index replaced",
                         extra={"collection": name, "index": keys, "options": options},
                     )
-                    await self.db[name].drop_index(keys)
+                    try:
+                        await self.db[name].drop_index(keys)
+                    except OperationFailure as gone:
+                        if gone.code != INDEX_NOT_FOUND:  # another hub starting dropped it
+                            raise
                     await self.db[name].create_index(keys, **options)
 
     async def ping(self) -> bool:
