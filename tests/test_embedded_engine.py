@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import importlib.util
 import random
 import secrets
@@ -1397,6 +1398,43 @@ async def test_conditional_updates_by_id_answer_as_stock(
     await _compare_index_reads(stores)
 
 
+@contextlib.asynccontextmanager
+async def update_patched_engine(path: Path) -> AsyncIterator[tuple[Any, Any]]:
+    """An engine of the hub's in this process, with the hub's update command
+    (undone after: other tests compare with stock in process); it and its `hub`
+    database."""
+    from mongoeco import AsyncMongoClient as EngineClient
+    from mongoeco.api._async import _database_admin_write_commands as write_commands
+
+    from hub.store.engine import HubSQLiteEngine, patch_update_command
+
+    service = write_commands.DatabaseAdminWriteCommandService
+    stock_update = service.command_update
+    patch_update_command()
+    engine = HubSQLiteEngine(str(path))
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        yield engine, client["hub"]
+    finally:
+        service.command_update = stock_update
+        await client.close()
+
+
+def record_calls(engine: Any, names: tuple[str, ...]) -> list[str]:
+    """The names of these methods of `engine`, in the order they are called from now."""
+    calls: list[str] = []
+    for name in names:
+        original = getattr(engine, name)
+
+        def recording(*args: Any, name: str = name, original: Any = original) -> Any:
+            calls.append(name)
+            return original(*args)
+
+        setattr(engine, name, recording)
+    return calls
+
+
 async def test_a_conditional_update_by_id_reads_one_row_and_takes_the_simple_path(
     tmp_path: Path,
 ) -> None:
@@ -1405,31 +1443,13 @@ async def test_a_conditional_update_by_id_reads_one_row_and_takes_the_simple_pat
     update is not compiled (neither lean path nor the engine's own update is
     called), its filter matched on the one row read. Run in process, the
     engine's calls are recorded."""
-    from mongoeco import AsyncMongoClient as EngineClient
-    from mongoeco.api._async import _database_admin_write_commands as write_commands
-
-    from hub.store.engine import HubSQLiteEngine, patch_update_command
-
-    service = write_commands.DatabaseAdminWriteCommandService
-    stock_update = service.command_update
-    patch_update_command()  # undone below: other tests compare with stock in process
-    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
-    client = EngineClient(engine)
-    await client.__aenter__()
-    try:
-        db = client["hub"]
+    async with update_patched_engine(tmp_path / "store.sqlite") as (engine, db):
         await db.conversations.insert_many(_update_documents(40))
         await db.conversations.create_index([("at", DESCENDING)])
         await db.conversations.create_index([("g", ASCENDING)])
-        calls: list[str] = []
-        for name in ("_compile_read_execution_plan", "_hub_engine_update", "_hub_lean_update"):
-            original = getattr(engine, name)
-
-            def recording(*args: Any, _name: str = name, _original: Any = original) -> Any:
-                calls.append(_name)
-                return _original(*args)
-
-            setattr(engine, name, recording)
+        calls = record_calls(
+            engine, ("_compile_read_execution_plan", "_hub_engine_update", "_hub_lean_update")
+        )
         later = {"$lt": BASE + timedelta(seconds=20)}
         moves = [{"sub.a": {"$ne": 1}}, {"at": later}]
         reply = await db.command(
@@ -1442,9 +1462,6 @@ async def test_a_conditional_update_by_id_reads_one_row_and_takes_the_simple_pat
                 "ordered": False,
             }
         )
-    finally:
-        service.command_update = stock_update
-        await client.close()
     assert (reply["n"], reply["nModified"]) == (2, 2)  # d001 and d002 are older than 20 s
     assert calls == []
 
@@ -1579,29 +1596,10 @@ def _direction(index: int) -> Any:
 async def test_an_increment_of_a_missing_field_takes_the_simple_path(tmp_path: Path) -> None:
     """A conversation opened before a count was kept (no `inbound` yet) is
     summarised by the simple path, not compiled: its `$inc` sets the field."""
-    from mongoeco import AsyncMongoClient as EngineClient
-    from mongoeco.api._async import _database_admin_write_commands as write_commands
-
-    from hub.store.engine import HubSQLiteEngine, patch_update_command
-
-    service = write_commands.DatabaseAdminWriteCommandService
-    stock_update = service.command_update
-    patch_update_command()  # undone below: other tests compare with stock in process
-    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
-    client = EngineClient(engine)
-    await client.__aenter__()
-    try:
-        db = client["hub"]
+    async with update_patched_engine(tmp_path / "store.sqlite") as (engine, db):
         await db.conversations.insert_many([{"_id": f"c{i}", "unread": 0} for i in range(3)])
         await db.conversations.create_index([("status", ASCENDING)])
-        calls: list[str] = []
-        original = engine._hub_lean_update
-
-        def recording(*args: Any) -> Any:
-            calls.append("lean")
-            return original(*args)
-
-        engine._hub_lean_update = recording  # type: ignore[method-assign]
+        calls = record_calls(engine, ("_hub_lean_update",))
         change = {"$set": {"status": "open"}, "$inc": {"unread": 1, "inbound": 1}}
         reply = await db.command(
             {
@@ -1610,9 +1608,6 @@ async def test_an_increment_of_a_missing_field_takes_the_simple_path(tmp_path: P
             }
         )
         stored = await db.conversations.find().sort("_id", 1).to_list()
-    finally:
-        service.command_update = stock_update
-        await client.close()
     assert (reply["n"], reply["nModified"]) == (3, 3)
     assert calls == []
     assert [list(d.items()) for d in stored] == [
@@ -1636,33 +1631,13 @@ async def test_two_simple_updates_of_one_document_read_and_write_it_once(
     written once, with both applied and its index entries as they end (a
     changed one changed in place: the same row); an update by another path
     between them sees the first one written."""
-    from mongoeco import AsyncMongoClient as EngineClient
-    from mongoeco.api._async import _database_admin_write_commands as write_commands
-
-    from hub.store.engine import HubSQLiteEngine, patch_update_command
-
-    service = write_commands.DatabaseAdminWriteCommandService
-    stock_update = service.command_update
-    patch_update_command()  # undone below: other tests compare with stock in process
-    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
-    client = EngineClient(engine)
-    await client.__aenter__()
-    try:
-        db = client["hub"]
+    async with update_patched_engine(tmp_path / "store.sqlite") as (engine, db):
         await db.conversations.create_index([("last_activity_at", DESCENDING)])
         await db.conversations.insert_many(
             [{"_id": f"c{i}", "last_activity_at": BASE, "unread": 0} for i in range(2)]
         )
         entries_before = _entry_rows(tmp_path / "store.sqlite")
-        calls: list[str] = []
-        for name in ("_hub_stored_document", "_hub_rewrite"):
-            original = getattr(engine, name)
-
-            def recording(*args: Any, name: str = name, original: Any = original) -> Any:
-                calls.append(name)
-                return original(*args)
-
-            setattr(engine, name, recording)
+        calls = record_calls(engine, ("_hub_stored_document", "_hub_rewrite"))
         later = BASE + timedelta(seconds=5)
         summary = [
             {
@@ -1693,9 +1668,6 @@ async def test_two_simple_updates_of_one_document_read_and_write_it_once(
             "unread": 2,
             "tags": ["vip"],
         }
-    finally:
-        service.command_update = stock_update
-        await client.close()
     # The changed entry was changed in place: the same rows, c0's with its new key.
     assert len(entries_before) == 2
     assert _entry_rows(tmp_path / "store.sqlite") == entries_before
@@ -1718,18 +1690,10 @@ async def test_a_batch_insert_deletes_no_entries_of_new_documents(
     )
     patch_insert_batch()
     engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
-    deletes: list[str] = []
-    for name in (
-        "_delete_scalar_entries_for_storage_key",
-        "_delete_multikey_entries_for_storage_key",
-    ):
-        original = getattr(engine, name)
-
-        def recording(*args: Any, name: str = name, original: Any = original) -> Any:
-            deletes.append(name)
-            return original(*args)
-
-        setattr(engine, name, recording)
+    deletes = record_calls(
+        engine,
+        ("_delete_scalar_entries_for_storage_key", "_delete_multikey_entries_for_storage_key"),
+    )
     client = EngineClient(engine)
     await client.__aenter__()
     try:
@@ -1754,33 +1718,13 @@ async def test_a_set_of_a_sparse_indexed_field_takes_the_simple_path(tmp_path: P
     """A sent message gains its provider's key (a sparse index: inbound messages,
     without one, have no entry) by the simple path, not compiled; its entry is
     made then, and found."""
-    from mongoeco import AsyncMongoClient as EngineClient
-    from mongoeco.api._async import _database_admin_write_commands as write_commands
-
-    from hub.store.engine import HubSQLiteEngine, patch_update_command
-
-    service = write_commands.DatabaseAdminWriteCommandService
-    stock_update = service.command_update
-    patch_update_command()  # undone below: other tests compare with stock in process
-    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
-    client = EngineClient(engine)
-    await client.__aenter__()
-    try:
-        db = client["hub"]
+    async with update_patched_engine(tmp_path / "store.sqlite") as (engine, db):
         await db.messages.create_index([("provider_key", ASCENDING)], sparse=True)
         await db.messages.create_index([("text", "text")], default_language="none")
         await db.messages.insert_many(
             [{"_id": f"m{i}", "text": "hi", "status": "queued"} for i in range(3)]
         )
-        calls: list[str] = []
-        for name in ("_hub_lean_update", "_hub_engine_update"):
-            original = getattr(engine, name)
-
-            def recording(*args: Any, name: str = name, original: Any = original) -> Any:
-                calls.append(name)
-                return original(*args)
-
-            setattr(engine, name, recording)
+        calls = record_calls(engine, ("_hub_lean_update", "_hub_engine_update"))
         reply = await db.command(
             {
                 "update": "messages",
@@ -1792,9 +1736,6 @@ async def test_a_set_of_a_sparse_indexed_field_takes_the_simple_path(tmp_path: P
         )
         found = await db.messages.find({"provider_key": "k1"}).to_list()
         none = await db.messages.find({"provider_key": None}).to_list()
-    finally:
-        service.command_update = stock_update
-        await client.close()
     assert (reply["n"], reply["nModified"]) == (2, 2)
     assert calls == []
     assert found == [{"_id": "m1", "text": "hi", "status": "sent", "provider_key": "k1"}]
