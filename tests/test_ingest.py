@@ -997,6 +997,56 @@ async def test_store_gone_between_message_and_summary_fails_the_batch_and_delive
         await reader.close()
 
 
+async def test_a_first_message_stored_while_its_sender_was_being_found_is_summarised_by_the_retry(
+    make_settings, private_store
+):
+    """A batch stores its messages while it finds (or creates) its senders: the
+    store went away after a new customer's message was in and before the sender
+    was found. The webhook gets a 503; the provider's retry makes one contact
+    and opens the conversation with the message counted."""
+    from channels.base import StoreUnavailable
+
+    settings = make_settings(store={"uri": private_store.uri, "server_selection_timeout_ms": 500})
+    async with TestClient(TestServer(build_app(settings))) as client:
+        hub = hub_of(client)
+        entered, release = asyncio.Event(), asyncio.Event()
+        find_or_prepare = hub.ingestor._find_or_prepare
+
+        async def held(wanted: Any) -> Any:
+            entered.set()
+            await release.wait()
+            return await find_or_prepare(wanted)
+
+        hub.ingestor._find_or_prepare = held
+        pending = asyncio.create_task(hub.ingest([text("F1", "first words")]))
+        await asyncio.wait_for(entered.wait(), 10)
+        try:
+            await eventually(lambda: hub.store.messages.count_documents({}))
+            await private_store.stop()  # the message is in; its sender is not found
+        finally:
+            release.set()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(pending, 30)
+    uri = await private_store.restart()
+    reader: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
+    try:
+        db = reader[settings.store.database]
+        assert [m["provider_id"] for m in await db.messages.find().to_list()] == ["F1"]
+        assert await db.conversations.count_documents({}) == 0
+        assert await db.identities.count_documents({}) == 0
+        settings = make_settings(store={"uri": uri, "server_selection_timeout_ms": 500})
+        async with TestClient(TestServer(build_app(settings))) as client:
+            retry = await post_inbound(client, MessageSid="F1", From=NUMBER, Body="first words")
+            assert (await retry.json())["duplicate"] is True
+        (contact,) = await db.contacts.find().to_list()
+        (conversation,) = await db.conversations.find().to_list()
+        assert conversation["contact_id"] == contact["_id"]
+        assert conversation["last_message"]["id"] == message_id_for("t1", "F1")
+        assert (conversation["unread"], conversation["inbound"]) == (1, 1)
+    finally:
+        await reader.close()
+
+
 async def test_a_small_batch_lingers_for_more_and_a_full_one_goes_at_once(hub_client, monkeypatch):
     import hub.services.ingest as ingest_module
 

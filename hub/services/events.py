@@ -22,7 +22,7 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from hub.model import Event
-from hub.store import Store, find_by_ids
+from hub.store import Store, find_by_ids, together
 
 log = logging.getLogger("hub.events")
 
@@ -130,12 +130,7 @@ class Events:
         if alongside is None:
             await self.store.events.insert_one(document)
         else:
-            outcomes = await asyncio.gather(
-                alongside, self.store.events.insert_one(document), return_exceptions=True
-            )
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            await together(alongside, self.store.events.insert_one(document))
         self.bus.deliver(events)
 
     async def poll_once(self) -> int:

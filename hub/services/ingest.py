@@ -46,7 +46,7 @@ from hub.services.contacts import name_from_channel, resolve_many
 from hub.services.events import Events
 from hub.services.messages import inbound_message_doc
 from hub.shapes import conversation_view, message_view
-from hub.store import Store, derived_id, find_by_ids, identity_id, insert_new
+from hub.store import Store, derived_id, find_by_ids, identity_id, insert_new, together
 
 log = logging.getLogger("hub.ingest")
 
@@ -575,23 +575,69 @@ class Ingestor:
         self._conversations.clear()
 
     async def _store_messages(self, events: list[InboundEvent]) -> _Stored:
-        """Stage one: find the senders' conversations (or prepare those of new
-        senders, their contacts created) and store the messages; the ones
-        already stored are left out (refused). A new sender's conversation is
-        opened by stage two, with its summary in the same insert."""
-        ids: list[tuple[str, str]] = []
-        contacts: dict[str, str] = {}
+        """Stage one: store the messages, and meanwhile find the senders'
+        conversations (or prepare those of new senders, their contacts
+        created); the messages already stored are left out (refused). A new
+        sender's conversation is opened by stage two, with its summary in the
+        same insert.
+
+        A message names its conversation, whose id is derived from the inbox,
+        the channel and the sender, and not its contact: it is stored without
+        waiting for the senders to be found. A message stored while finding
+        them failed is a message stored whose batch failed, as when stage two
+        fails: the provider's retry finds it stored and brings its conversation
+        up to it."""
         own = [
             conversation_id_for(e.inbox, e.medium, identity_id(e.sender.kind, e.sender.value))
             for e in events
         ]
-        # A conversation the adapter named (e-mail threading) wins over the sender's
-        # own; the senders' own conversations this process has not seen yet are
-        # found or prepared together, their new contacts with them.
+        # A conversation the adapter named (e-mail threading) wins over the sender's own.
+        contacts: dict[str, str] = {}
         hinted = [
             await self._hinted_conversation(event, contacts) if event.conversation_id else None
             for event in events
         ]
+        ids = [
+            (message_id_for(event.inbox, event.provider_id), hint or conv_id)
+            for event, hint, conv_id in zip(events, hinted, own, strict=True)
+        ]
+        # One document per provider message; a repeat inside the batch is a duplicate.
+        docs: list[dict[str, Any]] = []
+        first_index: dict[str, int] = {}
+        for index, (event, (msg_id, conv_id)) in enumerate(zip(events, ids, strict=True)):
+            if msg_id not in first_index:
+                first_index[msg_id] = index
+                docs.append(inbound_message_doc(event, msg_id, conv_id))
+
+        ids_sent = [d["_id"] for d in docs]
+        self._unfinished.update(ids_sent)  # before the insert: it may land before its answer
+        try:
+            taken, creating = await together(
+                insert_new(self.store.messages, docs),
+                self._senders_of(events, hinted, own, contacts),
+            )
+        except BaseException:
+            self._release(ids_sent)
+            raise
+        refused = {str(i) for i in taken}
+        self._release(refused)
+        # Stored: the next batches that write to them leave their opening to this one.
+        for conv_id, doc in creating.items():
+            self._opening.setdefault(conv_id, doc)
+        return _Stored(events, ids, contacts, docs, first_index, refused, creating)
+
+    async def _senders_of(
+        self,
+        events: list[InboundEvent],
+        hinted: list[str | None],
+        own: list[str],
+        contacts: dict[str, str],
+    ) -> dict[str, dict[str, Any]]:
+        """Fill `contacts` (conversation id -> contact id) for every event's
+        conversation: the senders' own conversations this process has not seen
+        yet are found or prepared together, their new contacts with them. The
+        conversations prepared and not in the store yet: this batch's, and
+        those an earlier batch still finishing prepared."""
         wanted: dict[str, tuple[str, str, IdentityRef]] = {}
         creating: dict[str, dict[str, Any]] = {}
         for event, hint, conv_id in zip(events, hinted, own, strict=True):
@@ -616,28 +662,7 @@ class Ingestor:
                         event.inbox, event.medium, event.sender, conv_id
                     )
                 contacts[conv_id] = contact_id
-            ids.append((message_id_for(event.inbox, event.provider_id), conv_id))
-
-        # One document per provider message; a repeat inside the batch is a duplicate.
-        docs: list[dict[str, Any]] = []
-        first_index: dict[str, int] = {}
-        for index, (event, (msg_id, conv_id)) in enumerate(zip(events, ids, strict=True)):
-            if msg_id not in first_index:
-                first_index[msg_id] = index
-                docs.append(inbound_message_doc(event, msg_id, conv_id))
-
-        ids_sent = [d["_id"] for d in docs]
-        self._unfinished.update(ids_sent)  # before the insert: it may land before its answer
-        try:
-            refused = {str(i) for i in await insert_new(self.store.messages, docs)}
-        except BaseException:
-            self._release(ids_sent)
-            raise
-        self._release(refused)
-        # Stored: the next batches that write to them leave their opening to this one.
-        for conv_id, doc in creating.items():
-            self._opening.setdefault(conv_id, doc)
-        return _Stored(events, ids, contacts, docs, first_index, refused, creating)
+        return creating
 
     def _release(self, message_ids: Iterable[str]) -> None:
         for message_id in message_ids:
@@ -718,11 +743,7 @@ class Ingestor:
             if updates:
                 await self.store.conversations.bulk_write(updates, ordered=False)
 
-        opening, updating = await asyncio.gather(open_new(), update_known(), return_exceptions=True)
-        for outcome in (opening, updating):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert isinstance(opening, set)
+        opening, _ = await together(open_new(), update_known())
         late = [
             update
             for conv_id in opening

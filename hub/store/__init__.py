@@ -11,10 +11,12 @@ rules that hold on a MongoDB replica set and on the embedded engine alike:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +125,17 @@ IDS_PER_COMMAND = 1000  # also the most the embedded engine looks up by primary 
 # The embedded engine refuses an `$in` on any other field past about 500 values
 # ("Expression tree is too large"): a list the hub builds stays under this.
 VALUES_PER_IN = 400
+
+
+async def together[A, B](first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Send two store commands at once (the first first) and wait for both; their
+    results. An error is raised once both are over, so neither is left running
+    behind the caller."""
+    one, two = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (one, two):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return one, two  # type: ignore[return-value]
 
 
 async def find_by_ids(
