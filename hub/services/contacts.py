@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -104,12 +104,23 @@ def _identity_doc(key: str, ref: IdentityRef, contact_id: str) -> dict[str, Any]
     }
 
 
+async def identity_owners(store: Store, keys: Iterable[str]) -> dict[str, str]:
+    """The contact of each of these identities (by key) that exists, read in one command."""
+    found = await find_by_ids(store.identities, list(keys), {"contact_id": 1})
+    return {key: str(doc["contact_id"]) for key, doc in found.items()}
+
+
 async def resolve_many(
-    store: Store, refs: Sequence[IdentityRef], *, created: set[str] | None = None
+    store: Store,
+    refs: Sequence[IdentityRef],
+    *,
+    created: set[str] | None = None,
+    read: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The contact of each identity (by its key, `kind:value`), the new ones
-    created together: one read of the identities, and for the new ones one
-    insert of their contacts and one of their identities, however many there are.
+    created together: one read of the identities (none if the caller `read`
+    them: `identity_owners` of all their keys), and for the new ones one insert
+    of their contacts and one of their identities, however many there are.
     The keys whose contact this call created are added to `created`, if given.
 
     As atomic as `resolve_contact`: the identity's `_id` decides, so an identity
@@ -119,8 +130,10 @@ async def resolve_many(
     wanted: dict[str, IdentityRef] = {}
     for ref in refs:
         wanted.setdefault(identity_id(ref.kind, ref.value), ref)
-    found = await find_by_ids(store.identities, list(wanted), {"contact_id": 1})
-    owners = {key: str(doc["contact_id"]) for key, doc in found.items()}
+    if read is None:
+        owners = await identity_owners(store, wanted)
+    else:
+        owners = {key: read[key] for key in wanted if key in read}
     new = {key: ref for key, ref in wanted.items() if key not in owners}
     if not new:
         return owners

@@ -42,7 +42,7 @@ from pymongo.errors import PyMongoError
 from hub.metrics import Metrics
 from hub.model import Event, IdentityRef, InboundEvent, utcnow
 from hub.ports import BotHook, IngestResult, NoBot, StoreUnavailable, UnstorableEvent
-from hub.services.contacts import name_from_channel, resolve_many
+from hub.services.contacts import identity_owners, name_from_channel, resolve_many
 from hub.services.events import Events
 from hub.services.messages import inbound_message_doc
 from hub.shapes import conversation_view, message_view
@@ -517,11 +517,12 @@ class Ingestor:
         """Of many conversations (conversation id -> its inbox, medium and sender):
         the contact of each that exists (remembered in the process), and the
         document of each that does not, not inserted, its sender's contact found
-        or created. Reads by `_id` only: the conversations, then the identities;
-        the new contacts and identities are written in one command each
+        or created. Reads by `_id` only: the conversations and the identities, at
+        once; the new contacts and identities are written in one command each
         (`resolve_many`), and a profile name given to a contact known before is
         set in one more (`name_from_channel`)."""
-        found = await self._contacts_of(wanted)
+        keys = {identity_id(sender.kind, sender.value) for _, _, sender in wanted.values()}
+        found, read = await together(self._contacts_of(wanted), identity_owners(self.store, keys))
         for conv_id, contact_id in found.items():
             self._conversations.put(conv_id, contact_id)
         missing = [conv_id for conv_id in wanted if conv_id not in found]
@@ -529,7 +530,9 @@ class Ingestor:
         if not missing:
             return found, prepared
         created: set[str] = set()
-        owners = await resolve_many(self.store, [wanted[c][2] for c in missing], created=created)
+        owners = await resolve_many(
+            self.store, [wanted[c][2] for c in missing], created=created, read=read
+        )
         now = utcnow()
         named: dict[str, str] = {}
         for conv_id in missing:
