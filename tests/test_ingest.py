@@ -302,6 +302,41 @@ async def test_the_next_batch_is_stored_while_the_last_is_finished_and_answered_
     assert created == ["a", *texts]
 
 
+async def test_the_next_batch_is_stored_while_the_last_creates_its_new_senders(hub_client):
+    """A batch's new contacts are created in a stage of their own: the next batch's
+    messages are stored meanwhile, and its own new senders wait for that stage."""
+    hub = hub_of(hub_client)
+    sub = hub.bus.subscribe()
+    entered, release = asyncio.Event(), asyncio.Event()
+    prepare = hub.ingestor._prepare
+
+    async def held(missing: Any, read: Any) -> Any:
+        if not release.is_set():
+            entered.set()
+            await release.wait()
+        return await prepare(missing, read)
+
+    hub.ingestor._prepare = held
+    first = asyncio.create_task(hub.ingest([from_number("C1", "+15554441000", "a")]))
+    await asyncio.wait_for(entered.wait(), 10)
+    texts = [f"b{n:02d}" for n in range(PIPELINE_MIN)]
+    second = asyncio.create_task(
+        hub.ingest([from_number(f"C2-{n}", f"+1555444{2000 + n}", t) for n, t in enumerate(texts)])
+    )
+    await eventually(
+        lambda: hub.store.messages.count_documents({}), lambda n: n == 1 + PIPELINE_MIN
+    )
+    await asyncio.sleep(0.05)
+    assert await hub.store.contacts.count_documents({}) == 0
+    assert not first.done() and not second.done()
+    release.set()
+    (one,), results = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert len({one.contact_id, *(r.contact_id for r in results)}) == 1 + PIPELINE_MIN
+    assert await hub.store.contacts.count_documents({}) == 1 + PIPELINE_MIN
+    created = [e.data["text"] for e in drain(sub) if e.type == "message.created"]
+    assert created == ["a", *texts]
+
+
 async def test_a_small_batch_waits_for_the_last_one_and_is_stored_after_it(hub_client):
     hub = hub_of(hub_client)
     entered, release = hold_second_stage(hub)
@@ -1010,14 +1045,14 @@ async def test_a_first_message_stored_while_its_sender_was_being_found_is_summar
     async with TestClient(TestServer(build_app(settings))) as client:
         hub = hub_of(client)
         entered, release = asyncio.Event(), asyncio.Event()
-        find_or_prepare = hub.ingestor._find_or_prepare
+        look_up = hub.ingestor._look_up
 
         async def held(wanted: Any) -> Any:
             entered.set()
             await release.wait()
-            return await find_or_prepare(wanted)
+            return await look_up(wanted)
 
-        hub.ingestor._find_or_prepare = held
+        hub.ingestor._look_up = held
         pending = asyncio.create_task(hub.ingest([text("F1", "first words")]))
         await asyncio.wait_for(entered.wait(), 10)
         try:

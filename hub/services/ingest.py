@@ -5,14 +5,14 @@ being written the next one gathers, so under load a handful of store round trips
 carries many messages, and when idle a message is written at once.
 
 Order of writes for a batch, and why:
-1. the conversation for each sender on that inbox and channel is found (its
-   `_id` is derived from inbox, medium and identity, so finding it is an `_id`
-   probe, one read for the batch's senders this process has not seen); for new
-   senders, their contacts and identities are created (one insert per
-   collection for the batch; the identity's `_id` decides between two processes)
-   and their conversations prepared, not yet written;
-2. the messages, in one `insert_many` whose `_id` is derived from inbox and
-   provider id: a provider's retry is refused by `_id` and reported as duplicate;
+1. the messages, in one `insert_many` whose `_id` is derived from inbox and
+   provider id: a provider's retry is refused by `_id` and reported as duplicate.
+   Beside it, the conversations of the senders this process has not seen are
+   read, with their identities (each conversation's `_id` is derived from inbox,
+   medium and identity, so both are `_id` probes, one read each for the batch);
+2. for new senders, their contacts and identities are created (one insert per
+   collection for the batch; the identity's `_id` decides between two
+   processes) and their conversations prepared, not yet written;
 3. the conversations' summaries (last message, unread, last inbound time,
    reopened), one set of updates per conversation however many messages it got;
    a new sender's conversation is inserted with its summary instead (one insert
@@ -21,6 +21,9 @@ Order of writes for a batch, and why:
 4. one event document for the whole batch.
 Only after all of them does a webhook get its answer; any store error before
 that answers 5xx, so the provider retries and nothing acknowledged is lost.
+A message is stored before its sender's contact exists: it names its
+conversation, not its contact, and the retry of a batch that failed after it
+was stored brings the conversation up to it.
 """
 
 from __future__ import annotations
@@ -236,8 +239,39 @@ GAP_CAP = 0.1
 
 
 @dataclass(slots=True)
+class _Found:
+    """A batch after stage one: its messages are stored, and the conversations
+    and identities of its senders this process did not know were read."""
+
+    events: list[InboundEvent]
+    hinted: list[str | None]  # the conversation the adapter named, per event
+    own: list[str]  # the sender's own conversation id, per event
+    ids: list[tuple[str, str]]  # (message id, conversation id) per event
+    contacts: dict[str, str]  # conversation id -> contact id, of those known so far
+    docs: list[dict[str, Any]]  # one per provider message
+    first_index: dict[str, int]  # message id -> the first event that carried it
+    refused: set[str]  # message ids that were stored already
+    looked_up: set[str]  # the conversation ids read (with their senders' identities)
+    read: dict[str, str]  # identity key -> contact id, of those read that exist
+
+    @property
+    def unfinished(self) -> list[str]:
+        """The message ids this batch stored."""
+        return [d["_id"] for d in self.docs if d["_id"] not in self.refused]
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A batch past stage one: `resolved` once its stage two is over (at once if
+    it had no sender to find or create), `task` its stages two and three."""
+
+    resolved: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
 class _Stored:
-    """A batch between the two stages: its messages are stored."""
+    """A batch after stage two: its messages stored, its senders resolved."""
 
     events: list[InboundEvent]
     ids: list[tuple[str, str]]  # (message id, conversation id) per event
@@ -341,52 +375,106 @@ class Ingestor:
     # -- the writer --------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        """Group commit in two stages, one batch in each at a time.
+        """Group commit in three stages, one batch in each at a time.
 
-        Stage one stores a batch's messages; stage two updates their
-        conversations, publishes the events and answers the waiting webhooks.
-        Under load (PIPELINE_MIN messages or more waiting), the next batch's
-        messages are stored while the last one's conversations are updated, so
-        the store is not left idle while this process turns a reply into its
-        next command. With fewer waiting, the next batch waits for the last one
-        and grows meanwhile: a few commands per batch cost less than per
-        message. For the same reason, while messages arrive often, a batch of
-        fewer than LINGER_MIN messages waits for more until its first message
-        is LINGER_SECONDS old. Stage two runs one batch at a time, in order, so
+        Stage one stores a batch's messages and reads the conversations and
+        identities of senders this process does not know; stage two creates
+        the contacts of new senders and prepares their conversations; stage
+        three updates (or opens) the conversations, publishes the events and
+        answers the waiting webhooks. Under load (PIPELINE_MIN messages or more
+        waiting), the next batch is stored while the last ones are in stages
+        two and three, so the store is not left idle while this process turns
+        a reply into its next command: a batch of new senders has three
+        batches in the store at once, one of known senders two (its stage two
+        has nothing to do). With fewer waiting, the next batch waits for the
+        last one and grows meanwhile: a few commands per batch cost less than
+        per message. For the same reason, while messages arrive often, a batch
+        of fewer than LINGER_MIN messages waits for more until its first
+        message is LINGER_SECONDS old. Stages two and three run one batch at a
+        time, in order: a batch's new senders are found by the next ones, and
         summaries and events follow the order messages were stored.
         """
-        finishing: asyncio.Task[None] | None = None
+        # Batches past stage one whose stage three is not over, oldest first;
+        # each one's stage three waits for the one before.
+        flight: list[_InFlight] = []
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                if finishing is not None and len(self._pending) < PIPELINE_MIN:
-                    await finishing
-                    finishing = None
+                flight = [f for f in flight if f.task is not None and not f.task.done()]
+                if flight and len(self._pending) < PIPELINE_MIN:
+                    await self._land(flight)
+                # Three batches at most: a third only while the last is in stage two.
+                while len(flight) >= 3 or (len(flight) == 2 and flight[-1].resolved.is_set()):
+                    await self._land(flight[:1])
+                    del flight[0]
                 await self._linger()
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
                 try:
-                    stored = await self._store_messages([p.event for p in batch])
+                    found = await self._store_messages([p.event for p in batch])
                 except Exception as error:
                     if len(batch) == 1 or _store_failed(error):
                         self._fail(batch, error)
                         continue
                     # Something in the batch cannot be written (one poisoned event):
                     # write each alone, so it costs no other customer's message.
-                    if finishing is not None:
-                        await finishing
-                        finishing = None
+                    await self._land(flight)
                     for item in batch:
                         await self._write_alone(item)
                     continue
-                if finishing is not None:
-                    await finishing
-                finishing = asyncio.create_task(self._finish(batch, stored))
+                previous = flight[-1] if flight else None
+                batch_flight = _InFlight(asyncio.Event())
+                if not self._has_senders_to_resolve(found):
+                    batch_flight.resolved.set()  # stage two has nothing to do
+                batch_flight.task = asyncio.create_task(
+                    self._resolve_and_finish(batch, found, previous, batch_flight.resolved)
+                )
+                flight.append(batch_flight)
             if self._closing and not self._pending:
-                if finishing is not None:
-                    await finishing
+                await self._land(flight)
                 return
+
+    @staticmethod
+    async def _land(flight: list[_InFlight]) -> None:
+        """Wait until these batches are finished (each waits for the one before)."""
+        if flight and flight[-1].task is not None:
+            await flight[-1].task
+
+    def _has_senders_to_resolve(self, found: _Found) -> bool:
+        """Whether stage two has a conversation to look for (one not known now)."""
+        return any(
+            hint is None and self._conversations.get(conv_id) is None
+            for hint, conv_id in zip(found.hinted, found.own, strict=True)
+        )
+
+    async def _resolve_and_finish(
+        self,
+        batch: list[_Pending],
+        found: _Found,
+        previous: _InFlight | None,
+        resolved: asyncio.Event,
+    ) -> None:
+        """Stages two and three of a batch, each after the batch before's."""
+        try:
+            if previous is not None:
+                await previous.resolved.wait()
+            try:
+                stored = await self._resolve(found)
+            except Exception as error:
+                if previous is not None and previous.task is not None:
+                    await previous.task
+                if len(batch) == 1 or _store_failed(error):
+                    self._fail(batch, error)
+                    return
+                for item in batch:  # as a poisoned batch in stage one
+                    await self._write_alone(item)
+                return
+        finally:
+            resolved.set()
+        if previous is not None and previous.task is not None:
+            await previous.task
+        await self._finish(batch, stored)
 
     async def _linger(self) -> None:
         """While messages arrive often and fewer than LINGER_MIN wait (or a full
@@ -431,9 +519,9 @@ class Ingestor:
                 item.future.set_result(result)
 
     async def _write_alone(self, item: _Pending) -> None:
-        """Both stages for one event of a batch that could not be written whole."""
+        """Every stage for one event of a batch that could not be written whole."""
         try:
-            stored = await self._store_messages([item.event])
+            stored = await self._resolve(await self._store_messages([item.event]))
         except Exception as error:
             self._fail([item], error)
             return
@@ -517,26 +605,47 @@ class Ingestor:
         """Of many conversations (conversation id -> its inbox, medium and sender):
         the contact of each that exists (remembered in the process), and the
         document of each that does not, not inserted, its sender's contact found
-        or created. Reads by `_id` only: the conversations and the identities, at
-        once; the new contacts and identities are written in one command each
-        (`resolve_many`), and a profile name given to a contact known before is
-        set in one more (`name_from_channel`)."""
+        or created (`_look_up`, then `_prepare`)."""
+        found, read = await self._look_up(wanted)
+        missing = {c: spec for c, spec in wanted.items() if c not in found}
+        return found, await self._prepare(missing, read)
+
+    async def _look_up(
+        self, wanted: Mapping[str, tuple[str, str, IdentityRef]]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Read these conversations (conversation id -> its inbox, medium and
+        sender) and their senders' identities, at once, by `_id`: the contact of
+        each conversation that exists (remembered in the process), and of each
+        identity that exists (by key)."""
+        if not wanted:
+            return {}, {}
         keys = {identity_id(sender.kind, sender.value) for _, _, sender in wanted.values()}
         found, read = await together(self._contacts_of(wanted), identity_owners(self.store, keys))
         for conv_id, contact_id in found.items():
             self._conversations.put(conv_id, contact_id)
-        missing = [conv_id for conv_id in wanted if conv_id not in found]
+        return found, read
+
+    async def _prepare(
+        self,
+        missing: Mapping[str, tuple[str, str, IdentityRef]],
+        read: Mapping[str, str] | None,
+    ) -> dict[str, dict[str, Any]]:
+        """The document of each of these conversations, which do not exist, not
+        inserted, its sender's contact found or created: the new contacts and
+        identities are written in one command each (`resolve_many`; `read` is
+        what `_look_up` read of their identities, or None to read them), and a
+        profile name given to a contact known before is set in one more
+        (`name_from_channel`)."""
         prepared: dict[str, dict[str, Any]] = {}
         if not missing:
-            return found, prepared
+            return prepared
         created: set[str] = set()
         owners = await resolve_many(
-            self.store, [wanted[c][2] for c in missing], created=created, read=read
+            self.store, [spec[2] for spec in missing.values()], created=created, read=read
         )
         now = utcnow()
         named: dict[str, str] = {}
-        for conv_id in missing:
-            inbox, medium, sender = wanted[conv_id]
+        for conv_id, (inbox, medium, sender) in missing.items():
             key = identity_id(sender.kind, sender.value)
             bot = self._bot_for(inbox, medium)
             prepared[conv_id] = new_conversation_doc(
@@ -549,7 +658,7 @@ class Ingestor:
                 named[owners[key]] = sender.name
         if named:
             await name_from_channel(self.store, named)
-        return found, prepared
+        return prepared
 
     def _bot_for(self, inbox: str, medium: str) -> str | None:
         """The bot that serves the inbox's conversations on `medium`, or None."""
@@ -577,19 +686,17 @@ class Ingestor:
         """Drop the cache of known conversations (after a merge or a deletion)."""
         self._conversations.clear()
 
-    async def _store_messages(self, events: list[InboundEvent]) -> _Stored:
-        """Stage one: store the messages, and meanwhile find the senders'
-        conversations (or prepare those of new senders, their contacts
-        created); the messages already stored are left out (refused). A new
-        sender's conversation is opened by stage two, with its summary in the
-        same insert.
+    async def _store_messages(self, events: list[InboundEvent]) -> _Found:
+        """Stage one: store the messages and, meanwhile, read the conversations
+        and identities of the senders this process does not know (`_look_up`);
+        the messages already stored are left out (refused).
 
         A message names its conversation, whose id is derived from the inbox,
         the channel and the sender, and not its contact: it is stored without
-        waiting for the senders to be found. A message stored while finding
-        them failed is a message stored whose batch failed, as when stage two
-        fails: the provider's retry finds it stored and brings its conversation
-        up to it."""
+        waiting for its sender. A message stored whose sender could not then
+        be found or created is a message stored whose batch failed, as when
+        stage three fails: the provider's retry finds it stored and brings its
+        conversation up to it."""
         own = [
             conversation_id_for(e.inbox, e.medium, identity_id(e.sender.kind, e.sender.value))
             for e in events
@@ -611,61 +718,80 @@ class Ingestor:
             if msg_id not in first_index:
                 first_index[msg_id] = index
                 docs.append(inbound_message_doc(event, msg_id, conv_id))
+        # The senders' own conversations neither known nor being opened by an
+        # earlier batch are read, with their identities.
+        wanted: dict[str, tuple[str, str, IdentityRef]] = {}
+        for event, hint, conv_id in zip(events, hinted, own, strict=True):
+            if (
+                hint is None
+                and self._conversations.get(conv_id) is None
+                and conv_id not in self._opening
+            ):
+                wanted.setdefault(conv_id, (event.inbox, event.medium, event.sender))
 
         ids_sent = [d["_id"] for d in docs]
         self._unfinished.update(ids_sent)  # before the insert: it may land before its answer
         try:
-            taken, creating = await together(
-                insert_new(self.store.messages, docs),
-                self._senders_of(events, hinted, own, contacts),
+            taken, (_, read) = await together(
+                insert_new(self.store.messages, docs), self._look_up(wanted)
             )
         except BaseException:
             self._release(ids_sent)
             raise
         refused = {str(i) for i in taken}
         self._release(refused)
-        # Stored: the next batches that write to them leave their opening to this one.
+        return _Found(
+            events, hinted, own, ids, contacts, docs, first_index, refused, set(wanted), read
+        )
+
+    async def _resolve(self, found: _Found) -> _Stored:
+        """Stage two: the contact of every event's conversation. A conversation
+        neither known nor being opened by an earlier batch (which stage three
+        of that batch, run before this one's, opens, or leaves to this one) is
+        prepared, not inserted, its sender's contact found or created; stage
+        three opens it, with its summary in the same insert. Run one batch at a
+        time, in order: a batch's new senders are found by the next ones."""
+        try:
+            events, hinted, own, contacts = found.events, found.hinted, found.own, found.contacts
+            creating: dict[str, dict[str, Any]] = {}
+            missing: dict[str, tuple[str, str, IdentityRef]] = {}
+            for event, hint, conv_id in zip(events, hinted, own, strict=True):
+                if hint is not None or conv_id in creating or conv_id in missing:
+                    continue
+                if self._conversations.get_fresh(conv_id) is None:
+                    opening = self._opening.get(conv_id)
+                    if opening is not None:
+                        creating[conv_id] = opening
+                    else:
+                        missing[conv_id] = (event.inbox, event.medium, event.sender)
+            # Identities stage one read are not read again. One a batch before
+            # this one created since is found by its identity's insert, which
+            # then loses (`resolve_many`): one contact still.
+            read = found.read if found.looked_up.issuperset(missing) else None
+            prepared = await self._prepare(missing, read)
+            creating.update(prepared)
+            for event, hint, sender_conv_id in zip(events, hinted, own, strict=True):
+                conv_id = hint or sender_conv_id
+                if conv_id not in contacts:
+                    contact_id = (
+                        creating[conv_id]["contact_id"]
+                        if conv_id in creating
+                        else self._conversations.get_fresh(conv_id)
+                    )
+                    if contact_id is None:  # forgotten meanwhile (a merge): look again
+                        contact_id = await self._ensure_conversation(
+                            event.inbox, event.medium, event.sender, conv_id
+                        )
+                    contacts[conv_id] = contact_id
+        except BaseException:
+            self._release(found.unfinished)
+            raise
+        # The next batches that write to them leave their opening to this one.
         for conv_id, doc in creating.items():
             self._opening.setdefault(conv_id, doc)
-        return _Stored(events, ids, contacts, docs, first_index, refused, creating)
-
-    async def _senders_of(
-        self,
-        events: list[InboundEvent],
-        hinted: list[str | None],
-        own: list[str],
-        contacts: dict[str, str],
-    ) -> dict[str, dict[str, Any]]:
-        """Fill `contacts` (conversation id -> contact id) for every event's
-        conversation: the senders' own conversations this process has not seen
-        yet are found or prepared together, their new contacts with them. The
-        conversations prepared and not in the store yet: this batch's, and
-        those an earlier batch still finishing prepared."""
-        wanted: dict[str, tuple[str, str, IdentityRef]] = {}
-        creating: dict[str, dict[str, Any]] = {}
-        for event, hint, conv_id in zip(events, hinted, own, strict=True):
-            if hint is None and self._conversations.get_fresh(conv_id) is None:
-                opening = self._opening.get(conv_id)
-                if opening is not None:  # an earlier batch, still finishing, opens it
-                    creating[conv_id] = opening
-                else:
-                    wanted.setdefault(conv_id, (event.inbox, event.medium, event.sender))
-        opened: dict[str, str] = {}
-        if wanted:
-            opened, prepared = await self._find_or_prepare(wanted)
-            creating.update(prepared)
-        for conv_id, doc in creating.items():
-            opened[conv_id] = doc["contact_id"]
-        for event, hint, sender_conv_id in zip(events, hinted, own, strict=True):
-            conv_id = hint or sender_conv_id
-            if conv_id not in contacts:
-                contact_id = opened.get(conv_id) or self._conversations.get_fresh(conv_id)
-                if contact_id is None:  # forgotten meanwhile (a merge): look again
-                    contact_id = await self._ensure_conversation(
-                        event.inbox, event.medium, event.sender, conv_id
-                    )
-                contacts[conv_id] = contact_id
-        return creating
+        return _Stored(
+            events, found.ids, contacts, found.docs, found.first_index, found.refused, creating
+        )
 
     def _release(self, message_ids: Iterable[str]) -> None:
         for message_id in message_ids:
