@@ -851,6 +851,37 @@ def test_the_checkpointer_copies_the_log_back_while_writes_go_on_and_empties_it_
     writer.close()
 
 
+def test_the_checkpointer_hurries_while_the_log_grows_and_rests_while_it_does_not(
+    tmp_path: Any,
+) -> None:
+    import time
+
+    from hub.store.engine import WalCheckpointer
+
+    path = str(tmp_path / "store.sqlite3")
+    writer = sqlite3.connect(path)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    writer.commit()
+    # Resting, it would not look again for half a minute.
+    checkpointer = WalCheckpointer(path, interval=30, busy_interval=0.01)
+    checkpointer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints < 5:
+            assert time.monotonic() < deadline, "no pass came while the log grew"
+            writer.execute("INSERT INTO t (v) VALUES (?)", ("x" * 2000,))
+            writer.commit()
+            time.sleep(0.005)
+        time.sleep(0.2)  # the log stops growing: one pass sees it, the next rests
+        rested = checkpointer.checkpoints
+        time.sleep(0.3)
+        assert checkpointer.checkpoints <= rested + 1
+    finally:
+        checkpointer.stop()
+    writer.close()
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_set_and_inc_of_top_level_fields_do_in_one_command_what_they_do_one_each(
     embedded_uri: str, db_name: str, seed: int
