@@ -814,6 +814,16 @@ def test_wire_encoding_keeps_plain_values_and_converts_the_rest_as_before() -> N
     assert BSON.encode(protocol.encode_wire_value(reply)) == expected
 
 
+def log_writer(path: str) -> sqlite3.Connection:
+    """A connection to a new database at `path` in write-ahead-log mode, with one
+    table, t (k, v), to write to."""
+    writer = sqlite3.connect(path)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    writer.commit()
+    return writer
+
+
 def test_the_checkpointer_copies_the_log_back_while_writes_go_on_and_empties_it_on_stop(
     tmp_path: Any,
 ) -> None:
@@ -822,11 +832,8 @@ def test_the_checkpointer_copies_the_log_back_while_writes_go_on_and_empties_it_
     from hub.store.engine import AUTOCHECKPOINT_PAGES, WalCheckpointer
 
     path = str(tmp_path / "store.sqlite3")
-    writer = sqlite3.connect(path)
-    writer.execute("PRAGMA journal_mode=WAL")
+    writer = log_writer(path)
     writer.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
-    writer.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
-    writer.commit()
     checkpointer = WalCheckpointer(path, interval=0.05)
     checkpointer.start()
     try:
@@ -859,10 +866,7 @@ def test_the_checkpointer_hurries_while_the_log_grows_and_rests_while_it_does_no
     from hub.store.engine import WalCheckpointer
 
     path = str(tmp_path / "store.sqlite3")
-    writer = sqlite3.connect(path)
-    writer.execute("PRAGMA journal_mode=WAL")
-    writer.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
-    writer.commit()
+    writer = log_writer(path)
     # Resting, it would not look again for half a minute.
     checkpointer = WalCheckpointer(path, interval=30, busy_interval=0.01)
     checkpointer.start()
