@@ -266,7 +266,7 @@ class _InFlight:
     it had no sender to find or create), `task` its stages two and three."""
 
     resolved: asyncio.Event
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None]
 
 
 @dataclass(slots=True)
@@ -401,7 +401,7 @@ class Ingestor:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                flight = [f for f in flight if f.task is not None and not f.task.done()]
+                flight = [f for f in flight if not f.task.done()]
                 if flight and len(self._pending) < PIPELINE_MIN:
                     await self._land(flight)
                 # Three batches at most: a third only while the last is in stage two.
@@ -424,13 +424,13 @@ class Ingestor:
                         await self._write_alone(item)
                     continue
                 previous = flight[-1] if flight else None
-                batch_flight = _InFlight(asyncio.Event())
+                resolved = asyncio.Event()
                 if not self._has_senders_to_resolve(found):
-                    batch_flight.resolved.set()  # stage two has nothing to do
-                batch_flight.task = asyncio.create_task(
-                    self._resolve_and_finish(batch, found, previous, batch_flight.resolved)
+                    resolved.set()  # stage two has nothing to do
+                task = asyncio.create_task(
+                    self._resolve_and_finish(batch, found, previous, resolved)
                 )
-                flight.append(batch_flight)
+                flight.append(_InFlight(resolved, task))
             if self._closing and not self._pending:
                 await self._land(flight)
                 return
@@ -438,7 +438,7 @@ class Ingestor:
     @staticmethod
     async def _land(flight: list[_InFlight]) -> None:
         """Wait until these batches are finished (each waits for the one before)."""
-        if flight and flight[-1].task is not None:
+        if flight:
             await flight[-1].task
 
     def _has_senders_to_resolve(self, found: _Found) -> bool:
@@ -462,7 +462,7 @@ class Ingestor:
             try:
                 stored = await self._resolve(found)
             except Exception as error:
-                if previous is not None and previous.task is not None:
+                if previous is not None:
                     await previous.task
                 if len(batch) == 1 or _store_failed(error):
                     self._fail(batch, error)
@@ -472,7 +472,7 @@ class Ingestor:
                 return
         finally:
             resolved.set()
-        if previous is not None and previous.task is not None:
+        if previous is not None:
             await previous.task
         await self._finish(batch, stored)
 
