@@ -40,7 +40,10 @@ export async function openConversation(id) {
   const conv = currentConv();
   await Promise.all([loadMessages(id), loadContact(conv.contact && conv.contact.id)]);
   if (conv.unread) markRead();
-  $('#reply-text').focus({ preventScroll: true });
+  // The thread loads after its head: an agent may already be typing elsewhere
+  // (a template's parameters, the subject), and keeps the focus there.
+  const typing = document.activeElement && document.activeElement.matches('input, textarea, select');
+  if (!typing) $('#reply-text').focus({ preventScroll: true });
 }
 
 export function scheduleMarkRead() {

@@ -8,6 +8,7 @@ filled is sent (the WhatsApp Cloud simulator receives it)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from hub.config import parse_settings
 from hub.model import IdentityRef
 from hub.ports import FileRefusal
 from hub.services.accounts import Passwords
+from hub.services.conversations import add_note
 from tests.api.conftest import FAST_HASHER, PASSWORD
 from tests.support.fakeprovider import FakeProvider
 from tests.support.waiting import eventually
@@ -189,6 +191,48 @@ async def test_a_closed_whatsapp_window_offers_the_templates_and_sends_one_fille
     sent = await eventually(lambda: _sent(wa), lambda s: len(s) == 1)
     assert sent[0]["template"]["name"] == "appointment_reminder"
     assert not pages.console_errors, pages.console_errors
+
+
+async def test_a_template_parameter_being_typed_keeps_the_focus_when_the_thread_loads(
+    ui: UiHub, pages: Pages
+) -> None:
+    """The templates can show before the thread's messages have loaded; the agent
+    already typing a parameter is not moved to the reply box when they arrive."""
+    assert ui.hub.ingestor is not None and ui.hub.store is not None
+    assert ui.hub.events is not None
+    conversation_id, _ = await ui.hub.ingestor.open_conversation(
+        "cloud", "whatsapp", IdentityRef(kind="phone", value=ANN)
+    )
+    conversation = await ui.hub.store.conversations.find_one({"_id": conversation_id})
+    assert conversation is not None
+    await add_note(
+        ui.hub.store, ui.hub.events, conversation, "Prefers mornings",
+        {"type": "agent", "id": ui.agent_id},
+    )
+    page = await pages.open()
+    await log_in(page, ui)
+    held: list[Any] = []
+
+    async def hold(route: Any) -> None:
+        held.append(route)
+
+    await page.route(re.compile(r"/api/conversations/[^/]+/messages\?"), hold)
+    await conv(page, conversation_id).click()
+    await page.select_option("#template-pick", label="appointment_reminder (en_US)")
+    first = page.locator("#template-params input").nth(0)
+    await first.fill("An")
+    await eventually(lambda: _held(held))
+    await held[0].continue_()
+    await expect(page.locator("#messages li.note")).to_contain_text("Prefers mornings")
+    await expect(first).to_be_focused()
+    await page.keyboard.type("n")
+    await expect(first).to_have_value("Ann")
+    await expect(page.locator("#reply-text")).to_have_value("")
+    assert not pages.console_errors, pages.console_errors
+
+
+async def _held(held: list[Any]) -> list[Any]:
+    return held
 
 
 async def _sent(wa: FakeWhatsApp) -> list[dict[str, Any]]:
