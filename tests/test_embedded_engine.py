@@ -703,6 +703,45 @@ def test_plain_encoding_gives_what_the_engines_codec_gives_or_refuses_as_it_does
     assert plain > 1000  # the fast path did take most documents
 
 
+@pytest.mark.usefixtures("unpatched_in_the_end")
+def test_stored_documents_are_decoded_as_the_engines_codec_decodes_them() -> None:
+    """`HubSQLiteEngine._deserialize_document` (every stored document the engine
+    reads) gives what the engine's own gives, of the same types, with number
+    wrappers kept or not; documents with tags it does not decode itself (bytes,
+    a Decimal128) are decoded by the engine's codec."""
+    from bson.regex import Regex
+    from mongoeco.core.codec import DocumentCodec
+    from mongoeco.core.json_compat import json_dumps_compact
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    from hub.store.engine import HubSQLiteEngine
+    from hub.store.engine.codec import plain_decode
+
+    encode = _fresh_codec().DocumentCodec.encode
+    rng = random.Random(31)
+    values = [{"_id": f"d{i}", "v": _random_value(rng)} for i in range(3000)]
+    others = [{"_id": "b", "v": b"bytes"}, {"_id": "n", "v": [Decimal128("1.5")]}]
+    others.append({"_id": "r", "v": {"when": BASE, "re": Regex("^a", "i")}})
+    payloads = []
+    for value in [*values, *others]:
+        outcome, encoded = _encoded_or_error(encode, value)
+        if outcome == "ok":  # a value the engine stores
+            payloads.append(json_dumps_compact(encoded, sort_keys=False))
+    shipped = SQLiteEngine.__new__(SQLiteEngine)
+    ours = HubSQLiteEngine.__new__(HubSQLiteEngine)
+    shipped._codec = ours._codec = DocumentCodec
+    decoded_here = 0
+    for payload in payloads:
+        for wrappers in (True, False):
+            expected = shipped._deserialize_document(payload, preserve_bson_wrappers=wrappers)
+            got = ours._deserialize_document(payload, preserve_bson_wrappers=wrappers)
+            assert _typed(got) == _typed(expected), payload
+        decoded_here += plain_decode(payload) is not None
+    assert len(payloads) > 2000
+    assert decoded_here > len(payloads) - 100  # the one parse took nearly all
+    assert all(plain_decode(json_dumps_compact(encode(v), sort_keys=False)) is None for v in others)
+
+
 def _typed(value: Any) -> Any:
     """A value with the type of each of its parts, to compare exactly."""
     if isinstance(value, dict):

@@ -14,10 +14,12 @@ Each is explained, and made, in the module of its concern:
   of whole documents, the batch insert (without copies of the wire's documents
   or deletes of a new document's entries), the insert's uniqueness scan only
   for numeric ids, and the change-stream outbox switched off;
-- `reads`: the seek and walk plans of a multi-document `find`, and the Decimal128
-  question answered from the query's operands;
-- `codec` and `wire`: a document checked once and encoded in one walk, and plain
-  wire values kept as they are, read and answered;
+- `reads`: the seek and walk plans of a multi-document `find`, the Decimal128
+  question answered from the query's operands, and every stored document
+  decoded through the codec's one parse;
+- `codec` and `wire`: a document checked once and encoded in one walk, a stored
+  one decoded as it is parsed, and plain wire values kept as they are, read and
+  answered;
 - `checkpoint`: the write-ahead log checkpointed from a thread of its own;
 - `text`: `$text` answered from SQLite FTS5, kept in step by triggers.
 

@@ -1,7 +1,8 @@
 """The codec: a document's values checked once per encoding, not once per
 nesting level, and a document of the plain types the hub writes checked and
 encoded, or taken into the engine's containers, in one walk
-(`patch_codec_validation`, `plain_encode`, `plain_internal`).
+(`patch_codec_validation`, `plain_encode`, `plain_internal`); and a stored
+document of those types decoded as it is parsed (`plain_decode`).
 
 With the wire decoding (`hub.store.engine.wire`), a fifth of the store's CPU per
 message.
@@ -10,6 +11,7 @@ message.
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 from typing import Any
 
@@ -24,6 +26,7 @@ from mongoeco.core.bson_scalars import (
     normalize_utc_bson_datetime,
 )
 from mongoeco.core.codec import DocumentCodec
+from mongoeco.types import ObjectId
 
 
 class _NotPlain(Exception):
@@ -110,6 +113,55 @@ def plain_internal(value: Any) -> Any:
     if kind is datetime.datetime or kind in OBJECT_ID_TYPES or kind in _NUMERIC_TAGS:
         return DocumentCodec.decode(plain_encode(value), preserve_bson_wrappers=True)
     raise _NOT_PLAIN
+
+
+_WRAPPERS: dict[str, Any] = {"int32": BsonInt32, "int64": BsonInt64, "double": BsonDouble}
+_UNWRAPPED: dict[str, Any] = {"int32": int, "int64": int, "double": float}
+
+
+def _tag_decoder(numbers: dict[str, Any]) -> Any:
+    """The `json.loads` hook of `plain_decode`: a date's, an ObjectId's or a
+    number wrapper's tag becomes its value, as the engine's codec decodes it
+    (`numbers`: how it decodes the wrappers); any other tag is left to the
+    engine's codec (`_NotPlain`), any other object kept as it is."""
+
+    def decode(obj: dict[str, Any]) -> Any:
+        if len(obj) == 1 and _MARKER in obj:
+            tag = obj[_MARKER]
+            if type(tag) is dict and len(tag) == 2 and "type" in tag and "value" in tag:
+                kind = tag["type"]
+                if kind == "datetime":
+                    return datetime.datetime.fromisoformat(tag["value"])
+                if kind == "objectid":
+                    return ObjectId(tag["value"])
+                number = numbers.get(kind)
+                if number is None:
+                    raise _NOT_PLAIN
+                if number is float or number is BsonDouble:
+                    return number(float(tag["value"]))
+                return number(int(tag["value"]))
+        return obj
+
+    return decode
+
+
+_DECODERS = {True: _tag_decoder(_WRAPPERS), False: _tag_decoder(_UNWRAPPED)}
+
+
+def plain_decode(payload: str, *, preserve_bson_wrappers: bool = True) -> dict[str, Any] | None:
+    """A stored document (the engine's JSON, always an object) decoded as the
+    engine's codec decodes it, in the parse: the engine parses it, then walks and
+    copies it once more to decode its tagged values, and asks for its decoder's
+    signature each time. Dates, ObjectIds and number wrappers (what the hub
+    stores) are decoded here; None for a document holding any other tagged value
+    (bytes, a Decimal128, a regex), which the engine's own decoding then decides."""
+    try:
+        document: dict[str, Any] = json.loads(
+            payload, object_hook=_DECODERS[bool(preserve_bson_wrappers)]
+        )
+    except _NotPlain:
+        return None
+    return document
 
 
 def patch_codec_validation() -> None:

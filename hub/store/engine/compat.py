@@ -117,6 +117,8 @@ NAMES: tuple[str, ...] = (
     "mongoeco.core.codec:DocumentCodec.encode",
     "mongoeco.core.codec:DocumentCodec.to_internal",
     "mongoeco.core.codec:DocumentCodec._MARKER",
+    "mongoeco.core.codec:DocumentCodec.decode",
+    "mongoeco.types:ObjectId",
     "mongoeco.core.codec:_InternalBsonDocument",
     "mongoeco.core.codec:_InternalBsonArray",
     "mongoeco.core.bson_scalars:INT64_MAX",
@@ -204,6 +206,7 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     ),
     f"{ENGINE}._scalar_value_signature_for_document": ("self", "document", "field"),
     f"{ENGINE}._run_blocking": ("self", "func", "args", "kwargs"),
+    f"{ENGINE}._deserialize_document": ("self", "payload", "preserve_bson_wrappers"),
     f"{ENGINE}._physical_scalar_index_name": ("self", "db_name", "coll_name", "index_name"),
     f"{ENGINE}._physical_multikey_index_name": ("self", "db_name", "coll_name", "index_name"),
     f"{ENGINE}._backfill_scalar_indexes_sync": ("self", "conn"),
@@ -359,7 +362,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 # "module:Class": attributes its constructor sets on the object, which the
 # engine reads.
 INSTANCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    ENGINE: ("_path", "_lock", "_pending_connection"),
+    ENGINE: ("_path", "_lock", "_pending_connection", "_codec"),
     # what a dedicated reader kept for the next read (`layout.ReaderPool`) clears
     "mongoeco.engines._sqlite_connection:SQLiteConnection": ("_catalog_data_version",),
     "mongoeco.api._async.collection:AsyncCollection": (
@@ -473,6 +476,11 @@ COPIED: dict[str, str] = {
     # `patch_insert_batch` leaves out its deletes of a new document's entries
     # (they follow an insert where no document was)
     "mongoeco.engines._sqlite_write_ops:insert_document_batch": "9f6f0624acf97713",
+    # `HubSQLiteEngine._deserialize_document` stands in for it, and
+    # `codec.plain_decode` decodes dates and ObjectIds as the codec does
+    f"{ENGINE}._deserialize_document": "7b20558fb2878f06",
+    "mongoeco.core.codec:DocumentCodec.decode": "4b56dbb1c189fd50",
+    "mongoeco.core.codec:DocumentCodec._is_tagged_value": "38a9b5b1977bc0a4",
 }
 
 

@@ -1,4 +1,5 @@
-"""The read plans: two index paths the engine's multi-document `find` lacks.
+"""The read plans: two index paths the engine's multi-document `find` lacks;
+and every stored document decoded as it is parsed (`codec.plain_decode`).
 
 - Before a query that follows a write, the engine scans the collection for
   Decimal128 values in the queried fields; the hub stores none, so the question
@@ -34,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
+from mongoeco.core.codec import DocumentCodec
 from mongoeco.core.paths import get_document_value
 from mongoeco.core.query_plan import (
     AndCondition,
@@ -51,6 +53,7 @@ from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.engines.sqlite_planner import SQLiteReadExecutionPlan
 
 from hub.store import IDS_PER_COMMAND
+from hub.store.engine.codec import plain_decode
 
 # Index element types whose keys sort, within their type, as BSON orders the values.
 ORDERED_KEY_TYPES = frozenset({"null", "number", "string", "bool", "datetime", "objectid"})
@@ -131,6 +134,20 @@ class HubReadsEngine(SQLiteEngine):
         elif signature[0] not in ORDERED_KEY_TYPES:
             self._hub_seen_unordered.add(field)
         return signature
+
+    def _deserialize_document(  # type: ignore[override]
+        self, payload: str, *, preserve_bson_wrappers: bool = True
+    ) -> Any:
+        # Every stored document the engine reads (a find's, an update's, a
+        # unique check's) comes through here: decoded as it is parsed
+        # (`codec.plain_decode`) unless it holds a tag only the codec decodes.
+        if self._codec is DocumentCodec and DocumentCodec._MARKER in payload:
+            document = plain_decode(payload, preserve_bson_wrappers=preserve_bson_wrappers)
+            if document is not None:
+                return document
+        return super()._deserialize_document(
+            payload, preserve_bson_wrappers=preserve_bson_wrappers
+        )
 
     # -- the row check used by both index paths ------------------------------------
 
