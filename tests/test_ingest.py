@@ -717,6 +717,49 @@ async def test_a_batch_from_known_senders_reads_their_conversations_in_one_comma
     assert await hub.store.messages.count_documents({}) == 40
 
 
+async def test_identities_are_read_beside_the_conversations_only_while_new_senders_come(
+    hub_client,
+):
+    """Known senders a process meets for the first time cost one read (their
+    conversations); their identities are read beside it only after a batch
+    found a conversation missing, and a new sender among known ones is still
+    found or created once, its identity read when it is prepared."""
+    hub = hub_of(hub_client)
+    senders = [phone(f"+1555123{n:04d}") for n in range(20)]
+
+    async def batch(tag: str, people: list[IdentityRef]) -> dict[tuple[str, str], int]:
+        before = dict(hub.store.commands.on)
+        await hub.ingest(
+            [
+                InboundText(inbox="t1", medium="sms", provider_id=f"{tag}{n}", sender=s, text=tag)
+                for n, s in enumerate(people)
+            ]
+        )
+        reads = (("find", "conversations"), ("find", "identities"), ("insert", "contacts"))
+        return {key: hub.store.commands.on[key] - before.get(key, 0) for key in reads}
+
+    await batch("A", senders)  # new senders: their identities are read beside
+    hub.ingestor.forget_conversations()  # as a freshly started process knows none
+    await batch("B", senders)  # after new ones, read beside again, all found
+    hub.ingestor.forget_conversations()
+    known = await batch("C", senders)
+    assert known == {
+        ("find", "conversations"): 1,
+        ("find", "identities"): 0,
+        ("insert", "contacts"): 0,
+    }
+    hub.ingestor.forget_conversations()
+    newcomer = phone("+15559870001")
+    mixed = await batch("D", [*senders[:5], newcomer])
+    assert mixed == {
+        ("find", "conversations"): 1,
+        ("find", "identities"): 1,  # the newcomer's, when it is prepared
+        ("insert", "contacts"): 1,
+    }
+    assert len(await hub.store.contacts.distinct("_id")) == 21
+    assert await hub.store.messages.count_documents({"conversation_id": {"$exists": True}}) == 66
+
+
 # -- what is stored for each kind of event ------------------------------------------------
 
 
@@ -1056,10 +1099,10 @@ async def test_a_first_message_stored_while_its_sender_was_being_found_is_summar
         entered, release = asyncio.Event(), asyncio.Event()
         look_up = hub.ingestor._look_up
 
-        async def held(wanted: Any) -> Any:
+        async def held(wanted: Any, *, senders: bool) -> Any:
             entered.set()
             await release.wait()
-            return await look_up(wanted)
+            return await look_up(wanted, senders=senders)
 
         hub.ingestor._look_up = held
         pending = asyncio.create_task(hub.ingest([text("F1", "first words")]))

@@ -251,7 +251,7 @@ class _Found:
     docs: list[dict[str, Any]]  # one per provider message
     first_index: dict[str, int]  # message id -> the first event that carried it
     refused: set[str]  # message ids that were stored already
-    looked_up: set[str]  # the conversation ids read (with their senders' identities)
+    looked_up: set[str]  # the conversation ids whose senders' identities were read
     read: dict[str, str]  # identity key -> contact id, of those read that exist
 
     @property
@@ -310,6 +310,12 @@ class Ingestor:
         # whose messages are stored and which a batch's second stage is to open
         # (with their summary, in one insert); gone once that stage is over.
         self._opening: dict[str, dict[str, Any]] = {}
+        # Whether the last conversations read had one missing: new senders come
+        # in runs (an advert, a campaign's replies), so the next batch's
+        # identities are then read beside its conversations, saving its second
+        # stage a store turn; known senders, whose conversations are found,
+        # are not worth the read.
+        self._new_senders_lately = False
         # Message ids handed to the store by this process whose batch is not
         # finished: stored, or about to be, but not in their summaries yet.
         self._unfinished: Counter[str] = Counter()
@@ -377,8 +383,9 @@ class Ingestor:
     async def _write_loop(self) -> None:
         """Group commit in three stages, one batch in each at a time.
 
-        Stage one stores a batch's messages and reads the conversations and
-        identities of senders this process does not know; stage two creates
+        Stage one stores a batch's messages and reads the conversations of
+        senders this process does not know (and their identities, while new
+        senders are coming); stage two creates
         the contacts of new senders and prepares their conversations; stage
         three updates (or opens) the conversations, publishes the events and
         answers the waiting webhooks. Under load (PIPELINE_MIN messages or more
@@ -606,21 +613,27 @@ class Ingestor:
         the contact of each that exists (remembered in the process), and the
         document of each that does not, not inserted, its sender's contact found
         or created (`_look_up`, then `_prepare`)."""
-        found, read = await self._look_up(wanted)
+        found, read = await self._look_up(wanted, senders=True)
         missing = {c: spec for c, spec in wanted.items() if c not in found}
         return found, await self._prepare(missing, read)
 
     async def _look_up(
-        self, wanted: Mapping[str, tuple[str, str, IdentityRef]]
+        self, wanted: Mapping[str, tuple[str, str, IdentityRef]], *, senders: bool
     ) -> tuple[dict[str, str], dict[str, str]]:
         """Read these conversations (conversation id -> its inbox, medium and
-        sender) and their senders' identities, at once, by `_id`: the contact of
-        each conversation that exists (remembered in the process), and of each
-        identity that exists (by key)."""
+        sender) and, with `senders`, their senders' identities, at once, by
+        `_id`: the contact of each conversation that exists (remembered in the
+        process), and of each identity that exists (by key)."""
         if not wanted:
             return {}, {}
-        keys = {identity_id(sender.kind, sender.value) for _, _, sender in wanted.values()}
-        found, read = await together(self._contacts_of(wanted), identity_owners(self.store, keys))
+        read: dict[str, str] = {}
+        if not senders:
+            found = await self._contacts_of(wanted)
+        else:
+            keys = {identity_id(sender.kind, sender.value) for _, _, sender in wanted.values()}
+            found, read = await together(
+                self._contacts_of(wanted), identity_owners(self.store, keys)
+            )
         for conv_id, contact_id in found.items():
             self._conversations.put(conv_id, contact_id)
         return found, read
@@ -688,8 +701,9 @@ class Ingestor:
 
     async def _store_messages(self, events: list[InboundEvent]) -> _Found:
         """Stage one: store the messages and, meanwhile, read the conversations
-        and identities of the senders this process does not know (`_look_up`);
-        the messages already stored are left out (refused).
+        of the senders this process does not know, and their identities while
+        new senders are coming (`_look_up`); the messages already stored are
+        left out (refused).
 
         A message names its conversation, whose id is derived from the inbox,
         the channel and the sender, and not its contact: it is stored without
@@ -730,18 +744,22 @@ class Ingestor:
                 wanted.setdefault(conv_id, (event.inbox, event.medium, event.sender))
 
         ids_sent = [d["_id"] for d in docs]
+        senders = self._new_senders_lately
         self._unfinished.update(ids_sent)  # before the insert: it may land before its answer
         try:
-            taken, (_, read) = await together(
-                insert_new(self.store.messages, docs), self._look_up(wanted)
+            taken, (found, read) = await together(
+                insert_new(self.store.messages, docs), self._look_up(wanted, senders=senders)
             )
         except BaseException:
             self._release(ids_sent)
             raise
+        if wanted:
+            self._new_senders_lately = len(found) < len(wanted)
         refused = {str(i) for i in taken}
         self._release(refused)
+        looked_up = set(wanted) if senders else set()
         return _Found(
-            events, hinted, own, ids, contacts, docs, first_index, refused, set(wanted), read
+            events, hinted, own, ids, contacts, docs, first_index, refused, looked_up, read
         )
 
     async def _resolve(self, found: _Found) -> _Stored:
