@@ -385,10 +385,10 @@ class Ingestor:
 
         Stage one stores a batch's messages and reads the conversations of
         senders this process does not know (and their identities, while new
-        senders are coming); stage two creates
-        the contacts of new senders and prepares their conversations; stage
-        three updates (or opens) the conversations, publishes the events and
-        answers the waiting webhooks. Under load (PIPELINE_MIN messages or more
+        senders are coming); stage two creates the contacts of new senders and
+        prepares their conversations; stage three updates (or opens) the
+        conversations, publishes the events and answers the waiting webhooks.
+        Under load (PIPELINE_MIN messages or more
         waiting), the next batch is stored while the last ones are in stages
         two and three, so the store is not left idle while this process turns
         a reply into its next command: a batch of new senders has three

@@ -477,7 +477,8 @@ COPIED: dict[str, str] = {
     # (they follow an insert where no document was)
     "mongoeco.engines._sqlite_write_ops:insert_document_batch": "9f6f0624acf97713",
     # `HubSQLiteEngine._deserialize_document` stands in for it, and
-    # `codec.plain_decode` decodes dates and ObjectIds as the codec does
+    # `codec.plain_decode` decodes dates, ObjectIds and number wrappers as the
+    # codec does
     f"{ENGINE}._deserialize_document": "7b20558fb2878f06",
     "mongoeco.core.codec:DocumentCodec.decode": "4b56dbb1c189fd50",
     "mongoeco.core.codec:DocumentCodec._is_tagged_value": "38a9b5b1977bc0a4",
