@@ -31,6 +31,7 @@ import dataclasses
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -96,6 +97,15 @@ def _id_values(clause: Any) -> tuple[Any, ...] | None:
     if not all(type(v) in (str, ObjectId) for v in values):
         return None
     return values
+
+
+def _unordered_score_ranges(score_of: Callable[[str], int]) -> list[tuple[int, int]]:
+    """The open ranges of index type scores that no ordered key type has: an
+    entry's type is unordered exactly when its score is in one (every type the
+    engine gives an entry scores apart from the ordered ones)."""
+    ordered = sorted({score_of(kind) for kind in ORDERED_KEY_TYPES})
+    bounds = [-(2**62), *ordered, 2**62]
+    return [(low, high) for low, high in itertools.pairwise(bounds) if high - low > 1]
 
 
 class HubReadsEngine(SQLiteEngine):
@@ -195,7 +205,15 @@ class HubReadsEngine(SQLiteEngine):
     def _hub_read_fact(
         self, db_name: str, coll_name: str, field: str, kind: str, index: Any
     ) -> bool:
+        """A fact read from the stored data, from the index entries where they
+        tell it: the engine's own answer for arrays parses every document of the
+        collection (3.4 s at 1,000,000 messages, the store's one loop held)."""
         if kind == "array":
+            # An array (or a sub-document, or no value) has no entry in a
+            # single-field index: where every document has one, none holds an
+            # array. The gap is two counts of index rows (0.2 s at 1,000,000).
+            if index is not None and not self._hub_fact(db_name, coll_name, field, "gap", index):
+                return False
             return bool(
                 SQLiteEngine._field_is_top_level_array_in_collection(
                     self, db_name, coll_name, field
@@ -216,22 +234,28 @@ class HubReadsEngine(SQLiteEngine):
                 (collection_id, index["name"]),
             ).fetchone()
             return int(entries) != int(documents)
-        marks = ", ".join("?" for _ in ORDERED_KEY_TYPES)
-        row = conn.execute(
-            "SELECT 1 FROM scalar_index_entries "  # noqa: S608
-            "WHERE collection_id = ? AND index_name = ? "
-            f"AND element_type NOT IN ({marks}) LIMIT 1",
-            (collection_id, index["name"], *sorted(ORDERED_KEY_TYPES)),
-        ).fetchone()
-        return row is not None
+        # An entry of another type: sought by its type's score, which the shared
+        # index holds (its element type is only in the table: reading it for
+        # every entry took 1.1 s at 1,000,000 messages). Each range between the
+        # ordered types' scores is one seek.
+        for low, high in _unordered_score_ranges(self._multikey_type_score):
+            row = conn.execute(
+                "SELECT 1 FROM scalar_index_entries WHERE collection_id = ? AND index_name = ? "
+                "AND type_score > ? AND type_score < ? LIMIT 1",
+                (collection_id, index["name"], low, high),
+            ).fetchone()
+            if row is not None:
+                return True
+        return False
 
     def _field_is_top_level_array_in_collection(  # type: ignore[override]
         self, db_name: str, coll_name: str, field: str
     ) -> bool:
         if field == "_id":
             return False  # an `_id` is never an array (the engine refuses one)
-        if "." not in field and self._find_scalar_sort_index(db_name, coll_name, field):
-            return self._hub_fact(db_name, coll_name, field, "array", None)
+        index = None if "." in field else self._find_scalar_sort_index(db_name, coll_name, field)
+        if index is not None:
+            return self._hub_fact(db_name, coll_name, field, "array", index)
         return bool(super()._field_is_top_level_array_in_collection(db_name, coll_name, field))
 
     def _hub_equality_index(self, db_name: str, coll_name: str, field: str) -> Any:
