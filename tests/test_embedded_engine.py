@@ -2439,18 +2439,26 @@ async def test_the_first_reads_after_a_start_learn_a_fields_facts_from_its_index
                 await coll.find({"conv": "c3"}).to_list(),
                 await coll.find({}).sort([("at", DESCENDING)]).limit(3).to_list(),
                 await coll.find({"pending": True}).to_list(),
+                await coll.find({"at": {"$gte": BASE + timedelta(390)}}).to_list(),
             )
     parsed = [s for s in statements if "= 'array' LIMIT 1" in s]  # the engine's array check
     row_reads = [s for s in statements if "element_type NOT IN" in s]
-    # Every fact came from index entries: no document was parsed for it.
-    assert parsed == []
+    # The plain collection's facts came from its index entries alone: none of its
+    # documents was parsed for one. (The mixed one's `at` lacks an entry in one
+    # document, its bytes: whether that is an array is read from the documents.)
+    assert [s for s in parsed if "'plain'" in s] == []
     assert row_reads == []
     # The plain collection is sought and walked through its indexes; the mixed
     # one's array and bytes key were found, so it is not.
-    assert plans["plain"][-3:] == ["hub-index-seek", "hub-index-walk", "hub-index-seek"]
-    assert [s.startswith("hub-") for s in plans["mixed"]] == [False, False, True]
+    seek, walk = "hub-index-seek", "hub-index-walk"
+    assert plans["plain"][-4:] == [seek, walk, seek, seek]
+    # The mixed one holds no array at `at`, where every document has an entry.
+    assert [s.startswith("hub-") for s in plans["mixed"]] == [False, False, True, True]
     for name, docs in (("plain", plain), ("mixed", mixed)):
-        matches, newest, pending = found[name]
+        matches, newest, pending, late = found[name]
+        dates = [d for d in docs if isinstance(d["at"], datetime)]
+        later = [d["_id"] for d in dates if d["at"] >= BASE + timedelta(390)]
+        assert [d["_id"] for d in late] == later
         assert [d["_id"] for d in pending] == [d["_id"] for d in docs if d.get("pending")]
         expected = [d for d in docs if d["conv"] in ("c3", ["c3", "c5"])]
         assert sorted(d["_id"] for d in matches) == [d["_id"] for d in expected]
@@ -2459,9 +2467,9 @@ async def test_the_first_reads_after_a_start_learn_a_fields_facts_from_its_index
 
 
 def test_every_unordered_key_type_scores_apart_from_the_ordered_ones() -> None:
-    """The unordered-values fact seeks index entries by type score: every key type
-    the engine makes (here from one value of each BSON kind) is unordered
-    exactly when its score is outside the ordered types' scores."""
+    """The unordered-values fact seeks index entries by type score: each key type
+    the engine makes from one value of each BSON kind is unordered exactly when
+    its score is outside the ordered types' scores."""
     import uuid
 
     from bson import Binary, Code, MaxKey, MinKey, Regex, Timestamp

@@ -482,6 +482,13 @@ COPIED: dict[str, str] = {
     f"{ENGINE}._deserialize_document": "7b20558fb2878f06",
     "mongoeco.core.codec:DocumentCodec.decode": "4b56dbb1c189fd50",
     "mongoeco.core.codec:DocumentCodec._is_tagged_value": "38a9b5b1977bc0a4",
+    # The index facts (`reads.HubReadsEngine._hub_read_fact`) read what these
+    # write: a multikey entry for each keyed element of an array, and each key
+    # type's score
+    f"{ENGINE}._extract_multikey_entries": "e9a6c802142805fe",
+    f"{ENGINE}._build_multikey_rows_for_document": "0f0e773fedbe3365",
+    f"{ENGINE}._multikey_value_signature": "f6b7838a5a330a7c",
+    f"{ENGINE}._multikey_type_score": "314dbf482ab7479f",
 }
 
 

@@ -210,11 +210,11 @@ class HubReadsEngine(SQLiteEngine):
         tell it: the engine's own answer for arrays parses every document of the
         collection (3.4 s at 1,000,000 messages, the store's one loop held)."""
         if kind == "elements":
-            # Whether an array holds an element an equality or a range of the
-            # seeks could match: the engine writes each such element's key among
-            # the index's multikey entries (an index it made multikey, as it
-            # makes every single-field one). An empty array, or one of
-            # sub-documents, matches none of them. One seek.
+            # Whether an array holds an element an equality of the seeks (a
+            # string, bool, date or ObjectId) could match: the engine writes each
+            # such element's key among the index's multikey entries (an index it
+            # made multikey, as it makes every single-field one). An empty array,
+            # or one of sub-documents, matches none of them. One seek.
             if not index.get("multikey"):
                 return self._hub_fact(db_name, coll_name, field, "array", index)
             conn = self._require_connection()
@@ -384,7 +384,10 @@ class HubReadsEngine(SQLiteEngine):
             if type(clause) not in RANGE_OPERATORS or "." in field or field == "_id":
                 continue
             index = self._find_scalar_sort_index(db_name, coll_name, field)
-            if index is None or self._hub_fact(db_name, coll_name, field, "elements", index):
+            # Any array (not only one with keyed elements): the engine's own
+            # matcher compares a range with an array's sub-documents too, and a
+            # seek answers as it does.
+            if index is None or self._hub_fact(db_name, coll_name, field, "array", index):
                 continue
             ranges = [c for c in clauses if type(c) in RANGE_OPERATORS]
             usable = [b for b in (self._entry_condition(c, field) for c in ranges) if b]
