@@ -2494,3 +2494,31 @@ def test_every_unordered_key_type_scores_apart_from_the_ordered_ones() -> None:
             unordered = any(low < score < high for low, high in ranges)
             assert unordered == (kind not in ORDERED_KEY_TYPES), (kind, score)
     assert kinds >= ORDERED_KEY_TYPES | {"bytes", "uuid"}
+
+
+async def test_a_text_index_on_one_field_is_not_sought_or_walked_as_an_ordered_one(
+    private_store: Any,
+) -> None:
+    """The contacts' `words` index is a text index on `name` alone: the engine
+    took it for an ordered index on `name`, which has no entries, so an equality
+    on `name` found nothing, and (once the engine's rebuild of the entries had
+    named it, after a mongoeco version change) so did a page sorted by `name`."""
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(private_store.uri)
+    people = client.hub.people
+    await people.create_index([("name", "text")], default_language="none", name="words")
+    await people.insert_many([{"_id": f"p{i}", "name": f"n{i}", "n": i} for i in range(12)])
+    await client.close()
+    database = private_store.data_dir / "hub.sqlite3"
+    with sqlite3.connect(database) as conn:  # as a mongoeco version change does
+        conn.execute("DELETE FROM hub_engine_meta WHERE key = 'scalar_entries'")
+    uri = await private_store.restart()
+    client = AsyncMongoClient(uri)
+    people = client.hub.people
+    try:
+        assert [d["_id"] for d in await people.find({"name": "n3"}).to_list()] == ["p3"]
+        newest = await people.find({}).sort([("name", DESCENDING)]).limit(2).to_list()
+        assert [d["name"] for d in newest] == ["n9", "n8"]
+        found = await people.find({"$text": {"$search": "n5"}}).to_list()
+        assert [d["_id"] for d in found] == ["p5"]
+    finally:
+        await client.close()

@@ -482,6 +482,8 @@ COPIED: dict[str, str] = {
     f"{ENGINE}._deserialize_document": "7b20558fb2878f06",
     "mongoeco.core.codec:DocumentCodec.decode": "4b56dbb1c189fd50",
     "mongoeco.core.codec:DocumentCodec._is_tagged_value": "38a9b5b1977bc0a4",
+    # `HubReadsEngine._find_scalar_sort_index` is a copy of it, less text indexes
+    f"{ENGINE}._find_scalar_sort_index": "3ac1f465fa1b1f78",
     # The index facts (`reads.HubReadsEngine._hub_read_fact`) read what these
     # write: a multikey entry for each keyed element of an array, and each key
     # type's score

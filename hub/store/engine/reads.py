@@ -276,6 +276,23 @@ class HubReadsEngine(SQLiteEngine):
             return self._hub_fact(db_name, coll_name, field, "array", index)
         return bool(super()._field_is_top_level_array_in_collection(db_name, coll_name, field))
 
+    def _find_scalar_sort_index(self, db_name: str, coll_name: str, field: str) -> Any:
+        """The engine's own choice of a plain single-field index, less a text index
+        on the field: the engine took that too (its record names the shared
+        physical index), but it has no entries of this kind, so every seek or
+        walk through it found nothing (`{"name": "n3"}` with the contacts'
+        `words` index)."""
+        for index in self._load_indexes(db_name, coll_name):
+            if (
+                index["fields"] == [field]
+                and not index.get("sparse")
+                and not index.get("partial_filter_expression")
+                and index.get("scalar_physical_name")
+                and self._supports_scalar_index(index)
+            ):
+                return index
+        return None
+
     def _hub_equality_index(self, db_name: str, coll_name: str, field: str) -> Any:
         """A single-field index that holds every document with a value in `field`:
         a plain one, or a sparse one (it leaves out only documents without the
