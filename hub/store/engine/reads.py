@@ -282,16 +282,7 @@ class HubReadsEngine(SQLiteEngine):
         physical index), but it has no entries of this kind, so every seek or
         walk through it found nothing (`{"name": "n3"}` with the contacts'
         `words` index)."""
-        for index in self._load_indexes(db_name, coll_name):
-            if (
-                index["fields"] == [field]
-                and not index.get("sparse")
-                and not index.get("partial_filter_expression")
-                and index.get("scalar_physical_name")
-                and self._supports_scalar_index(index)
-            ):
-                return index
-        return None
+        return self._hub_single_field_index(db_name, coll_name, field, sparse=False)
 
     def _hub_equality_index(self, db_name: str, coll_name: str, field: str) -> Any:
         """A single-field index that holds every document with a value in `field`:
@@ -300,10 +291,17 @@ class HubReadsEngine(SQLiteEngine):
         index = self._find_scalar_sort_index(db_name, coll_name, field)
         if index is not None:
             return index
+        return self._hub_single_field_index(db_name, coll_name, field, sparse=True)
+
+    def _hub_single_field_index(
+        self, db_name: str, coll_name: str, field: str, *, sparse: bool
+    ) -> Any:
+        """The first ordered, non-partial index on `field` alone with entries of
+        the shared kind, sparse or not as asked."""
         for index in self._load_indexes(db_name, coll_name):
             if (
                 index["fields"] == [field]
-                and index.get("sparse")
+                and bool(index.get("sparse")) is sparse
                 and not index.get("partial_filter_expression")
                 and index.get("scalar_physical_name")
                 and self._supports_scalar_index(index)
