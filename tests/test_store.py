@@ -15,13 +15,14 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from pymongo import ASCENDING, AsyncMongoClient
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.errors import BulkWriteError, DuplicateKeyError, NetworkTimeout
 
 from hub.store import INDEXES, Store
 from hub.store.embedded import EmbeddedStore
@@ -108,6 +109,38 @@ async def test_an_index_an_earlier_version_made_otherwise_is_made_again(own_stor
     assert (await messages.index_information())["provider_key_1"]["sparse"] is True
     assert [d["_id"] async for d in messages.find({"provider_key": "twilio:SM1"})] == ["out"]
     await own_store.ensure_indexes()  # and stays so
+
+
+async def test_an_index_made_again_on_a_large_collection_outlasts_the_command_timeout(
+    own_store: Store,
+) -> None:
+    """A start that makes an index again on a collection large enough that the
+    build takes longer than `store.command_timeout_ms` (an upgrade on a store of
+    a million messages) waits for the build; the timeout, meant for a store that
+    hangs, failed the start instead (the store went on building)."""
+    messages = own_store.db.messages
+    await messages.create_index([("provider_key", ASCENDING)])
+    for start in range(0, 20_000, 2_000):
+        await messages.insert_many(
+            [{"_id": f"m{i}", "provider_key": f"twilio:SM{i}"} for i in range(start, start + 2_000)]
+        )
+    hub_side = await Store.open(
+        uri=own_store.uri, database="hub", data_dir=Path("unused"), command_timeout_ms=20
+    )
+    try:
+        started = time.perf_counter()
+        await hub_side.ensure_indexes()
+        took = time.perf_counter() - started
+        info = await messages.index_information()
+        assert info["provider_key_1"]["sparse"] is True
+        assert await messages.count_documents({"provider_key": "twilio:SM19999"}) == 1
+        # The start outlasted the timeout: otherwise the case is not the one named.
+        assert took > 0.02, took
+        # Other commands keep their bound: a build as long, asked for outside a start.
+        with pytest.raises(NetworkTimeout):
+            await hub_side.messages.create_index([("provider_key", DESCENDING)])
+    finally:
+        await hub_side.close()
 
 
 async def test_store_exposes_known_collections_only(store: Store) -> None:

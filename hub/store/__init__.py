@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
@@ -120,6 +121,10 @@ INDEXES: dict[str, list[tuple[list[tuple[str, Any]], dict[str, Any]]]] = {
     "audit": [([("at", DESCENDING)], {}), ([("agent_id", ASCENDING)], {})],
 }
 
+
+# How long a start waits for the store to build its indexes (an index new in this
+# version, on a collection of millions, is built then).
+INDEX_BUILD_SECONDS = 3600
 
 IDS_PER_COMMAND = 1000  # also the most the embedded engine looks up by primary key
 # The embedded engine refuses an `$in` on any other field past about 500 values
@@ -299,7 +304,17 @@ class Store:
         raise AttributeError(name)
 
     async def ensure_indexes(self) -> None:
-        """Create every collection and index; safe to run at every start."""
+        """Create every collection and index; safe to run at every start.
+
+        An index built at a start (new in this version, or made again with other
+        options) takes as long as its collection is large, on any store: its
+        commands are bounded by INDEX_BUILD_SECONDS instead of the hub's command
+        timeout, which would fail the start while the store goes on building.
+        """
+        with pymongo.timeout(INDEX_BUILD_SECONDS):
+            await self._ensure_indexes()
+
+    async def _ensure_indexes(self) -> None:
         existing = set(await self.db.list_collection_names())
         for name, indexes in INDEXES.items():
             if name not in existing:
