@@ -52,6 +52,7 @@ WRITTEN_FOR = "4.11"  # major.minor, as pinned in pyproject: mongoeco>=4.11,<4.1
 SQLITE = "mongoeco.engines.sqlite"
 ENGINE = f"{SQLITE}:SQLiteEngine"
 WRITE_COMMANDS = "mongoeco.api._async._database_admin_write_commands"
+ADMIN_RUNTIME = "mongoeco.engines._sqlite_admin_runtime"
 
 # "module:attribute.path": each must exist.
 NAMES: tuple[str, ...] = (
@@ -97,6 +98,14 @@ NAMES: tuple[str, ...] = (
     f"{ENGINE}._multikey_type_score",
     f"{ENGINE}._multikey_signatures_for_query_value",
     f"{ENGINE}._multikey_value_signature",
+    # the catalog reads `layout.HubAdminRuntime` overrides, and what they call
+    f"{ENGINE}._PROFILE_COLLECTION_NAME",
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime",
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime.collection_exists",
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime.list_databases",
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime.list_collections",
+    f"{ADMIN_RUNTIME}:_sqlite_list_collections",
+    f"{ADMIN_RUNTIME}:_sqlite_list_databases",
     # module attributes of the engine's module the hub replaces or calls
     f"{SQLITE}:_sqlite_append_change",
     f"{SQLITE}:_sqlite_insert_document_batch",
@@ -189,6 +198,22 @@ NAMES: tuple[str, ...] = (
 # "module:attribute.path" of a callable: the names of its parameters, in order
 # (an override must accept what the engine passes; a call passes them by place).
 PARAMETERS: dict[str, tuple[str, ...]] = {
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime.collection_exists": (
+        "self",
+        "conn",
+        "db_name",
+        "coll_name",
+    ),
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime.list_databases": ("self", "context"),
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime.list_collections": ("self", "db_name", "context"),
+    f"{ADMIN_RUNTIME}:_sqlite_list_databases": ("conn", "profiler", "list_database_names"),
+    f"{ADMIN_RUNTIME}:_sqlite_list_collections": (
+        "conn",
+        "db_name",
+        "profiler",
+        "profile_collection_name",
+        "list_collection_names",
+    ),
     f"{ENGINE}._validate_document_against_unique_indexes": (
         "self",
         "db_name",
@@ -362,7 +387,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
 # "module:Class": attributes its constructor sets on the object, which the
 # engine reads.
 INSTANCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    ENGINE: ("_path", "_lock", "_pending_connection", "_codec"),
+    ENGINE: ("_path", "_lock", "_pending_connection", "_codec", "_admin_runtime", "_profiler"),
+    # what `layout.HubAdminRuntime` reads of its engine
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime": ("_engine",),
     # what a dedicated reader kept for the next read (`layout.ReaderPool`) clears
     "mongoeco.engines._sqlite_connection:SQLiteConnection": ("_catalog_data_version",),
     "mongoeco.api._async.collection:AsyncCollection": (
@@ -491,6 +518,13 @@ COPIED: dict[str, str] = {
     f"{ENGINE}._build_multikey_rows_for_document": "0f0e773fedbe3365",
     f"{ENGINE}._multikey_value_signature": "f6b7838a5a330a7c",
     f"{ENGINE}._multikey_type_score": "314dbf482ab7479f",
+    # `layout.HubAdminRuntime` reads the catalog as these do (the same four
+    # tables), and lists as these do with its own reads
+    "mongoeco.engines._sqlite_catalog:list_collection_names": "76ebcaea83582fdc",
+    "mongoeco.engines._sqlite_catalog:list_database_names": "a715915474595c57",
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime.collection_exists": "f67750801dcf5d1d",
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime.list_databases": "76982eecf5104cbe",
+    f"{ADMIN_RUNTIME}:SQLiteAdminRuntime.list_collections": "4c93f5f96b678336",
 }
 
 
