@@ -7,7 +7,8 @@ seeded store.
 After a start the store learns, once per field, what its index can answer for
 (whether a document holds an array there, or a key of a type that does not sort
 as BSON does). Each read below is one a hub makes soon after it starts: the
-media sweep's look for files to fetch (at every start), a thread opened in the
+check of every collection and index that comes before it serves, the media
+sweep's look for files to fetch (at every start), a thread opened in the
 inbox, the inbox's first page, a contact's conversations and identities. Each
 round starts the store (`bench.seed.StoreProcess`) on the copy, runs each read
 once (first) and again (then), and stops it; the figures are the medians over
@@ -32,13 +33,20 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from bench.seed import MARKER, StoreProcess, copy_store, ensure_seeded, seeded_conversation_id
+from hub.store import CommandCounter, Store
 
-Read = Callable[[Any], Awaitable[list[Any]]]
+Read = Callable[[Any], Awaitable[Any]]
+
+
+def ensure_indexes(db: Any) -> Awaitable[None]:
+    """What a hub's start asks of the store before it serves (`Store.ensure_indexes`)."""
+    return Store(client=db.client, db=db, commands=CommandCounter()).ensure_indexes()
 
 
 def reads(conversation: dict[str, Any]) -> list[tuple[str, Read]]:
     conv_id, contact_id = conversation["_id"], conversation["contact_id"]
     return [
+        ("a hub's start: every collection and index", ensure_indexes),
         (
             "media sweep: messages with a file to fetch",
             lambda db: (
