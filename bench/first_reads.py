@@ -9,7 +9,8 @@ After a start the store learns, once per field, what its index can answer for
 as BSON does). Each read below is one a hub makes soon after it starts: the
 check of every collection and index that comes before it serves, the media
 sweep's look for files to fetch (at every start), a thread opened in the
-inbox, the inbox's first page, a contact's conversations and identities. Each
+inbox, the inbox's first page, a contact's conversations and identities, and
+a search of the contacts by name, phone or e-mail (a `$regex`). Each
 round starts the store (`bench.seed.StoreProcess`) on the copy, runs each read
 once (first) and again (then), and stops it; the figures are the medians over
 the rounds. A first read includes the store's empty page cache as well as what
@@ -33,6 +34,7 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from bench.seed import MARKER, StoreProcess, copy_store, ensure_seeded, seeded_conversation_id
+from hub.services.contacts import text_filter
 from hub.store import CommandCounter, Store
 
 Read = Callable[[Any], Awaitable[Any]]
@@ -79,6 +81,10 @@ def reads(conversation: dict[str, Any]) -> list[tuple[str, Read]]:
         (
             "a contact's identities",
             lambda db: db.identities.find({"contact_id": contact_id}).to_list(),
+        ),
+        (
+            "a contact search no contact matches",
+            lambda db: db.contacts.find(text_filter("nobody"), {"_id": 1}).limit(500).to_list(),
         ),
     ]
 

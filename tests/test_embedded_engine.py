@@ -19,7 +19,9 @@ import ast
 import asyncio
 import contextlib
 import importlib.util
+import json
 import random
+import re
 import secrets
 import sqlite3
 import subprocess
@@ -2220,6 +2222,124 @@ async def test_find_one_that_finds_nothing_seeks_and_never_reads_the_collection(
     misses = [plan for plan in plans if plan[0] == "storage_key, document"]
     assert misses, "the fallback after the fast path was not taken: nothing was checked"
     assert {strategy for _, strategy in plans} == {"hub-index-seek"}
+
+
+# -- a search for plain text reads the rows that hold it --------------------------------
+
+# Contacts as a search meets them: plain ones, and every way a row's JSON may spell
+# a match otherwise (an escape, a character past ASCII, the Kelvin sign that
+# `re`'s case-insensitive `k` matches), or hold the text where it is no match.
+SEARCHED: list[Doc] = [
+    *({"_id": f"c{i}", "name": f"Customer {i}", "phones": [f"+1555100{i:04d}"]} for i in range(60)),
+    {"_id": "ann", "name": "Ann Ünal", "emails": ["ann@example.com"]},
+    {"_id": "kelvin", "name": "\u212aate Moss"},
+    {"_id": "quote", "name": 'Dan "the man" O\'Brien'},
+    {"_id": "slash", "name": "back\\slash Kate"},
+    {"_id": "line", "name": "kate\nnewline"},
+    {"_id": "number", "name": 1555100, "phones": "+15551000001"},
+    {"_id": "nested", "name": "Nobody", "attributes": {"note": "kate"}},
+    {"_id": "nameless", "phones": ["+44 20 7946 0000"], "emails": []},
+    {"_id": "upper", "name": "KATE BUSH", "labels": ["Kate"]},
+]
+
+
+def _search(q: str, *, fold: bool = True) -> Doc:
+    pattern = {"$regex": re.escape(q), "$options": "i" if fold else ""}
+    return {"$or": [{"name": pattern}, {"emails": pattern}, {"phones": pattern}]}
+
+
+SEARCHES: list[Doc] = [
+    _search("kate"),
+    _search("Kate", fold=False),
+    _search("ünal"),
+    _search('"the man"'),
+    _search("back\\slash"),
+    _search("1555100"),
+    _search("+1555100001"),
+    _search("example.com"),
+    _search("44 20"),
+    _search("zzz"),
+    _search(""),
+    {"name": {"$regex": re.escape("customer 1"), "$options": "i"}, "phones": {"$size": 1}},
+    {"attributes.note": {"$regex": "kat", "$options": "i"}},
+    {"name": {"$regex": "^Kate"}},  # not a literal: the engine's own scan
+    {"name": {"$regex": "kate", "$options": "x"}},
+    {"$or": [{"name": {"$regex": "kate", "$options": "i"}}, {"labels": "Kate"}]},
+]
+
+
+@pytest.mark.parametrize("filt", SEARCHES, ids=[str(f) for f in SEARCHES])
+async def test_a_search_for_plain_text_answers_as_stock(stores: HubAndStock, filt: Doc) -> None:
+    await stores.same(lambda db: db.contacts.insert_many(SEARCHED))
+    found = await stores.same_documents("contacts", filt)
+    await stores.same(lambda db: db.contacts.find(filt).sort("_id", 1).limit(3).to_list())
+    await stores.same(lambda db: db.contacts.find(filt, {"_id": 1}).limit(2).to_list())
+
+    async def count(db: Any) -> list[int]:
+        return [await db.contacts.count_documents(filt)]
+
+    await stores.same(count)
+    if filt == SEARCHES[0]:  # what the case is for finds what it should
+        assert len(found) == 4
+
+
+async def test_a_search_for_plain_text_parses_only_the_rows_that_may_hold_it(
+    tmp_path: Path,
+) -> None:
+    """The engine parsed and matched every document of the collection for a
+    `$regex` (2.4 s for a search of 100,000 contacts, the store's one loop held
+    meanwhile). A literal's rows are found in SQL: only those holding the text,
+    and those whose JSON is not plain ASCII, are parsed and checked."""
+    from mongoeco import AsyncMongoClient as EngineClient
+
+    from hub.store.engine import HubSQLiteEngine
+
+    engine = HubSQLiteEngine(str(tmp_path / "store.sqlite"))
+    client = EngineClient(engine)
+    await client.__aenter__()
+    try:
+        coll = client["hub"]["contacts"]
+        await coll.insert_many(SEARCHED)
+        await coll.insert_many(
+            [
+                {"_id": f"m{i}", "name": f"More {i}", "phones": [f"+1666{i:07d}"]}
+                for i in range(2000)
+            ]
+        )
+        # A row in UTF-8 rather than escaped, as an engine with another JSON
+        # library writes it: the Kelvin sign is then three bytes, no escape.
+        with sqlite3.connect(tmp_path / "store.sqlite") as raw:
+            raw.execute(
+                "UPDATE documents SET document = ? WHERE coll_name = 'contacts' "
+                "AND storage_key = ?",
+                (
+                    json.dumps({"_id": "kelvin", "name": "\u212aate Moss"}, ensure_ascii=False),
+                    engine._storage_key("kelvin"),
+                ),
+            )
+        raw.close()
+        parse = engine._deserialize_document
+        parsed = 0
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal parsed
+            parsed += 1
+            return parse(*args, **kwargs)
+
+        engine._deserialize_document = counting  # type: ignore[method-assign]
+        found = await coll.find(_search("kate"), {"_id": 1}).to_list()
+        assert {d["_id"] for d in found} == {"kelvin", "slash", "line", "upper"}
+        # The four above, "quote" (an escape), "ann" (past ASCII) and "nested"
+        # (the text, in another field): the 2,060 others are not parsed.
+        assert parsed <= 7 + 4, parsed
+        parsed = 0
+        assert await coll.find(_search("zzz")).to_list() == []
+        assert parsed <= 7, parsed
+        parsed = 0
+        assert len(await coll.find({"name": {"$regex": "^More 1"}}).to_list()) == 1111
+        assert parsed >= 2060  # a pattern, not a literal: every row, as before
+    finally:
+        await client.close()
 
 
 # -- the catalog is read by seeks -----------------------------------------------------

@@ -189,6 +189,7 @@ NAMES: tuple[str, ...] = (
             "LessThanOrEqualCondition",
             "MatchAll",
             "OrCondition",
+            "RegexCondition",
         )
     ),
     # the store's child process serves the engine with this
@@ -373,6 +374,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "mongoeco.core.query_plan:InCondition": ("field", "values"),
     "mongoeco.core.query_plan:AndCondition": ("clauses",),
     "mongoeco.core.query_plan:OrCondition": ("clauses",),
+    "mongoeco.core.query_plan:RegexCondition": ("field", "pattern", "options"),
     **{
         f"mongoeco.core.query_plan:{name}": ("field", "value")
         for name in (
