@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
@@ -307,25 +306,43 @@ class Store:
         """Create every collection and index; safe to run at every start.
 
         An index built at a start (new in this version, or made again with other
-        options) takes as long as its collection is large, on any store: its
-        commands are bounded by INDEX_BUILD_SECONDS instead of the hub's command
-        timeout, which would fail the start while the store goes on building.
+        options) takes as long as its collection is large, on any store. Its
+        commands go through a client of their own that waits up to
+        INDEX_BUILD_SECONDS for a reply, not the hub's command timeout, which
+        failed the start while the store went on building. A store that cannot
+        be reached still fails the start after the server selection timeout
+        (`pymongo.timeout` would lift that bound too).
         """
-        with pymongo.timeout(INDEX_BUILD_SECONDS):
-            await self._ensure_indexes()
+        if not self.uri:  # a store made around a client of the caller's
+            await self._ensure_indexes(self.db)
+            return
+        options = self.client.options
+        connect = options.pool_options.connect_timeout
+        builder: AsyncMongoClient[Doc] = AsyncMongoClient(
+            self.uri,
+            serverSelectionTimeoutMS=round(options.server_selection_timeout * 1000),
+            connectTimeoutMS=None if connect is None else round(connect * 1000),
+            socketTimeoutMS=INDEX_BUILD_SECONDS * 1000,
+            appname="hub",
+        )
+        try:
+            await self._ensure_indexes(builder[self.db.name])
+        finally:
+            await builder.close()
 
-    async def _ensure_indexes(self) -> None:
-        existing = set(await self.db.list_collection_names())
+    @staticmethod
+    async def _ensure_indexes(db: AsyncDatabase[Doc]) -> None:
+        existing = set(await db.list_collection_names())
         for name, indexes in INDEXES.items():
             if name not in existing:
                 try:
-                    await self.db.create_collection(name)
+                    await db.create_collection(name)
                 except PyMongoError as error:
                     if "already exists" not in str(error):
                         raise
             for keys, options in indexes:
                 try:
-                    await self.db[name].create_index(keys, **options)
+                    await db[name].create_index(keys, **options)
                 except OperationFailure as error:
                     if error.code not in INDEX_CONFLICTS:
                         raise
@@ -336,11 +353,11 @@ class Store:
                         extra={"collection": name, "index": keys, "options": options},
                     )
                     try:
-                        await self.db[name].drop_index(keys)
+                        await db[name].drop_index(keys)
                     except OperationFailure as gone:
                         if gone.code != INDEX_NOT_FOUND:  # another hub starting dropped it
                             raise
-                    await self.db[name].create_index(keys, **options)
+                    await db[name].create_index(keys, **options)
 
     async def ping(self) -> bool:
         try:
