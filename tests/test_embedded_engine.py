@@ -2265,6 +2265,10 @@ SEARCHES: list[Doc] = [
     {"name": {"$regex": "^Kate"}},  # not a literal: the engine's own scan
     {"name": {"$regex": "kate", "$options": "x"}},
     {"$or": [{"name": {"$regex": "kate", "$options": "i"}}, {"labels": "Kate"}]},
+    _search("moss"),
+    _search("Dan", fold=False),
+    # more texts than one SQL expression takes: the engine's own scan
+    {"$or": [{"name": {"$regex": f"Customer {i}"}} for i in range(1_200)]},
 ]
 
 
@@ -2329,12 +2333,22 @@ async def test_a_search_for_plain_text_parses_only_the_rows_that_may_hold_it(
         engine._deserialize_document = counting  # type: ignore[method-assign]
         found = await coll.find(_search("kate"), {"_id": 1}).to_list()
         assert {d["_id"] for d in found} == {"kelvin", "slash", "line", "upper"}
-        # The four above, "quote" (an escape), "ann" (past ASCII) and "nested"
-        # (the text, in another field): the 2,060 others are not parsed.
+        # A `k` another character matches: the four above, "quote" (an escape),
+        # "ann" (past ASCII) and "nested" (the text, in another field) are
+        # checked, and the four found read out again; the 2,063 others are not
+        # parsed.
         assert parsed <= 7 + 4, parsed
         parsed = 0
+        # No such letter: only the rows holding the text, whatever else they
+        # hold ("quote" has escapes).
+        found = await coll.find(_search("dan"), {"_id": 1}).to_list()
+        assert [d["_id"] for d in found] == ["quote"] and parsed == 1 + 1, parsed
+        parsed = 0
         assert await coll.find(_search("zzz")).to_list() == []
-        assert parsed <= 7, parsed
+        assert parsed == 0, parsed
+        found = await coll.find(_search("Kate", fold=False), {"_id": 1}).to_list()
+        assert {d["_id"] for d in found} == {"slash"}  # "KATE BUSH" and "kate..." differ
+        assert parsed == 2 + 1, parsed  # "slash" and "upper" hold "Kate" ("upper" a label)
         parsed = 0
         assert len(await coll.find({"name": {"$regex": "^More 1"}}).to_list()) == 1111
         assert parsed >= 2060  # a pattern, not a literal: every row, as before

@@ -520,6 +520,15 @@ COPIED: dict[str, str] = {
     f"{ENGINE}._build_multikey_rows_for_document": "0f0e773fedbe3365",
     f"{ENGINE}._multikey_value_signature": "f6b7838a5a330a7c",
     f"{ENGINE}._multikey_type_score": "314dbf482ab7479f",
+    # `reads.HubReadsEngine._literal_scan_plan` finds the rows a `$regex` of plain
+    # text may match in the stored JSON: a regex is matched with `re.search`
+    # against string values only, and documents are stored as JSON text
+    (
+        "mongoeco.core._filtering_specials:FilteringSpecialOperatorsMixin._evaluate_regex"
+    ): "3d947e5e014a5447",
+    "mongoeco.core._filtering_support:compile_regex": "0b52cf0400fc1dd7",
+    "mongoeco.core.json_compat:json_dumps_compact": "f92a85335019bdfa",
+    f"{ENGINE}._serialize_document": "469a091acbc6f16f",
     # `layout.HubAdminRuntime` reads the catalog as these do (the same four
     # tables), and lists as these do with its own reads
     "mongoeco.engines._sqlite_catalog:list_collection_names": "76ebcaea83582fdc",

@@ -81,16 +81,22 @@ PATTERN_SYNTAX = frozenset(".^$*+?{}[]|()\\")
 # A literal whose stored form is itself in the JSON of every document that holds
 # it: printable ASCII, with neither of the two characters JSON escapes in it.
 PLAIN_LITERAL = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
-# Rows whose JSON holds an escape or a character past ASCII: a match there may be
-# spelt otherwise in the JSON (`\u00e9`), or be a case-insensitive match of an
-# ASCII letter by another (the Kelvin sign for `k`), so each is checked as a scan
-# would.
+# The letters `re` matches, case ignored, by a character past ASCII as well:
+# `i` by U+0130 and U+0131, `k` by the Kelvin sign, `s` by the long s. A text
+# with one of them may match a row whose JSON spells that character otherwise
+# (`\u212a`, or in UTF-8), so such rows are checked as a scan would
+# (`NOT_PLAIN_ROW`). Any other character of a literal matches only itself, or
+# its ASCII other case, and JSON spells both as they are.
+FOLDED_BY_OTHERS = frozenset("iks")
 # (More bytes than characters: one past ASCII. A GLOB for it took three times
 # as long as the rest of the read.)
 NOT_PLAIN_ROW = (
     "instr(documents.document, char(92)) > 0 "
-    "OR length(documents.document) <> length(CAST(documents.document AS BLOB))"
+    "OR length(CAST(documents.document AS TEXT)) <> length(CAST(documents.document AS BLOB))"
 )
+# An `$or` of more texts than this is read by the engine's own scan (SQLite
+# refuses an expression more than 1,000 deep).
+LITERALS_MAX = 64
 RANGE_OPERATORS = {
     LessThanCondition: "<",
     LessThanOrEqualCondition: "<=",
@@ -478,26 +484,31 @@ class HubReadsEngine(SQLiteEngine):
         parsing a row; each is checked against the whole filter as a scan would.
         The engine parsed and matched every document of the collection (2.4 s
         for a search of 100,000 contacts, the store's one loop held meanwhile).
-        Rows not in plain ASCII are always checked (`NOT_PLAIN_ROW`)."""
+        Rows not in plain ASCII are checked too where the text has a letter
+        another character matches (`FOLDED_BY_OTHERS`)."""
         query_plan = semantics.query_plan
         clauses = query_plan.clauses if isinstance(query_plan, AndCondition) else (query_plan,)
         for clause in clauses:
             branches = clause.clauses if type(clause) is OrCondition else (clause,)
             literals = [_literal(branch) for branch in branches]
-            if not literals or any(found is None for found in literals):
+            if not 0 < len(literals) <= LITERALS_MAX or None in literals:
                 continue
             holds: list[str] = []
             params: list[Any] = [db_name, coll_name]
+            others = False
             for literal, fold in (found for found in literals if found is not None):
                 if fold:
                     holds.append("instr(lower(documents.document), ?) > 0")
                     params.append(literal.lower())  # ASCII: SQLite's lower() folds A-Z only
+                    others = others or not FOLDED_BY_OTHERS.isdisjoint(literal.lower())
                 else:
                     holds.append("instr(documents.document, ?) > 0")
                     params.append(literal)
+            if others:
+                holds.append(NOT_PLAIN_ROW)
             sql = (
                 "FROM documents WHERE documents.db_name = ? AND documents.coll_name = ? "
-                f"AND ({' OR '.join(holds)} OR {NOT_PLAIN_ROW})"
+                f"AND ({' OR '.join(holds)})"
             )
             return self._hub_seek(
                 semantics, True, sql, params, select_clause, strategy="hub-literal-scan"
