@@ -20,8 +20,8 @@ and every stored document decoded as it is parsed (`codec.plain_decode`).
 
   A third path reads no index: a filter that needs a `$regex` of plain text
   (a search) reads only the rows whose JSON holds that text, found by SQLite
-  without parsing them, and those not in plain ASCII; each is checked against
-  the whole filter (`_literal_scan_plan`).
+  without parsing them (and, for a text with i, k or s, those not in plain
+  ASCII); each is checked against the whole filter (`_literal_scan_plan`).
 
   Each index path is taken only while the index can answer for every document: no
   document holds an array in the field (a seek would miss it), and for a walk
